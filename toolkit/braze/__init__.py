@@ -1,0 +1,1 @@
+"""Braze side: REST client, instances, payload rules, segment-filter model and evaluator."""

@@ -1,0 +1,1 @@
+"""Segment side: readers for every Engage export shape, the EngageExport model, validation."""

@@ -1,0 +1,219 @@
+"""The `EngageExport` model: what every Engage reader produces and every later stage consumes.
+
+Data contract (shared by readers, mapping, preview and plan):
+
+``profiles`` — pandas DataFrame, one row per Segment profile, default RangeIndex.
+    Identifier columns, always present, dtype ``string`` (pd.NA when missing):
+        ``segment_id``    Segment profile key (``use_…``); unique per row.
+        ``user_id``       Segment userId → Braze external_id.
+        ``email``         primary (first) email, lower-cased.
+        ``anonymous_id``  primary anonymousId.
+        ``braze_id``      Braze's own id when Segment knows it (usually missing).
+    ``emails`` / ``anonymous_ids`` (object: tuple of str) hold every value when a profile has
+    several (the per-identifier fan-out, collapsed).
+    Then one column per computation key, typed by the computation's ``value_type``:
+        audience → pandas ``boolean`` (True member, False exited/non-member, NA unknown)
+        trait    → ``string`` | ``Float64`` | ``boolean`` | ``datetime64[ns, UTC]`` | object
+                   (lists/dicts).
+``computations`` — DataFrame with columns ``key``, ``kind`` ("audience" | "trait"),
+    ``computation_id`` (``aud_…``/``tra_…`` or NA), ``value_type`` ("boolean", "string",
+    "number", "datetime", "list", "object"), ``name`` (display name, defaults to key).
+``events`` — DataFrame (possibly empty) of the Engage event history, one row per collapsed
+    Engage message: ``segment_id``, ``timestamp`` (datetime64[ns, UTC]), ``type``
+    ("identify" | "track"), ``event`` (track event name or NA), ``computation_key``,
+    ``computation_kind``, ``value`` (object: the value at traits|properties[key]),
+    ``message_id``. Used for event-count previews.
+``snapshot_at`` — pandas Timestamp (UTC) of the Engage compute the export reflects: the CSV
+    snapshot time when known, else the latest event timestamp, else the file's mtime.
+``source`` — human-readable description of where the data came from (file path, format).
+``findings`` — `Findings`, the validation issues found while reading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from html import escape
+from typing import Iterable, Iterator
+
+import pandas as pd
+
+__all__ = ["EngageExport", "Finding", "Findings", "IDENTIFIER_COLUMNS", "EVENT_COLUMNS",
+           "COMPUTATION_COLUMNS"]
+
+IDENTIFIER_COLUMNS = ("segment_id", "user_id", "email", "anonymous_id", "braze_id")
+COMPUTATION_COLUMNS = ("key", "kind", "computation_id", "value_type", "name")
+EVENT_COLUMNS = ("segment_id", "timestamp", "type", "event", "computation_key",
+                 "computation_kind", "value", "message_id")
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One validation issue: where it is, what is wrong, and how to fix it."""
+
+    severity: str          # "error" (cannot be synced as is), "warning", "info"
+    code: str              # stable machine name, e.g. "anonymous_only", "type_drift"
+    message: str
+    row: int | None = None         # 1-based data row in the source file, when known
+    column: str | None = None      # column / field / computation key concerned
+    fix: str | None = None         # how to fix it, in one sentence
+    segment_id: str | None = None  # profile concerned, when one
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    def __str__(self) -> str:
+        where = ", ".join(p for p in (
+            f"row {self.row}" if self.row is not None else "",
+            f"column {self.column}" if self.column else "",
+        ) if p)
+        text = f"[{self.severity}] {where + ': ' if where else ''}{self.message}"
+        return text + (f" (fix: {self.fix})" if self.fix else "")
+
+
+class Findings:
+    """An ordered collection of `Finding`s with counts, filtering and a DataFrame view."""
+
+    def __init__(self, items: Iterable[Finding] = ()) -> None:
+        self._items: list[Finding] = list(items)
+
+    def add(self, severity: str, code: str, message: str, **where) -> Finding:
+        finding = Finding(severity, code, message, **where)
+        self._items.append(finding)
+        return finding
+
+    def extend(self, items: Iterable[Finding]) -> None:
+        self._items.extend(items)
+
+    def __iter__(self) -> Iterator[Finding]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def of(self, code: str | None = None, severity: str | None = None) -> "Findings":
+        return Findings(f for f in self._items
+                        if (code is None or f.code == code)
+                        and (severity is None or f.severity == severity))
+
+    @property
+    def errors(self) -> "Findings":
+        return self.of(severity="error")
+
+    @property
+    def warnings(self) -> "Findings":
+        return self.of(severity="warning")
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self._items:
+            out[f.code] = out.get(f.code, 0) + 1
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        cols = ["severity", "code", "row", "column", "segment_id", "message", "fix"]
+        return pd.DataFrame([{c: getattr(f, c) for c in cols} for f in self._items], columns=cols)
+
+    def __repr__(self) -> str:
+        if not self._items:
+            return "Findings(none)"
+        lines = [f"Findings({len(self._items)}):"] + [f"  {f}" for f in self._items[:20]]
+        if len(self._items) > 20:
+            lines.append(f"  … {len(self._items) - 20} more")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        if not self._items:
+            return "<p>No findings.</p>"
+        return self.to_frame().head(50).to_html(index=False, na_rep="")
+
+
+@dataclass
+class EngageExport:
+    """Profiles, computations, event history and findings read from one Engage export."""
+
+    profiles: pd.DataFrame
+    computations: pd.DataFrame
+    events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EVENT_COLUMNS)))
+    snapshot_at: pd.Timestamp | None = None
+    source: str = ""
+    findings: Findings = field(default_factory=Findings)
+
+    # -- convenience views -------------------------------------------------------------
+    @property
+    def audiences(self) -> list[str]:
+        return self.computations.loc[self.computations["kind"] == "audience", "key"].tolist()
+
+    @property
+    def traits(self) -> list[str]:
+        return self.computations.loc[self.computations["kind"] == "trait", "key"].tolist()
+
+    def computation(self, key: str) -> dict:
+        rows = self.computations[self.computations["key"] == key]
+        if rows.empty:
+            from toolkit.errors import ExportValidationError
+            raise ExportValidationError(
+                f"no computation named {key!r} in this export",
+                field=key, hint=f"use one of: {', '.join(self.computations['key'])}")
+        return rows.iloc[0].to_dict()
+
+    def members(self, audience: str) -> pd.DataFrame:
+        """Profiles currently in `audience` (its column is True)."""
+        self.computation(audience)
+        return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
+
+    def summary(self) -> pd.DataFrame:
+        """One row per computation: kind, value type, profiles with a value, members or distinct values."""
+        rows = []
+        profiles = self.profiles
+        for comp in self.computations.to_dict("records"):
+            col = profiles[comp["key"]] if comp["key"] in profiles else pd.Series(dtype=object)
+            with_value = int(col.notna().sum())
+            if comp["kind"] == "audience":
+                members = int(col.fillna(False).astype(bool).sum())
+                detail = f"{members:,} members"
+            else:
+                members = None
+                try:
+                    detail = f"{col.nunique(dropna=True):,} distinct values"
+                except TypeError:  # lists / dicts are unhashable
+                    detail = "structured values"
+            rows.append({"key": comp["key"], "kind": comp["kind"], "value_type": comp["value_type"],
+                         "profiles_with_value": with_value, "members": members, "detail": detail})
+        return pd.DataFrame(rows, columns=["key", "kind", "value_type", "profiles_with_value",
+                                           "members", "detail"])
+
+    def identifier_coverage(self) -> dict[str, int]:
+        """How many profiles carry each identifier, and how many carry none Braze can use."""
+        p = self.profiles
+        out = {c: int(p[c].notna().sum()) for c in IDENTIFIER_COLUMNS if c in p}
+        usable = p["user_id"].notna() | p.get("braze_id", pd.Series(pd.NA, index=p.index)).notna()
+        out["braze_usable"] = int(usable.sum())
+        out["anonymous_only"] = int((~usable & p["email"].isna() & p["anonymous_id"].notna()).sum())
+        out["profiles"] = len(p)
+        return out
+
+    def __repr__(self) -> str:
+        snap = self.snapshot_at.isoformat() if self.snapshot_at is not None else "unknown"
+        return (f"<EngageExport {self.source or '(in memory)'}: {len(self.profiles):,} profiles, "
+                f"{len(self.audiences)} audiences, {len(self.traits)} traits, "
+                f"{len(self.events):,} events, {len(self.findings)} findings, snapshot {snap}>")
+
+    def _repr_html_(self) -> str:
+        snap = self.snapshot_at.isoformat() if self.snapshot_at is not None else "unknown"
+        counts = self.findings.counts()
+        findings = ", ".join(f"{escape(k)}: {v:,}" for k, v in sorted(counts.items())) or "none"
+        cov = self.identifier_coverage()
+        cov_html = ", ".join(f"{escape(k)} {v:,}" for k, v in cov.items())
+        return (
+            f"<div class='engage-export'><h4>Engage export — {escape(self.source or 'in memory')}</h4>"
+            f"<p>{len(self.profiles):,} profiles · {len(self.audiences)} audiences · "
+            f"{len(self.traits)} traits · {len(self.events):,} events · snapshot {escape(snap)}</p>"
+            f"{self.summary().to_html(index=False, na_rep='')}"
+            f"<p><b>Identifiers:</b> {cov_html}</p>"
+            f"<p><b>Findings:</b> {findings}</p></div>"
+        )

@@ -1,0 +1,172 @@
+"""Every error the toolkit raises on purpose: one base class and small named subclasses.
+
+Errors carry their context (file, line/row, column, field, batch, request) as attributes and
+print it readably, papermill-style, so an analyst sees *where* and *how to fix* without a
+traceback from pandas or requests.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ToolkitError",
+    "ExportFormatError",
+    "ExportValidationError",
+    "ProfileAPIError",
+    "MappingError",
+    "FilterError",
+    "PlanError",
+    "PlanNotApproved",
+    "PlanExpired",
+    "PlanAltered",
+    "PlanWorkspaceMismatch",
+    "LedgerError",
+    "LedgerMoved",
+    "BrazeAPIError",
+    "BrazeAuthError",
+    "BrazeRateLimited",
+    "BrazeConnectionError",
+    "ConfigError",
+    "SandboxError",
+]
+
+# Context keys printed in this order; anything else passed as context follows alphabetically.
+_CONTEXT_ORDER = ("file", "line", "row", "column", "field", "rule", "batch", "request")
+
+
+class ToolkitError(Exception):
+    """Base class of every error the toolkit raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
+        self.message = message
+        self.hint = hint
+        self.context = {k: v for k, v in context.items() if v is not None}
+        super().__init__(self._render())
+
+    def __getattr__(self, name: str) -> Any:
+        # Context is readable as attributes (err.file, err.row) without declaring each one.
+        context = self.__dict__.get("context", {})
+        if name in context:
+            return context[name]
+        if name in _CONTEXT_ORDER:
+            return None
+        raise AttributeError(name)
+
+    def _render(self) -> str:
+        keys = [k for k in _CONTEXT_ORDER if k in self.context]
+        keys += sorted(k for k in self.context if k not in _CONTEXT_ORDER)
+        where = ", ".join(f"{k} {self.context[k]}" for k in keys)
+        text = f"{where}: {self.message}" if where else self.message
+        if self.hint:
+            text += f"\n  How to fix: {self.hint}"
+        return text
+
+    def __reduce__(self):  # keep errors picklable across processes (papermill, workers)
+        return (_rebuild, (type(self), self.message, self.hint, self.context))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
+            for k, v in self.context.items()
+        )
+        hint = f"<p><b>How to fix:</b> {escape(self.hint)}</p>" if self.hint else ""
+        return (
+            f"<div class='toolkit-error' style='border-left:4px solid #c0392b;padding:4px 8px'>"
+            f"<b>{escape(type(self).__name__)}</b>: {escape(self.message)}"
+            f"<table>{rows}</table>{hint}</div>"
+        )
+
+
+def _rebuild(cls, message, hint, context):
+    return cls(message, hint=hint, **context)
+
+
+class ExportFormatError(ToolkitError):
+    """An Engage export file could not be read: wrong shape, encoding or content."""
+
+
+class ExportValidationError(ToolkitError):
+    """An Engage export was read but holds values the toolkit cannot use."""
+
+
+class ProfileAPIError(ToolkitError):
+    """The Segment Profile API refused or failed a request."""
+
+
+class MappingError(ToolkitError):
+    """A mapping rule is invalid: unknown key, reserved or invalid Braze name, bad option."""
+
+
+class FilterError(ToolkitError):
+    """A Braze segment filter is invalid the way Braze's dashboard would refuse it."""
+
+
+class PlanError(ToolkitError):
+    """A plan cannot be built, saved or loaded."""
+
+
+class PlanNotApproved(PlanError):
+    """The plan has no approval; approve it before applying."""
+
+
+class PlanExpired(PlanNotApproved):
+    """The plan's approval has expired."""
+
+
+class PlanAltered(PlanNotApproved):
+    """The plan's operations or target changed after it was approved."""
+
+
+class PlanWorkspaceMismatch(PlanNotApproved):
+    """The plan was approved for another Braze workspace than the client targets."""
+
+
+class LedgerError(ToolkitError):
+    """The sync ledger cannot be opened, read or written (corrupt, locked, wrong workspace)."""
+
+
+class LedgerMoved(LedgerError):
+    """The ledger changed since the plan was made; re-plan before applying."""
+
+
+class BrazeAPIError(ToolkitError):
+    """Braze answered with an error status; keeps the status, body, request and response."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None,
+                 request: Any = None, response: Any = None, hint: str | None = None,
+                 **context: Any) -> None:
+        self.status = status
+        self.body = body
+        self.request = request
+        self.response = response
+        super().__init__(message, hint=hint, status=status, **context)
+
+    def __reduce__(self):
+        return (_rebuild_api, (type(self), self.message, self.hint, self.status, self.body,
+                               {k: v for k, v in self.context.items() if k != "status"}))
+
+
+def _rebuild_api(cls, message, hint, status, body, context):
+    return cls(message, status=status, body=body, hint=hint, **context)
+
+
+class BrazeAuthError(BrazeAPIError):
+    """Braze refused the API key (401/403): wrong key, wrong instance or missing permission."""
+
+
+class BrazeRateLimited(BrazeAPIError):
+    """Braze kept answering 429 after every retry allowed."""
+
+
+class BrazeConnectionError(BrazeAPIError):
+    """Braze could not be reached or did not answer in time after every retry allowed."""
+
+
+class ConfigError(ToolkitError):
+    """A setting is missing or invalid (endpoint, API key, paths, options)."""
+
+
+class SandboxError(ToolkitError):
+    """The local Braze sandbox could not start or was used wrongly."""

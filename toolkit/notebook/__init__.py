@@ -1,0 +1,1 @@
+"""Notebook front: the guided-sync wizard, HTML displays and matplotlib plots."""

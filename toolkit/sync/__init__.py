@@ -1,0 +1,1 @@
+"""Sync: plan (diff, cost, fingerprint, approval), ledger (SQLite), apply and verify."""
