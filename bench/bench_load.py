@@ -1,0 +1,91 @@
+"""Benchmark `toolkit.load` on a 1M-profile formatted audience CSV against a bare
+``pandas.read_csv(engine="pyarrow")`` of the same file, in the same run.
+
+    python bench/bench_load.py [--profiles 1000000] [--repeat 3]
+
+Generates the file once into data/large/ (gitignored) with data/samples/generate.py, then times
+both readers (best of --repeat, alternating) and measures each one's peak memory in a fresh
+child process (ru_maxrss, so pyarrow's allocations count too). Prints the time ratio; the target
+is toolkit.load ≤ 1.5× the bare read, since the loader also types, collapses and validates.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 1.5
+
+_CHILD = """
+import resource, sys, time
+import pandas as pd
+t = time.perf_counter()
+if sys.argv[1] == "toolkit":
+    import toolkit
+    toolkit.load(sys.argv[2])
+else:
+    pd.read_csv(sys.argv[2], engine="pyarrow")
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def ensure_file(profiles: int) -> Path:
+    large = ROOT / "data" / "large"
+    path = large / "all_shoppers.csv"
+    marker = large / f".profiles-{profiles}"
+    if not (path.exists() and marker.exists()):
+        print(f"generating {profiles:,} profiles into {large} …", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "data" / "samples" / "generate.py"),
+                        "--profiles", str(profiles), "--out", str(large)], check=True)
+        for old in large.glob(".profiles-*"):
+            old.unlink()
+        marker.touch()
+    return path
+
+
+def peak_memory_mb(which: str, path: Path) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, which, str(path)], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout.split()
+    return float(out[0]), int(out[1]) / 1024  # ru_maxrss is KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+
+    import toolkit
+
+    path = ensure_file(args.profiles)
+    size_mb = path.stat().st_size / 1e6
+    toolkit.load(path)  # warm imports and the page cache for both
+    bare, ours = [], []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        frame = pd.read_csv(path, engine="pyarrow")
+        bare.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        export = toolkit.load(path)
+        ours.append(time.perf_counter() - t)
+    assert len(export.profiles) == len(frame), "loader and bare read disagree on the row count"
+    ratio = min(ours) / min(bare)
+    _, bare_mem = peak_memory_mb("pandas", path)
+    _, our_mem = peak_memory_mb("toolkit", path)
+    print(f"file: {path.relative_to(ROOT)} ({len(frame):,} rows, {size_mb:.0f} MB)")
+    print(f"pandas.read_csv(engine='pyarrow'): best {min(bare):.2f} s   peak RSS {bare_mem:,.0f} MB")
+    print(f"toolkit.load:                      best {min(ours):.2f} s   peak RSS {our_mem:,.0f} MB")
+    print(f"ratio toolkit/pandas: {ratio:.2f}x (target <= {TARGET_RATIO}x) — "
+          f"{'OK' if ratio <= TARGET_RATIO else 'OVER TARGET'}; memory ratio "
+          f"{our_mem / bare_mem:.2f}x")
+    print(f"findings: {export.findings.counts()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

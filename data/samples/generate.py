@@ -1,0 +1,463 @@
+"""Write the deterministic sample Engage exports of one fictional shop ("Northwind Outfitters").
+
+    python data/samples/generate.py                              # rewrites data/samples/
+    python data/samples/generate.py --profiles 1000000 --out data/large   # benchmark files
+
+The same ~2,000 profiles are written in every export shape Engage produces (see README.md in
+this folder), so loading any of them yields the same audience membership per profile. Large mode
+(``--profiles`` above 10,000) writes only the formatted audience CSVs plus ``all_shoppers.csv``
+(every profile, formatted) for the loader benchmark; those files are not committed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import io
+import json
+import random
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+SEED = 20250314
+HERE = Path(__file__).resolve().parent
+SNAPSHOT = datetime(2025, 3, 14, 8, 0, tzinfo=timezone.utc)
+BACKFILL = datetime(2025, 1, 6, 9, 0, tzinfo=timezone.utc)      # audiences created
+TRAITS_CREATED = datetime(2025, 1, 5, 14, 0, tzinfo=timezone.utc)
+SPACE = "spa_9aQ1Lj62S4bomZKLF4DPqW"
+AUDIENCES = {
+    "dormant_shopper": "aud_2kQ8aB1cD2eF3gH4iJ5kL6mN7oP",
+    "first_time_shopper": "aud_2kQ8aC9xQ2rT5uV8wY1zB4dE7gJ",
+    "vip_customer": "aud_2kQ8aD3fG6hJ9kL2mN5pQ8rS1tU",
+}
+TRAITS = {
+    "last_product_viewed_item": "tra_2kQ7zY6xW5vU4tS3rQ2pO1nM0lK",
+    "total_revenue_180_days": "tra_2kQ7zZ1aB2cD3eF4gH5iJ6kL7mN",
+    "last_order_at": "tra_2kQ7zA9bC8dE7fG6hH5iI4jJ3kK",
+}
+# How each computation reaches the destination (Engage lets each be sent as identify and/or
+# track; dormant_shopper's events were renamed in the destination settings).
+SEND = {
+    "dormant_shopper": ("track", "Dormant Shopper Entered", "Dormant Shopper Exited"),
+    "first_time_shopper": ("both", "Audience Entered", "Audience Exited"),
+    "vip_customer": ("identify", None, None),
+    "last_product_viewed_item": ("track", "Trait Computed", None),
+    "total_revenue_180_days": ("identify", None, None),
+    "last_order_at": ("identify", None, None),
+}
+FIRST = ["ana", "ben", "chloe", "dev", "elif", "farah", "gus", "hana", "ivan", "jun", "kofi",
+         "lena", "marco", "nia", "omar", "priya", "quinn", "rosa", "sam", "tariq", "uma", "vera",
+         "wei", "xena", "yusuf", "zoe"]
+LAST = ["silva", "kim", "okafor", "novak", "garcia", "larsen", "haddad", "tanaka", "mwangi",
+        "rossi", "dubois", "nguyen", "kowalski", "ali", "fischer", "murphy", "sato", "costa"]
+DOMAINS = ["example.com", "example.org", "mail.example.net", "shop.example.io"]
+PRODUCTS = ["Trail Runner 2 Shoe", "Merino Base Layer", "Packable Rain Shell", "Canvas Tote",
+            "Insulated Bottle 750ml", "Alpine Beanie", "Hiking Sock 3-Pack", "Down Vest",
+            "Waxed Field Jacket", "Camp Mug", "Trekking Poles", "Fleece Quarter-Zip"]
+B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class Profile:
+    segment_id: str
+    user_id: str | None
+    emails: list[str]
+    anonymous_ids: list[str]
+    first_name: str | None
+    last_name: str | None
+    traits: dict = field(default_factory=dict)
+    audiences: dict = field(default_factory=dict)
+
+
+def _ksuid(rng: random.Random, prefix: str) -> str:
+    return prefix + "".join(rng.choice(B62) for _ in range(27))
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def make_profiles(n: int, seed: int = SEED) -> list[Profile]:
+    """The shop's profiles with their current traits and audience membership."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(1, n + 1):
+        sid = _ksuid(rng, "use_")
+        roll = rng.random()
+        anon = [str(uuid.UUID(int=rng.getrandbits(128), version=4))]
+        if roll < 0.065:                       # anonymous-only visitor
+            out.append(Profile(sid, None, [], anon, None, None))
+        else:
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            emails = [f"{first}.{last}{i}@{rng.choice(DOMAINS)}"]
+            user_id = None if roll < 0.095 else f"u_{i:06d}"   # a few known only by email
+            # a second (work) email → fan-out; only with a userId, which ties the messages of
+            # both emails to one profile (two bare emails would look like two people)
+            if rng.random() < 0.12 and user_id:
+                emails.append(f"{first[0]}{last}.work{i}@{rng.choice(DOMAINS)}")
+            if rng.random() < 0.35:
+                anon = []
+            elif rng.random() < 0.1:
+                anon.append(str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+            out.append(Profile(sid, user_id, emails, anon, first.title(), last.title()))
+        p = out[-1]
+        orders = 0 if p.user_id is None and not p.emails else rng.choice([0, 0, 1, 1, 1, 2, 3, 5, 8])
+        if p.user_id is None and not p.emails and rng.random() < 0.3:
+            orders = 1                         # guest checkout, never identified
+        if rng.random() < 0.85:
+            p.traits["last_product_viewed_item"] = rng.choice(PRODUCTS)
+        if orders:
+            days_ago = rng.choice([rng.randint(1, 30), rng.randint(31, 90), rng.randint(91, 400)])
+            last_order = SNAPSHOT - timedelta(days=days_ago, seconds=rng.randint(0, 86399))
+            p.traits["last_order_at"] = last_order.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if days_ago <= 180:
+                p.traits["total_revenue_180_days"] = round(
+                    orders * rng.uniform(18, 140) * (3 if orders >= 5 else 1), 2)
+        revenue = p.traits.get("total_revenue_180_days", 0.0)
+        days = (SNAPSHOT - datetime.fromisoformat(p.traits["last_order_at"])).days \
+            if "last_order_at" in p.traits else None
+        p.audiences = {
+            "dormant_shopper": bool(orders and days is not None and days > 90),
+            "first_time_shopper": bool(orders == 1 and days is not None and days <= 60),
+            "vip_customer": bool(revenue >= 600 or (orders >= 5 and revenue >= 400)),
+        }
+    if n >= 100:
+        # one glitchy catalogue name longer than Braze's 255-character string limit
+        out[41].traits["last_product_viewed_item"] = (
+            "Limited Edition Collaboration Bundle: " + "Trail Runner 2 Shoe + Merino Base Layer + "
+            "Packable Rain Shell + Alpine Beanie, " * 4).strip()
+    return out
+
+
+def drift_profile(profiles: list[Profile]) -> str | None:
+    """The profile whose total_revenue_180_days is sent once as text (type drift)."""
+    return next((p.segment_id for p in profiles[10:] if "total_revenue_180_days" in p.traits
+                 and p.audiences["vip_customer"]), None)
+
+
+# -- CSV writers ---------------------------------------------------------------------------------
+
+def _write_csv(path: Path, header: list[str], rows, *, delimiter: str = ",", bom: bool = False,
+               translate=None) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    text = buf.getvalue()
+    if translate:
+        text = translate(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _external_ids(p: Profile) -> dict:
+    ids = {}
+    if p.user_id:
+        ids["user_id"] = [p.user_id]
+    if p.emails:
+        ids["email"] = list(p.emails)
+    if p.anonymous_ids:
+        ids["anonymous_id"] = list(p.anonymous_ids)
+    return ids
+
+
+def _trait_json(p: Profile, drift: bool) -> dict:
+    out = {}
+    if p.first_name:
+        out["first_name"], out["last_name"] = p.first_name, p.last_name
+    for k in TRAITS:
+        if k in p.traits:
+            out[k] = p.traits[k]
+    if drift and "total_revenue_180_days" in out:
+        out["total_revenue_180_days"] = f"{out['total_revenue_180_days']:.2f}"  # sent as text
+    return out
+
+
+def formatted_rows(members: list[Profile]):
+    width_e = max([len(p.emails) for p in members] + [1])
+    width_a = max([len(p.anonymous_ids) for p in members] + [1])
+    header = (["key", "user_id"] + ["email" if j == 0 else f"email_{j}" for j in range(width_e)]
+              + ["anonymous_id" if j == 0 else f"anonymous_id_{j}" for j in range(width_a)]
+              + ["first_name", "last_name", *TRAITS])
+    rows = []
+    for p in members:
+        rows.append([p.segment_id, p.user_id or ""]
+                    + [p.emails[j] if j < len(p.emails) else "" for j in range(width_e)]
+                    + [p.anonymous_ids[j] if j < len(p.anonymous_ids) else ""
+                       for j in range(width_a)]
+                    + [p.first_name or "", p.last_name or ""]
+                    + [_fmt(p.traits.get(k)) for k in TRAITS])
+    return header, rows
+
+
+def write_audience_csvs(profiles: list[Profile], out: Path, *, large: bool = False) -> None:
+    drift_id = drift_profile(profiles)
+    for key in AUDIENCES:
+        members = [p for p in profiles if p.audiences[key]]
+        header, rows = formatted_rows(members)
+        # vip_customer was saved from a spreadsheet in a ';' locale, with a byte-order mark
+        semi = key == "vip_customer" and not large
+        _write_csv(out / "audience_csv" / "formatted" / f"{key}.csv", header, rows,
+                   delimiter=";" if semi else ",", bom=semi)
+        if large:
+            continue
+        _write_csv(out / "audience_csv" / "unformatted" / f"{key}.csv",
+                   ["key", "external_ids", "traits"],
+                   [[p.segment_id, json.dumps(_external_ids(p), separators=(",", ":")),
+                     json.dumps({key: True, **_trait_json(p, p.segment_id == drift_id)},
+                                separators=(",", ":"))] for p in members])
+    if large:
+        header, rows = formatted_rows(profiles)
+        _write_csv(out / "all_shoppers.csv", header, rows)
+        return
+    # legacy key,external_ids — with the typographic quotes Segment's own sample file has
+    dormant = [p for p in profiles if p.audiences["dormant_shopper"]]
+    smart = {dormant[i].segment_id for i in (3, 11)}
+
+    def curly(text: str) -> str:
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if line.split(",", 1)[0] in smart:
+                key, rest = line.split(",", 1)
+                inner = rest[1:-1].replace('""', '"')
+                inner = inner.replace('["', "[\u201c").replace('"]', "\u201d]")
+                lines[i] = key + ',"' + inner.replace('"', '""') + '"'
+        return "\n".join(lines)
+    _write_csv(out / "audience_csv" / "legacy" / "dormant_shopper.csv", ["key", "external_ids"],
+               [[p.segment_id, json.dumps(_external_ids(p))] for p in dormant], translate=curly)
+    vip = [p for p in profiles if p.audiences["vip_customer"] and p.emails]
+    _write_csv(out / "audience_csv" / "hashed" / "vip_customer.csv", ["email"],
+               [[hashlib.sha256(p.emails[0].encode()).hexdigest().upper()] for p in vip])
+
+
+def write_trait_csvs(profiles: list[Profile], out: Path) -> None:
+    d = out / "trait_csv"
+    key = "total_revenue_180_days"   # shape a: key,value,external_ids
+    _write_csv(d / "unformatted" / f"{key}.csv", ["key", "value", "external_ids"],
+               [[p.segment_id, _fmt(p.traits[key]), json.dumps(_external_ids(p))]
+                for p in profiles if key in p.traits])
+    key = "last_product_viewed_item"  # shape b: indexed identifier columns
+    have = [p for p in profiles if key in p.traits]
+    width = max(len(p.emails) for p in have)
+    _write_csv(d / "columns" / f"{key}.csv",
+               ["key", "value", "external_ids", "user_id", "anonymous_id"]
+               + ["email" if j == 0 else f"email_{j}" for j in range(width)],
+               [[p.segment_id, p.traits[key], json.dumps(_external_ids(p)), p.user_id or "",
+                 p.anonymous_ids[0] if p.anonymous_ids else ""]
+                + [p.emails[j] if j < len(p.emails) else "" for j in range(width)] for p in have])
+    key = "last_order_at"            # shape c: one extra row per extra identifier value
+    rows = []
+    for p in profiles:
+        if key not in p.traits:
+            continue
+        ext = json.dumps(_external_ids(p))
+        extra = max(len(p.emails), len(p.anonymous_ids), 1)
+        for j in range(extra):
+            rows.append([p.segment_id, p.traits[key], ext,
+                         p.anonymous_ids[j] if j < len(p.anonymous_ids) else "",
+                         p.emails[j] if j < len(p.emails) else ""])
+    _write_csv(d / "rows" / f"{key}.csv", ["key", "value", "external_ids", "anonymous_id",
+                                           "email"], rows)
+
+
+def write_profiles_sync(profiles: list[Profile], out: Path, rng: random.Random) -> None:
+    d = out / "profiles_sync"
+    header = ["canonical_segment_id", "first_name", "last_name", *AUDIENCES, *TRAITS, "merged_to"]
+    rows, mapping = [], []
+    for p in profiles:
+        rows.append([p.segment_id, p.first_name or "", p.last_name or ""]
+                    + [_fmt(p.audiences[k]) for k in AUDIENCES]
+                    + [_fmt(p.traits.get(k)) for k in TRAITS] + [""])
+        seen = BACKFILL - timedelta(days=rng.randint(30, 600))
+        for t, values in (("anonymous_id", p.anonymous_ids), ("user_id", [p.user_id] if p.user_id
+                                                              else []), ("email", p.emails)):
+            for v in values:
+                seen += timedelta(minutes=rng.randint(1, 5000))
+                mapping.append([p.segment_id, t, v, seen.strftime("%Y-%m-%d %H:%M:%S")])
+    # profiles merged into others by identity resolution: kept with merged_to set
+    for p in profiles[5:10]:
+        rows.append([_ksuid(rng, "use_"), "", ""] + ["false"] * len(AUDIENCES)
+                    + [""] * len(TRAITS) + [p.segment_id])
+    _write_csv(d / "profile_traits.csv", header, rows)
+    _write_csv(d / "external_id_mapping.csv",
+               ["canonical_segment_id", "external_id_type", "external_id_value", "timestamp"],
+               mapping)
+    try:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    (d / "parquet").mkdir(exist_ok=True)
+    for name in ("profile_traits", "external_id_mapping"):
+        table = pacsv.read_csv(d / f"{name}.csv",
+                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        pq.write_table(table, d / "parquet" / f"{name}.parquet", compression="zstd")
+
+
+# -- NDJSON of Engage messages ----------------------------------------------------------------
+
+def _timeline(rng: random.Random, member: bool) -> list[tuple[datetime, bool]]:
+    """Enter/exit history ending in the current state: backfill bursts, later churn."""
+    def backfill():
+        return BACKFILL + timedelta(seconds=rng.uniform(0, 900))
+
+    def later(after: datetime):
+        span = (SNAPSHOT - timedelta(hours=2) - after).total_seconds()
+        return after + timedelta(seconds=rng.uniform(0.1, 1.0) * max(span, 60))
+    events: list[tuple[datetime, bool]] = []
+    if member:
+        start = backfill() if rng.random() < 0.75 else later(BACKFILL)
+        events.append((start, True))
+        if rng.random() < 0.1:           # exited and came back
+            out_ts = later(start)
+            events += [(out_ts, False), (later(out_ts), True)]
+    elif rng.random() < 0.08:            # was a member, left
+        start = backfill() if rng.random() < 0.6 else later(BACKFILL)
+        events += [(start, True), (later(start), False)]
+    return events
+
+
+def _messages(p: Profile, key: str, klass: str, value, ts: datetime, rng: random.Random,
+              *, string_value: bool = False):
+    """One Engage message per identifier of the profile (Engage's fan-out)."""
+    mode, enter, exit_ = SEND[key]
+    comp_id = AUDIENCES.get(key) or TRAITS[key]
+    personas = {"computation_class": klass, "computation_id": comp_id, "computation_key": key,
+                "namespace": SPACE, "space_id": SPACE}
+    # identifier sets: the first carries userId + primary email; then one per extra value
+    idsets = []
+    if p.user_id or p.emails:
+        idsets.append({"userId": p.user_id, "email": p.emails[0] if p.emails else None})
+        idsets += [{"userId": p.user_id, "email": e} for e in p.emails[1:]]
+        idsets += [{"userId": p.user_id, "email": None if p.user_id else p.emails[0],
+                    "anonymousId": a} for a in p.anonymous_ids]
+    else:
+        idsets += [{"anonymousId": a} for a in p.anonymous_ids]
+    types = ["identify", "track"] if mode == "both" else [mode]
+    out = []
+    for mtype in types:
+        for ids in idsets:
+            received = ts + timedelta(milliseconds=rng.randint(150, 900))
+            m: dict = {"type": mtype}
+            if mtype == "track":
+                m["event"] = enter if (klass == "trait" or value) else exit_
+            if ids.get("userId"):
+                m["userId"] = ids["userId"]
+            if ids.get("anonymousId"):
+                m["anonymousId"] = ids["anonymousId"]
+            m["messageId"] = _ksuid(rng, "personas_")
+            m["timestamp"] = _iso(ts)
+            m["receivedAt"] = _iso(received)
+            m["context"] = {"personas": personas}
+            sent = ("true" if value else "false") if string_value else value
+            if mtype == "identify":
+                m["traits"] = {key: sent}
+                if ids.get("email"):
+                    m["traits"]["email"] = ids["email"]
+            else:
+                if ids.get("email"):
+                    m["context"] = {"personas": personas, "traits": {"email": ids["email"]}}
+                m["properties"] = {("audience_key" if klass == "audience" else "trait_key"): key,
+                                   key: sent}
+            m["integrations"] = {"All": False}
+            out.append(m)
+    return out
+
+
+def event_messages(profiles: list[Profile], seed: int = SEED) -> list[tuple[datetime, int, dict]]:
+    rng = random.Random(seed + 1)
+    msgs = []
+    order = 0
+    drift_id = drift_profile(profiles)
+    for p in profiles:
+        for key in AUDIENCES:
+            for ts, value in _timeline(rng, p.audiences[key]):
+                for m in _messages(p, key, "audience", value, ts, rng):
+                    msgs.append((ts, order, m))
+                    order += 1
+        for key in TRAITS:
+            if key not in p.traits:
+                continue
+            final = p.traits[key]
+            history = []
+            if key == "total_revenue_180_days" and rng.random() < 0.3:
+                history.append((TRAITS_CREATED + timedelta(seconds=rng.uniform(0, 600)),
+                                round(final * rng.uniform(0.3, 0.9), 2)))
+                history.append((BACKFILL + timedelta(days=rng.randint(5, 60)), final))
+            else:
+                history.append((TRAITS_CREATED + timedelta(seconds=rng.uniform(0, 600)), final))
+            for ts, value in history:
+                if key == "total_revenue_180_days" and p.segment_id == drift_id:
+                    value = f"{value:.2f}"                  # one value sent as text
+                for m in _messages(p, key, "trait", value, ts, rng):
+                    msgs.append((ts, order, m))
+                    order += 1
+    # a Journeys v1-style duplicate: the string "true", which must not count as membership
+    vip = next(p for p in profiles if p.audiences["vip_customer"] and p.user_id)
+    ts = SNAPSHOT - timedelta(days=3)
+    for m in _messages(vip, "vip_customer", "audience", True, ts, rng, string_value=True):
+        msgs.append((ts, order, m))
+        order += 1
+    msgs.sort(key=lambda t: (t[0], t[1]))
+    return msgs
+
+
+def write_events(profiles: list[Profile], out: Path) -> None:
+    d = out / "events"
+    d.mkdir(parents=True, exist_ok=True)
+    msgs = event_messages(profiles)
+    # gzip keeps the committed samples small (13k messages); mtime=0 keeps the bytes stable
+    text = "".join(json.dumps(m, separators=(",", ":")) + "\n" for _, _, m in msgs)
+    with open(d / "engage_events.ndjson.gz", "wb") as raw, \
+            gzip.GzipFile(filename="engage_events.ndjson", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(text.encode("utf-8"))
+    # the same messages of the first 100 profiles, as Segment batch envelopes of 100 messages
+    first = {p.user_id for p in profiles[:100] if p.user_id} | \
+        {e for p in profiles[:100] for e in p.emails} | \
+        {a for p in profiles[:100] for a in p.anonymous_ids}
+    subset = [m for _, _, m in msgs if m.get("userId") in first or m.get("anonymousId") in first
+              or (m.get("traits") or {}).get("email") in first
+              or ((m.get("context") or {}).get("traits") or {}).get("email") in first]
+    batches = [{"batch": subset[i:i + 100], "sentAt": subset[min(i + 99, len(subset) - 1)][
+        "receivedAt"]} for i in range(0, len(subset), 100)]
+    (d / "engage_events_batch.json").write_text(
+        "[\n" + ",\n".join(json.dumps(b, separators=(",", ":")) for b in batches) + "\n]\n",
+                                                encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=2000, help="number of profiles (2000)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: data/samples, or data/large when "
+                             "--profiles is above 10,000)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    large = args.profiles > 10_000
+    out = args.out or (HERE.parent / "large" if large else HERE)
+    profiles = make_profiles(args.profiles, args.seed)
+    write_audience_csvs(profiles, out, large=large)
+    if not large:
+        write_trait_csvs(profiles, out)
+        write_profiles_sync(profiles, out, random.Random(args.seed + 2))
+        write_events(profiles, out)
+    print(f"wrote {args.profiles:,} profiles to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The sync ledger: per-workspace file, state and versions, batch records, corrupt/locked files."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from toolkit.errors import LedgerError
+from toolkit.sync.ledger import Ledger, default_ledger_path
+
+
+def test_default_path_is_per_workspace_under_dot_toolkit(tmp_path):
+    with Ledger("http://127.0.0.1:9#abcd1234", directory=tmp_path) as led:
+        assert led.path == default_ledger_path("http://127.0.0.1:9#abcd1234", tmp_path)
+        assert led.path.parent == tmp_path / ".toolkit"
+        assert led.path.name == "ledger-http_127.0.0.1_9_abcd1234.sqlite"
+        mode = sqlite3.connect(led.path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+def test_a_ledger_refuses_another_workspace(tmp_path):
+    path = tmp_path / "l.sqlite"
+    Ledger(path=path, workspace="ws-a#1").close()
+    with pytest.raises(LedgerError) as err:
+        Ledger(path=path, workspace="ws-b#2")
+    assert str(path) in str(err.value) and "ws-a#1" in str(err.value)
+
+
+def test_finish_records_state_and_bumps_version_once_per_batch(tmp_path):
+    with Ledger(path=tmp_path / "l.sqlite", workspace="ws#1") as led:
+        assert led.version == 0
+        led.record_batches("p1", [("attributes-00001", "attributes", 2, None)])
+        led.mark_sent("p1", "attributes-00001")
+        assert led.batch_statuses("p1") == {"attributes-00001": "sent"}
+        v = led.finish("p1", "attributes-00001", "acknowledged",
+                       state=[("attr:vip", "external_id:u1", "true"),
+                              ("attr:vip", "external_id:u2", "false")])
+        assert v == led.version == 1
+        assert led.state("attr:vip").to_dict() == {"external_id:u1": "true",
+                                                   "external_id:u2": "false"}
+        led.finish("p2", "x", "acknowledged", state=[("attr:vip", "external_id:u1", None)])
+        assert led.version == 2
+        assert led.user("external_id:u1") == {}
+        assert led.changes_since(0, excluding_plan="p1") == 1
+        assert led.changes_since(1, excluding_plan="p2") == 0
+        # a batch already recorded keeps its status when recorded again (resume)
+        led.record_batches("p1", [("attributes-00001", "attributes", 2, None)])
+        assert led.batch_statuses("p1")["attributes-00001"] == "acknowledged"
+
+
+def test_uncertain_event_batches_are_listed_and_settled_by_hand(tmp_path):
+    with Ledger(path=tmp_path / "l.sqlite", workspace="ws#1") as led:
+        items = '[["member:vip", "external_id:u1", "true"]]'
+        led.record_batches("p1", [("events-00001", "events", 1, items),
+                                  ("events-00002", "events", 1, items)])
+        led.mark_sent("p1", "events-00001")
+        led.mark_sent("p1", "events-00002")
+        assert list(led.uncertain_events()["batch"]) == ["events-00001", "events-00002"]
+        assert led.uncertain_items() == {("member:vip", "external_id:u1")}
+        led.resolve("p1", "events-00001", landed=True)
+        assert led.state("member:vip").to_dict() == {"external_id:u1": "true"}
+        led.resolve("p1", "events-00002", landed=False)
+        assert led.uncertain_events().empty
+        with pytest.raises(LedgerError):
+            led.resolve("p1", "events-00002", landed=True)
+
+
+def test_a_corrupt_ledger_names_the_file_and_how_to_fix(tmp_path):
+    path = tmp_path / "broken.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LedgerError) as err:
+        Ledger(path=path, workspace="ws#1")
+    assert str(path) in str(err.value)
+    assert "move the file aside" in err.value.hint
+
+
+def test_a_locked_ledger_says_so(tmp_path):
+    path = tmp_path / "l.sqlite"
+    Ledger(path=path, workspace="ws#1").close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(LedgerError) as err:
+            led = Ledger(path=path, workspace="ws#1", timeout=0.1)
+            led.finish("p", "b", "acknowledged", state=[("attr:a", "external_id:u", "1")])
+        assert "locked" in str(err.value) and str(path) in str(err.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -1,0 +1,107 @@
+"""The Braze state segment filters are evaluated on: users, their attributes, events and cohorts.
+
+A `BrazeState` is what a Braze workspace would hold after a sync (projected by the preview) or
+what a sandbox holds; `toolkit.braze.filters` evaluate against it, vectorised. Users are keyed by
+the identifier Braze matches them on, rendered as ``"external_id:u123"``, ``"braze_id:…"``,
+``"alias:<label>:<name>"`` or ``"email:…"`` so keys of different kinds never collide.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from html import escape
+
+import pandas as pd
+
+__all__ = ["BrazeState", "EVENT_COLUMNS", "COHORT_COLUMNS", "braze_user_keys"]
+
+EVENT_COLUMNS = ("user", "name", "time", "properties")
+COHORT_COLUMNS = ("user", "cohort")
+
+
+def _empty_events() -> pd.DataFrame:
+    return pd.DataFrame({"user": pd.Series(dtype="string"), "name": pd.Series(dtype="string"),
+                         "time": pd.Series(dtype="datetime64[ns, UTC]"),
+                         "properties": pd.Series(dtype=object)})
+
+
+def _empty_cohorts() -> pd.DataFrame:
+    return pd.DataFrame({"user": pd.Series(dtype="string"), "cohort": pd.Series(dtype="string")})
+
+
+@dataclass
+class BrazeState:
+    """Users Braze holds: ``attributes`` (typed columns, index = user key), ``events`` (long:
+    user, name, time, properties dict), ``cohorts`` (long: user, cohort name) and ``as_of``, the
+    moment "in the last Y days" and "N days ago" are measured from."""
+
+    attributes: pd.DataFrame
+    events: pd.DataFrame = field(default_factory=_empty_events)
+    cohorts: pd.DataFrame = field(default_factory=_empty_cohorts)
+    as_of: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now(tz="UTC"))
+
+    def __post_init__(self) -> None:
+        self.as_of = pd.Timestamp(self.as_of)
+        if self.as_of.tzinfo is None:
+            self.as_of = self.as_of.tz_localize("UTC")
+        missing = [c for c in EVENT_COLUMNS if c not in self.events.columns]
+        if missing:
+            raise ValueError(f"BrazeState.events lacks columns {missing}")
+        if "time" in self.events and not isinstance(self.events["time"].dtype, pd.DatetimeTZDtype):
+            self.events = self.events.assign(time=pd.to_datetime(self.events["time"], utc=True))
+        if [c for c in COHORT_COLUMNS if c not in self.cohorts.columns]:
+            raise ValueError(f"BrazeState.cohorts needs columns {COHORT_COLUMNS}")
+
+    @property
+    def users(self) -> pd.Index:
+        return self.attributes.index
+
+    def attribute(self, name: str) -> pd.Series:
+        """One attribute over every user; all-missing when no user has it (Braze: blank)."""
+        if name in self.attributes.columns:
+            return self.attributes[name]
+        return pd.Series(pd.NA, index=self.users, dtype=object)
+
+    def __repr__(self) -> str:
+        return (f"<BrazeState {len(self.users):,} users, {self.attributes.shape[1]} attributes, "
+                f"{len(self.events):,} events, {self.cohorts['cohort'].nunique()} cohorts, "
+                f"as of {self.as_of.isoformat()}>")
+
+    def _repr_html_(self) -> str:
+        names = self.events["name"].value_counts().to_dict() if len(self.events) else {}
+        ev = ", ".join(f"{escape(str(k))} ({v:,})" for k, v in names.items()) or "none"
+        attrs = ", ".join(escape(str(c)) for c in self.attributes.columns) or "none"
+        return (f"<div class='braze-state'><b>Projected Braze state</b> as of "
+                f"{escape(self.as_of.isoformat())}: {len(self.users):,} users"
+                f"<br>Attributes: {attrs}<br>Events: {ev}</div>")
+
+
+def braze_user_keys(profiles: pd.DataFrame, *, email_opt_in: bool = False,
+                    alias_label: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """The Braze user key of every profile and the identifier kind used, NA when Braze cannot hold it.
+
+    Order follows DESIGN.md stage 4: external_id = user_id, else braze_id, else a user alias
+    ``{alias_name: segment_id, alias_label}`` when ``alias_label`` is given, else email when
+    ``email_opt_in``. Returns (keys, kinds) as ``string`` Series on ``profiles.index``.
+    """
+    idx = profiles.index
+
+    def col(name: str) -> pd.Series:
+        if name in profiles.columns:
+            s = profiles[name].astype("string")
+            return s.where(s.str.len() > 0)
+        return pd.Series(pd.NA, index=idx, dtype="string")
+
+    keys = pd.Series(pd.NA, index=idx, dtype="string")
+    kinds = pd.Series(pd.NA, index=idx, dtype="string")
+    candidates = [("external_id", col("user_id")), ("braze_id", col("braze_id"))]
+    if alias_label:
+        candidates.append((f"alias:{alias_label}", col("segment_id")))
+    if email_opt_in:
+        candidates.append(("email", col("email")))
+    for kind, values in candidates:
+        take = keys.isna() & values.notna()
+        if take.any():
+            prefix = kind if kind.startswith("alias:") else kind
+            keys = keys.mask(take, prefix + ":" + values)
+            kinds = kinds.mask(take, kind.split(":")[0])
+    return keys, kinds

@@ -1,0 +1,575 @@
+"""Readers for Engage CSV downloads: audience CSVs (formatted, unformatted, legacy, hashed) and
+computed-trait CSVs (three shapes).
+
+An audience CSV is the member list of ONE audience, so every row is a member. The audience key
+comes from the ``computation_key=`` argument, else from the file name (`key_from_path`):
+  1. take the name up to its first dot (``dormant_shopper.csv`` → ``dormant_shopper``);
+  2. lower-case it and drop a leading ``audience_`` / ``audiences_`` / ``trait_`` / ``traits_``;
+  3. repeatedly drop a trailing ``_formatted``, ``_unformatted``, ``_legacy``, ``_hashed``,
+     ``_export``, ``_members`` or date stamp (``_2025-03-14``, ``_20250314``, ``_20250314T0800Z``);
+  4. what is left must be a snake_case key (``[a-z][a-z0-9_]*``), else pass ``computation_key=``.
+So ``audience_dormant_shopper_formatted_2025-03-14.csv`` → ``dormant_shopper``.
+
+Columns of a formatted CSV named after an external id type (``user_id``, ``email``, ``email_1``,
+``anonymous_id``…, see `frames.EXTERNAL_ID_TYPES`) are identifiers; every other column except
+``key`` and ``external_ids`` is a trait and becomes a trait computation. A column named after the
+audience itself, when present, gives the membership value instead of "every row is a member".
+The formatted path reads with pyarrow's multithreaded CSV reader, all columns as text, and types
+trait columns vectorised (see `frames.type_string_column`).
+"""
+from __future__ import annotations
+
+import csv as _stdcsv
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from toolkit.engage.frames import (Typed, assemble, derived_segment_id, id_column_type,
+                                   identifier_frame, tuples_from_arrow, type_python_values,
+                                   type_string_column)
+from toolkit.engage.model import EngageExport, Findings
+from toolkit.errors import ExportFormatError
+
+__all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS"]
+
+CSV_KINDS = ("csv_formatted", "csv_unformatted", "csv_legacy", "csv_hashed", "trait_csv")
+
+_HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
+_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+_SUFFIX = re.compile(r"(?:[_-](?:formatted|unformatted|legacy|hashed|export|members)"
+                     r"|[_-]\d{4}-?\d{2}-?\d{2}(?:t?\d{4,6}z?)?)$")
+_PREFIX = re.compile(r"^(?:audiences?|traits?)[_-]")
+# Typographic quotes Segment's own sample CSVs put inside JSON columns.
+_SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
+_MAX_HEADER_BYTES = 1 << 20
+
+
+def key_from_path(path: str | os.PathLike) -> str:
+    """The audience or trait key a CSV's file name names (rule in the module docstring)."""
+    name = Path(path).name.split(".", 1)[0].strip().lower()
+    name = _PREFIX.sub("", name)
+    previous = None
+    while previous != name:
+        previous, name = name, _SUFFIX.sub("", name)
+    name = name.replace("-", "_")
+    if not _KEY.match(name):
+        raise ExportFormatError(
+            f"cannot tell which audience or trait this CSV holds from its name ({Path(path).name!r})",
+            file=str(path), hint="pass computation_key='your_audience_key' to toolkit.load")
+    return name
+
+
+# -- raw reading -------------------------------------------------------------------------------
+
+class _Header:
+    """The first line of a CSV file: encoding checked, delimiter sniffed, columns split."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_MAX_HEADER_BYTES)
+        except FileNotFoundError:
+            raise ExportFormatError("file not found", file=str(path),
+                                    hint="check the path (relative paths start at the working "
+                                         "directory)") from None
+        except IsADirectoryError:
+            raise ExportFormatError("expected a file, found a directory", file=str(path)) from None
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ExportFormatError("the file is UTF-16 encoded; expected UTF-8", file=str(path),
+                                    line=1, hint="re-save the file as UTF-8 (Excel: CSV UTF-8)")
+        self.bom = head.startswith(b"\xef\xbb\xbf")
+        if self.bom:
+            head = head[3:]
+        if not head.strip():
+            raise ExportFormatError("the file is empty; expected a header line and member rows",
+                                    file=str(path), line=1,
+                                    hint="download the CSV again from Engage")
+        first = head.split(b"\n", 1)[0].rstrip(b"\r")
+        try:
+            text = first.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ExportFormatError(
+                f"the header is not UTF-8 (byte {first[exc.start]:#04x} at column {exc.start + 1})",
+                file=str(path), line=1, column=exc.start + 1,
+                hint="re-save the file as UTF-8") from None
+        counts = {d: text.count(d) for d in (",", ";", "\t")}
+        self.delimiter = max(counts, key=counts.get) if any(counts.values()) else ","
+        self.columns = [c.strip() for c in next(_stdcsv.reader([text], delimiter=self.delimiter))]
+        self.has_rows = b"\n" in head and bool(head.split(b"\n", 1)[1].strip())
+        if not [c for c in self.columns if c]:
+            raise ExportFormatError("the header line is blank; expected column names",
+                                    file=str(path), line=1)
+        seen = set()
+        for i, c in enumerate(self.columns):
+            if not c:
+                raise ExportFormatError(f"column {i + 1} of the header has no name", file=str(path),
+                                        line=1, column=i + 1, hint="give every column a name")
+            if c.lower() in seen:
+                raise ExportFormatError(f"column name {c!r} appears twice in the header",
+                                        file=str(path), line=1, column=i + 1)
+            seen.add(c.lower())
+
+    @property
+    def lower(self) -> list[str]:
+        return [c.lower() for c in self.columns]
+
+
+def _read_table(header: _Header) -> pa.Table:
+    """Every column as text; empty cells are null."""
+    path = header.path
+    opts = pacsv.ReadOptions(use_threads=True, block_size=1 << 24, column_names=header.columns,
+                             skip_rows=1)
+    parse = pacsv.ParseOptions(delimiter=header.delimiter, newlines_in_values=True)
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header.columns},
+                                   strings_can_be_null=True, null_values=[""],
+                                   quoted_strings_can_be_null=True)
+    try:
+        table = pacsv.read_csv(path, read_options=opts, parse_options=parse,
+                               convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise _explain_arrow_error(path, header, exc) from None
+    return table
+
+
+def _explain_arrow_error(path: Path, header: _Header, exc: Exception) -> ExportFormatError:
+    """Turn a pyarrow CSV error into one that names the line and says what was expected."""
+    text = str(exc)
+    raw = path.read_bytes()
+    if header.bom:
+        raw = raw[3:]
+    if "UTF8" in text or "utf8" in text.lower():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+            return ExportFormatError(
+                f"the file is not UTF-8 (byte {raw[err.start]:#04x})", file=str(path), line=line,
+                column=col, hint="re-save the file as UTF-8 (it looks like Latin-1 / Windows-1252)")
+    m = re.search(r"Expected (\d+) columns, got (\d+)", text)
+    if m:
+        expected = int(m.group(1))
+        reader = _stdcsv.reader(io.StringIO(raw.decode("utf-8", "replace")),
+                                delimiter=header.delimiter)
+        for line_no, row in enumerate(reader, start=1):
+            if line_no > 1 and len(row) != expected and any(row):
+                return ExportFormatError(
+                    f"expected {expected} fields like the header, found {len(row)}",
+                    file=str(path), line=reader.line_num, column=min(len(row), expected) + 1,
+                    hint="a value with the separator inside must be quoted; the file may be cut off")
+        return ExportFormatError(f"expected {expected} fields per row like the header, found "
+                                 f"{m.group(2)}", file=str(path),
+                                 hint="a value with the separator inside must be quoted")
+    return ExportFormatError(f"not a readable CSV: {text.splitlines()[0]}", file=str(path),
+                             hint="check the file is a CSV downloaded from Engage")
+
+
+def detect_csv_kind(path: str | os.PathLike) -> str:
+    """The CSV shape of `path`, judged from its header and first rows."""
+    return _detect(_Header(Path(path)))
+
+
+def _detect(header: _Header) -> str:
+    cols = header.lower
+    if "key" in cols and "value" in cols:
+        return "trait_csv"
+    if "key" in cols and "external_ids" in cols and "traits" in cols:
+        return "csv_unformatted"
+    if set(cols) == {"key", "external_ids"}:
+        return "csv_legacy"
+    if len(cols) == 1 and id_column_type(cols[0]):
+        with open(header.path, "rb") as fh:
+            lines = fh.read(_MAX_HEADER_BYTES).decode("utf-8", "replace").splitlines()[1:21]
+        values = [v.strip().strip('"') for v in lines if v.strip()]
+        if values and all(_HEX64.match(v) for v in values):
+            return "csv_hashed"
+    return "csv_formatted"
+
+
+# -- identifiers from JSON cells ---------------------------------------------------------------
+
+def _json_cell(text: str | None, *, path: Path, line: int, column: str, findings: Findings,
+               repaired: list[int]) -> Any:
+    if text is None or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        value = json.loads(text.translate(_SMART_QUOTES))
+    except json.JSONDecodeError as exc:
+        raise ExportFormatError(
+            f"invalid JSON in column {column!r}: {exc.msg} at character {exc.pos + 1}",
+            file=str(path), line=line, column=column,
+            hint='the cell must hold a JSON object such as {"email": ["a@example.com"]}') from None
+    repaired.append(line)
+    return value
+
+
+def _ids_from_json(value: Any, *, path: Path, line: int, column: str) -> dict[str, list[str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ExportFormatError(f"column {column!r} must hold a JSON object of id type → values, "
+                                f"found {type(value).__name__}", file=str(path), line=line,
+                                column=column)
+    out: dict[str, list[str]] = {}
+    for id_type, values in value.items():
+        vals = values if isinstance(values, list) else [values]
+        out[str(id_type).lower()] = [str(v) for v in vals if v is not None and str(v) != ""]
+    return out
+
+
+# -- the reader --------------------------------------------------------------------------------
+
+def read_csv(path: str | os.PathLike, kind: str | None = None, *,
+             computation_key: str | None = None, computation_id: str | None = None) -> EngageExport:
+    """Read one Engage audience or computed-trait CSV (shape auto-detected unless `kind`)."""
+    path = Path(path)
+    header = _Header(path)
+    kind = kind or _detect(header)
+    if kind not in CSV_KINDS:
+        raise ExportFormatError(f"unknown CSV kind {kind!r}", file=str(path),
+                                hint=f"use one of {', '.join(CSV_KINDS)}")
+    if not header.has_rows:
+        raise ExportFormatError("the file has a header but no rows; expected at least one member",
+                                file=str(path), line=2,
+                                hint="an empty audience exports no rows: nothing to load")
+    key = computation_key or key_from_path(path)
+    findings = Findings()
+    if header.delimiter != ",":
+        findings.add("info", "separator", f"columns are separated by {header.delimiter!r}",
+                     fix="nothing to do; the reader handles it")
+    if header.bom:
+        findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
+                     fix="nothing to do; the reader handles it")
+    table = _read_table(header)
+    if table.num_rows == 0:
+        raise ExportFormatError("the file has a header but no rows", file=str(path), line=2)
+    lower = {c.lower(): c for c in table.column_names}
+    reader = {"csv_formatted": _formatted, "csv_unformatted": _unformatted,
+              "csv_legacy": _unformatted, "csv_hashed": _hashed, "trait_csv": _trait}[kind]
+    return reader(path, table, lower, key=key, computation_id=computation_id, findings=findings,
+                  kind=kind)
+
+
+def _snapshot(path: Path) -> pd.Timestamp:
+    return pd.Timestamp(os.path.getmtime(path), unit="s", tz="UTC")
+
+
+def _source(path: Path, kind: str) -> str:
+    return f"{path} ({kind})"
+
+
+class _Ids:
+    """Identifier columns gathered from a CSV: per id type, pyarrow text columns in order."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.columns: dict[str, list[pa.ChunkedArray]] = {}
+
+    def add(self, id_type: str, values) -> None:
+        if not isinstance(values, pa.ChunkedArray):
+            values = pa.chunked_array([pa.array(values, type=pa.string())])
+        values = pc.utf8_trim_whitespace(values)
+        if pc.any(pc.equal(values, "")).as_py():  # whitespace-only cells
+            values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+        if id_type == "email":
+            values = pc.utf8_lower(values)
+        self.columns.setdefault(id_type, []).append(values)
+
+    def primary(self, id_type: str) -> pd.Series:
+        cols = self.columns.get(id_type)
+        if not cols:
+            return pd.Series(pd.NA, index=range(self.n), dtype="string")
+        out = cols[0] if len(cols) == 1 else pc.coalesce(*cols)
+        return pd.Series(out.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
+
+    def all(self, id_type: str) -> pd.Series:
+        return tuples_from_arrow(self.columns.get(id_type, []), self.n)
+
+
+def _id_columns(table: pa.Table, lower: dict[str, str], ids: _Ids, findings: Findings) -> list[str]:
+    """Collect identifier columns into `ids`; return the trait columns."""
+    traits = []
+    indexed: list[tuple[str, int, str]] = []
+    for low, original in lower.items():
+        if low in ("key", "external_ids", "traits", "value"):
+            continue
+        id_type = id_column_type(low)
+        if id_type is None:
+            traits.append(original)
+        else:
+            indexed.append((id_type[0], id_type[1], original))
+    ignored = []
+    for id_type, _, original in sorted(indexed, key=lambda t: (t[0], t[1])):
+        if id_type in ("user_id", "email", "anonymous_id", "braze_id"):
+            ids.add(id_type, table.column(original))
+        else:
+            ignored.append(original)
+    if ignored:
+        findings.add("info", "ignored_identifier",
+                     f"identifier columns {', '.join(ignored)} are not used by Braze and were "
+                     "left out", fix="nothing to do")
+    return traits
+
+
+def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
+            typed: dict[str, Typed], comps: list[dict], findings: Findings, *,
+            repeats_expected: bool = False) -> EngageExport:
+    """Collapse repeated profiles, build identifiers, assemble and validate."""
+    user_id, email = ids.primary("user_id"), ids.primary("email")
+    anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
+    emails, anonymous_ids = ids.all("email"), ids.all("anonymous_id")
+    if seg is None or seg.isna().all():
+        seg = derived_segment_id(user_id, email, anonymous_id)
+    else:
+        seg = seg.astype("string").reset_index(drop=True).str.strip()
+        missing = seg.isna() | (seg == "")
+        if missing.any():
+            raise ExportFormatError(
+                "a row has no profile key", file=str(path), line=int(np.flatnonzero(missing)[0]) + 2,
+                column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
+    frame = identifier_frame(seg, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
+                             pd.RangeIndex(len(seg)), email_lowered=True)
+    rows = np.arange(1, len(seg) + 1)
+    # hashing in pyarrow: far faster than Series.duplicated on a million rows
+    if pc.count_distinct(pa.array(frame["segment_id"].array)).as_py() < len(frame):
+        frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
+    return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                    source=_source(path, kind), findings=findings, rows=rows)
+
+
+def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
+              path: Path, repeats_expected: bool):
+    """Merge rows of the same profile: first value per column, union of multi-valued ids."""
+    dup = frame["segment_id"].duplicated(keep=False).to_numpy()
+    if not repeats_expected:
+        firsts = frame.loc[dup].groupby("segment_id", sort=False).head(1).index
+        counts = frame.loc[dup, "segment_id"].value_counts()
+        for pos in firsts[:200]:
+            sid = frame.at[pos, "segment_id"]
+            findings.add("warning", "duplicate_profile",
+                         f"profile {sid} appears on {int(counts[sid])} rows; rows merged",
+                         row=int(rows[pos]), column="key", segment_id=str(sid),
+                         fix="download the audience again; an Engage CSV lists each profile once")
+        if len(firsts) > 200:
+            findings.add("warning", "duplicate_profile",
+                         f"{len(firsts):,} profiles appear on several rows; rows merged",
+                         column="key", fix="download the audience again")
+    work = frame.copy()
+    for k, t in typed.items():
+        work[f"__{k}"] = t.values.reset_index(drop=True)
+    work["__row"] = rows
+    group = work.groupby("segment_id", sort=False)
+    merged = group.first()
+    for col in ("emails", "anonymous_ids"):
+        merged[col] = group[col].agg(lambda s: tuple(dict.fromkeys(v for t in s for v in t)))
+    merged = merged.reset_index()
+    codes = group.ngroup().to_numpy()  # original position -> merged position
+    position_of = dict(enumerate(codes.tolist()))
+    new_typed = {}
+    for k, t in typed.items():
+        values = merged[f"__{k}"].astype(t.values.dtype)
+        nt = Typed(values, t.value_type, [(position_of[i], v, kk) for i, v, kk in t.drift],
+                   [(position_of[i], v) for i, v in t.invalid_dates],
+                   [(position_of[i], v) for i, v in t.string_booleans],
+                   text_booleans=t.text_booleans)
+        new_typed[k] = nt
+    out = merged[[c for c in frame.columns]]
+    for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
+        out[c] = out[c].astype("string")
+    return out, new_typed, merged["__row"].to_numpy()
+
+
+def _audience_comp(key: str, computation_id: str | None) -> dict:
+    return {"key": key, "kind": "audience", "computation_id": computation_id,
+            "value_type": "boolean"}
+
+
+def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+    n = table.num_rows
+    ids = _Ids(n)
+    traits = _id_columns(table, lower, ids, findings)
+    if "external_ids" in lower:  # legacy formatted: JSON column next to the indexed columns
+        _json_ids_into(path, table.column(lower["external_ids"]).to_pylist(), "external_ids", ids,
+                       findings)
+    if "key" not in lower and not ids.columns:
+        raise ExportFormatError(
+            "no identifier column: expected 'key' or one of user_id, email, anonymous_id, braze_id",
+            file=str(path), line=1, hint="include External IDs when you download the CSV")
+    typed: dict[str, Typed] = {}
+    comps = []
+    member = None
+    for col in traits:
+        t = type_string_column(table.column(col), audience=col.lower() == key)
+        if col.lower() == key:
+            member = t
+            continue
+        typed[col] = t
+        comps.append({"key": col, "kind": "trait"})
+    if member is None:
+        member = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [], [])
+    typed = {key: member, **typed}
+    comps.insert(0, _audience_comp(key, computation_id))
+    seg = (pd.Series(table.column(lower["key"]).to_pandas(
+        types_mapper={pa.string(): pd.StringDtype()}.get)) if "key" in lower else None)
+    return _finish(path, kind, key, seg, ids, typed, comps, findings)
+
+
+def _json_ids_into(path: Path, cells: list, column: str, ids: _Ids, findings: Findings) -> None:
+    repaired: list[int] = []
+    per_type: dict[str, list[list[str]]] = {}
+    n = len(cells)
+    for i, cell in enumerate(cells):
+        line = i + 2
+        parsed = _ids_from_json(_json_cell(cell, path=path, line=line, column=column,
+                                           findings=findings, repaired=repaired),
+                                path=path, line=line, column=column)
+        for id_type, values in parsed.items():
+            per_type.setdefault(id_type, [[] for _ in range(n)])[i] = values
+    for id_type in ("user_id", "email", "anonymous_id", "braze_id"):
+        lists = per_type.get(id_type)
+        if not lists:
+            continue
+        width = max(len(v) for v in lists)
+        for j in range(width):
+            ids.add(id_type, [v[j] if j < len(v) else None for v in lists])
+    _note_repairs(findings, repaired, column)
+
+
+def _note_repairs(findings: Findings, repaired: list[int], column: str) -> None:
+    if repaired:
+        findings.add("info", "repaired_quotes",
+                     f"typographic quotes replaced in {len(repaired):,} JSON cells of {column!r} "
+                     f"(first at line {repaired[0]})", row=repaired[0] - 1, column=column,
+                     fix="nothing to do; re-export to get plain JSON")
+
+
+def _unformatted(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+    if "key" not in lower or "external_ids" not in lower:
+        raise ExportFormatError("expected columns 'key' and 'external_ids'", file=str(path), line=1)
+    n = table.num_rows
+    ids = _Ids(n)
+    _json_ids_into(path, table.column(lower["external_ids"]).to_pylist(), "external_ids", ids,
+                   findings)
+    typed: dict[str, Typed] = {}
+    comps = [_audience_comp(key, computation_id)]
+    member_values = None
+    if "traits" in lower:
+        repaired: list[int] = []
+        trait_rows: list[dict] = []
+        for i, cell in enumerate(table.column(lower["traits"]).to_pylist()):
+            value = _json_cell(cell, path=path, line=i + 2, column="traits", findings=findings,
+                               repaired=repaired)
+            if value is not None and not isinstance(value, dict):
+                raise ExportFormatError(f"column 'traits' must hold a JSON object, found "
+                                        f"{type(value).__name__}", file=str(path), line=i + 2,
+                                        column="traits")
+            trait_rows.append(value or {})
+        _note_repairs(findings, repaired, "traits")
+        names = list(dict.fromkeys(k for row in trait_rows for k in row))
+        for name in names:
+            values = pd.Series([row.get(name) for row in trait_rows], dtype=object)
+            if name == key:
+                member_values = type_python_values(values, audience=True)
+                continue
+            typed[name] = type_python_values(values)
+            comps.append({"key": name, "kind": "trait"})
+    if member_values is None:
+        member_values = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [],
+                              [])
+    typed = {key: member_values, **typed}
+    seg = pd.Series(table.column(lower["key"]).to_pandas(
+        types_mapper={pa.string(): pd.StringDtype()}.get))
+    return _finish(path, kind, key, seg, ids, typed, comps, findings)
+
+
+def _hashed(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+    (column,) = table.column_names
+    id_type = (id_column_type(column) or (column.lower(), 0))[0]
+    values = pd.Series(table.column(column).to_pandas(
+        types_mapper={pa.string(): pd.StringDtype()}.get)).str.strip()
+    bad = ~values.fillna("").str.fullmatch(r"[0-9A-Fa-f]{64}")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ExportFormatError(
+            f"expected a SHA-256 digest (64 hex characters), found {str(values.iloc[i])[:40]!r}",
+            file=str(path), line=i + 2, column=column,
+            hint="a single-column hashed CSV holds one digest per row")
+    seg = "sha256:" + values.str.upper()
+    ids = _Ids(len(values))
+    typed = {key: Typed(pd.Series(np.ones(len(values), dtype=bool), dtype="boolean"), "boolean",
+                        [], [], [])}
+    findings.add("info", "hashed_export", f"identifiers are SHA-256 hashes of {id_type}",
+                 column=column, fix="use toolkit.engage.csv.match_hashed(export, clear_export)")
+    return _finish(path, kind, key, seg, ids, typed, [_audience_comp(key, computation_id)],
+                   findings)
+
+
+def _trait(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+    n = table.num_rows
+    ids = _Ids(n)
+    _id_columns(table, lower, ids, findings)
+    if "external_ids" in lower:
+        _json_ids_into(path, table.column(lower["external_ids"]).to_pylist(), "external_ids", ids,
+                       findings)
+    typed = {key: type_string_column(table.column(lower["value"]))}
+    comps = [{"key": key, "kind": "trait", "computation_id": computation_id}]
+    seg = pd.Series(table.column(lower["key"]).to_pandas(
+        types_mapper={pa.string(): pd.StringDtype()}.get))
+    # shape c repeats a profile's row once per extra identifier value: expected, not a finding
+    return _finish(path, kind, key, seg, ids, typed, comps, findings, repeats_expected=True)
+
+
+def sha256_upper(value: str) -> str:
+    """Engage's hashing of an identifier: SHA-256 of the value, upper-case hex."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest().upper()
+
+
+def match_hashed(hashed: EngageExport, known: EngageExport) -> EngageExport:
+    """Resolve a hashed audience against a clear-text export: matched profiles take the known
+    profile's identifiers (and become Braze-usable); unmatched ones stay keyed by their hash."""
+    lookup: dict[str, int] = {}
+    kp = known.profiles
+    for i, values in enumerate(kp["emails"]):
+        for v in values:
+            lookup.setdefault(sha256_upper(v.strip().lower()), i)
+    for i, v in enumerate(kp["user_id"]):
+        if v is not pd.NA:
+            lookup.setdefault(sha256_upper(v), i)
+    p = hashed.profiles.copy()
+    digests = p["segment_id"].str.removeprefix("sha256:")
+    matches = [lookup.get(d) for d in digests]
+    for pos, m in enumerate(matches):
+        if m is None:
+            continue
+        for col in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
+            p.at[pos, col] = kp.at[m, col]
+        p.at[pos, "emails"] = kp.at[m, "emails"]
+        p.at[pos, "anonymous_ids"] = kp.at[m, "anonymous_ids"]
+    findings = Findings(f for f in hashed.findings if f.code != "hashed_identifier")
+    matched = sum(m is not None for m in matches)
+    findings.add("info", "hashed_matched", f"{matched:,} of {len(p):,} hashes matched a known "
+                 "profile", column="segment_id")
+    unmatched = len(p) - matched
+    if unmatched:
+        findings.add("error", "hashed_identifier",
+                     f"{unmatched:,} profiles are known only by a SHA-256 hash; Braze cannot use "
+                     "a hash as an identifier", column="segment_id",
+                     fix="these hashes matched no profile of the clear-text export")
+    return EngageExport(profiles=p, computations=hashed.computations, events=hashed.events,
+                        snapshot_at=hashed.snapshot_at, source=hashed.source + " matched",
+                        findings=findings)

@@ -1,0 +1,277 @@
+"""`toolkit.load`: one entry point for every Engage export shape, auto-detected by content.
+
+Detection, in order: a DataFrame is taken as profiles; a directory (or list of paths) holding
+both Profiles Sync tables is ``profiles_sync``; any other directory or list is every usable file
+in it, each loaded on its own and merged (`merge`); a file starting with ``{`` or ``[`` (after a
+BOM, whitespace or gzip) is ``ndjson``; anything else is a CSV whose header decides its shape
+(see `toolkit.engage.csv.detect_csv_kind`). ``kind=`` overrides detection.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from toolkit.engage import csv as csv_reader
+from toolkit.engage.events import read_events
+from toolkit.engage.frames import (PANDAS_DTYPE, Typed, assemble, computations_frame,
+                                   derived_segment_id, empty_events,
+                                   identifier_frame, type_python_values)
+from toolkit.engage.model import IDENTIFIER_COLUMNS, EngageExport, Finding, Findings
+from toolkit.engage.profile_api import load_profile_api
+from toolkit.engage.profiles_sync import find_tables, read_profiles_sync
+from toolkit.errors import ExportFormatError
+
+__all__ = ["load", "detect_kind", "merge", "KINDS"]
+
+KINDS = ("csv_formatted", "csv_unformatted", "csv_legacy", "csv_hashed", "trait_csv", "ndjson",
+         "profiles_sync", "profile_api", "dataframe")
+_USABLE = (".csv", ".tsv", ".txt", ".ndjson", ".jsonl", ".json", ".gz")
+
+
+def detect_kind(path: str | os.PathLike) -> str:
+    """The export kind of a file or directory, judged by content (not by extension)."""
+    path = Path(path)
+    if path.is_dir():
+        return "profiles_sync" if find_tables(path) else "directory"
+    if not path.exists():
+        raise ExportFormatError("file not found", file=str(path),
+                                hint="check the path (relative paths start at the working "
+                                     "directory)")
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head[:4] == b"PAR1":
+        raise ExportFormatError(
+            "a parquet file on its own is not an Engage export this toolkit reads",
+            file=str(path), hint="Profiles Sync needs both tables: pass the directory holding "
+                                 "profile_traits and external_id_mapping, or a tuple of both")
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(4096)
+        except (OSError, EOFError):
+            raise ExportFormatError("the gzip file is damaged", file=str(path)) from None
+        if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
+            raise ExportFormatError("a gzip file must hold NDJSON or JSON", file=str(path),
+                                    hint="decompress CSV files before loading them")
+    stripped = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if not stripped:
+        raise ExportFormatError("the file is empty; expected an Engage CSV or NDJSON export",
+                                file=str(path), line=1, hint="download the export again")
+    if stripped.startswith((b"{", b"[")):
+        return "ndjson"
+    if b"\x00" in head:
+        raise ExportFormatError("unknown format: the file is binary, not CSV or NDJSON",
+                                file=str(path), hint="load an Engage CSV, NDJSON or Profiles Sync "
+                                                     "export")
+    return csv_reader.detect_csv_kind(path)
+
+
+def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | None = None,
+         audience: str | None = None, computation_id: str | None = None,
+         audiences: Iterable[str] | None = None, **profile_api: Any) -> EngageExport:
+    """Load an Engage export into an `EngageExport`.
+
+    `path_or_frame`: a file, a directory, a list/tuple of paths, a DataFrame, or (with
+    ``kind="profile_api"``) the profile ids to look up (then pass ``space_id=`` and ``token=``).
+    `kind`: one of `KINDS` to skip detection. `computation_key` / `audience`: the audience (or
+    trait) a single CSV holds, instead of the one its file name names. `audiences`: which
+    Profiles Sync / DataFrame columns are audiences (default: the all-boolean ones).
+    """
+    if kind is not None and kind not in KINDS:
+        raise ExportFormatError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+    key = computation_key or audience
+    if kind == "profile_api":
+        return load_profile_api(ids=path_or_frame, **profile_api)
+    if profile_api:
+        raise TypeError(f"unexpected arguments {', '.join(profile_api)} (only for "
+                        "kind='profile_api')")
+    if isinstance(path_or_frame, EngageExport):
+        return path_or_frame
+    if isinstance(path_or_frame, pd.DataFrame):
+        return from_frame(path_or_frame, audiences=audiences)
+    if kind == "dataframe":
+        raise ExportFormatError("kind='dataframe' needs a pandas DataFrame",
+                                hint="pass the DataFrame itself")
+    if isinstance(path_or_frame, (list, tuple)):
+        paths = [Path(p) for p in path_or_frame]
+        if not paths:
+            raise ExportFormatError("no files given", hint="pass at least one path")
+        if kind in (None, "profiles_sync") and find_tables(paths):
+            return read_profiles_sync(paths, audiences=audiences)
+        if kind == "profiles_sync":
+            return read_profiles_sync(paths, audiences=audiences)
+        if len(paths) == 1:
+            return load(paths[0], kind, computation_key=key, computation_id=computation_id)
+        if key:
+            raise ExportFormatError("computation_key= names the audience of ONE file",
+                                    hint="name each file after its audience, or load them one "
+                                         "at a time")
+        return merge([load(p, kind) for p in paths])
+    if not isinstance(path_or_frame, (str, os.PathLike)):
+        raise ExportFormatError(f"cannot load a {type(path_or_frame).__name__}",
+                                hint="pass a path, a list of paths or a DataFrame")
+    path = Path(path_or_frame)
+    if path.is_dir():
+        if kind in (None, "profiles_sync") and find_tables(path):
+            return read_profiles_sync(path, audiences=audiences)
+        if kind == "profiles_sync":
+            return read_profiles_sync(path, audiences=audiences)
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and any(p.name.lower().endswith(s) for s in _USABLE))
+        if not files:
+            raise ExportFormatError("the directory holds no Engage export (no .csv, .ndjson, "
+                                    ".json files, nor Profiles Sync tables)", file=str(path),
+                                    hint="point at the export files themselves")
+        if len(files) == 1:
+            return load(files[0], kind, computation_key=key, computation_id=computation_id)
+        return merge([load(p, kind) for p in files])
+    kind = kind or detect_kind(path)
+    if kind == "ndjson":
+        return read_events(path)
+    if kind == "profiles_sync":
+        return read_profiles_sync(path, audiences=audiences)
+    if not path.exists():
+        raise ExportFormatError("file not found", file=str(path), hint="check the path")
+    return csv_reader.read_csv(path, kind, computation_key=key, computation_id=computation_id)
+
+
+def from_frame(frame: pd.DataFrame, *, audiences: Iterable[str] | None = None) -> EngageExport:
+    """An `EngageExport` from a DataFrame of profiles: identifier columns (``segment_id`` or
+    ``key``, ``user_id``, ``email``, ``anonymous_id``, ``braze_id``) and one column per
+    computation; boolean columns are audiences unless `audiences` names them."""
+    df = frame.reset_index(drop=True)
+    cols = {c.lower() if isinstance(c, str) else c: c for c in df.columns}
+    if not any(c in cols for c in ("segment_id", "key", "user_id", "email", "anonymous_id",
+                                   "braze_id")):
+        raise ExportFormatError("the DataFrame has no identifier column",
+                                column=", ".join(map(str, df.columns[:8])),
+                                hint="include segment_id (or key), user_id, email or anonymous_id")
+    if df.empty:
+        raise ExportFormatError("the DataFrame has no rows", hint="load a non-empty export")
+    n = len(df)
+
+    def col(name):
+        return df[cols[name]].astype("string") if name in cols else \
+            pd.Series(pd.NA, index=df.index, dtype="string")
+    user_id, email, anon, braze = col("user_id"), col("email").str.lower(), col("anonymous_id"), \
+        col("braze_id")
+    seg = col("segment_id") if "segment_id" in cols else col("key")
+    seg = seg.fillna(derived_segment_id(user_id, email, anon))
+
+    def tuples(name, primary):
+        if name in cols:
+            return pd.Series([tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else
+                              ((p,) if p is not pd.NA else ()) for v, p in zip(df[cols[name]],
+                                                                               primary)],
+                             dtype=object)
+        return pd.Series([(p,) if p is not pd.NA else () for p in primary], dtype=object)
+    ident = identifier_frame(seg, user_id, email, anon, braze, tuples("emails", email),
+                             tuples("anonymous_ids", anon), pd.RangeIndex(n))
+    findings = Findings()
+    if ident["segment_id"].duplicated().any():
+        raise ExportFormatError("the DataFrame has the same profile on several rows",
+                                column="segment_id", row=int(np.flatnonzero(
+                                    ident["segment_id"].duplicated().to_numpy())[0]) + 1,
+                                hint="drop duplicates first: frame.drop_duplicates('segment_id')")
+    skip = {"segment_id", "key", "user_id", "email", "anonymous_id", "braze_id", "emails",
+            "anonymous_ids"}
+    wanted = set(audiences) if audiences is not None else None
+    typed: dict[str, Typed] = {}
+    comps = []
+    for name in df.columns:
+        if isinstance(name, str) and name.lower() in skip:
+            continue
+        values = df[name]
+        raw = pd.Series(values.astype(object).where(values.notna(), None), dtype=object)
+        is_audience = (name in wanted) if wanted is not None else (
+            values.dtype == bool or str(values.dtype) == "boolean")
+        t = type_python_values(raw, audience=is_audience)
+        typed[str(name)] = t
+        comps.append({"key": str(name), "kind": "audience" if is_audience else "trait"})
+    return assemble(ident, typed, comps, events=None, snapshot_at=pd.Timestamp.now(tz="UTC"),
+                    source="DataFrame (dataframe)", findings=findings)
+
+
+def merge(exports: Sequence[EngageExport]) -> EngageExport:
+    """Union of several exports keyed by ``segment_id``: an audience column is False for profiles
+    that came from other exports, a trait NA; a profile in several exports is merged (first
+    non-missing identifier and trait value, union of emails and anonymous ids, member if any
+    export says so)."""
+    if not exports:
+        raise ExportFormatError("nothing to merge")
+    if len(exports) == 1:
+        return exports[0]
+    comps: dict[str, dict] = {}
+    findings = Findings()
+    for e in exports:
+        label = e.source.split(" (")[0]
+        label = Path(label).name if label else "(in memory)"
+        for f in e.findings:
+            findings.extend([Finding(f.severity, f.code, f"{label}: {f.message}", row=f.row,
+                                     column=f.column, fix=f.fix, segment_id=f.segment_id)])
+        for c in e.computations.to_dict("records"):
+            prev = comps.get(c["key"])
+            if prev is None:
+                comps[c["key"]] = c
+            elif prev["kind"] != c["kind"] or prev["value_type"] != c["value_type"]:
+                findings.add("warning", "type_drift",
+                             f"{label}: {c['key']!r} is {c['kind']} {c['value_type']} here but "
+                             f"{prev['kind']} {prev['value_type']} in an earlier file; the first "
+                             "is kept", column=c["key"],
+                             fix="Braze locks an attribute's type on the first value it receives")
+    frames = []
+    for e in exports:
+        p = e.profiles.copy()
+        for key, c in comps.items():
+            if key not in p:
+                p[key] = pd.Series(False if c["kind"] == "audience" else pd.NA, index=p.index,
+                                   dtype=PANDAS_DTYPE.get(c["value_type"], object)) \
+                    if c["kind"] == "audience" else pd.Series(pd.NA, index=p.index, dtype=object)
+            elif c["kind"] == "audience":
+                p[key] = p[key].astype("boolean")
+        frames.append(p)
+    allp = pd.concat(frames, ignore_index=True)
+    group = allp.groupby("segment_id", sort=False)
+    out = group[[c for c in IDENTIFIER_COLUMNS if c != "segment_id"]].first()
+    for col in ("emails", "anonymous_ids"):
+        out[col] = group[col].agg(lambda s: tuple(dict.fromkeys(v for t in s for v in t)))
+    for key, c in comps.items():
+        if c["kind"] == "audience":
+            out[key] = group[key].max().astype("boolean")
+        else:
+            firsts = group[key].first()
+            dtype = PANDAS_DTYPE.get(c["value_type"])
+            if dtype is not None:
+                try:
+                    firsts = firsts.astype(dtype)
+                except (TypeError, ValueError):
+                    firsts = type_python_values(firsts.astype(object)).values
+            out[key] = firsts
+    out = out.reset_index()
+    for c in IDENTIFIER_COLUMNS:
+        out[c] = out[c].astype("string")
+    ordered = out[[*IDENTIFIER_COLUMNS, "emails", "anonymous_ids", *comps]]
+    events = [e.events for e in exports if len(e.events)]
+    events_frame = pd.concat(events, ignore_index=True) if events else empty_events()
+    snaps = [e.snapshot_at for e in exports if e.snapshot_at is not None]
+    kinds = sorted({e.source.rsplit("(", 1)[-1].rstrip(")") for e in exports if "(" in e.source})
+    merged = EngageExport(
+        profiles=ordered.reset_index(drop=True),
+        computations=computations_frame(comps.values()),
+        events=events_frame, snapshot_at=max(snaps) if snaps else None,
+        source=f"{len(exports)} exports merged ({', '.join(kinds)})", findings=findings)
+    # profile-level checks (shared user_ids, anonymous-only…) re-run on the merged whole
+    merged.findings = Findings(f for f in findings if f.code not in _PROFILE_LEVEL)
+    from toolkit.engage import validation
+    validation.check(merged, {}, rows=False)
+    return merged
+
+
+# Findings about whole profiles, recomputed after a merge (their row numbers would otherwise
+# point into one file while the profile now spans several).
+_PROFILE_LEVEL = {"anonymous_only", "email_only", "hashed_identifier", "duplicate_user_id"}

@@ -1,0 +1,145 @@
+"""Validation of a loaded Engage export against what Braze will accept, recorded as findings.
+
+Checks (finding codes):
+  anonymous_only     error    profile has only anonymous ids: no user_id, braze_id or email
+  email_only         info     profile has an email but no user_id / braze_id (needs email opt-in)
+  hashed_identifier  error    profile known only by a hashed id (single-column hashed CSV)
+  duplicate_profile  warning  the same Segment profile appears on several rows (rows merged)
+  duplicate_user_id  warning  several Segment profiles share one user_id (one Braze user)
+  type_drift         warning  a value's type differs from its column's (Braze locks the type)
+  invalid_date       warning  a date value that does not parse as ISO-8601
+  string_boolean     warning  "true"/"false" as text in a JSON value (not a membership)
+                     info     a CSV column of "true"/"false" read as booleans
+  long_string        warning  a string value over 255 characters (Braze truncates it)
+  invalid_key        error    a computation key over 255 characters or starting with "$"
+Per-row findings are capped at `MAX_ROW_FINDINGS` per code and column; past the cap one summary
+finding gives the total, so a million-row export stays readable and fast.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from toolkit.engage.frames import Typed
+    from toolkit.engage.model import EngageExport, Findings
+
+__all__ = ["check", "MAX_ROW_FINDINGS", "BRAZE_MAX_STRING", "row_findings"]
+
+MAX_ROW_FINDINGS = 200
+BRAZE_MAX_STRING = 255
+
+
+def row_findings(findings: "Findings", severity: str, code: str, items: list[tuple[int, str]], *,
+                 column: str | None, fix: str, summary: str,
+                 segment_ids: pd.Series | None = None, rows: np.ndarray | None = None) -> None:
+    """Record one finding per (position, message), capped, plus a summary past the cap."""
+    for position, message in items[:MAX_ROW_FINDINGS]:
+        # rows=False: positions do not map to one file's rows (a merged export)
+        row = None if rows is False else int(rows[position]) if rows is not None else position + 1
+        sid = segment_ids.iloc[position] if segment_ids is not None else None
+        findings.add(severity, code, message, row=row, column=column, fix=fix,
+                     segment_id=None if sid is None or sid is pd.NA else str(sid))
+    if len(items) > MAX_ROW_FINDINGS:
+        findings.add(severity, code,
+                     f"{summary}: {len(items):,} rows in all, the first {MAX_ROW_FINDINGS} listed",
+                     column=column, fix=fix)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray | None = None) -> None:
+    """Run every check on `export`, appending to `export.findings`."""
+    p = export.profiles
+    f = export.findings
+    sid = p["segment_id"]
+
+    for key in export.computations["key"]:
+        if len(key) > 255 or key.startswith("$"):
+            f.add("error", "invalid_key",
+                  f"key {key[:40]!r}{'…' if len(key) > 40 else ''} is not a valid Braze attribute "
+                  f"name ({'over 255 characters' if len(key) > 255 else 'starts with $'})",
+                  column=key[:255], fix="rename the attribute in the mapping (Rule.attribute)")
+
+    hashed = sid.str.startswith("sha256:").fillna(False)
+    usable = p["user_id"].notna() | p["braze_id"].notna()
+    anonymous = (~usable & p["email"].isna() & p["anonymous_id"].notna()).to_numpy()
+    email_only = (~usable & p["email"].notna()).to_numpy()
+    row_findings(f, "error", "anonymous_only",
+                 [(i, "profile has only anonymous ids; Braze cannot address it")
+                  for i in np.flatnonzero(anonymous)],
+                 column="anonymous_id", summary="anonymous-only profiles", segment_ids=sid, rows=rows,
+                 fix="identify the user in Segment (userId) or send a braze_id / user alias")
+    if email_only.any():
+        f.add("info", "email_only",
+              f"{int(email_only.sum()):,} profiles have an email but no user_id or braze_id",
+              column="email", fix="sync them by email (opt in) or identify them with a userId")
+    if hashed.any():
+        f.add("error", "hashed_identifier",
+              f"{int(hashed.sum()):,} profiles are known only by a SHA-256 hash; Braze cannot use "
+              "a hash as an identifier", column="segment_id",
+              fix="match the hashes against a clear-text export (csv.match_hashed) or download "
+                  "the audience with raw identifiers")
+
+    users = pa.array(p["user_id"].array)
+    if pc.count_distinct(users).as_py() < len(users) - users.null_count:
+        dup_user = p["user_id"].notna() & p["user_id"].duplicated(keep=False)
+        groups = p.loc[dup_user].groupby("user_id", sort=False)["segment_id"]
+        items = []
+        for user_id, members in groups:
+            first = int(members.index[0])
+            items.append((first, f"user_id {user_id!r} is shared by profiles "
+                                 f"{', '.join(members.astype(str).head(5))}"))
+        row_findings(f, "warning", "duplicate_user_id", items, column="user_id",
+                     summary="user_ids shared by several profiles", segment_ids=sid, rows=rows,
+                     fix="these profiles will write the same Braze user; merge them in Segment")
+
+    kinds = dict(zip(export.computations["key"], export.computations["kind"]))
+    all_rows = rows
+    for key, t in typed.items():
+        rows = t.rows if t.rows is not None else all_rows
+        if t.drift:
+            row_findings(f, "warning", "type_drift",
+                         [(i, f"{kinds.get(key, 'trait')} {key!r} is {t.value_type} but this value "
+                              f"is {k}: {_short(v)}")
+                          for i, v, k in t.drift],
+                         column=key, segment_ids=sid, rows=rows, summary=f"values of {key!r} "
+                         f"that are not {t.value_type}",
+                         fix=f"send {key!r} as {t.value_type} everywhere: Braze locks an attribute's "
+                             "type on the first value it receives")
+        if t.invalid_dates:
+            row_findings(f, "warning", "invalid_date",
+                         [(i, f"{key!r} value {_short(v)} is not a valid ISO-8601 date")
+                          for i, v in t.invalid_dates],
+                         column=key, segment_ids=sid, rows=rows, summary=f"invalid dates in {key!r}",
+                         fix="write dates as ISO-8601 (2025-03-14T08:02:11Z)")
+        if t.string_booleans:
+            row_findings(f, "warning", "string_boolean",
+                         [(i, f"{key!r} is the string {_short(v)}, not a boolean; it is not counted "
+                              "as a membership") for i, v in t.string_booleans],
+                         column=key, segment_ids=sid, rows=rows,
+                         summary=f"string booleans in {key!r}",
+                         fix="send real booleans (Journeys v1 sends strings; map them explicitly)")
+        if t.text_booleans:
+            f.add("info", "string_boolean",
+                  f"column {key!r} holds \"true\"/\"false\" text ({t.text_booleans:,} cells), read "
+                  "as booleans", column=key,
+                  fix="nothing to do for a CSV; Braze receives real booleans")
+        if t.value_type == "string" and key in p:
+            arr = pa.array(p[key].array)
+            over = pc.fill_null(pc.greater(pc.utf8_length(arr), BRAZE_MAX_STRING), False)
+            if pc.any(over).as_py():
+                long = over.to_numpy(zero_copy_only=False)
+                row_findings(f, "warning", "long_string",
+                             [(i, f"{key!r} value is {len(p[key].iloc[i]):,} characters; Braze keeps "
+                                  f"{BRAZE_MAX_STRING}") for i in np.flatnonzero(long)],
+                             column=key, segment_ids=sid, rows=rows,
+                             summary=f"strings over {BRAZE_MAX_STRING} characters in {key!r}",
+                             fix=f"shorten the value to {BRAZE_MAX_STRING} characters or fewer")

@@ -1,0 +1,547 @@
+"""Preview how each Engage audience and trait lands in Braze: filters to build, projected counts, drops.
+
+`Mapping.preview(export)` projects the Braze state a sync would produce (attributes, events,
+cohort membership per Braze user), evaluates the recommended Braze segment filter(s) on it with
+Braze's semantics (`toolkit.braze.filters`), and sets side by side: Engage members, profiles
+Braze can hold, users the filter selects, and why the others are dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from toolkit.braze import rules as braze_rules
+from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribute,
+                                   CustomEventCount, CustomEventPropertyCount, DateAttribute,
+                                   Filter, NumberAttribute, SegmentCohort, StringAttribute)
+from toolkit.braze.state import BrazeState, braze_user_keys
+from toolkit.engage.model import EngageExport
+from toolkit.errors import MappingError
+
+if TYPE_CHECKING:
+    from toolkit.mapping import Mapping, Rule
+
+__all__ = ["Preview", "recommended_filters", "REASONS"]
+
+# Why an Engage member is not selected by the Braze filter, checked in this order.
+REASONS = {
+    "anonymous_only": "only an anonymous_id: Braze cannot identify the profile",
+    "no_external_id": "no user_id / braze_id (email or alias not enabled for this preview)",
+    "no_cohort_identifier": "cohort import matches external_id or alias only, not braze_id/email",
+    "invalid_value": "value Braze refuses (string > 255 chars, bad dob/country/gender)",
+    "type_conflict": "value of another type than the attribute is locked to",
+    "empty_string": "empty string: Braze treats it as blank",
+    "outside_lookback": "events older than the filter's look-back window (30 days for properties)",
+    "reentered_after_exit": "re-entered more often than Braze's 50-count filter can express",
+    "shared_identifier": "another profile with the same Braze identifier overwrites it",
+    "shared_event_name": "the event name also counts other computations' events",
+    "other": "not explained by the rules above",
+}
+
+_FRAME_COLUMNS = ["key", "kind", "send_as", "check", "recommended", "braze_filter",
+                  "engage_members", "braze_can_hold", "filter_selects", "matched", "dropped",
+                  "extra", *REASONS, "note"]
+
+
+def recommended_filters(rule: "Rule", value_type: str | None, shared: dict[str, list[str]],
+                        max_entries: int = 1) -> list[tuple[str, bool, Filter]]:
+    """(check, recommended, filter) for the rule's membership: what an analyst builds in Braze.
+
+    Audiences: attribute → "is true" (Braze's Segment page: "equals" for audiences); events →
+    entered more than 0 times AND exited exactly 0 times, or, when profiles re-entered (up to
+    ``max_entries`` times, at most 50 — Braze's count limit), entered exactly k AND exited
+    exactly k−1 for each k, joined with OR: enter/exit events alternate, so a current member has
+    one more entry than exits; cohort → Segment Cohorts includes.
+    Traits: attribute → "is not blank" (has a value); events → Trait Computed count. When the
+    event name is shared with other computations the bare count would count all of them, so
+    the recommendation filters on the audience_key / trait_key property instead (≤30 days) and
+    the bare count is listed as not recommended.
+    """
+    out: list[tuple[str, bool, Filter]] = []
+    check = "members" if rule.kind == "audience" else "has value"
+    if rule.sends_attribute:
+        attr = str(rule.attribute)
+        if rule.kind == "audience":
+            out.append((check, True, BooleanAttribute(attr, "is_true")))
+        else:
+            cls = {"boolean": BooleanAttribute, "number": NumberAttribute,
+                   "datetime": DateAttribute}.get(value_type or "", StringAttribute)
+            out.append((check, True, cls(attr, "is_not_blank")))
+    if rule.sends_event:
+        tag = "audience_key" if rule.kind == "audience" else "trait_key"
+        is_shared = any(name in shared for name in rule.event_names)
+        if rule.kind == "audience":
+            bare = _membership(lambda name, op, n: CustomEventCount(name, op, n), rule, max_entries)
+            keyed = _membership(lambda name, op, n: CustomEventPropertyCount(
+                name, tag, rule.key, op, n), rule, max_entries)
+        else:
+            bare = CustomEventCount(rule.trait_event, "more_than", 0)
+            keyed = CustomEventPropertyCount(rule.trait_event, tag, rule.key, "more_than", 0)
+        label = f"{check} (events)" if rule.sends_attribute else check
+        if is_shared:
+            out.append((label, True, keyed))
+            out.append((f"{label}: bare event count", False, bare))
+        else:
+            out.append((label, True, bare))
+    if rule.send_as == "cohort":
+        out.append((check, True, SegmentCohort(str(rule.cohort_name))))
+    return out
+
+
+def _membership(count, rule: "Rule", max_entries: int) -> Filter:
+    """Current members from enter/exit counts: one more entry than exits (see recommended_filters)."""
+    k_max = max(1, min(int(max_entries), MAX_EVENT_COUNT))
+    if k_max == 1:
+        return AllOf(count(rule.enter_event, "more_than", 0), count(rule.exit_event, "exactly", 0))
+    return AnyOf(*[AllOf(count(rule.enter_event, "exactly", k), count(rule.exit_event, "exactly", k - 1))
+                   for k in range(1, k_max + 1)])
+
+
+@dataclass
+class _Check:
+    key: str
+    check: str
+    recommended: bool
+    filter: Filter
+    engage: np.ndarray           # bool per profile: Engage members for this check
+    note: str = ""
+
+
+class Preview:
+    """Side-by-side Engage vs Braze counts per audience/trait, the filters, and the projected state."""
+
+    def __init__(self, *, mapping: "Mapping", export: EngageExport, state: BrazeState,
+                 frame: pd.DataFrame, filters: dict[str, list[Filter]], warnings: list[str],
+                 freshness: str, reasons: dict[str, pd.Series]) -> None:
+        self.mapping = mapping
+        self.export = export
+        self.state = state
+        self.filters = filters
+        self.warnings = warnings
+        self.freshness = freshness
+        self._frame = frame
+        self._reasons = reasons
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        return self.state.as_of
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (computation, check): filter, counts, and dropped profiles per reason."""
+        return self._frame.copy()
+
+    def filter_for(self, key: str) -> Filter:
+        """The recommended Braze filter selecting the members of `key`."""
+        if key not in self.filters:
+            raise MappingError(f"no preview for {key!r}", rule=key,
+                               hint="preview keys: " + ", ".join(self.filters))
+        return self.filters[key][0]
+
+    def dropped(self, key: str) -> pd.DataFrame:
+        """Engage members of `key` the recommended filter does not select, with the reason."""
+        self.filter_for(key)
+        reason = self._reasons[key]
+        rows = reason.notna().to_numpy(dtype=bool)
+        cols = [c for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id", key)
+                if c in self.export.profiles.columns]
+        out = self.export.profiles.loc[rows, cols].copy()
+        out["reason"] = reason[rows].astype("string")
+        out["explanation"] = out["reason"].map(REASONS)
+        return out
+
+    def __repr__(self) -> str:
+        f = self._frame[self._frame["recommended"]]
+        lines = [f"<Preview as of {self.as_of.isoformat()} ({self.freshness})>"]
+        for row in f.itertuples():
+            lines.append(f"  {row.key} [{row.check}]: Engage {row.engage_members:,} · Braze can "
+                         f"hold {row.braze_can_hold:,} · filter selects {row.filter_selects:,} "
+                         f"— {row.braze_filter}")
+        lines += [f"  ⚠ {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        f = self._frame
+        head = ["computation", "check", "Braze filter to build", "Engage members",
+                "Braze can hold", "filter selects", "dropped (why)", "extra"]
+        body = []
+        for row in f.to_dict("records"):
+            why = ", ".join(f"{escape(r.replace('_', ' '))} {row[r]:,}" for r in REASONS if row[r])
+            style = "" if row["recommended"] else " style='color:#888'"
+            body.append(
+                f"<tr{style}><td><code>{escape(row['key'])}</code><br><small>{row['kind']}, "
+                f"{row['send_as']}</small></td><td>{escape(row['check'])}"
+                f"{'' if row['recommended'] else ' (not recommended)'}</td>"
+                f"<td>{escape(row['braze_filter'])}</td><td>{row['engage_members']:,}</td>"
+                f"<td>{row['braze_can_hold']:,}</td><td><b>{row['filter_selects']:,}</b></td>"
+                f"<td>{row['dropped']:,}{(' — ' + why) if why else ''}</td>"
+                f"<td>{row['extra']:,}</td></tr>")
+        warn = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
+        return (f"<div class='braze-preview'><h4>Braze preview</h4>"
+                f"<p>{escape(self.freshness)}; evaluated as of {escape(self.as_of.isoformat())}. "
+                f"Braze users: {len(self.state.users):,}.</p>"
+                + (f"<ul style='color:#b9770e'>{warn}</ul>" if warn else "")
+                + "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
+                + f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, mapping: "Mapping", export: EngageExport, *, email_opt_in: bool = False,
+              alias_label: str | None = None, as_of: Any = None) -> "Preview":
+        mapping.validate(export)
+        return _Builder(mapping, export, email_opt_in, alias_label, as_of).run()
+
+
+class _Builder:
+    """Projects the Braze state for a mapping and evaluates every check on it."""
+
+    def __init__(self, mapping: "Mapping", export: EngageExport, email_opt_in: bool,
+                 alias_label: str | None, as_of: Any) -> None:
+        self.mapping = mapping
+        self.export = export
+        self.p = export.profiles
+        self.n = len(self.p)
+        self.keys, self.kinds = braze_user_keys(self.p, email_opt_in=email_opt_in,
+                                                alias_label=alias_label)
+        self.has_key = self.keys.notna().to_numpy(dtype=bool)
+        codes, uniques = pd.factorize(self.keys, use_na_sentinel=True)
+        self.codes = codes
+        self.users = pd.Index(uniques, name="user", dtype="string")
+        positions = np.flatnonzero(self.has_key)
+        if len(self.users) == len(positions):  # one profile per Braze user (the usual case)
+            self.owner = positions
+        else:  # several profiles share an identifier: the last one's values win
+            self.owner = (pd.Series(positions).groupby(codes[positions]).max()
+                          .to_numpy(dtype=np.int64))
+        self.shadowed = np.zeros(self.n, dtype=bool)
+        self.shadowed[positions] = self.owner[codes[positions]] != positions
+        events = export.events if export.events is not None else pd.DataFrame()
+        self.history = events if len(events) else None
+        snap = export.snapshot_at
+        last_event = (pd.to_datetime(events["timestamp"], utc=True).max()
+                      if self.history is not None else None)
+        self.snapshot = pd.Timestamp(snap) if snap is not None else last_event
+        if self.snapshot is not None and self.snapshot.tzinfo is None:
+            self.snapshot = self.snapshot.tz_localize("UTC")
+        if as_of is not None:
+            self.as_of = pd.Timestamp(as_of)
+            self.as_of = self.as_of.tz_localize("UTC") if self.as_of.tzinfo is None else self.as_of
+        else:
+            candidates = [t for t in (self.snapshot, last_event) if t is not None]
+            self.as_of = max(candidates) if candidates else pd.Timestamp.now(tz="UTC")
+        self.last_event = last_event
+        self.conversions: dict[str, braze_rules.Conversion] = {}
+        self.exits: dict[str, np.ndarray] = {}
+        self.entries: dict[str, np.ndarray] = {}
+        self.max_entries: dict[str, int] = {}
+        self.first_event: dict[str, np.ndarray] = {}
+
+    # -- identifiers ---------------------------------------------------------------------------
+    def _ident(self, name: str) -> np.ndarray:
+        if name not in self.p.columns:
+            return np.zeros(self.n, dtype=bool)
+        s = self.p[name].astype("string")
+        return (s.notna() & (s.str.len() > 0)).to_numpy(dtype=bool, na_value=False)
+
+    def _per_user(self, values: pd.Series) -> pd.Series:
+        taken = values.iloc[self.owner]
+        return pd.Series(taken.to_numpy(), index=self.users, dtype=values.dtype)
+
+    # -- projection ----------------------------------------------------------------------------
+    def _attributes(self) -> pd.DataFrame:
+        cols: dict[str, pd.Series] = {}
+        for rule in self.mapping:
+            if not rule.sends_attribute:
+                continue
+            conv = self.mapping.converted(self.export, rule)
+            self.conversions[rule.key] = conv
+            cols[str(rule.attribute)] = self._per_user(conv.values)
+        return pd.DataFrame(cols, index=self.users)
+
+    def _rule_events(self, rule: "Rule") -> pd.DataFrame:
+        """Braze events one event-sent rule produces: history transitions, else the snapshot."""
+        key = rule.key
+        audience = rule.kind == "audience"
+        pos_parts, time_parts, value_parts = [], [], []
+        covered = np.zeros(self.n, dtype=bool)
+        if self.history is not None:
+            h = self.history[self.history["computation_key"] == key]
+            if len(h):
+                where = pd.Series(np.arange(self.n), index=self.p["segment_id"].astype("string"))
+                where = where[~where.index.duplicated(keep="last")]
+                pos = where.reindex(h["segment_id"].astype("string")).to_numpy()
+                ok = ~pd.isna(pos)
+                h = h.loc[ok]
+                stamps = pd.to_datetime(h["timestamp"], utc=True).dt.tz_localize(None)
+                frame = pd.DataFrame({"pos": pos[ok].astype(np.int64),
+                                      "time": stamps.to_numpy(dtype="datetime64[ns]"),
+                                      "value": h["value"].to_numpy(dtype=object)})
+                if audience:  # segment-engage §1.5: only a real boolean is a membership change
+                    frame = frame[frame["value"].map(lambda v: isinstance(v, (bool, np.bool_)))]
+                else:  # §1.4: property strings over 255 characters are refused with the event
+                    frame = frame[frame["value"].map(
+                        lambda v: not (isinstance(v, str) and len(v) > braze_rules.MAX_STRING_LENGTH))]
+                frame = frame.sort_values(["pos", "time"], kind="stable")
+                # Engage re-sends unchanged values (new identifier, re-sync); the planner sends
+                # changes only, so only transitions become Braze events.
+                same = (frame["pos"] == frame["pos"].shift()) & \
+                    (frame["value"].astype(str) == frame["value"].astype(str).shift())
+                frame = frame[~same]
+                covered[frame["pos"].unique()] = True
+                pos_parts.append(frame["pos"].to_numpy())
+                time_parts.append(frame["time"].to_numpy())
+                value_parts.append(frame["value"].to_numpy(dtype=object))
+        column = self.p[key]
+        if audience:
+            snap = column.astype("boolean").to_numpy(dtype=bool, na_value=False) & ~covered
+            snap_values = np.full(int(snap.sum()), True, dtype=object)
+        else:
+            conv = self.mapping.converted(self.export, rule)
+            json = braze_rules.to_json_values(conv)
+            snap = ~pd.isna(json) & ~covered
+            snap_values = json[snap]
+        when = self.snapshot if self.snapshot is not None else self.as_of
+        pos_parts.append(np.flatnonzero(snap))
+        time_parts.append(np.full(int(snap.sum()), when.tz_convert("UTC").tz_localize(None)
+                                  .to_datetime64(), dtype="datetime64[ns]"))
+        value_parts.append(snap_values)
+        pos = np.concatenate(pos_parts).astype(np.int64)
+        times = pd.to_datetime(np.concatenate([np.asarray(t, dtype="datetime64[ns]")
+                                               for t in time_parts]), utc=True)
+        values = np.concatenate(value_parts)
+        if audience:
+            entered = np.array([bool(v) for v in values], dtype=bool)
+            names = np.where(entered, rule.enter_event, rule.exit_event)
+            exits = np.bincount(pos[~entered], minlength=self.n)
+            self.exits[key] = exits
+            entries = np.bincount(pos[entered & self.has_key[pos]], minlength=self.n)
+            self.max_entries[key] = int(entries.max()) if len(entries) else 0
+            self.entries[key] = entries
+            # The earliest event per profile: property filters only see the last 30 days, so
+            # a history that starts earlier cannot be counted by them.
+            first = pd.Series(times).groupby(pos).min()
+            fe = np.full(self.n, np.datetime64("NaT"), dtype="datetime64[ns]")
+            fe[first.index.to_numpy()] = first.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+            self.first_event[key] = fe
+            props = [{"audience_key": key, key: bool(v)} for v in values]
+        else:
+            names = np.full(len(values), rule.trait_event, dtype=object)
+            props = [{"trait_key": key, key: v} for v in values]
+        held = self.has_key[pos]
+        return pd.DataFrame({
+            "user": pd.array(self.keys.to_numpy()[pos[held]], dtype="string"),
+            "name": pd.array(np.asarray(names, dtype=object)[held], dtype="string"),
+            "time": times[held],
+            "properties": pd.Series(props, dtype=object)[held].to_numpy(),
+        })
+
+    def _cohorts(self) -> pd.DataFrame:
+        parts = []
+        kinds = self.kinds.to_numpy(dtype=object, na_value=None)
+        ok = np.isin(kinds, ["external_id", "alias"])
+        for rule in self.mapping:
+            if rule.send_as != "cohort":
+                continue
+            member = self.p[rule.key].astype("boolean").to_numpy(dtype=bool, na_value=False)
+            rows = member & ok
+            parts.append(pd.DataFrame({"user": pd.array(self.keys.to_numpy()[rows], dtype="string"),
+                                       "cohort": pd.array(np.full(int(rows.sum()),
+                                                                  rule.cohort_name, dtype=object),
+                                                          dtype="string")}))
+        if not parts:
+            return BrazeState(pd.DataFrame(index=self.users)).cohorts
+        return pd.concat(parts, ignore_index=True)
+
+    # -- checks --------------------------------------------------------------------------------
+    def _checks(self, rule: "Rule", value_type: str, shared: dict[str, list[str]]) -> list[_Check]:
+        col = self.p[rule.key]
+        if rule.kind == "audience":
+            engage = col.astype("boolean").to_numpy(dtype=bool, na_value=False)
+        else:
+            engage = col.notna().to_numpy(dtype=bool)
+        out = [_Check(rule.key, check, rec, f, engage)
+               for check, rec, f in recommended_filters(rule, value_type, shared,
+                                                        self.max_entries.get(rule.key, 1))]
+        if rule.kind == "trait" and rule.sends_attribute:
+            example = self._value_check(rule, value_type, col)
+            if example is not None:
+                out.append(example)
+        return out
+
+    def _value_check(self, rule: "Rule", value_type: str, col: pd.Series) -> _Check | None:
+        """A value filter for a trait (equals / more than / after / is true), checked against Engage."""
+        attr = str(rule.attribute)
+        conv = self.conversions[rule.key]
+        if conv.json_type == "string":
+            text = col.astype("string")
+            counts = text[text.str.len().fillna(0).astype(int).between(1, 255)].value_counts()
+            if counts.empty:
+                return None
+            top = str(counts.index[0])
+            f: Filter = StringAttribute(attr, "is_any_of", top)
+            engage = (text == top).to_numpy(dtype=bool, na_value=False)
+            return _Check(rule.key, f"value = {top!r}", True, f, engage,
+                          "equals / is any of is case sensitive")
+        if conv.json_type == "number":
+            x = pd.to_numeric(col, errors="coerce").astype("Float64")
+            if x.notna().sum() == 0:
+                return None
+            median = float(x.median())
+            f = NumberAttribute(attr, "more_than", median)
+            return _Check(rule.key, f"value > {median:g}", True, f,
+                          (x > median).to_numpy(dtype=bool, na_value=False))
+        if conv.json_type == "time" and rule.attribute != "dob":
+            t = conv.values
+            if t.notna().sum() == 0:
+                return None
+            day = t.dropna().median().tz_convert("UTC").normalize()
+            f = DateAttribute(attr, "after", day.date().isoformat())
+            raw = pd.to_datetime(col, errors="coerce", utc=True, format="mixed") \
+                if not isinstance(col.dtype, pd.DatetimeTZDtype) else col
+            return _Check(rule.key, f"value after {day.date()}", True, f,
+                          (raw >= day + pd.Timedelta(days=1)).to_numpy(dtype=bool, na_value=False),
+                          "a date means the whole UTC day")
+        if conv.json_type == "boolean":
+            f = BooleanAttribute(attr, "is_true")
+            return _Check(rule.key, "value is true", True, f,
+                          col.astype("boolean").to_numpy(dtype=bool, na_value=False))
+        return None
+
+    def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
+        """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
+        names = list(REASONS)
+        code = np.full(self.n, -1, dtype=np.int8)
+        left = missing.copy()
+
+        def assign(reason: str, mask: np.ndarray) -> None:
+            hit = left & mask
+            code[hit] = names.index(reason)
+            left[hit] = False
+
+        no_key = ~self.has_key
+        anon = no_key & self._ident("anonymous_id") & ~self._ident("email") & ~self._ident("user_id")
+        assign("anonymous_only", anon)
+        assign("no_external_id", no_key)
+        if isinstance(check.filter, SegmentCohort):
+            kinds = self.kinds.to_numpy(dtype=object, na_value=None)
+            assign("no_cohort_identifier", np.isin(kinds, ["braze_id", "email"]))
+        conv = self.conversions.get(rule.key)
+        if conv is None and rule.kind == "trait":
+            conv = self.mapping.converted(self.export, rule)
+        if conv is not None and not isinstance(check.filter, SegmentCohort):
+            assign("invalid_value", conv.invalid.to_numpy(dtype=bool))
+            assign("type_conflict", conv.conflict.to_numpy(dtype=bool))
+            if conv.json_type == "string":
+                assign("empty_string", (self.p[rule.key].astype("string") == "")
+                       .to_numpy(dtype=bool, na_value=False))
+        if _is_event_filter(check.filter) and rule.key in self.first_event:
+            days = _lookback_days(check.filter)
+            if days is not None:
+                start = (self.as_of.normalize() - pd.Timedelta(days=days)).tz_localize(None)
+                fe = self.first_event[rule.key]
+                assign("outside_lookback", ~np.isnat(fe) & (fe < start.to_datetime64()))
+            assign("reentered_after_exit", self.entries[rule.key] > MAX_EVENT_COUNT)
+        assign("shared_identifier", self.shadowed)
+        if not check.recommended:  # only the bare count on a shared event name is not recommended
+            assign("shared_event_name", left)
+        assign("other", left)
+        return code
+
+    def run(self) -> Preview:
+        mapping, export = self.mapping, self.export
+        shared = mapping.shared_events()
+        attributes = self._attributes()
+        event_frames = [self._rule_events(r) for r in mapping if r.sends_event]
+        events = (pd.concat(event_frames, ignore_index=True) if event_frames
+                  else BrazeState(attributes).events)
+        state = BrazeState(attributes, events, self._cohorts(), self.as_of)
+
+        rows, filters, reasons = [], {}, {}
+        positions = np.flatnonzero(self.has_key)
+        for rule in mapping:
+            value_type = mapping.value_type(export, rule.key)
+            checks = self._checks(rule, value_type, shared)
+            filters[rule.key] = [c.filter for c in checks if c.recommended]
+            for i, check in enumerate(checks):
+                sel_users = check.filter.evaluate(state).to_numpy(dtype=bool)
+                sel = np.zeros(self.n, dtype=bool)
+                sel[positions] = sel_users[self.codes[positions]]
+                engage = check.engage
+                holdable = engage & self.has_key
+                if isinstance(check.filter, SegmentCohort):
+                    kinds = self.kinds.to_numpy(dtype=object, na_value=None)
+                    holdable &= np.isin(kinds, ["external_id", "alias"])
+                engaged_users = np.zeros(len(self.users), dtype=bool)
+                engaged_users[self.codes[engage & self.has_key]] = True
+                missing = engage & ~sel
+                code = self._reasons(rule, check, missing)
+                counts = np.bincount(code[code >= 0], minlength=len(REASONS))
+                extra = int((sel_users & ~engaged_users).sum())
+                note = check.note
+                if not check.recommended:
+                    note = ("counts every computation sending this event name — use the "
+                            "recommended property filter or rename the event")
+                elif isinstance(check.filter, (CustomEventPropertyCount, AllOf, AnyOf)) and \
+                        _lookback_days(check.filter):
+                    note = "Braze event property filters look back at most 30 days"
+                rows.append({
+                    "key": rule.key, "kind": rule.kind, "send_as": rule.send_as,
+                    "check": check.check, "recommended": check.recommended,
+                    "braze_filter": _display(check.filter, rule),
+                    "engage_members": int(engage.sum()), "braze_can_hold": int(holdable.sum()),
+                    "filter_selects": int(sel_users.sum()), "matched": int((engage & sel).sum()),
+                    "dropped": int(missing.sum()), "extra": extra,
+                    **{name: int(counts[j]) for j, name in enumerate(REASONS)}, "note": note,
+                })
+                if i == 0:
+                    reasons[rule.key] = pd.Series(
+                        pd.Categorical.from_codes(code, categories=list(REASONS)),
+                        index=self.p.index)
+        frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
+        warnings = [w for w in _warnings(mapping, shared)]
+        return Preview(mapping=mapping, export=export, state=state, frame=frame,
+                       filters=filters, warnings=warnings, freshness=self._freshness(),
+                       reasons=reasons)
+
+    def _freshness(self) -> str:
+        if self.history is not None and self.last_event is not None:
+            return (f"event replay: as fresh as its last event "
+                    f"({self.last_event.isoformat()})")
+        if self.export.snapshot_at is not None:
+            return (f"snapshot: as fresh as Engage's last compute "
+                    f"({pd.Timestamp(self.export.snapshot_at).isoformat()})")
+        return "freshness unknown: the export carries no snapshot time"
+
+
+def _is_event_filter(f: Filter) -> bool:
+    if isinstance(f, (AllOf, AnyOf)):
+        return all(_is_event_filter(x) for x in f.filters)
+    return isinstance(f, (CustomEventCount, CustomEventPropertyCount))
+
+
+def _lookback_days(f: Filter) -> int | None:
+    if isinstance(f, (AllOf, AnyOf)):
+        days = [d for d in (_lookback_days(x) for x in f.filters) if d]
+        return max(days) if days else None
+    if isinstance(f, CustomEventPropertyCount):
+        return f.days
+    if isinstance(f, CustomEventCount) and f.days and f.op == "more_than":
+        return f.days
+    return None
+
+
+def _display(f: Filter, rule: "Rule") -> str:
+    text = str(f)
+    if rule.sends_attribute and rule.attribute in braze_rules.PROFILE_FIELDS:
+        # Profile fields are selected with Braze's standard filters, not "Custom Attribute".
+        text = text.replace("Custom Attribute", "Profile field")
+    return text
+
+
+def _warnings(mapping: "Mapping", shared: dict[str, list[str]]) -> list[str]:
+    from toolkit.mapping import _shared_warnings
+
+    return _shared_warnings(shared)

@@ -1,0 +1,459 @@
+"""`BrazeSandbox`: a threaded loopback HTTP server that answers like Braze's REST API.
+
+Endpoints: ``POST /users/track``, ``POST /users/export/ids``, ``GET /custom_attributes``,
+``GET /events/list``, ``POST /partners/segment/cohorts`` and ``POST /partners/segment/cohorts/users``.
+Stdlib only on the request path (http.server + json); pandas is used only by the inspection methods.
+Braze semantics live in :mod:`toolkit.sandbox.store`; faults and rate limits in
+:mod:`toolkit.sandbox.faults`.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import secrets
+import socket
+import threading
+import time
+from html import escape
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+from urllib.parse import parse_qs
+
+from toolkit.errors import SandboxError
+from toolkit.sandbox.faults import Faults, FaultPlan, RateLimiter
+from toolkit.sandbox.store import Store
+
+__all__ = ["BrazeSandbox", "Faults"]
+
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+            404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_FAULT_BODIES = {
+    "429": (429, {"message": "Rate Limited"}),   # §1.9 "429 Rate Limited: Over rate limit."
+    "500": (500, {"message": "Internal Server Error"}),
+    "502": (502, {"message": "Bad Gateway"}),
+    "503": (503, {"message": "Service Unavailable"}),
+}
+_MAX_BODY = 8 * 1024 * 1024
+_LOG_LIMIT = 500_000
+_PARTNER = ("/partners/segment/cohorts", "/partners/segment/cohorts/users")
+# endpoint -> HTTP method
+_ROUTES = {
+    "/users/track": "POST",
+    "/users/export/ids": "POST",
+    "/custom_attributes": "GET",
+    "/events/list": "GET",
+    "/partners/segment/cohorts": "POST",
+    "/partners/segment/cohorts/users": "POST",
+}
+
+
+def _fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"      # keep-alive; every answer carries Content-Length
+    server_version = "BrazeSandbox"
+    disable_nagle_algorithm = True     # one write per answer, no Nagle/delayed-ACK stall
+    timeout = 120                      # idle keep-alive connections end eventually
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.sandbox._connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.sandbox._connections.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the request log is the record
+        pass
+
+    def do_POST(self) -> None:
+        self.server.sandbox._handle(self, "POST")
+
+    def do_GET(self) -> None:
+        self.server.sandbox._handle(self, "GET")
+
+    def do_PUT(self) -> None:
+        self.server.sandbox._handle(self, "PUT")
+
+    def do_DELETE(self) -> None:
+        self.server.sandbox._handle(self, "DELETE")
+
+
+class BrazeSandbox:
+    """A local Braze-compatible REST server holding one in-memory workspace.
+
+    ``with BrazeSandbox() as sb:`` starts it on a free loopback port (``sb.url``, ``sb.api_key``)
+    and stops it on exit. Inspect what Braze would hold with :meth:`profiles`, :meth:`events`,
+    :meth:`cohorts`, :meth:`request_log` and :attr:`data_points`; inject faults with
+    :meth:`set_faults`; tune budgets with :meth:`set_rate_limit`.
+    """
+
+    def __init__(self, api_key: str | None = None, *, port: int = 0, seed: int = 0,
+                 max_objects_per_array: int = 75, combined_limit: int | None = None,
+                 rate_limits: Mapping[str, tuple[int | None, float] | None] | None = None,
+                 faults: Faults | Mapping[str, Any] | None = None,
+                 partner_api_key: str | None = None, client_secret: str | None = None,
+                 array_length_limit: int = 500) -> None:
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise SandboxError("api_key must be a non-empty string or None (generated)")
+        if not isinstance(max_objects_per_array, int) or max_objects_per_array < 1:
+            raise SandboxError(f"max_objects_per_array must be a positive integer, got "
+                               f"{max_objects_per_array!r}")
+        if combined_limit is not None and (not isinstance(combined_limit, int) or combined_limit < 1):
+            raise SandboxError(f"combined_limit must be a positive integer or None, got "
+                               f"{combined_limit!r}", hint="use 50 for CY 24-25 MAU contracts")
+        self.api_key = api_key or f"sandbox-{secrets.token_hex(12)}"
+        self.partner_api_key = partner_api_key or f"partner-{secrets.token_hex(8)}"
+        self.client_secret = client_secret or f"secret-{secrets.token_hex(8)}"
+        self.seed = seed
+        self._auth = f"Bearer {self.api_key}"
+        self._store = Store(seed=seed, max_objects_per_array=max_objects_per_array,
+                            combined_limit=combined_limit, array_length_limit=array_length_limit)
+        self._rate_limits = dict(rate_limits or {})
+        for endpoint in self._rate_limits:
+            _check_endpoint(endpoint)
+        self._limiter = RateLimiter(self._rate_limits)
+        self._faults = FaultPlan(seed, _checked(Faults.coerce(faults)))
+        self._log: collections.deque = collections.deque(maxlen=_LOG_LIMIT)
+        self._log_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        try:
+            self._server = _Server(("127.0.0.1", port), _Handler)
+        except OSError as exc:
+            raise SandboxError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
+                               hint="pick another --port, or 0 for any free port") from None
+        self._server.sandbox = self
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name=f"braze-sandbox-{self.port}", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "BrazeSandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving and drop open keep-alive connections (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        for conn in list(self._connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+
+    stop = close
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def key_fingerprint(self) -> str:
+        return _fingerprint(self.api_key)
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults.faults
+
+    def set_faults(self, faults: Faults | Mapping[str, Any] | None = None, **rates: Any) -> Faults:
+        """Replace the fault settings (a Faults, a dict, keyword rates, or None for no faults)."""
+        if faults is not None and rates:
+            raise SandboxError("pass either a Faults/dict or keyword rates, not both")
+        chosen = _checked(Faults.coerce(rates if rates else faults))
+        self._faults.set(chosen)
+        return chosen
+
+    def set_rate_limit(self, endpoint: str, limit: int | None, period_s: float = 1.0) -> None:
+        """Budget ``limit`` requests per ``period_s`` seconds for an endpoint (None: unlimited).
+
+        ``/custom_attributes`` and ``/events/list`` share one budget, as do the two cohort
+        endpoints, as in Braze.
+        """
+        _check_endpoint(endpoint)
+        self._limiter.set(endpoint, limit, period_s)
+        self._rate_limits[endpoint] = (limit, period_s)
+
+    def reset(self) -> None:
+        """Forget every user, event, cohort, log entry and fault counter; keep the settings."""
+        with self._store.lock:
+            self._store.clear()
+        with self._log_lock:
+            self._log.clear()
+        self._faults.reset()
+        self._limiter = RateLimiter(self._rate_limits)
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def data_points(self) -> int:
+        """Data points written so far, counted as Braze bills them (reference §7)."""
+        return self._store.data_points
+
+    def profiles(self):
+        """One row per user: identifiers, profile fields, then custom attributes."""
+        import pandas as pd
+
+        with self._store.lock:
+            users = list(self._store.users)
+            attr_names = sorted(self._store.attr_types)
+            rows = [self._user_columns(u) | dict(u.fields) | dict(u.attrs) for u in users]
+        fields = sorted({k for r in rows for k in r} - set(attr_names) - set(_ID_COLUMNS))
+        return pd.DataFrame(rows, columns=[*_ID_COLUMNS, *fields, *attr_names])
+
+    def events(self):
+        """One row per stored custom event: user identifiers, name, time, properties, app_id."""
+        import pandas as pd
+
+        with self._store.lock:
+            rows = [self._user_columns(u) | {"name": n, "time": t, "properties": p, "app_id": a}
+                    for u, n, t, p, a in self._store.event_log]
+        frame = pd.DataFrame(rows, columns=[*_ID_COLUMNS, "name", "time", "properties", "app_id"])
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        return frame
+
+    def purchases(self):
+        """One row per stored purchase."""
+        import pandas as pd
+
+        with self._store.lock:
+            rows = [self._user_columns(u) | {"product_id": pid, "currency": c, "price": pr,
+                                             "quantity": q, "time": t, "properties": p}
+                    for u, pid, c, pr, q, t, p in self._store.purchase_log]
+        frame = pd.DataFrame(rows, columns=[*_ID_COLUMNS, "product_id", "currency", "price",
+                                            "quantity", "time", "properties"])
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        return frame
+
+    def cohorts(self):
+        """One row per partner cohort: id, name, created_at, size and member user keys."""
+        import pandas as pd
+
+        with self._store.lock:
+            rows = [{"cohort_id": cid, "name": c.get("name"), "created_at": c["created_at"],
+                     "size": len(c["members"]),
+                     "members": sorted(_user_key(u) for u in c["members"].values())}
+                    for cid, c in self._store.cohorts.items()]
+        frame = pd.DataFrame(rows, columns=["cohort_id", "name", "created_at", "size", "members"])
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame
+
+    def request_log(self):
+        """One row per request: time, endpoint, status, objects, data_points, fault, skipped, note."""
+        import pandas as pd
+
+        with self._log_lock:
+            entries = list(self._log)
+        frame = pd.DataFrame(entries, columns=["time", "endpoint", "status", "objects",
+                                                       "data_points", "fault", "skipped", "note"])
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+        return frame
+
+    @staticmethod
+    def _user_columns(u) -> dict:
+        alias = u.aliases[0] if u.aliases else (None, None)
+        return {"external_id": u.external_id, "braze_id": u.braze_id, "alias_name": alias[0],
+                "alias_label": alias[1], "email": u.email, "phone": u.phone}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving"
+        return (f"BrazeSandbox(url={self.url!r}, key={self.key_fingerprint}, {state}, "
+                f"users={len(self._store.users)}, data_points={self.data_points})")
+
+    def _repr_html_(self) -> str:
+        rows = [("URL", self.url), ("API key", f"fingerprint {self.key_fingerprint} (sb.api_key)"),
+                ("State", "closed" if self._closed else "serving"),
+                ("Users", len(self._store.users)), ("Events", len(self._store.event_log)),
+                ("Cohorts", len(self._store.cohorts)), ("Data points", self.data_points),
+                ("Requests", len(self._log))]
+        body = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th>"
+                       f"<td>{escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<div><b>Braze sandbox</b><table>{body}</table></div>"
+
+    # ------------------------------------------------------------------ request path
+    def _handle(self, h: _Handler, method: str) -> None:
+        path, _, query = h.path.partition("?")
+        endpoint = path.rstrip("/") or "/"
+        raw = self._read_body(h)
+        if raw is None:
+            return
+        expected = _ROUTES.get(endpoint)
+        if expected is None or expected != method:
+            # §1.9: "404 Not Found: Invalid URL."
+            _, headers = self._limiter.take("*")
+            return self._answer(h, endpoint, 404, {"message": f"Invalid URL: {method} {endpoint} "
+                                                              f"is not a Braze sandbox endpoint"},
+                                headers)
+        partner = endpoint in _PARTNER
+        if not partner and not self._authorized(h.headers.get("Authorization")):
+            # §1.9: "401 Unauthorized: Invalid API key." (also a quoted key or wrong instance)
+            _, headers = self._limiter.take(endpoint, consume=False)
+            return self._answer(h, endpoint, 401, {"message": "Invalid API key"}, headers)
+        allowed, headers = self._limiter.take(endpoint)
+        if not allowed:
+            return self._answer(h, endpoint, 429, {"message": "Rate Limited"}, headers)
+        fault = self._faults.draw(endpoint)
+        if fault is not None:
+            if fault in _FAULT_BODIES:
+                # 5xx and 429: "no messages will be sent" (§1.9), so nothing is applied.
+                status, body = _FAULT_BODIES[fault]
+                if fault == "429":
+                    headers = self._limiter.exhausted_headers(endpoint)
+                return self._answer(h, endpoint, status, body, headers, fault=fault)
+            if fault == "slow":
+                time.sleep(self.faults.slow_seconds)
+            elif fault == "drop_before":
+                return self._drop(h, endpoint, fault)
+        if method == "POST":
+            ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return self._answer(h, endpoint, 400, {
+                    "message": "Bad Request: send 'Content-Type: application/json' (§1.1)"},
+                    headers, fault=fault)
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                return self._answer(h, endpoint, 400, {"message": f"Bad syntax: the body is not "
+                                                                  f"valid JSON ({exc})"},
+                                    headers, fault=fault)
+        else:
+            body = None
+        try:
+            status, response, stats = self._dispatch(endpoint, body, query, partner)
+        except Exception as exc:  # a sandbox bug must not look like a dropped connection
+            status, response, stats = 500, {"message": f"sandbox internal error: "
+                                                       f"{type(exc).__name__}: {exc}"}, {}
+        if fault == "drop_after":
+            return self._drop(h, endpoint, fault, status, stats)
+        link = stats.get("link")
+        if link:
+            headers = [*headers, ("Link", link)]
+        self._answer(h, endpoint, status, response, headers, fault=fault, stats=stats)
+
+    def _authorized(self, header: str | None) -> bool:
+        if header == self._auth:
+            return True
+        # The auth scheme is case-insensitive (RFC 9110 §11.1); the key itself is compared exactly,
+        # so a quoted key fails as Braze documents (§1.9).
+        scheme, _, token = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and token == self.api_key
+
+    def _dispatch(self, endpoint: str, body: Any, query: str, partner: bool):
+        store = self._store
+        if partner:
+            if type(body) is not dict:
+                return 400, {"message": "Bad Request: the body must be a JSON object"}, {}
+            # §4.1: both keys travel in the body; no Authorization header.
+            if body.get("partner_api_key") != self.partner_api_key:
+                return 401, {"message": "Invalid Partner API key"}, {}
+            if body.get("client_secret") != self.client_secret:
+                return 401, {"message": "Invalid client secret"}, {}
+            if endpoint == "/partners/segment/cohorts":
+                return store.create_cohort(body)
+            return store.update_cohort(body)
+        if endpoint == "/users/track":
+            return store.track(body)
+        if endpoint == "/users/export/ids":
+            return store.export_ids(body)
+        params = parse_qs(query)
+        if endpoint == "/custom_attributes":
+            return store.custom_attributes((params.get("cursor") or [None])[0], self.url)
+        return store.events_list((params.get("page") or [None])[0])
+
+    def _read_body(self, h: _Handler) -> bytes | None:
+        if h.headers.get("Transfer-Encoding"):
+            self._answer(h, "-", 400, {"message": "Bad Request: chunked bodies are not accepted; "
+                                                  "send Content-Length"}, [], close=True)
+            return None
+        length = h.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            n = int(length)
+        except ValueError:
+            n = -1
+        if n < 0 or n > _MAX_BODY:
+            self._answer(h, "-", 413 if n > 0 else 400,
+                         {"message": f"Bad Request: Content-Length must be 0..{_MAX_BODY}"}, [],
+                         close=True)
+            return None
+        return h.rfile.read(n)
+
+    def _answer(self, h: _Handler, endpoint: str, status: int, body: dict,
+                headers: list[tuple[str, str]], *, fault: str | None = None,
+                stats: Mapping[str, Any] | None = None, close: bool = False) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+                "Content-Type: application/json; charset=utf-8",
+                f"Content-Length: {len(payload)}"]
+        head += [f"{k}: {v}" for k, v in headers]
+        if close or h.close_connection:
+            head.append("Connection: close")
+            h.close_connection = True
+        # Record first: a client that reads the answer must find the request in the log.
+        self._record(endpoint, status, fault, stats or {})
+        h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+
+    def _drop(self, h: _Handler, endpoint: str, fault: str, status: int | None = None,
+              stats: Mapping[str, Any] | None = None) -> None:
+        """Close the connection without an answer (after or before applying the request)."""
+        h.close_connection = True
+        stats = dict(stats or {})
+        stats["note"] = (f"dropped after applying (would have answered {status}); "
+                         if fault == "drop_after" else "dropped before applying; ") + \
+            stats.get("note", "")
+        self._record(endpoint, None, fault, stats)
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _record(self, endpoint: str, status: int | None, fault: str | None,
+                stats: Mapping[str, Any]) -> None:
+        entry = (time.time(), endpoint, status, stats.get("objects", 0),
+                 stats.get("data_points", 0), fault, stats.get("skipped", 0),
+                 stats.get("note") or "")
+        with self._log_lock:
+            self._log.append(entry)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    if endpoint not in _ROUTES and endpoint != "*":
+        raise SandboxError(f"unknown endpoint {endpoint!r}",
+                           hint=f"use one of {', '.join(sorted(_ROUTES))} (or '*' for any other)")
+
+
+def _checked(faults: Faults) -> Faults:
+    for endpoint in faults.endpoints or ():
+        _check_endpoint(endpoint)
+    return faults
+
+
+_ID_COLUMNS = ("external_id", "braze_id", "alias_name", "alias_label", "email", "phone")
+
+
+def _user_key(u) -> str:
+    if u.external_id is not None:
+        return u.external_id
+    if u.aliases:
+        return f"{u.aliases[0][0]}:{u.aliases[0][1]}"
+    return u.braze_id

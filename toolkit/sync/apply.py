@@ -1,0 +1,542 @@
+"""Apply an approved plan to Braze: batch by batch, recorded in the ledger, resumable after a crash.
+
+`apply(plan, client)` refuses a plan that is unapproved, expired, altered, approved for another
+workspace, or made from an older ledger (`LedgerMoved`). It then sends attribute batches, then
+event batches, then partner cohort changes, recording each batch in the ledger *before* it leaves
+and again with Braze's answer (state and batch status in one transaction). Re-applying the same
+plan after a crash skips acknowledged batches, resends attribute batches whose outcome is unknown
+(setting a value twice is harmless), and never resends an event batch whose outcome is unknown
+unless ``resend_uncertain_events=True`` — Braze would count those events twice. Per-object
+rejects (``errors[].index``) are mapped back to profiles and fields; they stay out of the ledger,
+so the next plan offers them again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
+                            ToolkitError)
+from toolkit.sync.ledger import Ledger
+from toolkit.sync.plan import Batch, Plan
+
+__all__ = ["apply", "SyncReport"]
+
+REPORT_FORMAT = "engage-braze-sync-report"
+EXPECTED_SAMPLE = 1000          # users whose planned values the report keeps for `verify`
+_STAT_KEYS = ("requests", "retries", "rate_limited", "server_errors", "connection_errors",
+              "timeouts", "unknown_outcomes")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class SyncReport:
+    """What an apply did: per batch status, per object rejects with Braze's reason, what is
+    uncertain, requests/retries/429s, data points, throughput over time and timings."""
+
+    plan_id: str
+    fingerprint: str
+    workspace: str
+    status: str = "complete"                 # complete | partial | failed
+    started_at: str = ""
+    finished_at: str = ""
+    elapsed_s: float = 0.0
+    counts: dict = field(default_factory=dict)
+    client_stats: dict = field(default_factory=dict)
+    data_points: int = 0
+    batches: list = field(default_factory=list)       # one dict per batch
+    rejected: list = field(default_factory=list)      # one dict per rejected object
+    uncertain: list = field(default_factory=list)     # event batches needing a decision
+    throughput: list = field(default_factory=list)    # [seconds, acknowledged objects, requests]
+    timings: dict = field(default_factory=dict)
+    expected: list = field(default_factory=list)      # sample of planned values, for verify
+    error: str | None = None
+    notes: list = field(default_factory=list)
+
+    # -- outcome -------------------------------------------------------------------------
+    @property
+    def exit_code(self) -> int:
+        """0 complete, 1 partial (rejects or uncertain events to decide), 2 failed."""
+        return {"complete": 0, "partial": 1}.get(self.status, 2)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
+
+    # -- views ---------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """One row per batch: kind, status, objects, acknowledged, rejected, seconds, reason."""
+        cols = ["batch", "kind", "status", "objects", "acknowledged", "rejected", "seconds",
+                "attempts", "reason"]
+        return pd.DataFrame(self.batches, columns=cols)
+
+    def rejected_frame(self) -> pd.DataFrame:
+        """One row per object Braze rejected: profile, Braze user, array, fields and reason."""
+        cols = ["batch", "array", "index", "segment_id", "braze_user", "fields", "reason"]
+        return pd.DataFrame(self.rejected, columns=cols)
+
+    def uncertain_frame(self) -> pd.DataFrame:
+        cols = ["batch", "status", "objects", "users", "reason"]
+        return pd.DataFrame(self.uncertain, columns=cols)
+
+    def throughput_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.throughput, columns=["seconds", "acknowledged", "requests"])
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {"status": self.status, "sent": c.get("objects_sent", 0),
+                "acknowledged": c.get("objects_acknowledged", 0),
+                "rejected": c.get("objects_rejected", 0), "skipped": c.get("objects_skipped", 0),
+                "uncertain": c.get("objects_uncertain", 0), "failed": c.get("objects_failed", 0),
+                "requests": self.client_stats.get("requests", 0),
+                "retries": self.client_stats.get("retries", 0),
+                "429s": self.client_stats.get("rate_limited", 0),
+                "data_points": self.data_points, "elapsed_s": round(self.elapsed_s, 3)}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"<SyncReport {self.plan_id} {s['status']}: {s['acknowledged']:,} acknowledged, "
+                f"{s['rejected']:,} rejected, {s['skipped']:,} skipped, {s['uncertain']:,} "
+                f"uncertain, {s['failed']:,} failed; {s['requests']:,} requests, {s['retries']:,}"
+                f" retries, {s['429s']:,} 429s, {s['data_points']:,} data points in "
+                f"{s['elapsed_s']:.2f}s>")
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        colour = {"complete": "#27ae60", "partial": "#e67e22"}.get(self.status, "#c0392b")
+        rows = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th>"
+                       f"<td>{escape(f'{v:,}' if isinstance(v, int) else str(v))}</td></tr>"
+                       for k, v in s.items())
+        parts = [f"<div class='toolkit-sync-report' style='border-left:4px solid {colour};"
+                 f"padding:4px 8px'><h4>Sync report — plan {escape(self.plan_id)}</h4>"
+                 f"<p>Target <code>{escape(self.workspace)}</code></p><table>{rows}</table>"]
+        if self.error:
+            parts.append(f"<p><b>Stopped:</b> {escape(self.error)}</p>")
+        if self.rejected:
+            parts.append("<h5>Rejected by Braze</h5>"
+                         + self.rejected_frame().head(20).to_html(index=False))
+        if self.uncertain:
+            parts.append("<h5>Events with an unknown outcome (not resent)</h5>"
+                         + self.uncertain_frame().to_html(index=False)
+                         + "<p>Check these users in Braze, then settle each batch with "
+                           "<code>ledger.resolve(plan, batch, landed=…)</code>, or apply again "
+                           "with <code>resend_uncertain_events=True</code>.</p>")
+        for note in self.notes:
+            parts.append(f"<p><small>{escape(note)}</small></p>")
+        return "".join(parts) + "</div>"
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path: "str | os.PathLike[str]") -> Path:
+        """Write the report as JSON. It holds identities, values, statuses and Braze's error
+        texts (secrets are redacted by the client before they reach it), never a key."""
+        path = Path(path)
+        data = {"format": REPORT_FORMAT, **asdict(self)}
+        try:
+            path.write_text(json.dumps(data, ensure_ascii=False, default=str), encoding="utf-8")
+        except OSError as exc:
+            raise ToolkitError(f"cannot write the report: {exc.strerror}", file=str(path),
+                               hint="choose a writable path") from None
+        return path
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]") -> "SyncReport":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ToolkitError("no report file here", file=str(path),
+                               hint="write one with `python -m toolkit apply … --report FILE`") \
+                from None
+        except (OSError, ValueError) as exc:
+            raise ToolkitError(f"cannot read the report: {exc}", file=str(path),
+                               hint="the file is damaged; re-run apply to get a new one") from None
+        if not isinstance(data, dict) or data.pop("format", None) != REPORT_FORMAT:
+            raise ToolkitError("not a sync report", file=str(path), field="format",
+                               hint="pass the file written by apply --report")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ToolkitError(f"unknown report field(s) {unknown}", file=str(path),
+                               field=unknown[0], hint="pass the file written by apply --report")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ToolkitError(f"incomplete report: {exc}", file=str(path)) from None
+
+
+def _open_ledger(plan: Plan, client, ledger) -> Ledger:
+    if isinstance(ledger, Ledger):
+        out = ledger
+    elif ledger is not None:
+        out = Ledger(path=ledger, workspace=client.workspace)
+    elif plan.ledger_path and Path(plan.ledger_path).exists():
+        out = Ledger(path=plan.ledger_path, workspace=client.workspace)
+    else:
+        out = Ledger(client)
+    if out.workspace != client.workspace:
+        raise LedgerError(f"the ledger belongs to workspace {out.workspace!r}, the client targets "
+                          f"{client.workspace!r}; nothing was sent", file=str(out.path),
+                          hint="use the ledger of the workspace you apply to")
+    return out
+
+
+def _check_ledger(plan: Plan, ledger: Ledger) -> None:
+    others = ledger.changes_since(plan.ledger_version, excluding_plan=plan.id)
+    if others or ledger.version < plan.ledger_version:
+        what = (f"{others:,} change(s) were acknowledged by other syncs" if others else
+                f"it is at version {ledger.version}, older than the plan's "
+                f"{plan.ledger_version} (replaced or restored?)")
+        raise LedgerMoved(f"the ledger moved since this plan was made: {what}; nothing was sent",
+                          file=str(ledger.path),
+                          hint="plan again from the current ledger and approve the new plan")
+
+
+class _Run:
+    """The mutable state of one apply: counters, per-batch rows, rejects, timeline."""
+
+    def __init__(self, plan: Plan, ledger: Ledger, progress: bool, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.plan = plan
+        self.ledger = ledger
+        ops = plan.operations
+        self.uid = ops["uid"].to_numpy()
+        self.segment = ops["segment_id"].to_numpy()
+        self.name = ops["name"].to_numpy()
+        self.op = ops["op"].to_numpy()
+        self.field = ops["field"].to_numpy()
+        self.after = ops["after"].to_numpy()
+        self.counts = dict.fromkeys((
+            "batches", "batches_sent", "batches_acknowledged", "batches_skipped",
+            "batches_rejected", "batches_failed", "batches_unknown", "batches_uncertain",
+            "objects_sent", "objects_acknowledged", "objects_rejected", "objects_skipped",
+            "objects_uncertain", "objects_failed", "objects_unknown"), 0)
+        self.rows: list[dict] = []
+        self.rejected: list[dict] = []
+        self.uncertain: list[dict] = []
+        self.acked_rows: list[np.ndarray] = []
+        self.data_points = 0
+        self.timeline: list[list[float]] = []
+        self.started = time.monotonic()
+        self.sent_at: dict[str, float] = {}
+        self.abort: str | None = None
+        self.bar = tqdm(total=total, unit="obj", desc=f"apply {plan.id[:8]}",
+                        disable=not progress, leave=True)
+
+    def tick(self, requests: int) -> None:
+        self.timeline.append([round(time.monotonic() - self.started, 4),
+                              self.counts["objects_acknowledged"], requests])
+
+    def row(self, batch: Batch, status: str, *, acknowledged=0, rejected=0, attempts=0,
+            reason=None) -> None:
+        seconds = (time.monotonic() - self.sent_at[batch.id]) if batch.id in self.sent_at else 0.0
+        self.rows.append({"batch": batch.id, "kind": batch.kind, "status": status,
+                          "objects": batch.objects, "acknowledged": acknowledged,
+                          "rejected": rejected, "seconds": round(seconds, 4),
+                          "attempts": attempts, "reason": reason})
+
+    # which ops rows belong to which object of a batch ------------------------------------
+    def object_index(self, batch: Batch) -> np.ndarray:
+        """Object position (within its array) of each operation row of ``batch``."""
+        if batch.kind != "attributes":
+            return np.arange(batch.stop - batch.start)
+        u = self.uid[batch.start:batch.stop]
+        new = np.ones(len(u), dtype=bool)
+        new[1:] = u[1:] != u[:-1]
+        return np.cumsum(new) - 1
+
+    def acknowledge(self, batch: Batch, rejected: dict[int, str], *, status="acknowledged",
+                    attempts=1, note=None) -> None:
+        rows = np.arange(batch.start, batch.stop)
+        obj = self.object_index(batch)
+        bad = np.isin(obj, list(rejected)) if rejected else np.zeros(len(rows), dtype=bool)
+        good = rows[~bad]
+        state = list(zip(self.field[good].tolist(), self.uid[good].tolist(),
+                         self.after[good].tolist()))
+        reason = note
+        if rejected:
+            reason = f"{len(rejected)} object(s) rejected" + (f"; {note}" if note else "")
+        self.ledger.finish(self.plan.id, batch.id, status, state=state, reason=reason)
+        self.acked_rows.append(good)
+        array = {"attributes": "attributes", "events": "events"}.get(batch.kind, "cohort")
+        for index, why in sorted(rejected.items()):
+            sel = rows[obj == index]
+            if not len(sel):
+                continue
+            self.rejected.append({
+                "batch": batch.id, "array": array, "index": int(index),
+                "segment_id": self.segment[sel[0]], "braze_user": self.uid[sel[0]],
+                "fields": ", ".join(dict.fromkeys(self.name[sel].tolist())), "reason": why})
+        n_rej = len({i for i in rejected if (obj == i).any()})
+        acked = batch.objects - n_rej
+        self.counts["batches_acknowledged"] += 1
+        self.counts["objects_acknowledged"] += acked
+        self.counts["objects_rejected"] += n_rej
+        self.data_points += int((self.op[good] == "attribute").sum()
+                                + (self.op[good] == "event").sum())
+        self.row(batch, status, acknowledged=acked, rejected=n_rej, attempts=attempts,
+                 reason=reason)
+        self.bar.update(batch.objects)
+
+    def fail(self, batch: Batch, exc: BrazeAPIError, *, outcome: str | None = None) -> None:
+        outcome = outcome or exc.context.get("outcome", "unknown")
+        attempts = int(exc.context.get("attempts", 0) or 0)
+        if outcome == "rejected" and not isinstance(exc, BrazeAuthError):
+            rejected = getattr(exc, "rejected", None) or {}
+            array = "events" if batch.kind == "events" else "attributes"
+            per_object = {i: why for (a, i), why in rejected.items() if a == array}
+            if not per_object:
+                per_object = {i: exc.message for i in range(batch.objects)}
+            self.ledger.finish(self.plan.id, batch.id, "rejected", reason=exc.message[:500])
+            obj = self.object_index(batch)
+            rows = np.arange(batch.start, batch.stop)
+            for index, why in sorted(per_object.items()):
+                sel = rows[obj == index]
+                if len(sel):
+                    self.rejected.append({
+                        "batch": batch.id, "array": array, "index": int(index),
+                        "segment_id": self.segment[sel[0]], "braze_user": self.uid[sel[0]],
+                        "fields": ", ".join(dict.fromkeys(self.name[sel].tolist())),
+                        "reason": why})
+            self.counts["batches_rejected"] += 1
+            self.counts["objects_rejected"] += batch.objects
+            self.row(batch, "rejected", rejected=batch.objects, attempts=attempts,
+                     reason=exc.message)
+        elif outcome == "unknown":
+            self.ledger.finish(self.plan.id, batch.id, "unknown", reason=exc.message[:500])
+            self.counts["batches_unknown"] += 1
+            if batch.kind == "events":
+                self.counts["objects_uncertain"] += batch.objects
+                self.uncertain.append(self._uncertain_row(batch, "unknown", exc.message))
+            else:
+                self.counts["objects_unknown"] += batch.objects
+            self.row(batch, "unknown", attempts=attempts, reason=exc.message)
+        else:
+            # Nothing was applied (auth refused, 429s or 5xx after every retry): safe to resend.
+            self.ledger.finish(self.plan.id, batch.id, "failed", reason=exc.message[:500])
+            self.counts["batches_failed"] += 1
+            self.counts["objects_failed"] += batch.objects
+            self.row(batch, "failed", attempts=attempts, reason=exc.message)
+            if isinstance(exc, BrazeAuthError):
+                self.abort = exc.message
+        self.bar.update(batch.objects)
+
+    def _uncertain_row(self, batch: Batch, status: str, reason: str) -> dict:
+        users = list(dict.fromkeys(self.uid[batch.start:batch.stop].tolist()))
+        return {"batch": batch.id, "status": status, "objects": batch.objects,
+                "users": ", ".join(users[:5]) + (f" … (+{len(users) - 5})" if len(users) > 5
+                                                  else ""), "reason": reason}
+
+
+def apply(plan: "Plan | str | os.PathLike[str]", client, ledger: "Ledger | str | None" = None, *,
+          resend_uncertain_events: bool = False, progress: bool = True,
+          partner_api_key: str | None = None, client_secret: str | None = None) -> SyncReport:
+    """Send an approved plan to ``client``'s workspace; returns a `SyncReport`.
+
+    Refuses (and sends nothing) with `PlanNotApproved`, `PlanExpired`, `PlanAltered`,
+    `PlanWorkspaceMismatch` or `LedgerMoved`. Safe to call again with the same plan after a crash
+    or a partial failure: it resumes where the ledger says it stopped.
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    t0 = time.monotonic()
+    plan.check_approval(client.workspace)
+    ledger = _open_ledger(plan, client, ledger)
+    _check_ledger(plan, ledger)
+    batches = plan.batches()
+    items = {}
+    for b in batches:
+        if b.kind == "events":
+            items[b.id] = json.dumps(list(zip(
+                plan.operations["field"].iloc[b.start:b.stop].tolist(),
+                plan.operations["uid"].iloc[b.start:b.stop].tolist(),
+                plan.operations["after"].iloc[b.start:b.stop].tolist())))
+    ledger.record_batches(plan.id, [(b.id, b.kind, b.objects, items.get(b.id)) for b in batches])
+    statuses = ledger.batch_statuses(plan.id)
+    checks_s = time.monotonic() - t0
+
+    todo: dict[str, list[Batch]] = {"attributes": [], "events": [], "cohort": []}
+    skipped, held = [], []
+    for b in batches:
+        status = statuses.get(b.id, "pending")
+        if status in ("acknowledged", "rejected", "resolved"):
+            skipped.append(b)
+        elif status in ("sent", "unknown") and b.kind == "events" and not resend_uncertain_events:
+            held.append((b, status))
+        else:
+            todo[b.kind].append(b)
+    total = sum(b.objects for group in todo.values() for b in group)
+    run = _Run(plan, ledger, progress, total)
+    run.counts["batches"] = len(batches)
+    run.counts["batches_skipped"] = len(skipped)
+    run.counts["objects_skipped"] = sum(b.objects for b in skipped)
+    for b, status in held:
+        run.counts["batches_uncertain"] += 1
+        run.counts["objects_uncertain"] += b.objects
+        run.uncertain.append(run._uncertain_row(
+            b, status, "sent by an earlier apply that never got Braze's answer; not resent"))
+    before = _stats(client)
+    started_at = _now()
+    phases: dict[str, float] = {}
+    try:
+        for kind in ("attributes", "events"):
+            if todo[kind] and not run.abort:
+                p0 = time.monotonic()
+                _send_track(run, client, todo[kind], before)
+                phases[kind] = round(time.monotonic() - p0, 4)
+        if todo["cohort"] and not run.abort:
+            p0 = time.monotonic()
+            _send_cohorts(run, client, todo["cohort"], before, partner_api_key, client_secret)
+            phases["cohort"] = round(time.monotonic() - p0, 4)
+    finally:
+        run.bar.close()
+    after = _stats(client)
+    stats = {k: after.get(k, 0) - before.get(k, 0) for k in _STAT_KEYS}
+    elapsed = time.monotonic() - t0
+    counts = run.counts
+    if run.abort or counts["batches_failed"]:
+        status = "failed"
+    elif counts["objects_rejected"] or counts["objects_uncertain"] or counts["batches_unknown"]:
+        status = "partial"
+    else:
+        status = "complete"
+    notes = []
+    if not plan.options.get("create_users"):
+        notes.append("Update-only mode: Braze skips, without an error, users it does not know yet;"
+                     " run verify to see whether every user exists (plan with create_users=True "
+                     "to create them).")
+    if counts["batches_unknown"] and counts["objects_unknown"]:
+        notes.append(f"{counts['objects_unknown']:,} attribute object(s) had an unknown outcome; "
+                     "applying the plan again resends them (setting a value twice is harmless).")
+    report = SyncReport(
+        plan_id=plan.id, fingerprint=plan.fingerprint, workspace=client.workspace, status=status,
+        started_at=started_at, finished_at=_now(), elapsed_s=round(elapsed, 4), counts=counts,
+        client_stats=stats, data_points=run.data_points,
+        batches=run.rows, rejected=run.rejected, uncertain=run.uncertain,
+        throughput=run.timeline, timings={"checks_s": round(checks_s, 4), **{
+            f"{k}_s": v for k, v in phases.items()}, "total_s": round(elapsed, 4)},
+        expected=_expected_sample(plan, run), error=run.abort, notes=notes)
+    return report
+
+
+def _stats(client) -> dict[str, int]:
+    stats = getattr(client, "stats", None)
+    return {k: int(getattr(stats, k, 0) or 0) for k in _STAT_KEYS}
+
+
+def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
+    plan, ledger = run.plan, run.ledger
+
+    def payloads():
+        for b in batches:
+            if run.abort:
+                return
+            # Durable before the request leaves: a crash from here on leaves the batch 'sent',
+            # which a resumed apply treats as "may have landed".
+            ledger.mark_sent(plan.id, b.id)
+            run.sent_at[b.id] = time.monotonic()
+            run.counts["batches_sent"] += 1
+            run.counts["objects_sent"] += b.objects
+            yield plan.payload(b)
+
+    for index, result in client.track_batches(payloads()):
+        batch = batches[index]
+        if isinstance(result, BrazeAPIError):
+            run.fail(batch, result)
+        else:
+            array = "events" if batch.kind == "events" else "attributes"
+            rejected = {i: why for (a, i), why in (result.rejected or {}).items() if a == array}
+            note = None
+            if getattr(result, "unknown_attempts", 0) and batch.kind == "events":
+                note = ("resent after an unknown outcome: Braze may hold these events twice")
+            run.acknowledge(batch, rejected, attempts=result.attempts, note=note)
+        run.tick(_stats(client)["requests"] - before["requests"])
+
+
+def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner_api_key,
+                  client_secret) -> None:
+    plan, ledger = run.plan, run.ledger
+    try:
+        cohorts = client.cohort(partner_api_key, client_secret)
+    except ConfigError as exc:
+        for b in batches:
+            ledger.finish(plan.id, b.id, "failed", reason=exc.message)
+            run.counts["batches_failed"] += 1
+            run.counts["objects_failed"] += b.objects
+            run.row(b, "failed", reason=f"partner credentials: {exc.message}")
+        return
+    names = {c["cohort_id"]: c["name"] for c in plan.cohorts}
+    created: dict[str, BrazeAPIError | None] = {}
+    for b in batches:
+        if run.abort:
+            return
+        body = plan.payload(b)
+        cohort_id = body["cohort_id"]
+        if cohort_id not in created:
+            # "call whenever a cohort is initially exported … or when the name … is changed"
+            try:
+                cohorts.create(cohort_id, names.get(cohort_id, cohort_id),
+                               created_at=plan.options["event_time"])
+                created[cohort_id] = None
+            except BrazeAPIError as exc:
+                created[cohort_id] = exc
+        ledger.mark_sent(plan.id, b.id)
+        run.sent_at[b.id] = time.monotonic()
+        run.counts["batches_sent"] += 1
+        run.counts["objects_sent"] += b.objects
+        error = created[cohort_id]
+        if error is None:
+            members = body["user_ids"] + body["aliases"]
+            try:
+                if body["change"] == "add":
+                    cohorts.update_users(cohort_id, add=members)
+                else:
+                    cohorts.update_users(cohort_id, remove=members)
+            except BrazeAPIError as exc:
+                error = exc
+        if error is None:
+            run.acknowledge(b, {})
+        else:
+            # Cohort membership is a set: resending an uncertain change cannot double-count.
+            outcome = error.context.get("outcome")
+            run.fail(b, error, outcome="not_applied" if outcome == "unknown" else outcome)
+        run.tick(_stats(client)["requests"] - before["requests"])
+
+
+def _expected_sample(plan: Plan, run: _Run) -> list[dict]:
+    """Planned values of up to EXPECTED_SAMPLE acknowledged users, for `verify`."""
+    if not run.acked_rows:
+        return []
+    rows = np.concatenate(run.acked_rows)
+    if not len(rows):
+        return []
+    rejected_users = {r["braze_user"] for r in run.rejected}
+    ops = plan.operations.iloc[np.sort(rows)]
+    ops = ops[~ops["uid"].isin(rejected_users) & (ops["op"] != "cohort")]
+    users = ops["uid"].drop_duplicates()
+    if len(users) > EXPECTED_SAMPLE:
+        users = users.sample(EXPECTED_SAMPLE, random_state=0)
+    chosen = ops[ops["uid"].isin(set(users))]
+    out: dict[str, dict] = {}
+    for uid, seg, op, name, value in zip(chosen["uid"], chosen["segment_id"], chosen["op"],
+                                         chosen["name"], chosen["value"]):
+        entry = out.setdefault(uid, {"braze_user": uid, "segment_id": seg,
+                                     "identifier": plan.identifier(uid), "attributes": {},
+                                     "events": {}})
+        if op == "attribute":
+            entry["attributes"][name] = json.loads(value)
+        else:
+            entry["events"][name] = entry["events"].get(name, 0) + 1
+    return list(out.values())
