@@ -234,6 +234,8 @@ class _Builder:
             self.as_of = max(candidates) if candidates else pd.Timestamp.now(tz="UTC")
         self.last_event = last_event
         self.conversions: dict[str, braze_rules.Conversion] = {}
+        self._idents: dict[str, np.ndarray] = {}
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
         self.exits: dict[str, np.ndarray] = {}
         self.entries: dict[str, np.ndarray] = {}
         self.max_entries: dict[str, int] = {}
@@ -241,14 +243,18 @@ class _Builder:
 
     # -- identifiers ---------------------------------------------------------------------------
     def _ident(self, name: str) -> np.ndarray:
-        if name not in self.p.columns:
-            return np.zeros(self.n, dtype=bool)
-        s = self.p[name].astype("string")
-        return (s.notna() & (s.str.len() > 0)).to_numpy(dtype=bool, na_value=False)
+        if name not in self._idents:
+            if name not in self.p.columns:
+                self._idents[name] = np.zeros(self.n, dtype=bool)
+            else:
+                s = self.p[name].astype("string")
+                self._idents[name] = (s.notna() & (s.str.len() > 0)).to_numpy(dtype=bool,
+                                                                               na_value=False)
+        return self._idents[name]
 
     def _per_user(self, values: pd.Series) -> pd.Series:
-        taken = values.iloc[self.owner]
-        return pd.Series(taken.to_numpy(), index=self.users, dtype=values.dtype)
+        # ExtensionArray.take keeps the dtype without boxing (tz-aware times stay vectorised).
+        return pd.Series(values.array.take(self.owner), index=self.users)
 
     # -- projection ----------------------------------------------------------------------------
     def _attributes(self) -> pd.DataFrame:
@@ -421,10 +427,11 @@ class _Builder:
             code[hit] = names.index(reason)
             left[hit] = False
 
-        no_key = ~self.has_key
-        anon = no_key & self._ident("anonymous_id") & ~self._ident("email") & ~self._ident("user_id")
-        assign("anonymous_only", anon)
-        assign("no_external_id", no_key)
+        if ("", "anonymous_only") not in self._masks:
+            self._masks[("", "anonymous_only")] = ~self.has_key & self._ident("anonymous_id") \
+                & ~self._ident("email") & ~self._ident("user_id")
+        assign("anonymous_only", self._masks[("", "anonymous_only")])
+        assign("no_external_id", ~self.has_key)
         if isinstance(check.filter, SegmentCohort):
             kinds = self.kinds.to_numpy(dtype=object, na_value=None)
             assign("no_cohort_identifier", np.isin(kinds, ["braze_id", "email"]))
@@ -435,8 +442,10 @@ class _Builder:
             assign("invalid_value", conv.invalid.to_numpy(dtype=bool))
             assign("type_conflict", conv.conflict.to_numpy(dtype=bool))
             if conv.json_type == "string":
-                assign("empty_string", (self.p[rule.key].astype("string") == "")
-                       .to_numpy(dtype=bool, na_value=False))
+                if (rule.key, "empty") not in self._masks:
+                    self._masks[(rule.key, "empty")] = (self.p[rule.key].astype("string") == "") \
+                        .to_numpy(dtype=bool, na_value=False)
+                assign("empty_string", self._masks[(rule.key, "empty")])
         if _is_event_filter(check.filter) and rule.key in self.first_event:
             days = _lookback_days(check.filter)
             if days is not None:

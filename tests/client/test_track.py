@@ -107,3 +107,28 @@ def test_a_closed_client_refuses_to_send(make_client):
         pass
     with pytest.raises(ConfigError, match="closed"):
         client.track(attributes=[{"external_id": "a"}])
+
+
+@pytest.mark.parametrize("value", [float("nan"), object()])
+def test_values_json_cannot_carry_are_refused_before_sending(fake, make_client, value):
+    client = make_client()
+    with pytest.raises(ConfigError, match="not valid JSON") as info:
+        client.track(attributes=[{"external_id": "a", "x": value}])
+    assert "ISO-8601" in info.value.hint and fake.seen == []
+
+
+def test_a_netrc_entry_cannot_replace_the_bearer_header(fake, make_client, tmp_path, monkeypatch):
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password other-secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    make_client().track(attributes=[{"external_id": "a"}])
+    assert fake.seen[0].headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_redirects_are_not_followed(fake, make_client):
+    fake.script("/users/track", Step(301, None, {"Location": "https://elsewhere.example/users/track"}))
+    with pytest.raises(BrazeBadRequest, match="redirect to https://elsewhere.example") as info:
+        make_client().track(attributes=[{"external_id": "a"}])
+    assert info.value.outcome == "rejected" and len(fake.seen) == 1
+    assert info.value.response.headers["location"] == "https://elsewhere.example/users/track"

@@ -77,16 +77,24 @@ def test_attribute_values_are_exactly_what_goes_into_json(shop):
 def test_attribute_values_on_a_million_rows_is_vectorised():
     n = 1_000_000
     rng = np.random.default_rng(0)
-    export = make_export(
-        {"segment_id": np.char.add("use_", np.arange(n).astype(str)).tolist(),
-         "user_id": np.char.add("u", np.arange(n).astype(str)).tolist(),
-         "aud": rng.random(n) < 0.3, "rev": rng.random(n) * 100},
-        [("aud", "audience", "boolean"), ("rev", "trait", "number")])
+    export = make_export({"segment_id": ["use_0"], "aud": [True], "rev": [1.0],
+                          "at": ["2026-01-01T00:00:00Z"]},
+                         [("aud", "audience", "boolean"), ("rev", "trait", "number"),
+                          ("at", "trait", "datetime")])
+    ids = pd.array(np.char.add("u", np.arange(n).astype(str)), dtype="string")
+    export.profiles = pd.DataFrame({
+        "segment_id": ids, "user_id": ids, "email": pd.array([None] * n, dtype="string"),
+        "anonymous_id": pd.array([None] * n, dtype="string"),
+        "braze_id": pd.array([None] * n, dtype="string"),
+        "aud": pd.array(rng.random(n) < 0.3, dtype="boolean"),
+        "rev": pd.array(rng.random(n) * 100, dtype="Float64"),
+        "at": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="s")})
     import time
     start = time.perf_counter()
     v = Mapping.from_export(export).attribute_values(export)
     elapsed = time.perf_counter() - start
     assert len(v) == n and v["aud"].sum() == export.profiles["aud"].sum()
+    assert v["at"].iloc[86_400] == "2026-01-02T00:00:00.000Z"
     assert elapsed < 5, f"attribute_values took {elapsed:.1f}s on 1M rows"
 
 

@@ -131,10 +131,10 @@ def test_rate_limit_headers_and_429(make_api):
 
 
 def test_rate_limit_window_rolls_over(api):
-    api.sb.set_rate_limit("/users/track", 1, 0.3)
+    api.sb.set_rate_limit("/users/track", 1, 1.0)
     assert api.track(attributes=[{"external_id": "u"}])[0] == 201
     assert api.track(attributes=[{"external_id": "u"}])[0] == 429
-    time.sleep(0.35)
+    time.sleep(1.05)
     assert api.track(attributes=[{"external_id": "u"}])[0] == 201
 
 

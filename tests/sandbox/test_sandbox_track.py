@@ -6,6 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from toolkit.sandbox.store import INVALID_PROPERTIES, NO_IDENTIFIER, NO_VALID_DATA
 
@@ -227,6 +229,7 @@ def test_nested_object_overwritten_or_merged(sb, api):
     api.track(attributes=[{"external_id": "u", "pet": {"kind": "cat", "age": 3}}])
     api.track(attributes=[{"external_id": "u", "pet": {"age": 4}, "_merge_objects": True}])
     assert sb.profiles().iloc[0]["pet"] == {"kind": "cat", "age": 4}
+    assert sb.data_points == 3     # §7: every key sent in an object is a data point
     api.track(attributes=[{"external_id": "u", "pet": {"age": 5}}])
     assert sb.profiles().iloc[0]["pet"] == {"age": 5}
 
@@ -353,3 +356,37 @@ def test_data_points_bill_every_write_but_not_identifiers(sb, api):
                           "time": T}])
     assert sb.data_points == 11                # duplicate events are separate events
     assert sb.request_log()["data_points"].sum() == 11
+
+
+# ---------------------------------------------------------------- property: error indexes
+_VALID = {"attributes": {"external_id": "p", "a": 1},
+          "events": {"external_id": "p", "name": "E", "time": T},
+          "purchases": {"external_id": "p", "product_id": "x", "currency": "USD", "price": 1,
+                        "time": T}}
+_INVALID = {"attributes": {"a": 1},
+            "events": {"external_id": "p", "name": "E"},
+            "purchases": {"external_id": "p", "product_id": "x", "currency": "USD", "time": T}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.fixed_dictionaries({name: st.lists(st.booleans(), max_size=8)
+                              for name in ("attributes", "events", "purchases")}))
+def test_errors_name_exactly_the_invalid_objects_by_array_and_index(layout):
+    from toolkit.sandbox.store import Store
+
+    body = {name: [_VALID[name] if ok else _INVALID[name] for ok in flags]
+            for name, flags in layout.items() if flags}
+    status, response, _ = Store().track(body)
+    # errors come in Braze's processing order: attributes, events, purchases (§1.1)
+    wrong = [(name, i) for name in ("attributes", "events", "purchases")
+             for i, ok in enumerate(layout[name]) if not ok]
+    right = sum(ok for flags in layout.values() for ok in flags)
+    if not body:
+        assert status == 400
+        return
+    assert status == (201 if right else 400)
+    assert [(e["input_array"], e["index"]) for e in response.get("errors", [])] == wrong
+    if right:
+        for name, flags in layout.items():
+            if flags:
+                assert response[f"{name}_processed"] == sum(flags)

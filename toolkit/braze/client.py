@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from toolkit.braze.instances import instance_of, is_loopback, resolve_endpoint
 from toolkit.braze.ratelimit import RateLimiter, TokenBucket, parse_rate_headers
@@ -80,10 +81,11 @@ class RequestInfo:
 
 @dataclass(frozen=True)
 class ResponseInfo:
-    """What came back: status, headers, parsed body (secrets redacted) and seconds taken."""
+    """What came back: status, headers (case-insensitive), parsed body (secrets redacted) and
+    seconds taken."""
 
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     body: Any
     elapsed: float
 
@@ -151,7 +153,7 @@ class ClientStats:
 class _Reply:
     status: int
     body: Any
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     attempts: int
     elapsed: float
     unknown_attempts: int
@@ -523,7 +525,7 @@ class BrazeClient:
             elapsed = time.monotonic() - sent_at
             self._counters.add("responses")
             status = response.status_code
-            resp_headers = dict(response.headers)
+            resp_headers = CaseInsensitiveDict(response.headers)
             body = redact(_body_of(response), secrets)
             if bucket is not None:
                 self._observe(bucket, response.headers)
@@ -641,6 +643,12 @@ class BrazeClient:
                 hint=(f"give the key the '{permission}' permission" if permission else
                       "give the key the permission this endpoint needs") +
                      ", or check that the workspace's plan includes this endpoint", **common)
+        if 300 <= status < 400:
+            target = response.headers.get("Location", "elsewhere")
+            return BrazeBadRequest(f"{method} {path}: the endpoint answered {status}, a redirect "
+                                   f"to {target}", hint="use the REST endpoint itself (an "
+                                   "instance name such as 'US-03' or its https:// URL); the key "
+                                   "is not sent on to redirects", **common)
         if status == 404:
             return BrazeBadRequest(f"{method} {path}: Braze answered 404 ({message})",
                                    hint=f"check the endpoint {self.endpoint}: it must be the "

@@ -346,7 +346,7 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
                              pd.RangeIndex(len(seg)), email_lowered=True)
     rows = np.arange(1, len(seg) + 1)
     # hashing in pyarrow: far faster than Series.duplicated on a million rows
-    if pc.count_distinct(pa.array(frame["segment_id"].array)).as_py() < len(frame):
+    if len(pc.unique(pa.chunked_array(pa.array(frame["segment_id"].array)))) < len(frame):
         frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
     return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
                     source=_source(path, kind), findings=findings, rows=rows)

@@ -89,7 +89,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "the audience with raw identifiers")
 
     users = pa.array(p["user_id"].array)
-    if pc.count_distinct(users).as_py() < len(users) - users.null_count:
+    if len(pc.unique(users)) - (1 if users.null_count else 0) < len(users) - users.null_count:
         dup_user = p["user_id"].notna() & p["user_id"].duplicated(keep=False)
         groups = p.loc[dup_user].groupby("user_id", sort=False)["segment_id"]
         items = []

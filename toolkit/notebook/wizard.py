@@ -1000,7 +1000,7 @@ class GuidedSync:
                         "<p>No findings.</p>")
             self.plan_html.value = (facts + body + "<h5>Sample payloads (exactly as sent)</h5>"
                                     f"<pre style='max-height:260px;overflow:auto'>"
-                                    f"{html.escape(samples)}</pre><h5>Findings</h5>{findings}")
+                                    f"{html.escape(samples, quote=False)}</pre><h5>Findings</h5>{findings}")
         else:
             self.plan_html.value = ""
         self._draw(self.plan_image, "plan", s.plan, lambda: plots.plan_composition(s.plan))

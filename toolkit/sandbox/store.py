@@ -448,7 +448,12 @@ class Store:
         return 201, response, stats
 
     def _apply_attributes(self, obj: dict, now: datetime) -> tuple[int, int]:
-        key, ident = self._pick_identifier(obj, allow_profile_email=True)
+        ext = obj.get("external_id")
+        if (type(ext) is str and 0 < len(ext) <= _MAX_STRING and "user_alias" not in obj
+                and "braze_id" not in obj):
+            key, ident = "external_id", ext   # the common case, as _pick_identifier decides it
+        else:
+            key, ident = self._pick_identifier(obj, allow_profile_email=True)
         merge = obj.get("_merge_objects", False)
         if type(merge) is not bool:
             raise _ObjectError("'_merge_objects' must be a boolean")
@@ -517,9 +522,9 @@ class Store:
                 if type(value) is list:
                     value = self._dedupe(value)[-self.array_length_limit:]
                 elif type(value) is dict:
+                    points += _count_keys(value) - 1   # the keys sent, merged or not
                     if merge and type(attrs.get(name)) is dict:
                         value = _deep_merge(attrs[name], value)
-                    points += _count_keys(value) - 1
                 attrs[name] = value
                 points += 1
             elif kind == "null":

@@ -119,10 +119,11 @@ class _Builder:
                 uids, values = self.ledger.state_arrays(field)
                 if len(uids):
                     if self._uid_index is None:  # hashed once, reused for every field
-                        self._uid_index = pd.Index(self.uids, dtype=object)
+                        self._uid_pos = np.flatnonzero(self.syncable)  # unique uids only
+                        self._uid_index = pd.Index(self.uids[self._uid_pos], dtype=object)
                     at = self._uid_index.get_indexer(pd.Index(uids, dtype=object))
                     known = at >= 0
-                    prev[at[known]] = values[known]
+                    prev[self._uid_pos[at[known]]] = values[known]
             self._state_cache[field] = prev
         return self._state_cache[field]
 
