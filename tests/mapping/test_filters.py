@@ -62,6 +62,9 @@ STRING_CASES = [
 def test_string_attribute_operators(op, value, expected):
     f = StringAttribute("fav", op, value)
     assert _selected(f, STRING_STATE) == expected
+    # pandas' default `str` dtype (NaN for missing) and plain Python objects give the same answer
+    for dtype in ("str", object):
+        assert _selected(f, _state(fav=pd.Series(TEXT, dtype=dtype, index=USERS))) == expected
 
 
 BOOL_STATE = BrazeState(pd.DataFrame({"vip": pd.array([True, False, None], dtype="boolean")},

@@ -185,8 +185,10 @@ def test_refusals_send_nothing(export, sandbox, client, ledger, tmp_path):
 
 def test_429_storms_and_5xx_are_retried_to_completion(sandbox, client, ledger):
     export = make_export(300, seed=4)
-    sandbox.set_faults(rate_429=0.15, rate_500=0.1, rate_503=0.1, endpoints=("/users/track",))
-    p, report = _sync(export, _mapping(export), client, ledger, batch_size=25)
+    # a short window keeps each 429 pause (until x-ratelimit-reset) under a second
+    sandbox.set_rate_limit("/users/track", 3000, 0.5)
+    sandbox.set_faults(rate_429=0.2, rate_500=0.1, rate_503=0.1, endpoints=("/users/track",))
+    p, report = _sync(export, _mapping(export), client, ledger, batch_size=50)
     assert report.status == "complete"
     s = report.summary()
     assert s["retries"] > 0 and s["429s"] > 0
