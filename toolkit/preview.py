@@ -510,7 +510,9 @@ class _Builder:
                         pd.Categorical.from_codes(code, categories=list(REASONS)),
                         index=self.p.index)
         frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
-        warnings = [w for w in _warnings(mapping, shared)]
+        from toolkit.mapping import _shared_warnings
+
+        warnings = _shared_warnings(shared)
         return Preview(mapping=mapping, export=export, state=state, frame=frame,
                        filters=filters, warnings=warnings, freshness=self._freshness(),
                        reasons=reasons)
@@ -548,9 +550,3 @@ def _display(f: Filter, rule: "Rule") -> str:
         # Profile fields are selected with Braze's standard filters, not "Custom Attribute".
         text = text.replace("Custom Attribute", "Profile field")
     return text
-
-
-def _warnings(mapping: "Mapping", shared: dict[str, list[str]]) -> list[str]:
-    from toolkit.mapping import _shared_warnings
-
-    return _shared_warnings(shared)

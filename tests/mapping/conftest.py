@@ -1,7 +1,6 @@
 """Synthetic EngageExport objects for the mapping / filter / preview tests (built per model.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 

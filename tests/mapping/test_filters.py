@@ -146,9 +146,11 @@ def _event(user, name, time, **props):
 EVENT_STATE = BrazeState(
     pd.DataFrame(index=pd.Index(["e1", "e2", "e3", "e4", "e5"], name="user")),
     pd.DataFrame([
-        _event("e1", "Audience Entered", "2026-11-20T01:00:00Z", audience_key="vip"),
+        _event("e1", "Audience Entered", "2026-11-20T01:00:00Z", audience_key="vip", flag=True,
+               score=True),
         _event("e1", "Audience Entered", "2026-11-19T10:00:00Z", audience_key="dormant"),
-        _event("e2", "Audience Entered", "2026-11-18T12:00:00Z", audience_key="vip"),
+        _event("e2", "Audience Entered", "2026-11-18T12:00:00Z", audience_key="vip", score=1.0,
+               flag=1),
         _event("e3", "Audience Entered", "2026-10-01T00:00:00Z", audience_key="vip"),
         _event("e5", "Audience Entered", "2026-11-19T00:00:00Z", audience_key="dormant"),
         _event("e5", "Audience Exited", "2026-11-19T08:00:00Z", audience_key="dormant"),
@@ -178,6 +180,9 @@ EVENT_CASES = [
      {"e1", "e5"}),
     (CustomEventPropertyCount("Audience Entered", "audience_key", "vip", "exactly", 0),
      {"e3", "e4", "e5"}),
+    (CustomEventPropertyCount("Audience Entered", "audience_key", "VIP", "more_than", 0), set()),
+    (CustomEventPropertyCount("Audience Entered", "score", 1, "more_than", 0), {"e2"}),
+    (CustomEventPropertyCount("Audience Entered", "flag", True, "more_than", 0), {"e1"}),
     # §5.3 First Did / Last Did; users who never did the event are not selected.
     (CustomEventTime("Audience Entered", "last_did_after", "2026-11-18"), {"e1", "e5"}),
     (CustomEventTime("Audience Entered", "first_did_before", "2026-11-01"), {"e3"}),

@@ -282,3 +282,20 @@ def test_sample_shop_filters_select_exactly_the_members_braze_can_hold(path, how
         dropped = p.dropped(key)
         assert len(dropped) == row.dropped
         assert dropped["user_id"].isna().all()
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_sample_shop_with_shared_event_names_explains_every_difference(path):
+    export = _load(path)
+    m = Mapping.from_export(export)
+    for key in export.audiences:
+        m = m.set(key, send_as="event")
+    p = m.preview(export)
+    assert any("Audience Entered" in w for w in p.warnings)
+    f = p.to_frame()
+    rec = f[f["recommended"] & (f["kind"] == "audience")]
+    assert rec["braze_filter"].str.contains("Custom Event Property `audience_key`").all()
+    assert (rec["dropped"] == rec[list(REASONS)].sum(axis=1)).all()
+    assert (rec["other"] == 0).all() and (rec["extra"] == 0).all()
+    bare = f[~f["recommended"]]
+    assert len(bare) == len(export.audiences) and (bare["filter_selects"] >= 0).all()

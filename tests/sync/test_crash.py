@@ -65,6 +65,7 @@ def _kill_mid_sync(sb, p, plan_file, ledger_path, kind, after) -> int:
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
+    time.sleep(0.3)  # requests already inside the sandbox finish (and land) after the kill
     return _acknowledged(ledger_path, p.id, kind)
 
 

@@ -573,9 +573,8 @@ class CustomEventPropertyCount(Filter):
         sel = _mask(ev["name"] == self.event) & _window(state, self.days)
         props = ev.loc[sel.to_numpy(dtype=bool), "properties"]
         want, prop = self.value, self.property
-        same = np.fromiter((isinstance(p, dict) and prop in p and p[prop] == want
-                            and type(p[prop]) is type(want) for p in props),
-                           dtype=bool, count=len(props))
+        same = np.fromiter((isinstance(p, dict) and prop in p and _same_value(p[prop], want)
+                            for p in props), dtype=bool, count=len(props))
         keep = pd.Series(False, index=ev.index)
         keep.loc[props.index[same]] = True
         counts = _per_user_counts(state, keep)
@@ -587,6 +586,18 @@ class CustomEventPropertyCount(Filter):
         return (f"Custom Event Property {_code(self.property)} of {_code(self.event)} is "
                 f"{_code(shown)} {_COUNT_OPS[self.op]} {self.count} times in the last "
                 f"{self.days} calendar days")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Property equality as JSON sees it: true is not 1, 1 is 1.0, text is case sensitive."""
+    if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)):
+        return isinstance(a, (bool, np.bool_)) and isinstance(b, (bool, np.bool_)) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
         return Conversion(when, kind, column.notna() & when.isna(), no.copy())
     # An object column (lists, dicts, or scalars of disagreeing types): Braze locks the type.
     if column.dtype == object or value_type in ("list", "object"):
-        return _convert_mixed(column.astype(object))
+        return _convert_mixed(column.astype(object), default=kind)
     text = column.astype("string")
     bad = text.str.len().fillna(0) > MAX_STRING_LENGTH
     return Conversion(text.where(~bad), "string", bad.astype(bool), no.copy())
@@ -293,11 +293,11 @@ def _as_datetime(column: pd.Series) -> pd.Series:
     return out
 
 
-def _convert_mixed(column: pd.Series) -> Conversion:
+def _convert_mixed(column: pd.Series, *, default: str = "string") -> Conversion:
     """An object column: Braze locks the attribute to the type of the first value it receives."""
     types = pd.Series([json_type(v) for v in column.to_numpy()], index=column.index, dtype=object)
     present = types.notna()
-    locked = types[present].iloc[0] if present.any() else "string"
+    locked = types[present].iloc[0] if present.any() else default
     conflict = present & (types != locked)
     values = column.where(~conflict)
     if locked == "string":

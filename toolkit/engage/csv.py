@@ -333,7 +333,7 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
     emails, anonymous_ids = ids.all("email"), ids.all("anonymous_id")
-    if seg is None or seg.isna().all():
+    if seg is None:
         seg = derived_segment_id(user_id, email, anonymous_id)
     else:
         seg = seg.astype("string").reset_index(drop=True).str.strip()
@@ -439,7 +439,9 @@ def _json_ids_into(path: Path, cells: list, column: str, ids: _Ids, findings: Fi
                                            findings=findings, repaired=repaired),
                                 path=path, line=line, column=column)
         for id_type, values in parsed.items():
-            per_type.setdefault(id_type, [[] for _ in range(n)])[i] = values
+            if id_type not in per_type:
+                per_type[id_type] = [[] for _ in range(n)]
+            per_type[id_type][i] = values
     for id_type in ("user_id", "email", "anonymous_id", "braze_id"):
         lists = per_type.get(id_type)
         if not lists:

@@ -44,6 +44,9 @@ def detect_kind(path: str | os.PathLike) -> str:
                                      "directory)")
     with open(path, "rb") as fh:
         head = fh.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExportFormatError("the file is UTF-16 encoded; expected UTF-8", file=str(path),
+                                line=1, hint="re-save the file as UTF-8 (Excel: CSV UTF-8)")
     if head[:4] == b"PAR1":
         raise ExportFormatError(
             "a parquet file on its own is not an Engage export this toolkit reads",
