@@ -92,6 +92,14 @@ def recommended_filters(rule: "Rule", value_type: str | None, shared: dict[str, 
     return out
 
 
+_REGEX_METACHARACTERS = frozenset(".^$*+?()[]{}|\\/")
+
+
+def _anchored_literal(value: str) -> str:
+    """`^value$` with only regex metacharacters escaped: the safe subset of Braze's dialect (§5.2)."""
+    return "^" + "".join("\\" + c if c in _REGEX_METACHARACTERS else c for c in value) + "$"
+
+
 def _membership(count, rule: "Rule", max_entries: int) -> Filter:
     """Current members from enter/exit counts: one more entry than exits (see recommended_filters)."""
     k_max = max(1, min(int(max_entries), MAX_EVENT_COUNT))
@@ -387,10 +395,14 @@ class _Builder:
             if counts.empty:
                 return None
             top = str(counts.index[0])
-            f: Filter = StringAttribute(attr, "is_any_of", top)
-            engage = (text == top).to_numpy(dtype=bool, na_value=False)
+            # Braze's Segment page recommends "matches regex" for traits sent with identify
+            # (braze-api.md §5.3). Segment regexes are partial and case-insensitive (§5.2), so the
+            # value is anchored and its metacharacters escaped; Engage's side is compared the
+            # same case-insensitive way, or the two counts would disagree on case variants.
+            f: Filter = StringAttribute(attr, "matches_regex", _anchored_literal(top))
+            engage = (text.str.lower() == top.lower()).to_numpy(dtype=bool, na_value=False)
             return _Check(rule.key, f"value = {top!r}", True, f, engage,
-                          "equals / is any of is case sensitive")
+                          "regex filters are case-insensitive in Braze")
         if conv.json_type == "number":
             x = pd.to_numeric(col, errors="coerce").astype("Float64")
             if x.notna().sum() == 0:

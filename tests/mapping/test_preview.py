@@ -43,10 +43,11 @@ def test_attribute_preview_counts_and_reasons(shop):
     # 300 characters (§2.2 ≤255), "" (§5.1 not blank excludes empty strings), email-only, anonymous
     assert _reasons(fav) == {"invalid_value": 1, "empty_string": 1, "no_external_id": 1,
                              "anonymous_only": 1}
-    # equals / is any of is case sensitive (§5.1): "shoes" is not "Shoes"
+    # Traits sent with identify are selected with "matches regex" (§5.3, Braze's Segment page);
+    # the regex is anchored and case-insensitive (§5.2), so "shoes" counts as "Shoes" on both sides.
     shoes = _row(p, "fav", "value = 'Shoes'")
-    assert shoes["braze_filter"] == "Custom Attribute `fav` is any of `Shoes`"
-    assert (shoes.engage_members, shoes.braze_can_hold, shoes.filter_selects) == (3, 2, 2)
+    assert shoes["braze_filter"] == "Custom Attribute `fav` matches regex `^Shoes$`"
+    assert (shoes.engage_members, shoes.braze_can_hold, shoes.filter_selects) == (4, 3, 3)
     revenue = _row(p, "revenue", "has value")
     assert (revenue.engage_members, revenue.filter_selects) == (8, 5)
     f = p.to_frame()

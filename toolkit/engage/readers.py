@@ -269,12 +269,13 @@ def merge(exports: Sequence[EngageExport]) -> EngageExport:
         events=events_frame, snapshot_at=max(snaps) if snaps else None,
         source=f"{len(exports)} exports merged ({', '.join(kinds)})", findings=findings)
     # profile-level checks (shared user_ids, anonymous-only…) re-run on the merged whole
-    merged.findings = Findings(f for f in findings if f.code not in _PROFILE_LEVEL)
+    merged.findings = Findings(f for f in findings if f.code not in _RECOMPUTED)
     from toolkit.engage import validation
     validation.check(merged, {}, rows=False)
     return merged
 
 
-# Findings about whole profiles, recomputed after a merge (their row numbers would otherwise
-# point into one file while the profile now spans several).
-_PROFILE_LEVEL = {"anonymous_only", "email_only", "hashed_identifier", "duplicate_user_id"}
+# Findings about whole profiles or computation keys, recomputed after a merge (a profile may now
+# span several files, and each file would repeat the same key finding).
+_RECOMPUTED = {"anonymous_only", "email_only", "hashed_identifier", "duplicate_user_id",
+               "invalid_key"}

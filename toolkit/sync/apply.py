@@ -232,8 +232,23 @@ class _Run:
         self.started = time.monotonic()
         self.sent_at: dict[str, float] = {}
         self.abort: str | None = None
+        self.answers: list[tuple] = []     # ledger writes not yet committed (see flush)
+        self.group = 1
         self.bar = tqdm(total=total, unit="obj", desc=f"apply {plan.id[:8]}",
                         disable=not progress, leave=True)
+
+    def finish(self, batch: Batch, status: str, *, state=(), reason=None) -> None:
+        """Queue the ledger record of Braze's answer; committed every ``group`` answers.
+        Deferring is safe: an answer lost in a crash leaves the batch 'sent', which a resumed
+        apply resends (attributes, idempotent) or holds for a decision (events, group 1)."""
+        self.answers.append((batch.id, status, state, reason))
+        if len(self.answers) >= self.group:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.answers:
+            answers, self.answers = self.answers, []
+            self.ledger.finish_many(self.plan.id, answers)
 
     def tick(self, requests: int) -> None:
         self.timeline.append([round(time.monotonic() - self.started, 4),
@@ -268,7 +283,7 @@ class _Run:
         reason = note
         if rejected:
             reason = f"{len(rejected)} object(s) rejected" + (f"; {note}" if note else "")
-        self.ledger.finish(self.plan.id, batch.id, status, state=state, reason=reason)
+        self.finish(batch, status, state=state, reason=reason)
         self.acked_rows.append(good)
         array = {"attributes": "attributes", "events": "events"}.get(batch.kind, "cohort")
         for index, why in sorted(rejected.items()):
@@ -299,7 +314,7 @@ class _Run:
             per_object = {i: why for (a, i), why in rejected.items() if a == array}
             if not per_object:
                 per_object = {i: exc.message for i in range(batch.objects)}
-            self.ledger.finish(self.plan.id, batch.id, "rejected", reason=exc.message[:500])
+            self.finish(batch, "rejected", reason=exc.message[:500])
             obj = self.object_index(batch)
             rows = np.arange(batch.start, batch.stop)
             for index, why in sorted(per_object.items()):
@@ -315,7 +330,7 @@ class _Run:
             self.row(batch, "rejected", rejected=batch.objects, attempts=attempts,
                      reason=exc.message)
         elif outcome == "unknown":
-            self.ledger.finish(self.plan.id, batch.id, "unknown", reason=exc.message[:500])
+            self.finish(batch, "unknown", reason=exc.message[:500])
             self.counts["batches_unknown"] += 1
             if batch.kind == "events":
                 self.counts["objects_uncertain"] += batch.objects
@@ -325,7 +340,7 @@ class _Run:
             self.row(batch, "unknown", attempts=attempts, reason=exc.message)
         else:
             # Nothing was applied (auth refused, 429s or 5xx after every retry): safe to resend.
-            self.ledger.finish(self.plan.id, batch.id, "failed", reason=exc.message[:500])
+            self.finish(batch, "failed", reason=exc.message[:500])
             self.counts["batches_failed"] += 1
             self.counts["objects_failed"] += batch.objects
             self.row(batch, "failed", attempts=attempts, reason=exc.message)
@@ -401,6 +416,7 @@ def apply(plan: "Plan | str | os.PathLike[str]", client, ledger: "Ledger | str |
             _send_cohorts(run, client, todo["cohort"], before, partner_api_key, client_secret)
             phases["cohort"] = round(time.monotonic() - p0, 4)
     finally:
+        run.flush()
         run.bar.close()
     after = _stats(client)
     stats = {k: after.get(k, 0) - before.get(k, 0) for k in _STAT_KEYS}
@@ -438,31 +454,43 @@ def _stats(client) -> dict[str, int]:
 
 def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
     plan, ledger = run.plan, run.ledger
+    # Attribute batches are marked 'sent' a few at a time and their answers committed a few at a
+    # time (a resend is harmless); event batches one by one, so a crash leaves at most the
+    # batches really in flight uncertain.
+    group = 1 if batches[0].kind == "events" else 2 * max(1, int(getattr(client, "max_workers",
+                                                                           4)))
+    run.group = group
 
     def payloads():
-        for b in batches:
+        for i, b in enumerate(batches):
             if run.abort:
                 return
-            # Durable before the request leaves: a crash from here on leaves the batch 'sent',
-            # which a resumed apply treats as "may have landed".
-            ledger.mark_sent(plan.id, b.id)
+            if i % group == 0:
+                # Durable before the requests leave: a crash from here on leaves these batches
+                # 'sent', which a resumed apply treats as "may have landed".
+                ledger.mark_sent(plan.id, [x.id for x in batches[i:i + group]])
             run.sent_at[b.id] = time.monotonic()
             run.counts["batches_sent"] += 1
             run.counts["objects_sent"] += b.objects
             yield plan.payload(b)
 
-    for index, result in client.track_batches(payloads()):
-        batch = batches[index]
-        if isinstance(result, BrazeAPIError):
-            run.fail(batch, result)
-        else:
-            array = "events" if batch.kind == "events" else "attributes"
-            rejected = {i: why for (a, i), why in (result.rejected or {}).items() if a == array}
-            note = None
-            if getattr(result, "unknown_attempts", 0) and batch.kind == "events":
-                note = ("resent after an unknown outcome: Braze may hold these events twice")
-            run.acknowledge(batch, rejected, attempts=result.attempts, note=note)
-        run.tick(_stats(client)["requests"] - before["requests"])
+    try:
+        for index, result in client.track_batches(payloads()):
+            batch = batches[index]
+            if isinstance(result, BrazeAPIError):
+                run.fail(batch, result)
+            else:
+                array = "events" if batch.kind == "events" else "attributes"
+                rejected = {i: why for (a, i), why in (result.rejected or {}).items()
+                            if a == array}
+                note = None
+                if getattr(result, "unknown_attempts", 0) and batch.kind == "events":
+                    note = "resent after an unknown outcome: Braze may hold these events twice"
+                run.acknowledge(batch, rejected, attempts=result.attempts, note=note)
+            run.tick(_stats(client)["requests"] - before["requests"])
+    finally:
+        run.flush()
+        run.group = 1
 
 
 def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner_api_key,
@@ -472,7 +500,7 @@ def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner
         cohorts = client.cohort(partner_api_key, client_secret)
     except ConfigError as exc:
         for b in batches:
-            ledger.finish(plan.id, b.id, "failed", reason=exc.message)
+            run.finish(b, "failed", reason=exc.message)
             run.counts["batches_failed"] += 1
             run.counts["objects_failed"] += b.objects
             run.row(b, "failed", reason=f"partner credentials: {exc.message}")

@@ -252,30 +252,44 @@ class Ledger:
         rows = self._query(sql + " WHERE plan = ?", (plan,)) if plan else self._query(sql)
         return pd.DataFrame(rows, columns=cols)
 
-    def mark_sent(self, plan: str, batch: str) -> None:
-        """Record, durably, that ``batch`` is about to leave: its outcome is unknown until
+    def mark_sent(self, plan: str, batches: "str | Sequence[str]") -> None:
+        """Record, durably, that ``batches`` are about to leave: their outcome is unknown until
         `finish` records Braze's answer."""
-        self._write(lambda c: c.execute(
+        names = [batches] if isinstance(batches, str) else list(batches)
+        now = _now()
+        self._write(lambda c: c.executemany(
             "UPDATE batches SET status = 'sent', sends = sends + 1, sent_at = ? "
-            "WHERE plan = ? AND batch = ?", (_now(), plan, batch)))
+            "WHERE plan = ? AND batch = ?", [(now, plan, b) for b in names]))
 
     def finish(self, plan: str, batch: str, status: str, *,
                state: Iterable[tuple[str, str, str | None]] = (), reason: str | None = None) -> int:
         """Record Braze's answer for ``batch`` and, in the same transaction, the state it
         acknowledged (``(field, uid, json value or None to forget)``). Returns the new version."""
-        if status not in BATCH_STATUSES:
-            raise ValueError(f"unknown batch status {status!r}")
-        state = list(state)
+        return self.finish_many(plan, [(batch, status, state, reason)])
+
+    def finish_many(self, plan: str,
+                    answers: Sequence[tuple[str, str, Iterable[tuple[str, str, str | None]],
+                                            str | None]]) -> int:
+        """`finish` for several batches ``(batch, status, state, reason)`` in one transaction;
+        the version grows by one per batch that changed state. Returns the new version."""
+        answers = [(b, status, list(state), reason) for b, status, state, reason in answers]
+        for _, status, _, _ in answers:
+            if status not in BATCH_STATUSES:
+                raise ValueError(f"unknown batch status {status!r}")
 
         def write(conn: sqlite3.Connection) -> int:
             version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchone()[0]
-            if state:
-                version += 1
-                rows = self._apply_state(conn, state, version)
-                conn.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?)",
-                             (version, plan, batch, rows, _now()))
-            conn.execute("UPDATE batches SET status = ?, reason = ?, answered_at = ? "
-                         "WHERE plan = ? AND batch = ?", (status, reason, _now(), plan, batch))
+            now = _now()
+            for batch, status, state, reason in answers:
+                if state:
+                    version += 1
+                    rows = self._apply_state(conn, state, version)
+                    conn.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?)",
+                                 (version, plan, batch, rows, now))
+            conn.executemany("UPDATE batches SET status = ?, reason = ?, answered_at = ? "
+                             "WHERE plan = ? AND batch = ?",
+                             [(status, reason, now, plan, batch)
+                              for batch, status, _, reason in answers])
             return version
 
         return self._write(write)

@@ -1,0 +1,205 @@
+"""The guided-sync notebook in a real browser: JupyterLab on loopback, driven by headless Chromium.
+
+Runs notebooks/03_guided_sync.ipynb in JupyterLab, clicks through the wizard to a finished,
+verified sync against the built-in sandbox, and checks the widgets rendered (no "Error displaying
+widget") and the final counters. A screenshot of every step lands in test-artifacts/. Uses
+Debian's Chromium at /usr/bin/chromium (scripts/install-browser.sh installs it); skips cleanly
+when it is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK = ROOT / "notebooks" / "03_guided_sync.ipynb"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+SAMPLE = "Sample shop — Profiles Sync tables (CSV)"
+LAB_START_S = 90
+STEP_TIMEOUT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(settings: Path) -> None:
+    """Lab settings for a quiet, fully rendered notebook (no news toast, no cell windowing)."""
+    files = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false", "checkForUpdates": False},
+    }
+    for name, values in files.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (run scripts/install-browser.sh as root)")
+    pytest.importorskip("playwright.sync_api")
+    home = tmp_path_factory.mktemp("lab")
+    work = home / "work"
+    work.mkdir()
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    _write_settings(home / "settings")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    log = open(home / "jupyterlab.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser",
+         "--ServerApp.ip=127.0.0.1", "--port", str(port), "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + LAB_START_S
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError("JupyterLab did not start:\n"
+                                     + (home / "jupyterlab.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield {"base": base, "token": token, "home": home, "work": work}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(lab["home"] / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+            viewport={"width": 1400, "height": 1000})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def _shot(page, locator, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    locator.screenshot(path=str(ARTIFACTS / f"jupyterlab-{name}.png"))
+
+
+def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page.goto(f"{lab['base']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           state="attached", timeout=STEP_TIMEOUT_MS)
+
+    # Run every cell from the Run menu, then wait for the plain-code section's last output.
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    page.get_by_text("nothing to send", exact=True).wait_for(timeout=120_000)
+
+    wizard = page.locator(".widget-vbox", has=page.locator("text=Guided sync: Engage")).first
+    wizard.scroll_into_view_if_needed()
+    next_button = wizard.locator(".widget-button", has_text="Next")
+
+    def expect_step(number: int, name: str) -> None:
+        wizard.locator(f"text=Step {number} of 8").wait_for()
+        page.wait_for_timeout(150)  # let the step's widgets paint before the screenshot
+        _shot(page, wizard, f"step{number}-{name}")
+
+    # 1. choose a bundled sample: its summary and findings appear
+    wizard.locator(".widget-dropdown select").first.select_option(label=SAMPLE)
+    wizard.locator("text=2,000 profiles").first.wait_for()
+    expect_step(1, "export")
+    next_button.click()
+
+    # 2. review: four plots
+    expect_step(2, "review")
+    assert wizard.locator(".widget-image").count() == 4
+    next_button.click()
+
+    # 3. map: vip_customer as attribute + events; the implied filter updates live
+    expect_step(3, "map")
+    vip = wizard.locator(".widget-hbox", has=page.locator("code", has_text="vip_customer")).first
+    vip.locator("select").select_option(label="attribute + events")
+    wizard.locator("text=Audience Entered").first.wait_for()
+    next_button.click()
+
+    # 4. preview, 5. plan
+    expect_step(4, "preview")
+    wizard.locator("text=Braze preview").wait_for()
+    next_button.click()
+    expect_step(5, "plan")
+    wizard.locator("text=Sample payloads (exactly as sent)").wait_for()
+    next_button.click()
+
+    # 6. approve: a name and the confirmation box
+    expect_step(6, "approve")
+    wizard.locator(".widget-text input").first.fill("Ana Analyst")
+    wizard.locator(".widget-checkbox input[type='checkbox']").first.check()
+    wizard.locator(".widget-button", has_text="Approve").click()
+    wizard.locator("text=Approved by").wait_for()
+    next_button.click()
+
+    # 7. push: the background thread moves the bar and counters until the report shows
+    expect_step(7, "push")
+    wizard.locator(".widget-button", has_text="Push to Braze").click()
+    wizard.locator("text=Sync report").wait_for(timeout=120_000)
+    _shot(page, wizard, "step7-pushed")
+    counters = wizard.locator(".widget-html", has_text="objects acknowledged").inner_text()
+    done, total = map(int, re.search(r"requests\s+([\d,]+) of ([\d,]+)", counters).groups())
+    acknowledged = int(re.search(r"objects acknowledged\s+([\d,]+)", counters).group(1)
+                       .replace(",", ""))
+    rejected = int(re.search(r"objects rejected\s+([\d,]+)", counters).group(1).replace(",", ""))
+    assert done == total > 0
+    assert acknowledged > 0 and rejected == 0
+    bar = wizard.locator(".widget-progress progress, .widget-progress .progress-bar").first
+    assert bar.count() == 1
+    next_button.click()
+
+    # 8. verify and download the report
+    expect_step(8, "verify")
+    wizard.locator("text=Verification").first.wait_for()
+    assert "OK" in wizard.locator(".widget-html", has_text="Verification").first.inner_text()
+    link = wizard.locator("a[download]").first
+    assert link.get_attribute("download").endswith(".json")
+
+    text = page.locator(".jp-Notebook").inner_text()
+    assert "Error displaying widget" not in text
+    assert "Traceback" not in text
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-guided-sync.png"), full_page=True)
