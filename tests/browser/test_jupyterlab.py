@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -52,6 +51,19 @@ def _write_settings(settings: Path) -> None:
         path.write_text(json.dumps(values))
 
 
+def _copy_without_outputs(source: Path, target: Path) -> None:
+    """The notebook as an analyst opens it fresh: saved outputs would satisfy the waits below."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, target)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if not CHROMIUM.exists():
@@ -60,7 +72,7 @@ def lab(tmp_path_factory):
     home = tmp_path_factory.mktemp("lab")
     work = home / "work"
     work.mkdir()
-    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    _copy_without_outputs(NOTEBOOK, work / NOTEBOOK.name)
     _write_settings(home / "settings")
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
@@ -110,9 +122,17 @@ def page(lab):
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"],
             viewport={"width": 1400, "height": 1000})
+        page = context.pages[0] if context.pages else context.new_page()
         try:
-            yield context.pages[0] if context.pages else context.new_page()
+            yield page
         finally:
+            # what the page showed at the end (or at a failure), for whoever reads the artifacts
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                page.screenshot(path=str(ARTIFACTS / "jupyterlab-last.png"), full_page=True)
+                (ARTIFACTS / "jupyterlab-last.txt").write_text(page.locator("body").inner_text())
+            except Exception:  # the page may already be gone; the test's own error matters more
+                pass
             context.close()
 
 
@@ -122,9 +142,18 @@ def _shot(page, locator, name: str) -> None:
 
 
 def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.set_default_timeout(STEP_TIMEOUT_MS)
     page.goto(f"{lab['base']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
     page.wait_for_selector(".jp-Notebook")
+    # Lab may ask which kernel to start; the notebook names the environment's python3
+    select = page.locator(".jp-Dialog .jp-mod-accept", has_text="Select")
+    try:
+        select.wait_for(timeout=5_000)
+        select.click()
+    except PlaywrightTimeout:
+        pass
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                            state="attached", timeout=STEP_TIMEOUT_MS)
 
@@ -137,39 +166,37 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     wizard.scroll_into_view_if_needed()
     next_button = wizard.locator(".widget-button", has_text="Next")
 
-    def expect_step(number: int, name: str) -> None:
+    def expect_step(number: int, name: str, ready) -> None:
         wizard.locator(f"text=Step {number} of 8").wait_for()
-        page.wait_for_timeout(150)  # let the step's widgets paint before the screenshot
+        ready.wait_for()            # the step's content arrives after its number
+        page.wait_for_timeout(200)  # let images paint before the screenshot
         _shot(page, wizard, f"step{number}-{name}")
 
     # 1. choose a bundled sample: its summary and findings appear
     wizard.locator(".widget-dropdown select").first.select_option(label=SAMPLE)
-    wizard.locator("text=2,000 profiles").first.wait_for()
-    expect_step(1, "export")
+    expect_step(1, "export", wizard.locator("text=2,000 profiles").first)
     next_button.click()
 
     # 2. review: four plots
-    expect_step(2, "review")
+    expect_step(2, "review", wizard.locator(".widget-image").nth(3))
     assert wizard.locator(".widget-image").count() == 4
     next_button.click()
 
     # 3. map: vip_customer as attribute + events; the implied filter updates live
-    expect_step(3, "map")
+    expect_step(3, "map", wizard.locator("code", has_text="vip_customer").first)
     vip = wizard.locator(".widget-hbox", has=page.locator("code", has_text="vip_customer")).first
     vip.locator("select").select_option(label="attribute + events")
     wizard.locator("text=Audience Entered").first.wait_for()
     next_button.click()
 
     # 4. preview, 5. plan
-    expect_step(4, "preview")
-    wizard.locator("text=Braze preview").wait_for()
+    expect_step(4, "preview", wizard.locator("text=Braze preview"))
     next_button.click()
-    expect_step(5, "plan")
-    wizard.locator("text=Sample payloads (exactly as sent)").wait_for()
+    expect_step(5, "plan", wizard.locator("text=Sample payloads (exactly as sent)"))
     next_button.click()
 
     # 6. approve: a name and the confirmation box
-    expect_step(6, "approve")
+    expect_step(6, "approve", wizard.locator(".widget-button", has_text="Approve"))
     wizard.locator(".widget-text input").first.fill("Ana Analyst")
     wizard.locator(".widget-checkbox input[type='checkbox']").first.check()
     wizard.locator(".widget-button", has_text="Approve").click()
@@ -177,7 +204,7 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     next_button.click()
 
     # 7. push: the background thread moves the bar and counters until the report shows
-    expect_step(7, "push")
+    expect_step(7, "push", wizard.locator(".widget-button", has_text="Push to Braze"))
     wizard.locator(".widget-button", has_text="Push to Braze").click()
     wizard.locator("text=Sync report").wait_for(timeout=120_000)
     _shot(page, wizard, "step7-pushed")
@@ -193,8 +220,7 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     next_button.click()
 
     # 8. verify and download the report
-    expect_step(8, "verify")
-    wizard.locator("text=Verification").first.wait_for()
+    expect_step(8, "verify", wizard.locator("text=Download the report"))
     assert "OK" in wizard.locator(".widget-html", has_text="Verification").first.inner_text()
     link = wizard.locator("a[download]").first
     assert link.get_attribute("download").endswith(".json")

@@ -174,3 +174,9 @@ def test_invalid_dates_and_drift_in_a_csv_column(write):
 def test_ignored_identifier_columns_are_not_traits(write):
     export = toolkit.load(write("a_b.csv", "key,user_id,ios.idfa\nuse_1,u_1,ABC\n"))
     assert export.traits == [] and export.findings.of("ignored_identifier")
+
+
+def test_quoted_values_spanning_lines(write):
+    text = 'key,user_id,note\nuse_1,u_1,"first line\nsecond line"\nuse_2,u_2,plain\n'
+    export = toolkit.load(write("dormant_shopper.csv", text))
+    assert export.profiles["note"].tolist() == ["first line\nsecond line", "plain"]

@@ -140,7 +140,7 @@ def test_bad_token_raises_without_leaking_it(server):
     assert err.value.status == 401
     assert "wrong-token" not in str(err.value) and TOKEN not in repr(err.value)
     api = ProfileAPI(SPACE, TOKEN, base_url=server)
-    assert TOKEN not in repr(api)
+    assert TOKEN not in repr(api) and TOKEN not in api._repr_html_()
 
 
 def test_persistent_429_gives_up(server):

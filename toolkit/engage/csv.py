@@ -52,6 +52,7 @@ _PREFIX = re.compile(r"^(?:audiences?|traits?)[_-]")
 # Typographic quotes Segment's own sample CSVs put inside JSON columns.
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
 _MAX_HEADER_BYTES = 1 << 20
+_JSON_IDS_HINT = 'the cell must hold a JSON object such as {"email": ["a@example.com"]}'
 
 
 def key_from_path(path: str | os.PathLike) -> str:
@@ -84,7 +85,8 @@ class _Header:
                                     hint="check the path (relative paths start at the working "
                                          "directory)") from None
         except IsADirectoryError:
-            raise ExportFormatError("expected a file, found a directory", file=str(path)) from None
+            raise ExportFormatError("expected a file, found a directory", file=str(path),
+            hint="pass the directory to toolkit.load itself to merge its files") from None
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise ExportFormatError("the file is UTF-16 encoded; expected UTF-8", file=str(path),
                                     line=1, hint="re-save the file as UTF-8 (Excel: CSV UTF-8)")
@@ -109,7 +111,8 @@ class _Header:
         self.has_rows = b"\n" in head and bool(head.split(b"\n", 1)[1].strip())
         if not [c for c in self.columns if c]:
             raise ExportFormatError("the header line is blank; expected column names",
-                                    file=str(path), line=1)
+                                    file=str(path), line=1,
+                                    hint="the first line of an Engage CSV names its columns")
         seen = set()
         for i, c in enumerate(self.columns):
             if not c:
@@ -117,7 +120,8 @@ class _Header:
                                         line=1, column=i + 1, hint="give every column a name")
             if c.lower() in seen:
                 raise ExportFormatError(f"column name {c!r} appears twice in the header",
-                                        file=str(path), line=1, column=i + 1)
+                                        file=str(path), line=1, column=i + 1,
+                                        hint="rename or drop one of the two columns")
             seen.add(c.lower())
 
     @property
@@ -128,18 +132,22 @@ class _Header:
 def _read_table(header: _Header) -> pa.Table:
     """Every column as text; empty cells are null."""
     path = header.path
-    opts = pacsv.ReadOptions(use_threads=True, block_size=1 << 24, column_names=header.columns,
-                             skip_rows=1)
-    parse = pacsv.ParseOptions(delimiter=header.delimiter, newlines_in_values=True)
+    opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header.columns},
                                    strings_can_be_null=True, null_values=[""],
                                    quoted_strings_can_be_null=True)
     try:
-        table = pacsv.read_csv(path, read_options=opts, parse_options=parse,
-                               convert_options=convert)
+        # parallel parse first; a quoted value spanning lines makes it fail, never misread
+        return pacsv.read_csv(path, read_options=opts, convert_options=convert,
+                              parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:
+        return pacsv.read_csv(path, read_options=opts, convert_options=convert,
+                              parse_options=pacsv.ParseOptions(delimiter=header.delimiter,
+                                                               newlines_in_values=True))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _explain_arrow_error(path, header, exc) from None
-    return table
 
 
 def _explain_arrow_error(path: Path, header: _Header, exc: Exception) -> ExportFormatError:
@@ -199,7 +207,7 @@ def _detect(header: _Header) -> str:
 
 # -- identifiers from JSON cells ---------------------------------------------------------------
 
-def _json_cell(text: str | None, *, path: Path, line: int, column: str, findings: Findings,
+def _json_cell(text: str | None, *, path: Path, line: int, column: str,
                repaired: list[int]) -> Any:
     if text is None or not text.strip():
         return None
@@ -213,7 +221,7 @@ def _json_cell(text: str | None, *, path: Path, line: int, column: str, findings
         raise ExportFormatError(
             f"invalid JSON in column {column!r}: {exc.msg} at character {exc.pos + 1}",
             file=str(path), line=line, column=column,
-            hint='the cell must hold a JSON object such as {"email": ["a@example.com"]}') from None
+            hint=_JSON_IDS_HINT) from None
     repaired.append(line)
     return value
 
@@ -224,7 +232,7 @@ def _ids_from_json(value: Any, *, path: Path, line: int, column: str) -> dict[st
     if not isinstance(value, dict):
         raise ExportFormatError(f"column {column!r} must hold a JSON object of id type → values, "
                                 f"found {type(value).__name__}", file=str(path), line=line,
-                                column=column)
+                                column=column, hint=_JSON_IDS_HINT)
     out: dict[str, list[str]] = {}
     for id_type, values in value.items():
         vals = values if isinstance(values, list) else [values]
@@ -257,7 +265,8 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                      fix="nothing to do; the reader handles it")
     table = _read_table(header)
     if table.num_rows == 0:
-        raise ExportFormatError("the file has a header but no rows", file=str(path), line=2)
+        raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
+        hint="an empty audience exports no rows: nothing to load")
     lower = {c.lower(): c for c in table.column_names}
     reader = {"csv_formatted": _formatted, "csv_unformatted": _unformatted,
               "csv_legacy": _unformatted, "csv_hashed": _hashed, "trait_csv": _trait}[kind]
@@ -436,7 +445,7 @@ def _json_ids_into(path: Path, cells: list, column: str, ids: _Ids, findings: Fi
     for i, cell in enumerate(cells):
         line = i + 2
         parsed = _ids_from_json(_json_cell(cell, path=path, line=line, column=column,
-                                           findings=findings, repaired=repaired),
+                                           repaired=repaired),
                                 path=path, line=line, column=column)
         for id_type, values in parsed.items():
             if id_type not in per_type:
@@ -462,7 +471,8 @@ def _note_repairs(findings: Findings, repaired: list[int], column: str) -> None:
 
 def _unformatted(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
     if "key" not in lower or "external_ids" not in lower:
-        raise ExportFormatError("expected columns 'key' and 'external_ids'", file=str(path), line=1)
+        raise ExportFormatError("expected columns 'key' and 'external_ids'", file=str(path), line=1,
+        hint="pass kind='csv_formatted' if this is a formatted CSV")
     n = table.num_rows
     ids = _Ids(n)
     _json_ids_into(path, table.column(lower["external_ids"]).to_pylist(), "external_ids", ids,
@@ -474,12 +484,14 @@ def _unformatted(path, table, lower, *, key, computation_id, findings, kind) -> 
         repaired: list[int] = []
         trait_rows: list[dict] = []
         for i, cell in enumerate(table.column(lower["traits"]).to_pylist()):
-            value = _json_cell(cell, path=path, line=i + 2, column="traits", findings=findings,
+            value = _json_cell(cell, path=path, line=i + 2, column="traits",
                                repaired=repaired)
             if value is not None and not isinstance(value, dict):
                 raise ExportFormatError(f"column 'traits' must hold a JSON object, found "
                                         f"{type(value).__name__}", file=str(path), line=i + 2,
-                                        column="traits")
+                                        column="traits",
+                                        hint='the cell must hold a JSON object such as '
+                                             '{"vip_customer": true}')
             trait_rows.append(value or {})
         _note_repairs(findings, repaired, "traits")
         names = list(dict.fromkeys(k for row in trait_rows for k in row))

@@ -75,7 +75,8 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     text = _read_text(path)
     if not text.strip():
         raise ExportFormatError("the file is empty; expected Engage identify/track messages",
-                                file=str(path), line=1)
+                                file=str(path), line=1,
+                                hint="export the Engage source's events again")
     stripped = text.lstrip()
     if stripped.startswith("["):
         yield from _whole_document(path, text)

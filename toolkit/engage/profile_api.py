@@ -69,6 +69,12 @@ class ProfileAPI:
         return (f"<ProfileAPI space {self.space_id} at {self.base_url}, token "
                 f"#{_fingerprint(self._token)}>")
 
+    def _repr_html_(self) -> str:
+        from html import escape
+        return (f"<p><b>Segment Profile API</b> space <code>{escape(self.space_id)}</code> at "
+                f"{escape(self.base_url)}, token #{_fingerprint(self._token)}; "
+                f"{self.stats['requests']} requests, {self.stats['429s']} rate-limited</p>")
+
     def _get(self, path: str, params: dict) -> dict:
         url = f"{self.base_url}/v1/spaces/{quote(self.space_id)}/{path}"
         for attempt in range(self.max_retries + 1):
@@ -112,7 +118,9 @@ class ProfileAPI:
                 return resp.json()
             except ValueError:
                 raise ProfileAPIError("the Profile API answered with something other than JSON",
-                                      request=f"GET /{path}") from None
+                                      request=f"GET /{path}",
+                                      hint="check that base_url is the Profile API "
+                                           "(https://profiles.segment.com)") from None
         raise AssertionError("unreachable")
 
     def _pages(self, path: str, params: dict) -> Iterator[dict]:

@@ -63,7 +63,8 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
     from toolkit.engage.csv import _Header, _read_table
     header = _Header(path)
     if not header.has_rows:
-        raise ExportFormatError("the table has a header but no rows", file=str(path), line=2)
+        raise ExportFormatError("the table has a header but no rows", file=str(path), line=2,
+        hint="export the table again; it should hold one row per profile")
     table = _read_table(header)
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get), True
 
@@ -93,7 +94,8 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
     if mkey is None or any(c not in mcols for c in needed):
         raise ExportFormatError(
             "external_id_mapping needs columns canonical_segment_id, external_id_type, "
-            "external_id_value", file=str(mapping_path), line=1)
+            "external_id_value", file=str(mapping_path), line=1,
+            hint="materialise external_id_mapping with segmentio/profiles-sync-dbt")
     if "merged_to" in tcols:
         target = traits[tcols["merged_to"]]
         merged = target.notna() & (target.astype("string").str.strip() != "").fillna(False)
@@ -108,7 +110,8 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
     if seg.isna().any():
         raise ExportFormatError("a profile_traits row has no canonical_segment_id",
                                 file=str(traits_path),
-                                line=int(row_numbers[int(np.flatnonzero(seg.isna().to_numpy())[0])]) + 1)
+                                line=int(row_numbers[int(np.flatnonzero(seg.isna().to_numpy())[0])]) + 1,
+                                hint="every profile_traits row needs its canonical_segment_id")
     dup = seg.duplicated()
     if dup.any():
         for i in np.flatnonzero(dup.to_numpy())[:200]:
@@ -174,7 +177,8 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
         missing = wanted - set(typed)
         if missing:
             raise ExportFormatError(f"audience columns not in profile_traits: "
-                                    f"{', '.join(sorted(missing))}", file=str(traits_path), line=1)
+                                    f"{', '.join(sorted(missing))}", file=str(traits_path), line=1,
+                                    hint="name only columns of profile_traits in audiences=")
     mtime = max(os.path.getmtime(traits_path), os.path.getmtime(mapping_path))
     return assemble(ident, typed, comps, events=None,
                     snapshot_at=pd.Timestamp(mtime, unit="s", tz="UTC"),

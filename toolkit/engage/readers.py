@@ -57,7 +57,8 @@ def detect_kind(path: str | os.PathLike) -> str:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(4096)
         except (OSError, EOFError):
-            raise ExportFormatError("the gzip file is damaged", file=str(path)) from None
+            raise ExportFormatError("the gzip file is damaged", file=str(path),
+            hint="download the file again") from None
         if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
             raise ExportFormatError("a gzip file must hold NDJSON or JSON", file=str(path),
                                     hint="decompress CSV files before loading them")
@@ -206,7 +207,8 @@ def merge(exports: Sequence[EngageExport]) -> EngageExport:
     non-missing identifier and trait value, union of emails and anonymous ids, member if any
     export says so)."""
     if not exports:
-        raise ExportFormatError("nothing to merge")
+        raise ExportFormatError("nothing to merge",
+        hint="pass at least one export")
     if len(exports) == 1:
         return exports[0]
     comps: dict[str, dict] = {}

@@ -226,7 +226,7 @@ class _Run:
         self.rows: list[dict] = []
         self.rejected: list[dict] = []
         self.uncertain: list[dict] = []
-        self.acked_rows: list[np.ndarray] = []
+        self.acked_rows: list[np.ndarray | slice] = []
         self.data_points = 0
         self.timeline: list[list[float]] = []
         self.started = time.monotonic()
@@ -274,10 +274,15 @@ class _Run:
 
     def acknowledge(self, batch: Batch, rejected: dict[int, str], *, status="acknowledged",
                     attempts=1, note=None) -> None:
-        rows = np.arange(batch.start, batch.stop)
-        obj = self.object_index(batch)
-        bad = np.isin(obj, list(rejected)) if rejected else np.zeros(len(rows), dtype=bool)
-        good = rows[~bad]
+        a, z = batch.start, batch.stop
+        if rejected:
+            rows = np.arange(a, z)
+            obj = self.object_index(batch)
+            good = rows[~np.isin(obj, list(rejected))]
+            n_rej = len({i for i in rejected if (obj == i).any()})
+        else:  # the common case, kept cheap: it runs once per request on the sending thread
+            good = slice(a, z)
+            n_rej = 0
         state = list(zip(self.field[good].tolist(), self.uid[good].tolist(),
                          self.after[good].tolist()))
         reason = note
@@ -294,13 +299,12 @@ class _Run:
                 "batch": batch.id, "array": array, "index": int(index),
                 "segment_id": self.segment[sel[0]], "braze_user": self.uid[sel[0]],
                 "fields": ", ".join(dict.fromkeys(self.name[sel].tolist())), "reason": why})
-        n_rej = len({i for i in rejected if (obj == i).any()})
         acked = batch.objects - n_rej
         self.counts["batches_acknowledged"] += 1
         self.counts["objects_acknowledged"] += acked
         self.counts["objects_rejected"] += n_rej
-        self.data_points += int((self.op[good] == "attribute").sum()
-                                + (self.op[good] == "event").sum())
+        kinds = self.op[good]
+        self.data_points += len(kinds) if batch.kind != "cohort" else 0
         self.row(batch, status, acknowledged=acked, rejected=n_rej, attempts=attempts,
                  reason=reason)
         self.bar.update(batch.objects)
@@ -547,7 +551,8 @@ def _expected_sample(plan: Plan, run: _Run) -> list[dict]:
     """Planned values of up to EXPECTED_SAMPLE acknowledged users, for `verify`."""
     if not run.acked_rows:
         return []
-    rows = np.concatenate(run.acked_rows)
+    rows = np.concatenate([np.arange(r.start, r.stop) if isinstance(r, slice) else r
+                           for r in run.acked_rows])
     if not len(rows):
         return []
     rejected_users = {r["braze_user"] for r in run.rejected}

@@ -171,6 +171,20 @@ def _json_texts(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _json_array(values) -> str:
+    """``json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)`` for a column of
+    text/None, fast: a repetitive column encodes each distinct value once."""
+    n = len(values)
+    if not n:
+        return "[]"
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    if len(uniques) > n // 4:
+        return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
+    texts = np.array([json.dumps(u, ensure_ascii=False) for u in uniques] + ["null"],
+                     dtype=object)
+    return "[" + ",".join(texts[codes].tolist()) + "]"
+
+
 def _first_char_types(texts: np.ndarray) -> np.ndarray:
     """JSON kind of each text from its first character (b, n, s, a, o; None for missing/null)."""
     s = pd.Series(texts, dtype=object)
@@ -579,6 +593,7 @@ class Plan:
         self.approval = approval
         self._fingerprint: str | None = None
         self._batches: list[Batch] | None = None
+        self._column_cache: dict[str, np.ndarray] | None = None
 
     # -- identity ------------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
@@ -590,9 +605,8 @@ class Plan:
                 "rows": len(self.operations)}
         h.update(_dumps(head).encode())
         for col in OPERATION_COLUMNS:
-            values = self.operations[col].tolist() if len(self.operations) else []
-            h.update(b"\n" + json.dumps(values, separators=(",", ":"),
-                                        ensure_ascii=False).encode())
+            values = self.operations[col].to_numpy(dtype=object) if len(self.operations) else []
+            h.update(b"\n" + _json_array(values).encode())
         return h.hexdigest()
 
     @property
@@ -633,10 +647,9 @@ class Plan:
 
     def payload(self, batch: Batch) -> dict:
         """The exact JSON body of one batch (``/users/track`` body, or a cohort change)."""
-        ops = self.operations
-        uid = ops["uid"].to_numpy()[batch.start:batch.stop]
-        names = ops["name"].to_numpy()[batch.start:batch.stop]
-        values = ops["value"].to_numpy()[batch.start:batch.stop]
+        columns = self._columns()
+        uid, names, values, changes = (columns[c][batch.start:batch.stop]
+                                       for c in ("uid", "name", "value", "change"))
         update_only = not self.options.get("create_users", False)
         if batch.kind == "attributes":
             objects: list[dict] = []
@@ -658,12 +671,20 @@ class Plan:
                             "_update_existing_only": update_only})
                 events.append(obj)
             return {"events": events}
-        change = ops["change"].iloc[batch.start]
+        change = changes[0]
         user_ids = [self.identifier(u).get("external_id") for u in uid]
         aliases = [self.identifier(u).get("user_alias") for u in uid]
         return {"cohort_id": names[0], "change": change,
                 "user_ids": [x for x in user_ids if x is not None],
                 "aliases": [a for a in aliases if a is not None]}
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        """The operation columns payloads are built from, as arrays (cached; `check_approval`
+        drops the cache, so what is sent is what was just fingerprinted)."""
+        if self._column_cache is None:
+            self._column_cache = {c: self.operations[c].to_numpy(dtype=object)
+                                  for c in ("uid", "name", "value", "change")}
+        return self._column_cache
 
     def payloads(self) -> Iterator[tuple[Batch, dict]]:
         for batch in self.batches():
@@ -746,6 +767,8 @@ class Plan:
             raise PlanExpired(f"the approval by {a.get('by')} expired at {a['expires_at']}; "
                               "nothing was sent", hint="re-plan and approve again")
         self._fingerprint = None
+        self._batches = None
+        self._column_cache = None
         actual = self.fingerprint
         if a.get("fingerprint") != actual or a.get("workspace") != self.workspace:
             raise PlanAltered("the plan changed after it was approved (fingerprint "
