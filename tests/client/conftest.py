@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fakebraze import API_KEY, FakeBraze
+from .fakebraze import API_KEY, FakeBraze
 from toolkit.braze.client import BrazeClient
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from fakebraze import Step
+from .fakebraze import Step
 from toolkit.errors import BrazeAPIError, BrazeConnectionError
 
 

@@ -8,7 +8,7 @@ import traceback
 
 import pytest
 
-from fakebraze import API_KEY, Step, closed_port
+from .fakebraze import API_KEY, Step, closed_port
 from toolkit.braze.client import key_fingerprint
 from toolkit.errors import BrazeAPIError
 

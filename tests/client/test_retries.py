@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fakebraze import Step, closed_port
+from .fakebraze import Step, closed_port
 from toolkit.braze.client import BrazeBadRequest, BrazeServerError
 from toolkit.errors import BrazeAuthError, BrazeConnectionError, BrazeRateLimited
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_export
+from .conftest import make_export
 from toolkit.braze import rules
 from toolkit.errors import MappingError
 from toolkit.mapping import Mapping, Rule

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SNAPSHOT, make_export
+from .conftest import SNAPSHOT, make_export
 from toolkit.braze.filters import AnyOf, BooleanAttribute, SegmentCohort
 from toolkit.mapping import Mapping
 from toolkit.preview import REASONS

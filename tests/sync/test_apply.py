@@ -2,7 +2,6 @@
 uncertain events, cohorts, verify, and no secrets in anything saved."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,12 +29,16 @@ from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerEr
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import Batch, Plan
 
-__all__ = ["apply", "SyncReport"]
+__all__ = ["apply", "SyncReport", "ReportError"]
 
 REPORT_FORMAT = "engage-braze-sync-report"
 EXPECTED_SAMPLE = 1000          # users whose planned values the report keeps for `verify`
 _STAT_KEYS = ("requests", "retries", "rate_limited", "server_errors", "connection_errors",
               "timeouts", "unknown_outcomes")
+
+
+class ReportError(ToolkitError):
+    """A sync report file cannot be written or read back."""
 
 
 def _now() -> str:
@@ -146,7 +150,7 @@ class SyncReport:
         try:
             path.write_text(json.dumps(data, ensure_ascii=False, default=str), encoding="utf-8")
         except OSError as exc:
-            raise ToolkitError(f"cannot write the report: {exc.strerror}", file=str(path),
+            raise ReportError(f"cannot write the report: {exc.strerror}", file=str(path),
                                hint="choose a writable path") from None
         return path
 
@@ -156,24 +160,24 @@ class SyncReport:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ToolkitError("no report file here", file=str(path),
+            raise ReportError("no report file here", file=str(path),
                                hint="write one with `python -m toolkit apply … --report FILE`") \
                 from None
         except (OSError, ValueError) as exc:
-            raise ToolkitError(f"cannot read the report: {exc}", file=str(path),
+            raise ReportError(f"cannot read the report: {exc}", file=str(path),
                                hint="the file is damaged; re-run apply to get a new one") from None
         if not isinstance(data, dict) or data.pop("format", None) != REPORT_FORMAT:
-            raise ToolkitError("not a sync report", file=str(path), field="format",
+            raise ReportError("not a sync report", file=str(path), field="format",
                                hint="pass the file written by apply --report")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ToolkitError(f"unknown report field(s) {unknown}", file=str(path),
+            raise ReportError(f"unknown report field(s) {unknown}", file=str(path),
                                field=unknown[0], hint="pass the file written by apply --report")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ToolkitError(f"incomplete report: {exc}", file=str(path)) from None
+            raise ReportError(f"incomplete report: {exc}", file=str(path)) from None
 
 
 def _open_ledger(plan: Plan, client, ledger) -> Ledger:

@@ -28,8 +28,8 @@ import pandas as pd
 from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Finding, Findings
-from toolkit.errors import (LedgerError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
-                            PlanWorkspaceMismatch, ToolkitError)
+from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
+                            PlanWorkspaceMismatch)
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
@@ -99,9 +99,12 @@ class Batch:
 class _Builder:
     """Collects per-rule operation frames and findings while planning."""
 
-    def __init__(self, profiles: pd.DataFrame, uids: np.ndarray, ledger) -> None:
+    def __init__(self, profiles: pd.DataFrame, uids: np.ndarray, syncable: np.ndarray,
+                 ledger) -> None:
         self.profiles = profiles
         self.uids = uids                      # object array aligned to profiles, None = unsyncable
+        self.syncable = syncable              # False for unsyncable and duplicate identities
+        self.segment_ids = profiles["segment_id"].to_numpy(dtype=object, na_value=None)
         self.ledger = ledger
         self.findings = Findings()
         self.left_out: list[pd.DataFrame] = []
@@ -263,10 +266,11 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                         hint="use 50 for Braze MAU (CY 24-25) contracts")
     try:
         rate = (int(rate_limit[0]), float(rate_limit[1]))
-        assert rate[0] > 0 and rate[1] > 0
-    except (TypeError, ValueError, IndexError, AssertionError):
+    except (TypeError, ValueError, IndexError):
+        rate = (0, 0.0)
+    if rate[0] <= 0 or rate[1] <= 0:
         raise PlanError(f"rate_limit must be (requests, seconds), not {rate_limit!r}",
-                        field="rate_limit", hint="the /users/track default is (3000, 3.0)") from None
+                        field="rate_limit", hint="the /users/track default is (3000, 3.0)")
     client = workspace if workspace is not None and not isinstance(workspace, str) else None
     workspace, ledger = _resolve_target(workspace, ledger)
     profiles = export.profiles
@@ -279,10 +283,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                         hint="pass an ISO-8601 time or a pandas Timestamp") from None
 
     keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-    uids = keys.to_numpy(dtype=object, na_value=None)
-    b = _Builder(profiles, uids, ledger)
-    b.segment_ids = profiles["segment_id"].to_numpy(dtype=object, na_value=None)
-    b.syncable = keys.notna().to_numpy(dtype=bool)
+    b = _Builder(profiles, keys.to_numpy(dtype=object, na_value=None),
+                 keys.notna().to_numpy(dtype=bool), ledger)
     _report_unsyncable(b, profiles, email_opt_in=email_opt_in, alias_label=alias_label)
 
     credentials = _partner_credentials(partner_api_key, client_secret, client)

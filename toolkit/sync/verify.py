@@ -11,13 +11,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from html import escape
 from typing import Any
 
 import pandas as pd
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConfigError
 
 __all__ = ["verify", "VerifyReport"]
 
@@ -95,16 +94,16 @@ def verify(report, client, sample: int = 50, wait: float = 0) -> VerifyReport:
     ``report`` is a `SyncReport` or the path of a saved one; ``wait`` seconds are slept first
     (Braze is eventually consistent: allow up to a few minutes on a real workspace).
     """
-    from toolkit.sync.apply import SyncReport
+    from toolkit.sync.apply import ReportError, SyncReport
 
     if not isinstance(report, SyncReport):
         report = SyncReport.load(report)
     if report.workspace != client.workspace:
-        raise ToolkitError(f"the report is for workspace {report.workspace!r}, the client targets "
-                           f"{client.workspace!r}", field="workspace",
-                           hint="verify with a client for the workspace the sync went to")
+        raise ReportError(f"the report is for workspace {report.workspace!r}, the client targets "
+                          f"{client.workspace!r}", field="workspace",
+                          hint="verify with a client for the workspace the sync went to")
     if not isinstance(sample, int) or sample < 1:
-        raise ToolkitError(f"sample must be a positive integer, not {sample!r}", field="sample")
+        raise ConfigError(f"sample must be a positive integer, not {sample!r}", field="sample")
     if wait:
         time.sleep(float(wait))
     out = VerifyReport(plan_id=report.plan_id, workspace=report.workspace)
