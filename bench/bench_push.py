@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--naive-users", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2, help="pushes of each kind in (b)")
     parser.add_argument("--limited-requests", type=int, default=1500,
                         help="requests pushed under the 300/3 s limit (d)")
     args = parser.parse_args(argv)
@@ -146,17 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) load {load_s:.2f} s, plan {plan_s:.2f} s ({cost['operations']:,} operations, "
           f"{cost['requests']:,} requests) — plan/load = {plan_s / load_s:.2f}x")
 
-    with sandbox() as url:
-        ours_s, plan, report = push_with_toolkit(export, mapping, url)
-    assert report.status == "complete", report
+    ours, bare = [], []
+    for _ in range(args.rounds):   # alternate, best of each: the machine is shared
+        with sandbox() as url:
+            seconds, plan, report = push_with_toolkit(export, mapping, url)
+        assert report.status == "complete", report
+        ours.append(seconds)
+        payloads = [plan.payload(b) for b in plan.batches()]
+        with sandbox() as url:
+            bare.append(push_bare(payloads, url))
+    ours_s, bare_s = min(ours), min(bare)
     objects = report.counts["objects_acknowledged"]
-    payloads = [plan.payload(b) for b in plan.batches()]
-    with sandbox() as url:
-        bare_s = push_bare(payloads, url)
     ours_rate, bare_rate = objects / ours_s, objects / bare_s
-    print(f"(b) toolkit.apply {objects:,} objects in {ours_s:.2f} s ({ours_rate:,.0f} obj/s); "
-          f"bare loop {bare_s:.2f} s ({bare_rate:,.0f} obj/s) — ratio {ours_rate / bare_rate:.2f}x "
-          f"(target >= 0.8x)")
+    print(f"(b) toolkit.apply {objects:,} objects in {ours_s:.2f} s ({ours_rate:,.0f} obj/s; "
+          f"checks {report.timings['checks_s']:.2f} s, sending "
+          f"{report.timings.get('attributes_s', 0):.2f} s); bare loop {bare_s:.2f} s "
+          f"({bare_rate:,.0f} obj/s) — ratio {ours_rate / bare_rate:.2f}x (target >= 0.8x); "
+          f"best of {args.rounds}")
 
     naive_objects = [o for p in payloads for o in p["attributes"]][:args.naive_users]
     with sandbox() as url:

@@ -68,7 +68,6 @@ def _copy_without_outputs(source: Path, target: Path) -> None:
 def lab(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (run scripts/install-browser.sh as root)")
-    pytest.importorskip("playwright.sync_api")
     home = tmp_path_factory.mktemp("lab")
     work = home / "work"
     work.mkdir()
@@ -121,7 +120,7 @@ def page(lab):
             args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"],
-            viewport={"width": 1400, "height": 1000})
+            viewport={"width": 1400, "height": 1800})
         page = context.pages[0] if context.pages else context.new_page()
         try:
             yield page
@@ -215,7 +214,10 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     rejected = int(re.search(r"objects rejected\s+([\d,]+)", counters).group(1).replace(",", ""))
     assert done == total > 0
     assert acknowledged > 0 and rejected == 0
-    assert wizard.locator(".widget-progress").count() == 1
+    bar = wizard.locator(".widget-hprogress .progress-bar")
+    assert bar.count() == 1
+    assert "width: 100%" in bar.get_attribute("style")
+    assert "progress-bar-success" in bar.get_attribute("class")
     next_button.click()
 
     # 8. verify and download the report

@@ -80,7 +80,7 @@ def test_fan_out_collapses_to_one_profile_with_all_identifiers(write):
     p = export.profiles
     assert len(p) == 2
     first = p.set_index("segment_id").loc["user_id:u_1"]
-    assert first["emails"] == ("a@x.com", "b@x.com") and first["anonymous_ids"] == ("anon-1",)
+    assert tuple(first["emails"]) == ("a@x.com", "b@x.com") and tuple(first["anonymous_ids"]) == ("anon-1",)
     assert p.set_index("segment_id").loc["anonymous_id:anon-9", "vip"]
     assert len(export.events) == 2                       # fan-out copies count once
     assert export.findings.of("fan_out")

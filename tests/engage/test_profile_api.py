@@ -112,7 +112,7 @@ def test_load_profile_api_paginates_backs_off_and_types(server):
     assert set(export.traits) == {"total_revenue_180_days", "last_product_viewed_item",
                                   "last_order_at"}
     assert p.loc["user_id:u_1", "vip_customer"] and p.loc["email:jun+shop@x.com", "dormant_shopper"]
-    assert p.loc["user_id:u_1", "emails"] == ("ana@x.com", "ana.work@x.com")
+    assert tuple(p.loc["user_id:u_1", "emails"]) == ("ana@x.com", "ana.work@x.com")
     assert str(p["last_order_at"].dtype) == "datetime64[ns, UTC]"
     assert p["total_revenue_180_days"].tolist() == [450.0, 12.0]
     (missing,) = export.findings.of("profile_not_found")

@@ -20,7 +20,7 @@ def test_directory_of_csv_tables(write):
     p = export.profiles
     assert len(p) == 2 and export.findings.of("merged_profile")
     assert export.audiences == ["vip"] and set(export.traits) == {"first_name", "score"}
-    assert p.loc[0, "emails"] == ("a@x.com", "b@x.com") and p.loc[0, "email"] == "a@x.com"
+    assert tuple(p.loc[0, "emails"]) == ("a@x.com", "b@x.com") and p.loc[0, "email"] == "a@x.com"
     assert p.loc[0, "user_id"] == "u_1" and p.loc[1, "anonymous_id"] == "anon-2"
     assert p["vip"].tolist() == [True, False]
 

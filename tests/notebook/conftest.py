@@ -39,7 +39,8 @@ def build_export(n: int = 40) -> EngageExport:
         ("last_product_viewed_item", "trait", "tra_2", "string", "Last product viewed"),
         ("total_revenue_180_days", "trait", "tra_3", "number", "Revenue 180 days"),
     ], columns=["key", "kind", "computation_id", "value_type", "name"])
-    return EngageExport(profiles=p, computations=comps, snapshot_at=pd.Timestamp("2026-03-01", tz="UTC"),
+    return EngageExport(profiles=p, computations=comps,
+                        snapshot_at=pd.Timestamp("2026-03-01", tz="UTC"),
                         source="hand-built test export", findings=Findings())
 
 

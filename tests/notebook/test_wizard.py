@@ -201,7 +201,7 @@ def test_a_refused_approval_sends_nothing(wizard):
 
 def test_a_real_workspace_needs_its_name_typed_and_keys_from_the_environment(
         wizard, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)                            # the workspace ledger lives in ./.toolkit
+    monkeypatch.chdir(tmp_path)                            # workspace ledgers live in ./.toolkit
     monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
     monkeypatch.delenv("BRAZE_API_KEY", raising=False)
     w = wizard(target="workspace")
@@ -304,3 +304,62 @@ def test_run_all_stops_at_the_first_failing_step(wizard):
     state = w2.run_all(SAMPLE, approved_by="  ")
     assert state.step == 5 and isinstance(state.error, ApprovalRefused)
     assert state.report is None
+
+
+def test_switching_targets_keeps_the_sandbox_and_its_ledger(wizard, monkeypatch):
+    monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
+    monkeypatch.delenv("BRAZE_API_KEY", raising=False)
+    w = wizard()
+    state = w.run_all(SAMPLE)
+    assert state.report.status == "complete"
+    sandbox = state.sandbox
+    assert not state.push() and "already pushed" in state.error.message
+
+    for _ in range(3):
+        w.back_button.click()
+    assert state.step == 4
+    w.target_toggle.value = "workspace"                    # no credentials in the environment
+    assert state.plan is None and "BRAZE_REST_ENDPOINT" in w.error_html.value
+    w.target_toggle.value = "sandbox"                      # back: same sandbox, same ledger
+    assert state.sandbox is sandbox and state.error is None
+    assert state.plan is not None and state.plan.is_empty
+
+
+def test_the_create_users_box_follows_the_target(wizard, monkeypatch):
+    monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
+    w = wizard()
+    w.sample_dropdown.value = SAMPLE
+    _go_to(w, 4)
+    assert w.create_users_box.value and w.state.plan.options["create_users"] is True
+    w.create_users_box.value = False                       # update existing users only
+    assert w.state.plan.options["create_users"] is False
+    w.target_toggle.value = "workspace"
+    assert not w.create_users_box.value and not w.state.create_users
+    w.target_toggle.value = "sandbox"
+    assert w.create_users_box.value and w.state.plan.options["create_users"] is True
+
+
+def test_progress_is_reported_batch_by_batch_while_pushing(wizard):
+    w = wizard()
+    w.sample_dropdown.value = SAMPLE
+    _go_to(w, 5)
+    w.approver_text.value = "Ana"
+    w.confirm_box.value = True
+    w.approve_button.click()
+    seen = []
+    assert w.state.push(on_progress=lambda p: seen.append(
+        (p.requests_done, p.objects_acknowledged, p.running)))
+    requests = w.state.plan.cost()["requests"]
+    done = [d for d, _, running in seen if running]
+    assert done[0] == 0 and done[-1] == requests            # one update per answered batch
+    assert done == sorted(done) and len(set(done)) == requests + 1
+    assert seen[-1] == (requests, w.state.report.summary()["acknowledged"], False)
+
+
+def test_the_state_describes_itself(wizard):
+    w = wizard()
+    assert repr(w.state) == "<GuidedSyncState step 1 of 8: Choose an export; target sandbox>"
+    w.run_all(SAMPLE)
+    assert repr(w.state).endswith("; sync complete>")
+    html = w.state._repr_html_()
+    assert "Verify and report" in html and "acknowledged" in html and "verified" in html

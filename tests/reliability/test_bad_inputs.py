@@ -135,6 +135,12 @@ def _missing(tmp: Path) -> dict:
     return {"export": tmp / "no_such_export.csv", "load": {}}
 
 
+def _mapping_dir(tmp: Path) -> dict:
+    (tmp / "mapping.yml").mkdir()
+    return {"export": w(tmp / "shoppers.csv", GOOD_CSV), "load": {"computation_key": "shoppers"},
+            "mapping": tmp / "mapping.yml"}
+
+
 BILLION_LAUGHS = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
 b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
@@ -274,6 +280,8 @@ REFUSED: list[Refused] = [
     Refused("yaml_not_utf8", mapping(b"version: 1\nrules:\n  - key: vip\xff\xfe\n"), MappingError,
             "UTF-8|read", {"file": True}),
     Refused("yaml_binary", mapping(bytes(range(256)) * 16), MappingError, "UTF-8|YAML|read",
+            {"file": True}),
+    Refused("yaml_path_is_a_directory", _mapping_dir, MappingError, "directory|read|file",
             {"file": True}),
 ]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import AUDIENCES, make_export
+from .builders import AUDIENCES, make_export
 from toolkit.braze.client import BrazeClient
 from toolkit.errors import (LedgerMoved, PlanAltered, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
@@ -196,7 +196,10 @@ def test_429_storms_and_5xx_are_retried_to_completion(sandbox, client, ledger):
     for key in AUDIENCES:
         assert set(attrs.index[attrs[key].eq(True)]) == _members(export, key)
     assert _event_counts(sandbox).max() == 1
-    assert len(report.throughput_frame()) == len(p.batches())
+    timeline = report.throughput_frame()
+    assert timeline["acknowledged"].is_monotonic_increasing
+    assert timeline["acknowledged"].iloc[-1] == report.counts["objects_acknowledged"]
+    assert timeline["requests"].iloc[-1] == report.client_stats["requests"]
 
 
 def test_unknown_event_outcomes_are_held_for_a_decision(export, sandbox, client, ledger):
@@ -205,7 +208,7 @@ def test_unknown_event_outcomes_are_held_for_a_decision(export, sandbox, client,
     sandbox.set_faults(rate_drop_after=1.0, endpoints=("/users/track",))
     client.max_retries = 1
     p, report = _sync(export, mapping, client, ledger, batch_size=40)
-    assert report.status != "complete"
+    assert report.status == "partial" and report.exit_code == 1
     events = [b for b in p.batches() if b.kind == "events"]
     assert {r["batch"] for r in report.uncertain} == {b.id for b in events}
     planned = _planned_events(p)
@@ -231,7 +234,8 @@ def test_resend_uncertain_events_is_an_explicit_choice(export, sandbox, client, 
     sandbox.set_faults(rate_drop_before=1.0, endpoints=("/users/track",))
     client.max_retries = 0
     p, report = _sync(export, mapping, client, ledger)
-    assert report.uncertain and report.exit_code == 1 or report.exit_code == 2
+    assert report.uncertain and report.status == "partial" and report.exit_code == 1
+    assert _event_counts(sandbox).empty, "dropped before Braze applied anything"
     sandbox.set_faults(None)
     # dropped *before* applying: nothing landed, so the analyst opts in to resend
     done = apply(p, client, ledger, resend_uncertain_events=True, progress=False)
@@ -294,3 +298,17 @@ def test_report_round_trip_and_no_secrets_anywhere(export, sandbox, client, ledg
         assert not any(secret.encode() in t for t in texts)
     assert "Sync report" in report._repr_html_()
     assert list(report.to_frame().columns)[:3] == ["batch", "kind", "status"]
+
+
+def test_a_corrupt_ledger_stops_apply_before_anything_is_sent(export, sandbox, client, ledger,
+                                                              tmp_path):
+    from toolkit.errors import LedgerError
+
+    p = plan(export, _mapping(export), ledger, workspace=client, create_users=True)
+    p.approve(by="tester")
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"garbage" * 1000)
+    with pytest.raises(LedgerError) as err:
+        apply(p, client, str(broken), progress=False)
+    assert str(broken) in str(err.value) and err.value.hint
+    assert _track_requests(sandbox) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import AUDIENCES, make_export
+from .builders import AUDIENCES, make_export
 from toolkit.braze.client import BrazeClient
 from toolkit.mapping import Mapping
 from toolkit.sandbox.server import BrazeSandbox

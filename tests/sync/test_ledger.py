@@ -87,3 +87,39 @@ def test_a_locked_ledger_says_so(tmp_path):
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+def test_one_writer_at_a_time_and_a_killed_holder_frees_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "l.sqlite"
+    with Ledger(path=path, workspace="ws#1") as led:
+        with led.exclusive():
+            with pytest.raises(LedgerError) as err:
+                with Ledger(path=path, workspace="ws#1").exclusive():
+                    pass
+            assert str(path) in str(err.value) and "in use by apply pid" in str(err.value)
+        with led.exclusive():   # released on exit
+            pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from toolkit.sync.ledger import Ledger\n"
+        "l = Ledger(path=sys.argv[1], workspace='ws#1')\n"
+        "with l.exclusive():\n    print('held', flush=True); time.sleep(60)"), str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LedgerError):
+            with Ledger(path=path, workspace="ws#1").exclusive():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with Ledger(path=path, workspace="ws#1").exclusive():
+        pass
+
+
+def test_a_closed_ledger_still_describes_itself(tmp_path):
+    led = Ledger(path=tmp_path / "l.sqlite", workspace="ws#1")
+    led.close()
+    assert "closed" in repr(led) and "l.sqlite" in led._repr_html_()

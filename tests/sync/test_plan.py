@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import AUDIENCES, acknowledge_all, make_export
+from .builders import AUDIENCES, acknowledge_all, make_export
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
 from toolkit.mapping import Mapping

@@ -25,8 +25,9 @@ import io
 import json
 import os
 import re
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from toolkit.engage.frames import (Typed, assemble, derived_segment_id, id_column_type,
-                                   identifier_frame, tuples_from_arrow, type_python_values,
-                                   type_string_column)
+from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
+                                   has_duplicates, id_column_type, id_lists_from_arrow,
+                                   identifier_frame, in_parallel, may_have_upper, may_need_trim,
+                                   sample_kind, type_python_values, type_string_column,
+                                   union_id_lists)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import ExportFormatError
 
@@ -90,9 +93,11 @@ class _Header:
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise ExportFormatError("the file is UTF-16 encoded; expected UTF-8", file=str(path),
                                     line=1, hint="re-save the file as UTF-8 (Excel: CSV UTF-8)")
+        self.complete = len(head) < _MAX_HEADER_BYTES  # the whole file
         self.bom = head.startswith(b"\xef\xbb\xbf")
         if self.bom:
             head = head[3:]
+        self.head = head
         if not head.strip():
             raise ExportFormatError("the file is empty; expected a header line and member rows",
                                     file=str(path), line=1,
@@ -129,13 +134,58 @@ class _Header:
         return [c.lower() for c in self.columns]
 
 
-def _read_table(header: _Header) -> pa.Table:
-    """Every column as text; empty cells are null."""
+def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = None):
+    return pacsv.ConvertOptions(column_types={c: (types or {}).get(c, pa.string())
+                                              for c in columns},
+                                strings_can_be_null=True, null_values=[""],
+                                quoted_strings_can_be_null=True)
+
+
+def _predicted_types(header: _Header, columns: list[str]) -> dict[str, pa.DataType]:
+    """Number and datetime columns among `columns`, judged as `type_string_column` would from
+    the rows in the header's first megabyte, so that pyarrow's parallel reader parses them
+    rather than a later single-threaded pass over their text. Columns whose first
+    `TYPE_SAMPLE` values are not all in that megabyte are left out (read as text)."""
+    if not columns:
+        return {}
+    body = header.head if header.complete else header.head[:header.head.rfind(b"\n") + 1]
+    try:
+        sample = pacsv.read_csv(io.BytesIO(body),
+                                read_options=pacsv.ReadOptions(column_names=header.columns,
+                                                               skip_rows=1, use_threads=False),
+                                convert_options=_convert_options(header.columns),
+                                parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return {}
+    types = {}
+    for c in columns:
+        values = sample.column(c)
+        if not header.complete and len(values) - values.null_count < TYPE_SAMPLE:
+            continue
+        kind = sample_kind(values)
+        if kind in _PARSED:
+            types[c] = _PARSED[kind]
+    return types
+
+
+_PARSED = {"number": pa.float64(), "datetime": pa.timestamp("ns", tz="UTC")}
+
+
+def _read_table(header: _Header, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Every column as text, except `types` (parsed when every value fits, else read as text
+    too); empty cells are null."""
     path = header.path
-    opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1)
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header.columns},
-                                   strings_can_be_null=True, null_values=[""],
-                                   quoted_strings_can_be_null=True)
+    # 4 MB blocks: fewer chunks to walk afterwards, still enough blocks for every core
+    opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
+                             block_size=1 << 22)
+    if types:
+        try:
+            return pacsv.read_csv(path, read_options=opts,
+                                  convert_options=_convert_options(header.columns, types),
+                                  parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # a value that does not fit, or a quoted line break: read as text below
+    convert = _convert_options(header.columns)
     try:
         # parallel parse first; a quoted value spanning lines makes it fail, never misread
         return pacsv.read_csv(path, read_options=opts, convert_options=convert,
@@ -263,7 +313,13 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     if header.bom:
         findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
                      fix="nothing to do; the reader handles it")
-    table = _read_table(header)
+    types = {}
+    if kind == "csv_formatted":
+        types = _predicted_types(header, [c for c in header.columns
+                                          if c.lower() not in ("key", "external_ids", "traits",
+                                                               "value", key)
+                                          and id_column_type(c.lower()) is None])
+    table = _read_table(header, types)
     if table.num_rows == 0:
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
@@ -292,22 +348,30 @@ class _Ids:
     def add(self, id_type: str, values) -> None:
         if not isinstance(values, pa.ChunkedArray):
             values = pa.chunked_array([pa.array(values, type=pa.string())])
-        values = pc.utf8_trim_whitespace(values)
-        if pc.any(pc.equal(values, "")).as_py():  # whitespace-only cells
-            values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
-        if id_type == "email":
+        values = as_text(values)
+        # the byte test is far cheaper than trimming every value; empty cells are already null
+        # (the CSV reader's null_values, and _ids_from_json), so only trimming can make one
+        if may_need_trim(values):
+            values = pc.utf8_trim_whitespace(values)
+            if pc.any(pc.equal(values, "")).as_py():  # whitespace-only cells
+                values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+        if id_type == "email" and may_have_upper(values):
             values = pc.utf8_lower(values)
         self.columns.setdefault(id_type, []).append(values)
 
-    def primary(self, id_type: str) -> pd.Series:
+    def primary(self, id_type: str) -> pa.ChunkedArray | None:
+        """The first non-missing value per row (None when the export has no such column)."""
         cols = self.columns.get(id_type)
         if not cols:
-            return pd.Series(pd.NA, index=range(self.n), dtype="string")
-        out = cols[0] if len(cols) == 1 else pc.coalesce(*cols)
-        return pd.Series(out.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
+            return None
+        first = cols[0]
+        if first.null_count == 0 or not any(
+                pc.any(pc.and_(pc.is_null(first), pc.is_valid(c))).as_py() for c in cols[1:]):
+            return first  # no later column fills a gap: skip copying every value
+        return pc.coalesce(*cols)
 
     def all(self, id_type: str) -> pd.Series:
-        return tuples_from_arrow(self.columns.get(id_type, []), self.n)
+        return id_lists_from_arrow(self.columns.get(id_type, []), self.n)
 
 
 def _id_columns(table: pa.Table, lower: dict[str, str], ids: _Ids, findings: Findings) -> list[str]:
@@ -336,29 +400,44 @@ def _id_columns(table: pa.Table, lower: dict[str, str], ids: _Ids, findings: Fin
 
 
 def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
-            typed: dict[str, Typed], comps: list[dict], findings: Findings, *,
-            repeats_expected: bool = False) -> EngageExport:
-    """Collapse repeated profiles, build identifiers, assemble and validate."""
+            typed: dict[str, Typed | Callable[[], Typed]], comps: list[dict],
+            findings: Findings, *, repeats_expected: bool = False) -> EngageExport:
+    """Collapse repeated profiles, build identifiers, assemble and validate. `seg`: the profile
+    key column (pyarrow or pandas text), None to derive keys from the identifiers. A `typed`
+    value may be a callable returning the `Typed`, run alongside the identifier work."""
+    if seg is not None:
+        seg = as_text(seg)
+        if may_need_trim(seg):
+            seg = pc.utf8_trim_whitespace(seg)
+        missing = pc.fill_null(pc.equal(seg, ""), True)
+        if pc.any(missing).as_py():
+            raise ExportFormatError(
+                "a row has no profile key", file=str(path),
+                line=int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]) + 2,
+                column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
-    emails, anonymous_ids = ids.all("email"), ids.all("anonymous_id")
-    if seg is None:
-        seg = derived_segment_id(user_id, email, anonymous_id)
-    else:
-        seg = seg.astype("string").reset_index(drop=True).str.strip()
-        missing = seg.isna() | (seg == "")
-        if missing.any():
-            raise ExportFormatError(
-                "a row has no profile key", file=str(path), line=int(np.flatnonzero(missing)[0]) + 2,
-                column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
+    # independent million-row passes, spread over the cores; `typed` may hold deferred typing
+    pending = [k for k, t in typed.items() if callable(t)]
+    users_repeat, seg_repeats, emails, anonymous_ids, *done = in_parallel(
+        lambda: user_id is not None and has_duplicates(user_id),
+        lambda: seg is not None and has_duplicates(seg),
+        lambda: ids.all("email"), lambda: ids.all("anonymous_id"),
+        *(typed[k] for k in pending))
+    typed = {**typed, **dict(zip(pending, done))}
     frame = identifier_frame(seg, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
-                             pd.RangeIndex(len(seg)), email_lowered=True)
-    rows = np.arange(1, len(seg) + 1)
-    # hashing in pyarrow: far faster than Series.duplicated on a million rows
-    if len(pc.unique(pa.chunked_array(pa.array(frame["segment_id"].array)))) < len(frame):
+                             pd.RangeIndex(ids.n), email_lowered=True)
+    if seg is None:
+        seg = as_text(derived_segment_id(frame["user_id"], frame["email"], frame["anonymous_id"]))
+        frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
+        seg_repeats = has_duplicates(seg)
+    rows = np.arange(1, ids.n + 1)
+    if seg_repeats:
         frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
+        users_repeat = None  # merged profiles: check their user_ids again
     return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                    source=_source(path, kind), findings=findings, rows=rows)
+                    source=_source(path, kind), findings=findings, rows=rows,
+                    duplicate_user_ids=users_repeat)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
@@ -378,26 +457,25 @@ def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, fi
             findings.add("warning", "duplicate_profile",
                          f"{len(firsts):,} profiles appear on several rows; rows merged",
                          column="key", fix="download the audience again")
-    work = frame.copy()
+    lists = ("emails", "anonymous_ids")
+    work = frame.drop(columns=list(lists))
     for k, t in typed.items():
         work[f"__{k}"] = t.values.reset_index(drop=True)
     work["__row"] = rows
     group = work.groupby("segment_id", sort=False)
-    merged = group.first()
-    for col in ("emails", "anonymous_ids"):
-        merged[col] = group[col].agg(lambda s: tuple(dict.fromkeys(v for t in s for v in t)))
-    merged = merged.reset_index()
+    merged = group.first().reset_index()
     codes = group.ngroup().to_numpy()  # original position -> merged position
-    position_of = dict(enumerate(codes.tolist()))
+    for col in lists:
+        merged[col] = union_id_lists(frame[col], codes, len(merged))
     new_typed = {}
     for k, t in typed.items():
         values = merged[f"__{k}"].astype(t.values.dtype)
-        nt = Typed(values, t.value_type, [(position_of[i], v, kk) for i, v, kk in t.drift],
-                   [(position_of[i], v) for i, v in t.invalid_dates],
-                   [(position_of[i], v) for i, v in t.string_booleans],
+        nt = Typed(values, t.value_type, [(int(codes[i]), v, kk) for i, v, kk in t.drift],
+                   [(int(codes[i]), v) for i, v in t.invalid_dates],
+                   [(int(codes[i]), v) for i, v in t.string_booleans],
                    text_booleans=t.text_booleans)
         new_typed[k] = nt
-    out = merged[[c for c in frame.columns]]
+    out = merged[list(frame.columns)]
     for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
         out[c] = out[c].astype("string")
     return out, new_typed, merged["__row"].to_numpy()
@@ -422,8 +500,8 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
     typed: dict[str, Typed] = {}
     comps = []
     member = None
-    for col in traits:
-        t = type_string_column(table.column(col), audience=col.lower() == key)
+    for col in traits:  # typed later, in parallel with the identifiers (see _finish)
+        t = partial(type_string_column, table.column(col), audience=col.lower() == key)
         if col.lower() == key:
             member = t
             continue
@@ -433,8 +511,7 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
         member = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [], [])
     typed = {key: member, **typed}
     comps.insert(0, _audience_comp(key, computation_id))
-    seg = (pd.Series(table.column(lower["key"]).to_pandas(
-        types_mapper={pa.string(): pd.StringDtype()}.get)) if "key" in lower else None)
+    seg = table.column(lower["key"]) if "key" in lower else None
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
 
 
@@ -506,8 +583,7 @@ def _unformatted(path, table, lower, *, key, computation_id, findings, kind) -> 
         member_values = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [],
                               [])
     typed = {key: member_values, **typed}
-    seg = pd.Series(table.column(lower["key"]).to_pandas(
-        types_mapper={pa.string(): pd.StringDtype()}.get))
+    seg = table.column(lower["key"])
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
 
 
@@ -542,8 +618,7 @@ def _trait(path, table, lower, *, key, computation_id, findings, kind) -> Engage
                        findings)
     typed = {key: type_string_column(table.column(lower["value"]))}
     comps = [{"key": key, "kind": "trait", "computation_id": computation_id}]
-    seg = pd.Series(table.column(lower["key"]).to_pandas(
-        types_mapper={pa.string(): pd.StringDtype()}.get))
+    seg = table.column(lower["key"])
     # shape c repeats a profile's row once per extra identifier value: expected, not a finding
     return _finish(path, kind, key, seg, ids, typed, comps, findings, repeats_expected=True)
 
@@ -558,22 +633,22 @@ def match_hashed(hashed: EngageExport, known: EngageExport) -> EngageExport:
     profile's identifiers (and become Braze-usable); unmatched ones stay keyed by their hash."""
     lookup: dict[str, int] = {}
     kp = known.profiles
-    for i, values in enumerate(kp["emails"]):
-        for v in values:
-            lookup.setdefault(sha256_upper(v.strip().lower()), i)
+    emails = pa.array(kp["emails"].array)
+    parents = pc.list_parent_indices(emails).to_numpy().tolist()
+    for i, v in zip(parents, pc.list_flatten(emails).to_pylist()):
+        lookup.setdefault(sha256_upper(v.strip().lower()), i)
     for i, v in enumerate(kp["user_id"]):
         if v is not pd.NA:
             lookup.setdefault(sha256_upper(v), i)
     p = hashed.profiles.copy()
     digests = p["segment_id"].str.removeprefix("sha256:")
     matches = [lookup.get(d) for d in digests]
-    for pos, m in enumerate(matches):
-        if m is None:
-            continue
-        for col in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
-            p.at[pos, col] = kp.at[m, col]
-        p.at[pos, "emails"] = kp.at[m, "emails"]
-        p.at[pos, "anonymous_ids"] = kp.at[m, "anonymous_ids"]
+    source = np.array([-1 if m is None else m for m in matches], dtype=np.int64)
+    hit = source >= 0
+    for col in ("segment_id", "user_id", "email", "anonymous_id", "braze_id", "emails",
+                "anonymous_ids") if hit.any() else ():
+        known_values = kp[col].take(np.where(hit, source, 0)).set_axis(p.index)
+        p[col] = known_values.where(hit, p[col])
     findings = Findings(f for f in hashed.findings if f.code != "hashed_identifier")
     matched = sum(m is not None for m in matches)
     findings.add("info", "hashed_matched", f"{matched:,} of {len(p):,} hashes matched a known "

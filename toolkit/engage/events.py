@@ -304,8 +304,8 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
         return [by_key[s][t][0] if by_key[s][t] else None for s in profile_ids]
     ident = identifier_frame(
         profile_ids, first("user_id"), first("email"), first("anonymous_id"), first("braze_id"),
-        pd.Series([tuple(by_key[s]["email"]) for s in profile_ids], dtype=object),
-        pd.Series([tuple(by_key[s]["anonymous_id"]) for s in profile_ids], dtype=object), idx)
+        [by_key[s]["email"] for s in profile_ids],
+        [by_key[s]["anonymous_id"] for s in profile_ids], idx)
 
     typed: dict[str, Typed] = {}
     comps = []

@@ -7,9 +7,11 @@ from different formats come out identical.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,11 @@ DATE_RE = (r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?"
            r"(?:Z|[+-]\d{2}:?\d{2})?$")
 BOOL_STRINGS = {"true": True, "false": False}
 
+# ``emails`` / ``anonymous_ids``: every value of a multi-valued identifier, as a pyarrow list
+# column (one Arrow buffer, not a Python tuple per row).
+ID_LIST_TYPE = pa.list_(pa.string())
+ID_LIST_DTYPE = pd.ArrowDtype(ID_LIST_TYPE)
+
 PANDAS_DTYPE = {"boolean": "boolean", "string": "string", "number": "Float64",
                 "datetime": "datetime64[ns, UTC]"}
 
@@ -53,42 +60,215 @@ def derived_segment_id(user_id: pd.Series, email: pd.Series, anonymous_id: pd.Se
     return out.fillna("anonymous_id:" + anonymous_id.astype("string")).astype("string")
 
 
-def tuples_from_columns(frame: pd.DataFrame, columns: Sequence[str], lower: bool = False) -> pd.Series:
-    """One tuple per row of the non-missing, distinct values of `columns`, in column order."""
+def id_lists(values: Iterable[Any], index: pd.Index | None = None) -> pd.Series:
+    """A contract identifier-list column (`ID_LIST_DTYPE`) from Python sequences, one per row:
+    None/NA becomes an empty list, values become text, missing and repeated values are dropped."""
+    rows = []
+    for v in values:
+        if v is None or v is pd.NA or isinstance(v, float) and np.isnan(v):
+            rows.append([])
+        else:
+            items = [v] if isinstance(v, str) else v
+            rows.append(list(dict.fromkeys(str(x) for x in items
+                                           if x is not None and x is not pd.NA)))
+    return _list_series(pa.array(rows, type=ID_LIST_TYPE), index)
+
+
+def _list_series(arr: pa.Array | pa.ChunkedArray, index: pd.Index | None = None) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr), index=index)
+
+
+def as_text(column) -> pa.ChunkedArray:
+    """A pyarrow text column (chunks kept, no copy) from a Series or a pyarrow array."""
+    if isinstance(column, pd.Series):
+        column = pa.array(column.array)
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    return column if column.type == pa.string() else pc.cast(column, pa.string())
+
+
+def _text_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, bytes) of a text array as numpy views; offsets rebased to the bytes' start."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets - offsets[0], data[offsets[0]:offsets[-1]]
+
+
+def byte_lengths(column: pa.ChunkedArray) -> np.ndarray:
+    """Each value's UTF-8 size (0 for missing), read from the Arrow offsets alone."""
+    parts = [np.diff(_text_buffers(arr)[0]) for arr in column.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def may_need_trim(column: pa.ChunkedArray) -> bool:
+    """Whether some value may start or end with whitespace: any byte ≤ 0x20 or non-ASCII (as
+    Unicode spaces are) anywhere. Conservative, and two vectorised reductions instead of a
+    trimming pass that copies every value."""
+    return any(len(data) and (data.min() <= 32 or data.max() >= 128)
+               for data in (_text_buffers(arr)[1] for arr in column.chunks))
+
+
+def may_have_upper(column: pa.ChunkedArray) -> bool:
+    """Whether some value may hold an upper-case letter (A–Z, or any non-ASCII byte)."""
+    return any(len(data) and (data.max() >= 128 or bool(((data - 65) < 26).any()))
+               for data in (_text_buffers(arr)[1] for arr in column.chunks))
+
+
+def id_lists_from_arrow(columns: Sequence[pa.Array | pa.ChunkedArray | pd.Series], n: int,
+                        index: pd.Index | None = None) -> pd.Series:
+    """Per row, the distinct non-missing values of `columns` in column order, as a contract
+    identifier-list column; built chunk by chunk with pyarrow/numpy, no Python object per row."""
     if not columns:
-        return pd.Series([()] * len(frame), index=frame.index, dtype=object)
-    arrays = []
-    for c in columns:
-        s = frame[c].astype("string")
-        if lower:
-            s = s.str.lower()
-        arrays.append(s.to_numpy(dtype=object, na_value=None))
-    if len(arrays) == 1:
-        values = [(v,) if v is not None else () for v in arrays[0]]
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        return _list_series(pa.ListArray.from_arrays(offsets, pa.array([], pa.string())), index)
+    table = pa.Table.from_arrays([as_text(c) for c in columns],
+                                 names=[str(i) for i in range(len(columns))])
+    chunks = [_id_lists_chunk(batch.columns) for batch in table.to_batches() if batch.num_rows]
+    return _list_series(pa.chunked_array(chunks, type=ID_LIST_TYPE), index)
+
+
+def _id_lists_chunk(cols: list[pa.Array]) -> pa.ListArray:
+    n = len(cols[0])
+    cols = [c for j, c in enumerate(cols) if j == 0 or c.null_count < n]  # skip empty columns
+    keep = []
+    for j, col in enumerate(cols):
+        mask = pc.is_valid(col)
+        for earlier in cols[:j]:  # a value repeated in a later column of the same row
+            mask = pc.and_(mask, pc.invert(pc.fill_null(pc.equal(col, earlier), False)))
+        keep.append(mask.to_numpy(zero_copy_only=False))
+    counts = keep[0].astype(np.int32)
+    for mask in keep[1:]:
+        counts += mask
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    if len(cols) == 1:
+        values = _non_null(cols[0], keep[0])
+    else:  # where each kept value goes: its row's start, after the row's earlier columns
+        source = np.empty(int(offsets[-1]), dtype=np.int64)
+        before = np.zeros(n, dtype=np.int32)
+        for j, mask in enumerate(keep):
+            rows = np.flatnonzero(mask)
+            source[offsets[rows] + before[rows]] = j * n + rows
+            before += mask
+        values = pa.concat_arrays(cols).take(pa.array(source))
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _non_null(arr: pa.Array, valid: np.ndarray) -> pa.Array:
+    """The non-null values of a text array. When nulls take no bytes (as pyarrow's CSV reader
+    and compute kernels leave them) the result shares `arr`'s bytes: only offsets are new."""
+    if not arr.null_count:
+        return arr
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    if (np.diff(offsets)[~valid]).any() or arr.buffers()[2] is None:
+        return arr.drop_null()
+    kept = np.append(offsets[:-1][valid], offsets[-1]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(kept) - 1,
+                                 [None, pa.py_buffer(kept), arr.buffers()[2]])
+
+
+def in_parallel(*tasks: Callable[[], Any]) -> list:
+    """The results of independent tasks, in order, computed on threads: pyarrow and numpy
+    release the GIL, so post-processing a million rows uses every core as pyarrow's CSV reader
+    does. An exception in a task is raised here."""
+    if len(tasks) < 2:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        return [f.result() for f in futures]
+
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9))
+_MAX_FINGERPRINT_WIDTH = 128  # bytes; longer values are compared by pyarrow's hash table
+
+
+def has_duplicates(values) -> bool:
+    """Whether a non-missing text value occurs more than once (exact).
+
+    Hashing a million strings in pyarrow's hash table costs more than parsing the CSV, so the
+    values are first reduced to 64-bit fingerprints with numpy straight from the Arrow buffers:
+    distinct fingerprints prove the values distinct; only when two agree (real duplicates, or a
+    once-in-10^10 collision) are the strings themselves compared."""
+    column = as_text(values)
+    present = len(column) - column.null_count
+    if present < 2:
+        return False
+    prints = []
+    for arr in column.chunks:
+        chunk = _fingerprints(arr)
+        if chunk is None:
+            break
+        prints.append(chunk[arr.is_valid().to_numpy(zero_copy_only=False)]
+                      if arr.null_count else chunk)
     else:
-        values = [tuple(dict.fromkeys(v for v in row if v is not None)) for row in zip(*arrays)]
-    return pd.Series(values, index=frame.index, dtype=object)
+        if _all_distinct(np.concatenate(prints)):
+            return False
+    return len(pc.unique(column.drop_null())) < present
 
 
-def tuples_from_arrow(columns: Sequence[pa.ChunkedArray], n: int) -> pd.Series:
-    """Like `tuples_from_columns` for pyarrow text columns, fast on a million rows: 1-tuples are
-    built in C (zip), and only rows with a second value go through Python."""
-    if not columns:
-        return pd.Series([()] * n, dtype=object)
-    first = columns[0]
-    values = list(zip(first.to_numpy(zero_copy_only=False)))
-    for i in np.flatnonzero(first.is_null().to_numpy(zero_copy_only=False)).tolist():
-        values[i] = ()
-    if len(columns) > 1:
-        extra = pc.is_valid(columns[1])
-        for c in columns[2:]:
-            extra = pc.or_(extra, pc.is_valid(c))
-        rows = np.flatnonzero(extra.to_numpy(zero_copy_only=False))
-        if len(rows):
-            taken = [c.take(pa.array(rows)).to_pylist() for c in columns]
-            for j, i in enumerate(rows.tolist()):
-                values[i] = tuple(dict.fromkeys(v[j] for v in taken if v[j] is not None))
-    return pd.Series(np.fromiter(values, dtype=object, count=n), dtype=object)
+def _all_distinct(prints: np.ndarray) -> bool:
+    """Whether 64-bit fingerprints all differ. A million go first through a radix pass on their
+    top byte, so that each part's hash table fits in the CPU cache: twice as fast as one table."""
+    if len(prints) < 1 << 16:
+        return pd.Index(prints).is_unique
+    top = (prints >> np.uint64(56)).astype(np.uint8)
+    ordered = prints[np.argsort(top, kind="stable")]  # a stable sort of bytes is a radix sort
+    bounds = np.zeros(257, dtype=np.int64)
+    np.cumsum(np.bincount(top, minlength=256), out=bounds[1:])
+    return all(pd.Index(ordered[a:b]).is_unique for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+def _fingerprints(arr: pa.Array) -> np.ndarray | None:
+    """64-bit fingerprint per value of a text array (nulls fingerprint as ""); None when values
+    are too long to be worth it."""
+    n = len(arr)
+    offsets, data = _text_buffers(arr)
+    lengths = np.diff(offsets)
+    longest = int(lengths.max()) if n else 0
+    if longest > _MAX_FINGERPRINT_WIDTH:
+        return None
+    out = lengths.astype(np.uint64) * _MIX[0]  # the length too: "a" and "a\0" differ
+    if longest >= 8 and int(lengths.min()) == longest:
+        # fixed width (Segment ids): read 8-byte words in place, the last one overlapping
+        starts = list(range(0, longest - 7, 8))
+        if starts[-1] != longest - 8:
+            starts.append(longest - 8)
+        words = [np.ndarray((n,), dtype="<u8", buffer=data, offset=k, strides=(longest,))
+                 for k in starts]
+    else:
+        width = max(8, -(-longest // 8) * 8)
+        padded = np.zeros((n, width), dtype=np.uint8)  # each value left-aligned, zero padded
+        # a boolean mask assigns in row-major order: exactly the buffer's byte order
+        padded[np.arange(width) < lengths[:, None]] = data
+        wide = padded.view(np.uint64)
+        words = [wide[:, j] for j in range(wide.shape[1])]
+    for word in words:
+        out ^= word
+        out *= _MIX[1]
+        out ^= out >> np.uint64(31)
+    return out
+
+
+def union_id_lists(lists: pd.Series, codes: np.ndarray, n_groups: int) -> pd.Series:
+    """Merge identifier lists of rows sharing a group code (0 … n_groups-1; -1: no group, as
+    pandas' groupby codes a missing key): per group, the distinct values in row order, then
+    list order — vectorised."""
+    arr = pa.array(lists.array)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    flat = pc.list_flatten(arr)
+    group = np.asarray(codes)[pc.list_parent_indices(arr).to_numpy()]
+    order = np.argsort(group, kind="stable")
+    order = order[group[order] >= 0]
+    group = group[order]
+    values = flat.take(pa.array(order))
+    first = ~pd.DataFrame({"g": group, "v": pd.arrays.ArrowExtensionArray(values)}
+                          ).duplicated().to_numpy()
+    offsets = np.zeros(n_groups + 1, dtype=np.int32)
+    np.cumsum(np.bincount(group[first], minlength=n_groups), out=offsets[1:])
+    return _list_series(pa.ListArray.from_arrays(pa.array(offsets),
+                                                 values.filter(pa.array(first))))
 
 
 # -- value typing ------------------------------------------------------------------------------
@@ -182,7 +362,37 @@ def _text_kind(v: str) -> str:
     return "datetime" if re.match(DATE_RE, v) else "string"
 
 
-_SAMPLE = 2_000
+TYPE_SAMPLE = 2_000  # values that decide a CSV column's type
+
+
+_KINDS = ("boolean", "number", "datetime", "string")
+
+
+def sample_kind(column: pa.ChunkedArray) -> str:
+    """The most common `_text_kind` among the column's first `TYPE_SAMPLE` non-null values (blank
+    ones skipped; a tie goes to the kind seen first), classified in pyarrow."""
+    parts, wanted = [], TYPE_SAMPLE
+    for chunk in column.chunks:
+        if wanted <= 0:
+            break
+        part = chunk.drop_null().slice(0, wanted)
+        parts.append(part)
+        wanted -= len(part)
+    if not parts:
+        return "string"
+    sample = pc.utf8_trim_whitespace(pa.concat_arrays(parts))
+    sample = sample.filter(pc.not_equal(sample, ""))
+    if not len(sample):
+        return "string"
+
+    def test(result) -> np.ndarray:
+        return result.to_numpy(zero_copy_only=False)
+    kind = np.select([test(pc.is_in(pc.utf8_lower(sample), value_set=pa.array(list(BOOL_STRINGS)))),
+                      test(pc.match_substring_regex(sample, NUMBER_RE)),
+                      test(pc.match_substring_regex(sample, DATE_RE))], [0, 1, 2], default=3)
+    counts = np.bincount(kind, minlength=len(_KINDS))
+    first_seen = [int(np.argmax(kind == k)) if counts[k] else len(kind) for k in range(len(_KINDS))]
+    return _KINDS[min(range(len(_KINDS)), key=lambda k: (-counts[k], first_seen[k]))]
 
 
 def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Typed:
@@ -192,12 +402,17 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
     whole column is then converted to that kind in one cast when every value fits, else checked
     value by value (values that do not fit are drift and become missing)."""
     col = column
+    # already parsed by the CSV reader (see csv._predicted_types): every value fitted
+    if pa.types.is_floating(col.type):
+        return Typed(pd.Series(col.to_pandas(types_mapper={pa.float64(): pd.Float64Dtype()}.get)),
+                     "number", [], [], [])
+    if pa.types.is_timestamp(col.type):
+        return Typed(pd.Series(col.to_pandas()).astype("datetime64[ns, UTC]"), "datetime", [], [],
+                     [])
     if audience:
         value_type = "boolean"
     else:
-        sample = col.drop_null().slice(0, _SAMPLE).to_pylist()
-        counts = Counter(_text_kind(v.strip()) for v in sample if v.strip())
-        value_type = counts.most_common(1)[0][0] if counts else "string"
+        value_type = sample_kind(col)
     if value_type == "string":
         out = pd.Series(col.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
         return Typed(out, "string", [], [], [])
@@ -268,29 +483,43 @@ def computations_frame(rows: Iterable[dict]) -> pd.DataFrame:
 
 def identifier_frame(segment_id, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
                      index, *, email_lowered: bool = False) -> pd.DataFrame:
-    """The identifier part of `profiles`, dtypes per contract; emails lower-cased."""
+    """The identifier part of `profiles`, dtypes per contract; emails lower-cased.
+
+    Identifiers may be Series, pyarrow arrays, lists or None (all missing). `emails` /
+    `anonymous_ids` may be identifier-list columns, one Python sequence per row, or None (then
+    each row's primary value alone)."""
     def s(v):
         if v is None:
             return pd.Series(pd.NA, index=index, dtype="string")
+        if isinstance(v, (pa.Array, pa.ChunkedArray)):
+            return pd.Series(pd.StringDtype().__from_arrow__(as_text(v)), index=index)
         if isinstance(v, pd.Series):
             return v.astype("string").set_axis(index)
         return pd.Series(v, index=index).astype("string")
+
+    def lists(v, primary: pd.Series):
+        if v is None:
+            return id_lists_from_arrow([primary], len(index), index)
+        if isinstance(v, pd.Series) and v.dtype == ID_LIST_DTYPE:
+            return v.set_axis(index)
+        return id_lists(v, index)
     frame = pd.DataFrame({
         "segment_id": s(segment_id), "user_id": s(user_id),
         "email": s(email) if email_lowered else s(email).str.lower(),
         "anonymous_id": s(anonymous_id), "braze_id": s(braze_id),
     }, index=index)
-    frame["emails"] = emails if emails is not None else tuples_from_columns(frame, ["email"])
-    frame["anonymous_ids"] = (anonymous_ids if anonymous_ids is not None
-                              else tuples_from_columns(frame, ["anonymous_id"]))
+    frame["emails"] = lists(emails, frame["email"])
+    frame["anonymous_ids"] = lists(anonymous_ids, frame["anonymous_id"])
     return frame
 
 
 def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[dict], *,
              events: pd.DataFrame | None, snapshot_at, source: str, findings: Findings,
-             rows: np.ndarray | None = None) -> EngageExport:
+             rows: np.ndarray | None = None,
+             duplicate_user_ids: bool | None = None) -> EngageExport:
     """Build the `EngageExport` from an identifier frame and typed computation columns, then
-    record the validation findings. `rows` maps positions to 1-based source rows."""
+    record the validation findings. `rows` maps positions to 1-based source rows;
+    `duplicate_user_ids`: whether a user_id repeats, when the caller already knows."""
     from toolkit.engage import validation
 
     ids = ids.reset_index(drop=True)
@@ -308,7 +537,7 @@ def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[di
     export = EngageExport(profiles=profiles, computations=comps,
                           events=events if events is not None else empty_events(),
                           snapshot_at=snapshot_at, source=source, findings=findings)
-    validation.check(export, columns, rows=rows)
+    validation.check(export, columns, rows=rows, duplicate_user_ids=duplicate_user_ids)
     return export
 
 

@@ -9,8 +9,12 @@ Data contract (shared by readers, mapping, preview and plan):
         ``email``         primary (first) email, lower-cased.
         ``anonymous_id``  primary anonymousId.
         ``braze_id``      Braze's own id when Segment knows it (usually missing).
-    ``emails`` / ``anonymous_ids`` (object: tuple of str) hold every value when a profile has
-    several (the per-identifier fan-out, collapsed).
+    ``emails`` / ``anonymous_ids`` — pyarrow list columns, dtype
+    ``pd.ArrowDtype(pa.list_(pa.string()))`` (``frames.ID_LIST_DTYPE``), never Python tuples:
+    every value of the identifier when a profile has several (the per-identifier fan-out,
+    collapsed), distinct, in source order, primary value first; an empty list when it has none.
+    One cell reads back as a Python ``list`` (compare ``list(cell)``); whole-column work stays
+    in Arrow (``.list.len()``, ``pa.array(col.array)`` with ``pyarrow.compute.list_flatten``).
     Then one column per computation key, typed by the computation's ``value_type``:
         audience → pandas ``boolean`` (True member, False exited/non-member, NA unknown)
         trait    → ``string`` | ``Float64`` | ``boolean`` | ``datetime64[ns, UTC]`` | object

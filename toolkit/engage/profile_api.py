@@ -222,8 +222,7 @@ def load_profile_api(space_id: str, token: str, ids: Iterable[str], *,
         segs, *[[r["ids"][t][0] if r["ids"][t] else None for r in rows] for t in _ID_TYPES[:2]],
         [r["ids"]["anonymous_id"][0] if r["ids"]["anonymous_id"] else None for r in rows],
         [r["ids"]["braze_id"][0] if r["ids"]["braze_id"] else None for r in rows],
-        pd.Series([tuple(r["ids"]["email"]) for r in rows], dtype=object),
-        pd.Series([tuple(r["ids"]["anonymous_id"]) for r in rows], dtype=object), idx)
+        [r["ids"]["email"] for r in rows], [r["ids"]["anonymous_id"] for r in rows], idx)
     typed: dict[str, Typed] = {}
     comps = []
     for key in audience_keys:

@@ -149,8 +149,8 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
         return [ids[t].get(s, (None,))[0] for s in seg]
     ident = identifier_frame(seg, first("user_id"), first("email"), first("anonymous_id"),
                              first("braze_id"),
-                             pd.Series([ids["email"].get(s, ()) for s in seg], dtype=object),
-                             pd.Series([ids["anonymous_id"].get(s, ()) for s in seg], dtype=object),
+                             [ids["email"].get(s, ()) for s in seg],
+                             [ids["anonymous_id"].get(s, ()) for s in seg],
                              pd.RangeIndex(len(seg)))
 
     wanted = set(audiences) if audiences is not None else None

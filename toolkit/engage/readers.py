@@ -18,9 +18,9 @@ import pandas as pd
 
 from toolkit.engage import csv as csv_reader
 from toolkit.engage.events import read_events
-from toolkit.engage.frames import (PANDAS_DTYPE, Typed, assemble, computations_frame,
-                                   derived_segment_id, empty_events,
-                                   identifier_frame, type_python_values)
+from toolkit.engage.frames import (ID_LIST_DTYPE, PANDAS_DTYPE, Typed, assemble,
+                                   computations_frame, derived_segment_id, empty_events,
+                                   identifier_frame, type_python_values, union_id_lists)
 from toolkit.engage.model import IDENTIFIER_COLUMNS, EngageExport, Finding, Findings
 from toolkit.engage.profile_api import load_profile_api
 from toolkit.engage.profiles_sync import find_tables, read_profiles_sync
@@ -167,15 +167,16 @@ def from_frame(frame: pd.DataFrame, *, audiences: Iterable[str] | None = None) -
     seg = col("segment_id") if "segment_id" in cols else col("key")
     seg = seg.fillna(derived_segment_id(user_id, email, anon))
 
-    def tuples(name, primary):
-        if name in cols:
-            return pd.Series([tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else
-                              ((p,) if p is not pd.NA else ()) for v, p in zip(df[cols[name]],
-                                                                               primary)],
-                             dtype=object)
-        return pd.Series([(p,) if p is not pd.NA else () for p in primary], dtype=object)
-    ident = identifier_frame(seg, user_id, email, anon, braze, tuples("emails", email),
-                             tuples("anonymous_ids", anon), pd.RangeIndex(n))
+    def id_list(name, primary):
+        if name not in cols:
+            return None  # the primary value alone
+        values = df[cols[name]]
+        if values.dtype == ID_LIST_DTYPE:
+            return values
+        return [v if isinstance(v, (list, tuple, np.ndarray)) else ([] if p is pd.NA else [p])
+                for v, p in zip(values, primary)]
+    ident = identifier_frame(seg, user_id, email, anon, braze, id_list("emails", email),
+                             id_list("anonymous_ids", anon), pd.RangeIndex(n))
     findings = Findings()
     if ident["segment_id"].duplicated().any():
         raise ExportFormatError("the DataFrame has the same profile on several rows",
@@ -243,8 +244,9 @@ def merge(exports: Sequence[EngageExport]) -> EngageExport:
     allp = pd.concat(frames, ignore_index=True)
     group = allp.groupby("segment_id", sort=False)
     out = group[[c for c in IDENTIFIER_COLUMNS if c != "segment_id"]].first()
+    codes = group.ngroup().to_numpy()
     for col in ("emails", "anonymous_ids"):
-        out[col] = group[col].agg(lambda s: tuple(dict.fromkeys(v for t in s for v in t)))
+        out[col] = union_id_lists(allp[col], codes, len(out)).set_axis(out.index)
     for key, c in comps.items():
         if c["kind"] == "audience":
             out[key] = group[key].max().astype("boolean")

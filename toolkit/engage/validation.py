@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from toolkit.engage.frames import as_text, byte_lengths, has_duplicates
+
 if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
     from toolkit.engage.model import EngageExport, Findings
@@ -36,17 +38,20 @@ BRAZE_MAX_STRING = 255
 
 def row_findings(findings: "Findings", severity: str, code: str, items: list[tuple[int, str]], *,
                  column: str | None, fix: str, summary: str,
-                 segment_ids: pd.Series | None = None, rows: np.ndarray | None = None) -> None:
-    """Record one finding per (position, message), capped, plus a summary past the cap."""
+                 segment_ids: pd.Series | None = None, rows: np.ndarray | None = None,
+                 total: int | None = None) -> None:
+    """Record one finding per (position, message), capped, plus a summary past the cap.
+    `total`: how many rows are concerned when `items` lists only the first of them."""
+    total = len(items) if total is None else total
     for position, message in items[:MAX_ROW_FINDINGS]:
         # rows=False: positions do not map to one file's rows (a merged export)
         row = None if rows is False else int(rows[position]) if rows is not None else position + 1
         sid = segment_ids.iloc[position] if segment_ids is not None else None
         findings.add(severity, code, message, row=row, column=column, fix=fix,
                      segment_id=None if sid is None or sid is pd.NA else str(sid))
-    if len(items) > MAX_ROW_FINDINGS:
+    if total > MAX_ROW_FINDINGS:
         findings.add(severity, code,
-                     f"{summary}: {len(items):,} rows in all, the first {MAX_ROW_FINDINGS} listed",
+                     f"{summary}: {total:,} rows in all, the first {MAX_ROW_FINDINGS} listed",
                      column=column, fix=fix)
 
 
@@ -55,8 +60,10 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray | None = None) -> None:
-    """Run every check on `export`, appending to `export.findings`."""
+def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray | None = None,
+          duplicate_user_ids: bool | None = None) -> None:
+    """Run every check on `export`, appending to `export.findings`. `duplicate_user_ids`:
+    whether some user_id repeats, when the caller has already found out (None: look)."""
     p = export.profiles
     f = export.findings
     sid = p["segment_id"]
@@ -72,9 +79,10 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
     usable = p["user_id"].notna() | p["braze_id"].notna()
     anonymous = (~usable & p["email"].isna() & p["anonymous_id"].notna()).to_numpy()
     email_only = (~usable & p["email"].notna()).to_numpy()
+    anonymous_at = np.flatnonzero(anonymous)
     row_findings(f, "error", "anonymous_only",
                  [(i, "profile has only anonymous ids; Braze cannot address it")
-                  for i in np.flatnonzero(anonymous)],
+                  for i in anonymous_at[:MAX_ROW_FINDINGS]], total=len(anonymous_at),
                  column="anonymous_id", summary="anonymous-only profiles", segment_ids=sid, rows=rows,
                  fix="identify the user in Segment (userId) or send a braze_id / user alias")
     if email_only.any():
@@ -88,8 +96,9 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
               fix="match the hashes against a clear-text export (csv.match_hashed) or download "
                   "the audience with raw identifiers")
 
-    users = pa.array(p["user_id"].array)
-    if len(pc.unique(users)) - (1 if users.null_count else 0) < len(users) - users.null_count:
+    if duplicate_user_ids is None:
+        duplicate_user_ids = has_duplicates(p["user_id"])
+    if duplicate_user_ids:
         dup_user = p["user_id"].notna() & p["user_id"].duplicated(keep=False)
         groups = p.loc[dup_user].groupby("user_id", sort=False)["segment_id"]
         items = []
@@ -133,13 +142,17 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "as booleans", column=key,
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
-            arr = pa.array(p[key].array)
-            over = pc.fill_null(pc.greater(pc.utf8_length(arr), BRAZE_MAX_STRING), False)
-            if pc.any(over).as_py():
-                long = over.to_numpy(zero_copy_only=False)
+            # a value of ≤255 bytes has ≤255 characters: count characters only past that
+            text = as_text(p[key])
+            candidates = np.flatnonzero(byte_lengths(text) > BRAZE_MAX_STRING)
+            chars = pc.utf8_length(text.take(pa.array(candidates))).to_numpy(zero_copy_only=False)
+            long = candidates[chars > BRAZE_MAX_STRING]
+            if len(long):
                 row_findings(f, "warning", "long_string",
-                             [(i, f"{key!r} value is {len(p[key].iloc[i]):,} characters; Braze keeps "
-                                  f"{BRAZE_MAX_STRING}") for i in np.flatnonzero(long)],
+                             [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
+                                       f"{BRAZE_MAX_STRING}")
+                              for i, n in zip(long[:MAX_ROW_FINDINGS],
+                                              chars[chars > BRAZE_MAX_STRING])], total=len(long),
                              column=key, segment_ids=sid, rows=rows,
                              summary=f"strings over {BRAZE_MAX_STRING} characters in {key!r}",
                              fix=f"shorten the value to {BRAZE_MAX_STRING} characters or fewer")

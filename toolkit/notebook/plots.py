@@ -54,7 +54,8 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _label_bars(ax, bars, values: Iterable[float], *, fmt: str = "{:,.0f}", horizontal: bool) -> None:
+def _label_bars(ax, bars, values: Iterable[float], *, fmt: str = "{:,.0f}",
+                horizontal: bool) -> None:
     for bar, value in zip(bars, values):
         if horizontal:
             ax.annotate(fmt.format(value), (bar.get_width(), bar.get_y() + bar.get_height() / 2),
@@ -89,7 +90,8 @@ def audience_sizes(export, *, title: str | None = None) -> Figure:
     bars = ax.barh(members.index, members.to_numpy(), color=NEUTRAL)
     for bar, value in zip(bars, members.to_numpy()):
         share = value / total if total else 0
-        ax.annotate(f"{value:,} ({share:.0%})", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+        ax.annotate(f"{value:,} ({share:.0%})",
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                     xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
     ax.set_xlabel("members (profiles in the audience)")
     ax.set_ylabel("audience")
@@ -107,8 +109,8 @@ def audience_overlap(export, *, share: bool = False) -> Figure:
     names = sorted(m.columns)
     fig = _figure(1.6 + 1.15 * max(len(names), 2), 1.2 + 1.0 * max(len(names), 2))
     ax = fig.add_subplot()
-    ax.set_title("Audience overlap" + (" (share of row audience)" if share else " (profiles in both)"),
-                 fontsize=_TITLE_SIZE)
+    what = " (share of row audience)" if share else " (profiles in both)"
+    ax.set_title("Audience overlap" + what, fontsize=_TITLE_SIZE)
     if not names:
         _empty(ax, "This export has no audiences.")
         return fig
@@ -147,7 +149,10 @@ _TIERS = (
 def identifier_tiers(export) -> pd.Series:
     """The best identifier each profile offers Braze, as an ordered categorical Series."""
     p = export.profiles
-    has = lambda col: p[col].notna().to_numpy() if col in p else np.zeros(len(p), dtype=bool)  # noqa: E731
+
+    def has(col: str) -> np.ndarray:
+        return p[col].notna().to_numpy() if col in p else np.zeros(len(p), dtype=bool)
+
     labels = [t for t, _ in _TIERS]
     tier = np.select(
         [has("user_id"), has("braze_id"), has("email"), has("anonymous_id")],
@@ -172,7 +177,8 @@ def identifier_coverage(export) -> Figure:
     bars = left.barh(labels, values, color=colors)
     for bar, value in zip(bars, values):
         share = value / total if total else 0
-        left.annotate(f"{value:,} ({share:.0%})", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+        left.annotate(f"{value:,} ({share:.0%})",
+                      (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                       xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
     left.set_title("best identifier per profile (green: sent by default)", fontsize=10)
     left.set_xlabel("profiles")
@@ -276,7 +282,8 @@ def trait_distributions(export, keys: Iterable[str] | None = None, *, top: int =
 # -- preview, plan and sync plots ---------------------------------------------------------------
 
 def _preview_frame(preview) -> pd.DataFrame:
-    """key, engage_members, braze_selected, dropped_<reason>… from a Preview (recommended checks)."""
+    """key, engage_members, braze_selected, dropped_<reason>… from a Preview's recommended
+    check per computation."""
     if isinstance(preview, pd.DataFrame):
         return preview
     to_frame = getattr(preview, "to_frame", None)
@@ -314,29 +321,27 @@ def _plan_frame(plan) -> pd.DataFrame:
                          "data_points": table["operations"].where(billed, 0).astype(int)})
 
 
-def _sync_frame(report) -> pd.DataFrame:
-    """One row per answered request: seconds since the start, objects, rejected, attempts."""
+def _sync_frame(report) -> tuple[pd.DataFrame, dict]:
+    """The sync's timeline (seconds, cumulative acknowledged objects, cumulative HTTP requests)
+    and its totals (batches, rejected, retries, 429s) from a SyncReport or a timeline frame."""
     if isinstance(report, pd.DataFrame):
-        return report
-    if not (callable(getattr(report, "to_frame", None))
-            and callable(getattr(report, "throughput_frame", None))):
+        return report, {}
+    if not (callable(getattr(report, "throughput_frame", None))
+            and callable(getattr(report, "summary", None))):
         raise PlotInputError(f"cannot draw sync throughput from a {type(report).__name__}",
                              hint="pass the SyncReport returned by toolkit.apply(plan, client)")
-    batches = report.to_frame()
-    ticks = report.throughput_frame()
-    # apply records one timeline tick per answered batch, in the same order as its rows
-    n = min(len(batches), len(ticks))
-    return pd.DataFrame({"seconds": ticks["seconds"].to_numpy(dtype=float)[:n],
-                         "objects": batches["objects"].fillna(0).astype(int).to_numpy()[:n],
-                         "rejected": batches["rejected"].fillna(0).astype(int).to_numpy()[:n],
-                         "attempts": batches["attempts"].fillna(1).astype(int).to_numpy()[:n]})
+    s = report.summary()
+    totals = {"batches": len(report.to_frame()), "rejected": s["rejected"],
+              "retries": s["retries"], "429s": s["429s"]}
+    return report.throughput_frame(), totals
 
 
 def preview_sizes(preview) -> Figure:
-    """Per audience, Engage members beside the users the Braze filter selects, plus who is dropped.
+    """Per computation, Engage members beside the users the Braze filter selects, and who is
+    dropped by reason.
 
-    Takes a `toolkit.Preview` (its recommended filter per computation) or a DataFrame with columns ``key``,
-    ``engage_members``, ``braze_selected`` and optional ``dropped_<reason>`` columns.
+    Takes a `toolkit.Preview` (its recommended filter per computation) or a DataFrame with
+    columns ``key``, ``engage_members``, ``braze_selected`` and optional ``dropped_<reason>``.
     """
     frame = _preview_frame(preview)
     needed = {"key", "engage_members", "braze_selected"}
@@ -374,8 +379,8 @@ def preview_sizes(preview) -> Figure:
                        label=col.removeprefix("dropped_").replace("_", " "))
             bottom += values
         for yi, total in zip(y, bottom):
-            right.annotate(f"{int(total):,}", (total, yi), xytext=(3, 0), textcoords="offset points",
-                           va="center", fontsize=9)
+            right.annotate(f"{int(total):,}", (total, yi), xytext=(3, 0),
+                           textcoords="offset points", va="center", fontsize=9)
         right.set_yticks(y, frame["key"])
         right.invert_yaxis()
         right.set_xlim(0, max(bottom.max(initial=0), 1) * 1.3)
@@ -445,54 +450,58 @@ def plan_composition(plan) -> Figure:
     return fig
 
 
-def sync_throughput(report, *, buckets: int = 20) -> Figure:
-    """Objects acknowledged (and rejected) over the sync's duration, and retries as they happened.
+def sync_throughput(report) -> Figure:
+    """Objects Braze acknowledged over the sync's duration (the slope is the throughput), and
+    HTTP requests sent (retries included) against the batches planned.
 
-    Takes a `toolkit.SyncReport` or a DataFrame with one row per answered request: ``seconds``
-    since the sync started, ``objects``, and optional ``rejected`` and ``attempts``.
+    Takes a `toolkit.SyncReport` or a DataFrame timeline with columns ``seconds`` (since the sync
+    started), ``acknowledged`` and ``requests`` (both cumulative).
     """
-    frame = _sync_frame(report)
-    if "seconds" not in frame.columns or "objects" not in frame.columns:
-        raise PlotInputError("the request table needs 'seconds' and 'objects' columns",
+    frame, totals = _sync_frame(report)
+    needed = {"seconds", "acknowledged", "requests"}
+    if not needed <= set(frame.columns):
+        raise PlotInputError(f"the timeline lacks columns {sorted(needed - set(frame.columns))}",
                              hint="pass the SyncReport returned by toolkit.apply(plan, client)")
     fig = _figure(11, 3.6)
-    left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])
-    fig.suptitle(f"Sync throughput ({len(frame):,} requests answered)", fontsize=_TITLE_SIZE)
-    if frame.empty:
-        _empty(left, "no requests were answered")
-        _empty(right, "no retries")
-        return fig
+    left, right = fig.subplots(1, 2, width_ratios=[1.5, 1])
+    frame = frame.sort_values("seconds", kind="stable")
     seconds = frame["seconds"].astype(float).to_numpy()
-    objects = frame["objects"].astype(int).to_numpy()
-    rejected = (frame["rejected"].fillna(0).astype(int).to_numpy() if "rejected" in frame
-                else np.zeros(len(frame), dtype=int))
-    attempts = (frame["attempts"].fillna(1).astype(int).to_numpy() if "attempts" in frame
-                else np.ones(len(frame), dtype=int))
-    span = max(float(seconds.max()), 1e-3)
-    width = span / buckets
-    slot = np.minimum((seconds / width).astype(int), buckets - 1)
-    accepted = np.bincount(slot, weights=objects - rejected, minlength=buckets)
-    refused = np.bincount(slot, weights=rejected, minlength=buckets)
-    x = np.arange(buckets) * width
-    left.bar(x, accepted, width=width * 0.9, align="edge", color=GOOD, label="acknowledged")
-    left.bar(x, refused, width=width * 0.9, align="edge", bottom=accepted, color=BAD,
-             label="rejected")
-    total = int(objects.sum())
-    rate = total / span
-    left.set_title(f"{total:,} objects in {span:.2f} s (≈{rate:,.0f} objects/s)", fontsize=10)
+    acknowledged = frame["acknowledged"].astype(int).to_numpy()
+    requests = frame["requests"].astype(int).to_numpy()
+    total = int(acknowledged[-1]) if len(frame) else 0
+    fig.suptitle(f"Sync throughput ({total:,} objects acknowledged)", fontsize=_TITLE_SIZE)
+    if frame.empty:
+        _empty(left, "nothing was sent")
+        _empty(right, "no requests")
+        return fig
+    span = max(float(seconds[-1]), 1e-3)
+    xs = np.concatenate([[0.0], seconds])
+    ys = np.concatenate([[0], acknowledged])
+    # a step line: its slope is the throughput, flat stretches are waits (rate limits, retries)
+    left.fill_between(xs, ys, step="post", color=GOOD, alpha=0.25)
+    left.step(xs, ys, where="post", color=GOOD, label="objects acknowledged (cumulative)")
+    rejected = totals.get("rejected", 0)
+    left.set_title(f"{total:,} objects in {span:.2f} s (≈{total / span:,.0f} objects/s)"
+                   + (f"; {rejected:,} rejected" if rejected else ""), fontsize=10)
     left.set_xlabel("seconds since the sync started")
-    left.set_ylabel(f"objects per {width:.3g} s")
+    left.set_ylabel("objects (cumulative)")
+    left.set_ylim(0, max(total, 1) * 1.15)
     left.set_xlim(0, span * 1.02)
     left.legend(fontsize=8, loc="upper left")
     left.grid(axis="y", alpha=0.3)
 
-    order = np.argsort(seconds, kind="stable")
-    retries = np.cumsum(np.maximum(attempts[order] - 1, 0))
-    right.step(seconds[order], retries, where="post", color=ACCENT)
-    right.set_title(f"retries (429, 5xx, timeouts): {int(retries[-1]):,}", fontsize=10)
+    right.step(np.concatenate([[0.0], seconds]), np.concatenate([[0], requests]), where="post",
+               color=NEUTRAL, label="HTTP requests sent")
+    batches = totals.get("batches")
+    if batches:
+        right.axhline(batches, color=MUTED, linestyle="--", linewidth=1,
+                      label=f"batches ({batches:,})")
+    right.set_title(f"requests: {int(requests[-1]):,} · retries {totals.get('retries', 0):,} · "
+                    f"429s {totals.get('429s', 0):,}", fontsize=10)
     right.set_xlabel("seconds since the sync started")
-    right.set_ylabel("cumulative retries")
+    right.set_ylabel("requests (cumulative)")
     right.set_xlim(0, span * 1.02)
-    right.set_ylim(0, max(int(retries[-1]), 1) * 1.2)
+    right.set_ylim(0, max(int(requests[-1]), batches or 0, 1) * 1.15)
+    right.legend(fontsize=8, loc="lower right")
     right.grid(alpha=0.3)
     return fig

@@ -20,12 +20,10 @@ import shutil
 import tempfile
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlparse
-
-import pandas as pd
 
 from toolkit.errors import BrazeAPIError, ToolkitError
 
@@ -50,7 +48,7 @@ _DATA_URI_LIMIT = 5_000_000  # bytes; larger reports are linked as files only
 
 
 class ApprovalRefused(ToolkitError):
-    """The approval step was not completed: missing name, box not ticked or wrong workspace typed."""
+    """The approval was not given: no name, the box not ticked, or the wrong workspace typed."""
 
 
 class PushInProgress(ToolkitError):
@@ -262,21 +260,34 @@ class GuidedSyncState:
 
                 self._sandbox = BrazeSandbox()
                 self._owns_sandbox = True
-            self.client = BrazeClient.for_sandbox(self._sandbox)
-            # a fresh sandbox holds nobody, so its ledger must start empty too
-            self._tmp = tempfile.mkdtemp(prefix="guided-sync-")
-            self.ledger = Ledger(self.client, directory=self._tmp)
+            client = BrazeClient.for_sandbox(self._sandbox)
+            # a fresh sandbox holds nobody, so its ledger starts empty too, in a folder that
+            # lives as long as the sandbox
+            if self._tmp is None:
+                self._tmp = tempfile.mkdtemp(prefix="guided-sync-")
+            directory = self._tmp
         else:
-            missing = [v for v in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not os.environ.get(v)]
+            from toolkit.errors import ConfigError
+            from toolkit.secrets import read_env_file
+
+            settings = {**read_env_file(".env"), **os.environ}
+            missing = [v for v in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not settings.get(v)]
             if missing:
-                raise ToolkitError(
+                raise ConfigError(
                     f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set",
                     field=missing[0],
                     hint="set BRAZE_REST_ENDPOINT (e.g. US-03) and BRAZE_API_KEY in the "
                          "environment or a .env file before starting the notebook; keys are "
                          "never typed into the wizard")
-            self.client = BrazeClient(interactive=False)
-            self.ledger = Ledger(self.client)
+            client = BrazeClient(interactive=False)
+            directory = None
+        try:
+            ledger = Ledger(client, directory=directory)
+        except ToolkitError:
+            client.close()
+            raise
+        # both or neither: a plan without the ledger would resend everything
+        self.client, self.ledger = client, ledger
 
     @property
     def sandbox(self):
@@ -297,7 +308,7 @@ class GuidedSyncState:
 
     # -- step 6: approve ------------------------------------------------------------------
     def approve(self, by: str, confirmed: bool, typed: str = "") -> bool:
-        """Approve the plan as `by`; needs the box ticked, and for a real workspace its name typed."""
+        """Approve the plan as `by`: needs the box ticked, and for a real workspace its name."""
         def action():
             self._require("plan", "build the plan first (step 5)")
             name = (by or "").strip()
@@ -329,6 +340,11 @@ class GuidedSyncState:
                 self.error = PushInProgress("a push is already running",
                                             hint="wait for it to finish")
                 return False
+            if self.report is not None:
+                self.error = ToolkitError("this plan was already pushed",
+                                          hint="go back to step 5 to plan again from the new "
+                                               "state")
+                return False
             self.progress = SyncProgress(running=True)
         notify = on_progress or (lambda p: None)
 
@@ -356,9 +372,6 @@ class GuidedSyncState:
 
                 raise PlanNotApproved("the plan is not approved; nothing was sent",
                                       hint="approve it in step 6")
-            if self.report is not None:
-                raise ToolkitError("this plan was already pushed",
-                                   hint="go back to step 5 to plan again from the new state")
             self.progress.requests_total = len(self.plan.batches())
             self.progress.objects_total = sum(b.objects for b in self.plan.batches())
             notify(self.progress)
@@ -487,15 +500,18 @@ class GuidedSyncState:
             self.progress = SyncProgress()
 
     def _disconnect(self) -> None:
-        _shutdown(self.__dict__, keep_sandbox=not self._owns_sandbox)
+        """Close the client and ledger; the sandbox and its ledger folder live on, so switching
+        back to the sandbox resumes from what it already holds."""
+        _shutdown(self.__dict__, everything=False)
         self.client = None
         self.ledger = None
 
     def close(self) -> None:
         """Stop the sandbox the wizard started and close the client and ledger."""
-        self._disconnect()
-        if self._owns_sandbox and self._sandbox is not None:
-            self._sandbox.close()
+        _shutdown(self.__dict__, everything=True)
+        self.client = None
+        self.ledger = None
+        if self._owns_sandbox:
             self._sandbox = None
 
     def summary(self) -> dict[str, Any]:
@@ -512,6 +528,35 @@ class GuidedSyncState:
             out["verified"] = self.verification.ok
         return out
 
+    def __repr__(self) -> str:
+        s = self.summary()
+        parts = [f"step {s['step']} of {len(STEPS)}: {s['step_name']}", f"target {s['target']}"]
+        if s.get("report"):
+            parts.append(f"sync {s['report']['status']}")
+        if s["error"]:
+            parts.append(f"error: {s['error']}")
+        return f"<GuidedSyncState {'; '.join(parts)}>"
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        rows = [("step", f"{s['step']} of {len(STEPS)} — {s['step_name']}"),
+                ("export", s["source"] or "not chosen"), ("target", TARGETS[self.target]),
+                ("workspace", s["workspace"] or "not connected")]
+        if "plan" in s:
+            rows.append(("plan", f"{s['plan']['operations']:,} operations, "
+                                 f"{s['plan']['data_points']:,} data points, "
+                                 f"{s['plan']['requests']:,} requests"))
+        if s["approved_by"]:
+            rows.append(("approved by", s["approved_by"]))
+        if "report" in s:
+            r = s["report"]
+            rows.append(("sync", f"{r['status']}: {r['acknowledged']:,} acknowledged, "
+                                 f"{r['rejected']:,} rejected"))
+        if "verified" in s:
+            rows.append(("verified", "yes" if s["verified"] else "mismatches found"))
+        error = self.error._repr_html_() if self.error is not None else ""
+        return f"<div><b>Guided sync state</b>{_table(rows)}{error}</div>"
+
 
 _STEP_HINTS = {
     0: "pick a bundled sample or load an export file first",
@@ -526,13 +571,14 @@ _STEP_HINTS = {
 
 
 def _default_mapping(export):
-    from toolkit.mapping import Mapping
+    from toolkit import mapping
 
-    return Mapping.from_export(export)
+    return mapping.Mapping.from_export(export)
 
 
-def _shutdown(state: dict, keep_sandbox: bool = False) -> None:
-    """Release what a wizard holds (runs at close and when the wizard is garbage collected)."""
+def _shutdown(state: dict, everything: bool = True) -> None:
+    """Release what a wizard holds: the client and ledger, and with `everything` (at close and
+    when the wizard is garbage collected) the sandbox it started and the sandbox ledger folder."""
     for name in ("ledger", "client"):
         obj = state.get(name)
         if obj is not None:
@@ -540,7 +586,9 @@ def _shutdown(state: dict, keep_sandbox: bool = False) -> None:
                 obj.close()
             except Exception:  # closing is best effort; the process may be exiting
                 pass
-    if not keep_sandbox and state.get("_owns_sandbox") and state.get("_sandbox") is not None:
+    if not everything:
+        return
+    if state.get("_owns_sandbox") and state.get("_sandbox") is not None:
         try:
             state["_sandbox"].close()
         except Exception:
@@ -558,6 +606,14 @@ def _in_kernel() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min"
 
 
 def _table(rows: Iterable[tuple[str, Any]]) -> str:
@@ -643,18 +699,22 @@ class GuidedSync:
         self.preview_image = w.Image(format="png", layout=w.Layout(max_width="900px"))
 
         # step 5: plan
-        self.target_toggle = w.ToggleButtons(options=[(v, k) for k, v in TARGETS.items()],
-                                             value=self.state.target, description="Send to",
-                                             style={"description_width": "initial"})
+        self.target_toggle = w.ToggleButtons(
+            options=[("Built-in sandbox", "sandbox"), ("Braze workspace (from environment)",
+                                                       "workspace")],
+            tooltips=[TARGETS["sandbox"], TARGETS["workspace"]], value=self.state.target,
+            description="Send to", style={"description_width": "initial", "button_width": "auto"})
         self.create_users_box = w.Checkbox(value=self.state.create_users, indent=False,
                                            description="create users Braze does not know yet")
         self.replan_button = w.Button(description="Re-plan", tooltip="build the plan again")
         self.plan_html = w.HTML()
         self.plan_image = w.Image(format="png", layout=w.Layout(max_width="900px"))
-        self.target_toggle.observe(lambda ch: self._do(
+        # the guards ignore the echo when _refresh copies the state back into the widget
+        self.target_toggle.observe(lambda ch: ch["new"] != self.state.target and self._do(
             lambda: self.state.set_target(ch["new"]) and self.state.build_plan()), names="value")
-        self.create_users_box.observe(lambda ch: self._do(
-            lambda: self.state.set_create_users(ch["new"]) and self.state.build_plan()),
+        self.create_users_box.observe(
+            lambda ch: ch["new"] != self.state.create_users and self._do(
+                lambda: self.state.set_create_users(ch["new"]) and self.state.build_plan()),
             names="value")
         self.replan_button.on_click(lambda _: self._do(self.state.build_plan))
 
@@ -830,7 +890,8 @@ class GuidedSync:
             where += f" — <code>{html.escape(s.workspace)}</code>"
         self.target_html.value = f"<small><b>Target:</b> {where}</small>"
         self.error_html.value = s.error._repr_html_() if s.error is not None else ""
-        self.position.value = f"<span style='margin-left:12px'>Step {s.step + 1} of {len(STEPS)}</span>"
+        self.position.value = (f"<span style='margin-left:12px'>Step {s.step + 1} of "
+                               f"{len(STEPS)}</span>")
         self.back_button.disabled = s.step == 0 or s.progress.running
         self.next_button.disabled = not s.can_advance() or s.progress.running
         self.body.children = getattr(self, f"_step_{s.step}")()
@@ -893,39 +954,50 @@ class GuidedSync:
             "updates as you change it.</p>")
         return [intro, self.rules_box]
 
+    _RULE_COLUMNS = (("computation", "190px"), ("sent as", "150px"), ("attribute", "150px"),
+                     ("event: entered / computed", "150px"), ("event: exited", "150px"),
+                     ("cohort name", "150px"))
+
     def _build_rule_rows(self) -> None:
         w = self._w
-        rows = []
+
+        def box(width: str):
+            return w.Layout(width=width, min_width=width, flex="0 0 auto")
+
+        widths = dict(self._RULE_COLUMNS)
+        header = w.HBox([w.HTML(f"<small><b>{html.escape(title)}</b></small>", layout=box(width))
+                         for title, width in self._RULE_COLUMNS])
+        rows = [header]
         self.rule_widgets = {}
         for rule in self.state.mapping.rules:
             options = [(SEND_AS_LABELS[k], k) for k in SEND_AS_LABELS
                        if k != "cohort" or rule.kind == "audience"]
-            small = w.Layout(width="190px")
+            text = dict(continuous_update=False, layout=box(widths["attribute"]))
             row: dict[str, Any] = {
-                "send_as": w.Dropdown(options=options, value=rule.send_as, layout=small),
-                "attribute": w.Text(value=str(rule.attribute or ""), placeholder="attribute",
-                                    continuous_update=False, layout=small,
-                                    tooltip="Braze attribute name"),
+                "send_as": w.Dropdown(options=options, value=rule.send_as,
+                                      layout=box(widths["sent as"])),
+                "attribute": w.Text(value=str(rule.attribute or ""), placeholder="attribute name",
+                                    **text),
             }
             if rule.kind == "audience":
-                row["enter_event"] = w.Text(value=rule.enter_event, continuous_update=False,
-                                            layout=small, placeholder="entered event")
-                row["exit_event"] = w.Text(value=rule.exit_event, continuous_update=False,
-                                           layout=small, placeholder="exited event")
+                row["enter_event"] = w.Text(value=rule.enter_event, placeholder="entered event",
+                                            **text)
+                row["exit_event"] = w.Text(value=rule.exit_event, placeholder="exited event",
+                                           **text)
                 row["cohort_name"] = w.Text(value=str(rule.cohort_name or rule.key),
-                                            continuous_update=False, layout=small,
-                                            placeholder="cohort name")
+                                            placeholder="cohort name", **text)
+                inputs = [row[n] for n in ("send_as", "attribute", "enter_event", "exit_event",
+                                           "cohort_name")]
             else:
-                row["trait_event"] = w.Text(value=rule.trait_event, continuous_update=False,
-                                            layout=small, placeholder="trait event")
+                row["trait_event"] = w.Text(value=rule.trait_event, placeholder="trait event",
+                                            **text)
+                inputs = [row[n] for n in ("send_as", "attribute", "trait_event")]
             row["filter"] = w.HTML()
             for name, widget in row.items():
                 if name != "filter":
                     widget.observe(self._rule_observer(rule.key, name), names="value")
-            label = w.HTML(f"<b><code>{html.escape(rule.key)}</code></b><br>"
-                           f"<small>{rule.kind}</small>", layout=w.Layout(width="220px"))
-            inputs = [row[n] for n in ("send_as", "attribute", "enter_event", "exit_event",
-                                       "trait_event", "cohort_name") if n in row]
+            label = w.HTML(f"<b><code>{html.escape(rule.key)}</code></b> "
+                           f"<small>{rule.kind}</small>", layout=box(widths["computation"]))
             rows.append(w.VBox([w.HBox([label, *inputs]), row["filter"]],
                                layout=w.Layout(border_bottom="1px solid #eee",
                                                padding="2px 0")))
@@ -984,6 +1056,8 @@ class GuidedSync:
         from toolkit.notebook import plots
 
         s = self.state
+        self.target_toggle.value = s.target
+        self.create_users_box.value = s.create_users
         if s.plan is not None:
             c = s.plan.cost()
             samples = json.dumps(s.plan.sample_payloads(2), indent=1, ensure_ascii=False)
@@ -991,16 +1065,20 @@ class GuidedSync:
                 samples = samples[:4000] + "\n…"
             facts = _table([("operations", c["operations"]), ("users", c["users"]),
                             ("data points", c["data_points"]), ("requests", c["requests"]),
-                            ("estimated time", f"about {c['estimated_seconds']:.1f} s at the "
-                                               "workspace rate limit"),
+                            ("estimated time", _duration(c["estimated_seconds"])
+                             + " at the workspace rate limit"),
                             ("fingerprint", s.plan.fingerprint[:16] + "…")])
             body = ("<p><b>Nothing to send:</b> Braze already holds every value.</p>"
                     if s.plan.is_empty else s.plan.summary().to_html(index=False))
-            findings = (s.plan.findings._repr_html_() if len(s.plan.findings) else
-                        "<p>No findings.</p>")
-            self.plan_html.value = (facts + body + "<h5>Sample payloads (exactly as sent)</h5>"
-                                    f"<pre style='max-height:260px;overflow:auto'>"
-                                    f"{html.escape(samples, quote=False)}</pre><h5>Findings</h5>{findings}")
+            n = len(s.plan.findings)
+            findings = (f"<details><summary><b>Findings ({n:,})</b> — profiles or values left "
+                        f"out, and why</summary>{s.plan.findings._repr_html_()}</details>"
+                        if n else "<p>No findings.</p>")
+            self.plan_html.value = (
+                facts + "<details open><summary><b>Sample payloads (exactly as sent)</b>"
+                "</summary><pre style='max-height:220px;overflow:auto'>"
+                f"{html.escape(samples, quote=False)}</pre></details>{findings}"
+                f"<h5>Operations</h5>{body}")
         else:
             self.plan_html.value = ""
         self._draw(self.plan_image, "plan", s.plan, lambda: plots.plan_composition(s.plan))

@@ -254,9 +254,13 @@ class _Run:
             answers, self.answers = self.answers, []
             self.ledger.finish_many(self.plan.id, answers)
 
-    def tick(self, requests: int) -> None:
-        self.timeline.append([round(time.monotonic() - self.started, 4),
-                              self.counts["objects_acknowledged"], requests])
+    def tick(self, client, before: dict, *, last: bool = False) -> None:
+        """Add a throughput point, at most every 0.1 s (and at the end of a phase)."""
+        now = time.monotonic() - self.started
+        if not last and self.timeline and now - self.timeline[-1][0] < 0.1:
+            return
+        requests = _stats(client)["requests"] - before["requests"]
+        self.timeline.append([round(now, 4), self.counts["objects_acknowledged"], requests])
 
     def row(self, batch: Batch, status: str, *, acknowledged=0, rejected=0, attempts=0,
             reason=None) -> None:
@@ -377,6 +381,13 @@ def apply(plan: "Plan | str | os.PathLike[str]", client, ledger: "Ledger | str |
     t0 = time.monotonic()
     plan.check_approval(client.workspace)
     ledger = _open_ledger(plan, client, ledger)
+    with ledger.exclusive("apply"):
+        return _apply_locked(plan, client, ledger, t0, resend_uncertain_events, progress,
+                             partner_api_key, client_secret)
+
+
+def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertain_events: bool,
+                  progress: bool, partner_api_key, client_secret) -> SyncReport:
     _check_ledger(plan, ledger)
     batches = plan.batches()
     items = {}
@@ -495,10 +506,11 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
                 if getattr(result, "unknown_attempts", 0) and batch.kind == "events":
                     note = "resent after an unknown outcome: Braze may hold these events twice"
                 run.acknowledge(batch, rejected, attempts=result.attempts, note=note)
-            run.tick(_stats(client)["requests"] - before["requests"])
+            run.tick(client, before)
     finally:
         run.flush()
         run.group = 1
+        run.tick(client, before, last=True)
 
 
 def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner_api_key,
@@ -548,7 +560,7 @@ def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner
             # Cohort membership is a set: resending an uncertain change cannot double-count.
             outcome = error.context.get("outcome")
             run.fail(b, error, outcome="not_applied" if outcome == "unknown" else outcome)
-        run.tick(_stats(client)["requests"] - before["requests"])
+        run.tick(client, before)
 
 
 def _expected_sample(plan: Plan, run: _Run) -> list[dict]:

@@ -13,6 +13,11 @@ One SQLite file (WAL mode) per Braze workspace identity (``client.workspace``). 
 * ``changes`` — one row per state change; its count is the ledger ``version`` a plan records, so
   applying a plan made from an older picture of the workspace is refused.
 
+While sending, an acknowledged batch's state travels with its batch record (one small JSON
+write in the same transaction as its status), and is folded into ``state`` in bulk the next time
+state is read (`materialize`) — so the send loop never waits on a million B-tree inserts, and a
+crash at any point loses nothing Braze acknowledged.
+
 The ledger never stores secrets: identities, values, statuses and Braze's error texts only.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import re
 import sqlite3
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -47,9 +53,10 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS batches (
     plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
     objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT,
+    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
     PRIMARY KEY (plan, batch));
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
+CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY, plan TEXT NOT NULL, batch TEXT NOT NULL, rows INTEGER NOT NULL,
     at TEXT NOT NULL);
@@ -67,6 +74,24 @@ def _now() -> str:
 
 def _safe_name(workspace: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", workspace).strip("_") or "workspace"
+
+
+def _try_lock(handle) -> bool:
+    """Take an exclusive, non-blocking OS lock on an open file; False when another has it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def default_ledger_path(workspace: str, directory: "str | os.PathLike[str] | None" = None) -> Path:
@@ -99,6 +124,7 @@ class Ledger:
                                   hint="pass the BrazeClient, its .workspace, or path=…")
             path = default_ledger_path(workspace, directory)
         self.path = Path(path)
+        self._closed = False
         self._lock = threading.RLock()
         self._conn = self._open(timeout)
         self.workspace = self._claim(workspace)
@@ -126,6 +152,8 @@ class Ledger:
             # NORMAL keeps every committed transaction across a killed process (not power loss),
             # which is the failure the resume logic is built for.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # A million users' state is ~100 MB of B-tree: keep the hot pages in memory.
+            conn.execute("PRAGMA cache_size=-131072")
             conn.executescript(_SCHEMA)
             conn.execute("PRAGMA quick_check(1)").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -174,7 +202,35 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
+
+    @contextmanager
+    def exclusive(self, what: str = "apply"):
+        """Hold this ledger for one writer process at a time (an OS file lock next to the
+        ledger, released even when the process is killed). A second apply on the same ledger
+        raises `LedgerError` instead of sending the same batches twice."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger lock file: {exc.strerror}",
+                              file=str(lock_path), hint="make the ledger folder writable") from None
+        try:
+            if not _try_lock(handle):
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise LedgerError(
+                    f"the ledger is in use by {holder}; nothing was sent", file=str(self.path),
+                    hint="wait for the other apply to finish (a killed apply frees it at once), "
+                         "then run again: it resumes where the other one stopped")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{what} pid {os.getpid()} since {_now()}")
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # closing the descriptor releases the lock
 
     def __enter__(self) -> "Ledger":
         return self
@@ -189,6 +245,7 @@ class Ledger:
         return int(self._query("SELECT COALESCE(MAX(version), 0) FROM changes")[0][0])
 
     def fields(self) -> list[str]:
+        self.materialize()
         return [r[0] for r in self._query("SELECT DISTINCT field FROM state ORDER BY field")]
 
     def state(self, field: str) -> pd.Series:
@@ -199,6 +256,7 @@ class Ledger:
 
     def state_arrays(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """(uids, JSON values) of one field as object arrays — what the planner diffs against."""
+        self.materialize()
         rows = self._query("SELECT uid, value FROM state WHERE field = ?", (field,))
         if not rows:
             return np.empty(0, dtype=object), np.empty(0, dtype=object)
@@ -207,6 +265,7 @@ class Ledger:
 
     def user(self, uid: str) -> dict[str, Any]:
         """Everything acknowledged for one identity, decoded: ``{field: value}``."""
+        self.materialize()
         return {f: json.loads(v) for f, v in
                 self._query("SELECT field, value FROM state WHERE uid = ?", (uid,))}
 
@@ -216,20 +275,30 @@ class Ledger:
                            (int(version), excluding_plan or ""))
         return int(rows[0][0])
 
-    @staticmethod
-    def _apply_state(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str | None]],
-                     version: int) -> int:
-        sets, deletes = [], []
-        for field, uid, value in rows:
-            if value is None:
-                deletes.append((field, uid))
-            else:
-                sets.append((field, uid, value, version))
-        if sets:
+    def materialize(self) -> int:
+        """Fold acknowledged batches' pending state into ``state`` (in change order, one
+        transaction); returns how many state rows were written."""
+        if not self._query("SELECT 1 FROM batches WHERE pending IS NOT NULL LIMIT 1"):
+            return 0
+
+        def write(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT b.plan, b.batch, b.pending, c.version FROM batches b JOIN changes c "
+                "ON c.plan = b.plan AND c.batch = b.batch WHERE b.pending IS NOT NULL "
+                "ORDER BY c.version").fetchall()
+            latest: dict[tuple[str, str], tuple[str | None, int]] = {}
+            for _plan, _batch, pending, version in rows:
+                for field, uid, value in json.loads(pending):
+                    latest[(field, uid)] = (value, version)
+            sets = sorted((f, u, v, ver) for (f, u), (v, ver) in latest.items() if v is not None)
+            deletes = [(f, u) for (f, u), (v, _) in latest.items() if v is None]
             conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)", sets)
-        if deletes:
             conn.executemany("DELETE FROM state WHERE field = ? AND uid = ?", deletes)
-        return len(sets) + len(deletes)
+            conn.executemany("UPDATE batches SET pending = NULL WHERE plan = ? AND batch = ?",
+                             [(p, b) for p, b, _, _ in rows])
+            return len(sets) + len(deletes)
+
+        return self._write(write)
 
     # -- batches -------------------------------------------------------------------------
     def record_batches(self, plan: str, batches: Iterable[tuple[str, str, int, str | None]]) -> None:
@@ -277,19 +346,29 @@ class Ledger:
             if status not in BATCH_STATUSES:
                 raise ValueError(f"unknown batch status {status!r}")
 
+        encoded = [json.dumps(state, separators=(",", ":")) if state else None
+                   for _, _, state, _ in answers]
+
         def write(conn: sqlite3.Connection) -> int:
             version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchone()[0]
             now = _now()
-            for batch, status, state, reason in answers:
-                if state:
+            changes = []
+            for (batch, _, state, _), pending in zip(answers, encoded):
+                if pending is not None:
                     version += 1
-                    rows = self._apply_state(conn, state, version)
-                    conn.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?)",
-                                 (version, plan, batch, rows, now))
-            conn.executemany("UPDATE batches SET status = ?, reason = ?, answered_at = ? "
-                             "WHERE plan = ? AND batch = ?",
-                             [(status, reason, now, plan, batch)
-                              for batch, status, _, reason in answers])
+                    changes.append((version, plan, batch, len(state), now))
+            conn.executemany("INSERT INTO changes VALUES (?, ?, ?, ?, ?)", changes)
+            # a batch answered without being recorded first (a hand-made state change) gets a row
+            conn.executemany(
+                "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, recorded_at) "
+                "VALUES (?, ?, 'other', 'pending', ?, ?)",
+                [(plan, batch, len(state), now) for batch, _, state, _ in answers])
+            # pending = NULL when nothing was acknowledged, so a batch answered twice (resolve)
+            # never carries stale state
+            conn.executemany("UPDATE batches SET status = ?, reason = ?, answered_at = ?, "
+                             "pending = ? WHERE plan = ? AND batch = ?",
+                             [(status, reason, now, pending, plan, batch)
+                              for (batch, status, _, reason), pending in zip(answers, encoded)])
             return version
 
         return self._write(write)
@@ -326,17 +405,24 @@ class Ledger:
 
     # -- display -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        self.materialize()
         per_field = dict(self._query("SELECT field, COUNT(*) FROM state GROUP BY field"))
         statuses = dict(self._query("SELECT status, COUNT(*) FROM batches GROUP BY status"))
         return {"path": str(self.path), "workspace": self.workspace, "version": self.version,
                 "fields": per_field, "batches": statuses}
 
     def __repr__(self) -> str:
+        if self._closed:
+            return f"<Ledger {self.path} workspace={self.workspace!r} (closed)>"
         s = self.summary()
         return (f"<Ledger {s['path']} workspace={s['workspace']!r} version={s['version']} "
                 f"fields={len(s['fields'])} batches={sum(s['batches'].values())}>")
 
     def _repr_html_(self) -> str:
+        if self._closed:
+            return (f"<div class='toolkit-ledger'><b>Sync ledger</b> (closed) for "
+                    f"<code>{escape(str(self.workspace))}</code><br><small>"
+                    f"{escape(str(self.path))}</small></div>")
         s = self.summary()
         fields = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>"
                          for k, v in sorted(s["fields"].items()))

@@ -174,6 +174,9 @@ def _json_texts(values: np.ndarray) -> np.ndarray:
     return out
 
 
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')  # what json.dumps(ensure_ascii=False) escapes
+
+
 def _json_array(values) -> str:
     """``json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)`` for a column of
     text/None, fast: a repetitive column encodes each distinct value once."""
@@ -182,6 +185,13 @@ def _json_array(values) -> str:
         return "[]"
     codes, uniques = pd.factorize(np.asarray(values, dtype=object))
     if len(uniques) > n // 4:
+        try:
+            plain = "".join(values)
+        except TypeError:  # a None among them
+            plain = None
+        if plain is not None and not _NEEDS_ESCAPE.search(plain):
+            # identifiers: text that JSON leaves as is, so no per-value encoding is needed
+            return '["' + '","'.join(values) + '"]'
         return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
     texts = np.array([json.dumps(u, ensure_ascii=False) for u in uniques] + ["null"],
                      dtype=object)

@@ -1,0 +1,1 @@
+"""Reliability and security suite: bad inputs, approval properties, faults, crashes, secrets."""

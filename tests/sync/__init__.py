@@ -1,0 +1,1 @@
+"""Tests of the sync engine: plan, ledger, apply, verify, CLI, crash and resume."""
