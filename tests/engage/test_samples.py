@@ -12,6 +12,7 @@ import pytest
 
 import toolkit
 from toolkit.engage.csv import match_hashed
+from toolkit.engage.frames import ID_LIST_DTYPE
 
 AUDIENCES = ["dormant_shopper", "first_time_shopper", "vip_customer"]
 SAMPLE_FILES = [
@@ -54,6 +55,8 @@ def test_every_sample_loads_with_its_kind(loaded, samples, name, kind):
     assert export.profiles["segment_id"].is_unique
     for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
         assert export.profiles[c].dtype == "string"
+    for c in ("emails", "anonymous_ids"):
+        assert export.profiles[c].dtype == ID_LIST_DTYPE
     for key in export.audiences:
         assert export.profiles[key].dtype == "boolean"
 

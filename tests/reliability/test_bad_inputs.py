@@ -439,7 +439,8 @@ def test_hand_edited_plan_is_refused(tmp_path, edit, error, text):
     lambda t: t[: len(t) // 2],                                  # cut off mid-write
     lambda t: "\x00" * 64 + t,                                   # garbage in front
     lambda t: "",                                                # empty
-], ids=["truncated", "garbage_prefix", "empty"])
+    lambda t: '{"format": ' + "[" * 100_000 + "]" * 100_000 + "}",   # nested past recursion
+], ids=["truncated", "garbage_prefix", "empty", "nested_100k_deep"])
 def test_damaged_plan_file_names_the_file(tmp_path, damage):
     with BrazeSandbox(seed=5) as sb:
         path, _ = _approved_plan(tmp_path, sb)
@@ -663,3 +664,46 @@ def test_csv_reports_flag_formula_text(tmp_path):
             for row in csv.reader(fh):
                 live += [(p.name, cell) for cell in row if cell.startswith(FORMULA_START)]
     assert not live, f"CSV cells a spreadsheet would evaluate: {live[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-edited or damaged sync reports (the input of `verify`)
+
+
+def _saved_report(tmp: Path, sb: BrazeSandbox) -> tuple[Path, dict]:
+    client = BrazeClient.for_sandbox(sb)
+    exp = toolkit.load(w(tmp / "vip_customer.csv", GOOD_CSV))
+    with Ledger(client, directory=tmp) as ledger:
+        p = toolkit.plan(exp, Mapping.from_export(exp), ledger, workspace=client,
+                         create_users=True, event_time=SNAPSHOT)
+        p.approve(by="tester", expires_in="1h")
+        report = toolkit.apply(p, client, ledger, progress=False)
+    client.close()
+    path = report.save(tmp / "report.json")
+    return path, json.loads(path.read_text())
+
+
+REPORT_EDITS = [
+    ("expected_not_objects", lambda d: d.update(expected=[1, "a", None])),
+    ("expected_identifier_missing", lambda d: [e.pop("identifier") for e in d["expected"]]),
+    ("expected_values_not_objects", lambda d: [e.update(attributes=[1]) for e in d["expected"]]),
+    ("nested_100k_deep", None),
+]
+
+
+@pytest.mark.parametrize("edit", [e[1] for e in REPORT_EDITS], ids=[e[0] for e in REPORT_EDITS])
+def test_hand_edited_report_is_refused_before_reading_braze(tmp_path, edit):
+    with BrazeSandbox(seed=5) as sb:
+        path, data = _saved_report(tmp_path, sb)
+        if edit is None:
+            path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        else:
+            edit(data)
+            path.write_text(json.dumps(data))
+        before = len(sb.request_log())
+        client = BrazeClient.for_sandbox(sb)
+        _, error, seconds, _ = bounded(lambda: toolkit.verify(str(path), client, sample=10))
+        client.close()
+        assert len(sb.request_log()) == before, "a refused report must read nothing from Braze"
+    assert isinstance(error, ToolkitError), f"{type(error).__name__}: {error}"
+    assert error.file == str(path) and seconds < MAX_SECONDS

@@ -314,3 +314,19 @@ def test_planning_a_large_export_is_vectorised(tmp_path):
         second = time.perf_counter() - t
     assert again.is_empty
     assert first < 20 and second < 20, (first, second)
+
+
+def test_trait_event_values_braze_would_refuse_are_findings(led):
+    export = make_export(10)
+    profiles = export.profiles.copy()
+    profiles.loc[2, "last_product_viewed_item"] = "z" * 256
+    export = type(export)(profiles=profiles, computations=export.computations,
+                          snapshot_at=export.snapshot_at)
+    mapping = Mapping.from_export(export).set("last_product_viewed_item", send_as="event")
+    p = plan(export, mapping, led)
+    assert p.findings.of("invalid_value")
+    events = p.operations[p.operations["rule"] == "last_product_viewed_item"]
+    assert "external_id:u00002" not in set(events["uid"])
+    assert all("z" * 256 not in v for v in events["value"])
+    assert list(p.left_out.loc[p.left_out["code"] == "invalid_value", "uid"]) == [
+        "external_id:u00002"]

@@ -79,20 +79,25 @@ def _list_series(arr: pa.Array | pa.ChunkedArray, index: pd.Index | None = None)
 
 
 def as_text(column) -> pa.ChunkedArray:
-    """A pyarrow text column (chunks kept, no copy) from a Series or a pyarrow array."""
+    """A pyarrow text column (chunks kept, no copy) from a Series or a pyarrow array; pandas'
+    large_string stays as it is."""
     if isinstance(column, pd.Series):
         column = pa.array(column.array)
     if isinstance(column, pa.Array):
         column = pa.chunked_array([column])
-    return column if column.type == pa.string() else pc.cast(column, pa.string())
+    if column.type in (pa.string(), pa.large_string()):
+        return column
+    return pc.cast(column, pa.string())
 
 
 def _text_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, bytes) of a text array as numpy views; offsets rebased to the bytes' start."""
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    """(offsets, bytes) of a text array as numpy views: the values' offsets into the whole
+    data buffer, and the bytes they span."""
+    width = np.int64 if arr.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
     data = arr.buffers()[2]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return offsets - offsets[0], data[offsets[0]:offsets[-1]]
+    return offsets, data[offsets[0]:offsets[-1]]
 
 
 def byte_lengths(column: pa.ChunkedArray) -> np.ndarray:
@@ -103,9 +108,9 @@ def byte_lengths(column: pa.ChunkedArray) -> np.ndarray:
 
 def may_need_trim(column: pa.ChunkedArray) -> bool:
     """Whether some value may start or end with whitespace: any byte ≤ 0x20 or non-ASCII (as
-    Unicode spaces are) anywhere. Conservative, and two vectorised reductions instead of a
-    trimming pass that copies every value."""
-    return any(len(data) and (data.min() <= 32 or data.max() >= 128)
+    Unicode spaces are) anywhere. Conservative, and one vectorised reduction instead of a
+    trimming pass that copies every value: read as signed bytes, non-ASCII ones are negative."""
+    return any(len(data) and data.view(np.int8).min() <= 32
                for data in (_text_buffers(arr)[1] for arr in column.chunks))
 
 
@@ -118,19 +123,16 @@ def may_have_upper(column: pa.ChunkedArray) -> bool:
 def id_lists_from_arrow(columns: Sequence[pa.Array | pa.ChunkedArray | pd.Series], n: int,
                         index: pd.Index | None = None) -> pd.Series:
     """Per row, the distinct non-missing values of `columns` in column order, as a contract
-    identifier-list column; built chunk by chunk with pyarrow/numpy, no Python object per row."""
+    identifier-list column; built with pyarrow/numpy, no Python object per row."""
     if not columns:
         offsets = np.zeros(n + 1, dtype=np.int32)
         return _list_series(pa.ListArray.from_arrays(offsets, pa.array([], pa.string())), index)
-    table = pa.Table.from_arrays([as_text(c) for c in columns],
-                                 names=[str(i) for i in range(len(columns))])
-    chunks = [_id_lists_chunk(batch.columns) for batch in table.to_batches() if batch.num_rows]
-    return _list_series(pa.chunked_array(chunks, type=ID_LIST_TYPE), index)
-
-
-def _id_lists_chunk(cols: list[pa.Array]) -> pa.ListArray:
-    n = len(cols[0])
-    cols = [c for j, c in enumerate(cols) if j == 0 or c.null_count < n]  # skip empty columns
+    texts = [t if t.type == pa.string() else t.cast(pa.string())
+             for t in (as_text(c) for c in columns)]
+    cols = texts[:1] + [t for t in texts[1:] if t.null_count < len(t)]  # skip empty columns
+    if len(cols) == 1:  # chunk by chunk, sharing the column's bytes
+        return _list_series(pa.chunked_array([_one_id_list(arr) for arr in cols[0].chunks],
+                                             type=ID_LIST_TYPE), index)
     keep = []
     for j, col in enumerate(cols):
         mask = pc.is_valid(col)
@@ -142,17 +144,19 @@ def _id_lists_chunk(cols: list[pa.Array]) -> pa.ListArray:
         counts += mask
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
-    if len(cols) == 1:
-        values = _non_null(cols[0], keep[0])
-    else:  # where each kept value goes: its row's start, after the row's earlier columns
-        source = np.empty(int(offsets[-1]), dtype=np.int64)
-        before = np.zeros(n, dtype=np.int32)
-        for j, mask in enumerate(keep):
-            rows = np.flatnonzero(mask)
-            source[offsets[rows] + before[rows]] = j * n + rows
-            before += mask
-        values = pa.concat_arrays(cols).take(pa.array(source))
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
+    # the kept cells row by row, columns in order, as positions in the columns one after another
+    row, j = np.divmod(np.flatnonzero(np.column_stack(keep).ravel()), len(cols))
+    source = j * n + row
+    values = pa.chunked_array([c for col in cols for c in col.chunks], type=pa.string())
+    values = values.take(pa.array(source)).combine_chunks()
+    return _list_series(pa.ListArray.from_arrays(pa.array(offsets), values), index)
+
+
+def _one_id_list(arr: pa.Array) -> pa.ListArray:
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(arr) + 1, dtype=np.int32)
+    np.cumsum(valid, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), _non_null(arr, valid))
 
 
 def _non_null(arr: pa.Array, valid: np.ndarray) -> pa.Array:
@@ -160,8 +164,10 @@ def _non_null(arr: pa.Array, valid: np.ndarray) -> pa.Array:
     and compute kernels leave them) the result shares `arr`'s bytes: only offsets are new."""
     if not arr.null_count:
         return arr
+    if arr.type != pa.string() or arr.buffers()[2] is None:
+        return arr.drop_null()
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    if (np.diff(offsets)[~valid]).any() or arr.buffers()[2] is None:
+    if (np.diff(offsets)[~valid]).any():
         return arr.drop_null()
     kept = np.append(offsets[:-1][valid], offsets[-1]).astype(np.int32)
     return pa.Array.from_buffers(pa.string(), len(kept) - 1,
@@ -209,14 +215,16 @@ def has_duplicates(values) -> bool:
 
 def _all_distinct(prints: np.ndarray) -> bool:
     """Whether 64-bit fingerprints all differ. A million go first through a radix pass on their
-    top byte, so that each part's hash table fits in the CPU cache: twice as fast as one table."""
+    top 4 bits, so that each of the 16 parts' hash tables is small enough for the CPU cache:
+    twice as fast as one big table."""
     if len(prints) < 1 << 16:
         return pd.Index(prints).is_unique
-    top = (prints >> np.uint64(56)).astype(np.uint8)
+    top = (prints >> np.uint64(60)).astype(np.uint8)
     ordered = prints[np.argsort(top, kind="stable")]  # a stable sort of bytes is a radix sort
-    bounds = np.zeros(257, dtype=np.int64)
-    np.cumsum(np.bincount(top, minlength=256), out=bounds[1:])
-    return all(pd.Index(ordered[a:b]).is_unique for a, b in zip(bounds[:-1], bounds[1:]))
+    bounds = np.zeros(17, dtype=np.int64)
+    np.cumsum(np.bincount(top, minlength=16), out=bounds[1:])
+    return all(pd.Index(ordered[a:b]).is_unique
+               for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
 def _fingerprints(arr: pa.Array) -> np.ndarray | None:
@@ -237,12 +245,18 @@ def _fingerprints(arr: pa.Array) -> np.ndarray | None:
         words = [np.ndarray((n,), dtype="<u8", buffer=data, offset=k, strides=(longest,))
                  for k in starts]
     else:
-        width = max(8, -(-longest // 8) * 8)
-        padded = np.zeros((n, width), dtype=np.uint8)  # each value left-aligned, zero padded
-        # a boolean mask assigns in row-major order: exactly the buffer's byte order
-        padded[np.arange(width) < lengths[:, None]] = data
-        wide = padded.view(np.uint64)
-        words = [wide[:, j] for j in range(wide.shape[1])]
+        # variable width: word j of a value is the 8 bytes at its start + 8j, the last one
+        # ending at its end (so every byte is covered), read from a view holding the 8 bytes
+        # at every byte position; values under 8 bytes keep only their own low bytes
+        padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+        at = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+        starts = offsets[:-1] - offsets[0]
+        last = np.maximum(lengths - 8, 0)
+        short = lengths < 8
+        keep = np.where(short, (np.uint64(1) << (np.minimum(lengths, 7) * 8).astype(np.uint64))
+                        - np.uint64(1), ~np.uint64(0))
+        words = [at[starts + np.minimum(8 * j, last)] & keep
+                 for j in range(max(1, -(-longest // 8)))]
     for word in words:
         out ^= word
         out *= _MIX[1]

@@ -43,10 +43,12 @@ def row_findings(findings: "Findings", severity: str, code: str, items: list[tup
     """Record one finding per (position, message), capped, plus a summary past the cap.
     `total`: how many rows are concerned when `items` lists only the first of them."""
     total = len(items) if total is None else total
-    for position, message in items[:MAX_ROW_FINDINGS]:
+    listed = items[:MAX_ROW_FINDINGS]
+    sids = (segment_ids.take([int(position) for position, _ in listed]).tolist()
+            if segment_ids is not None else [None] * len(listed))
+    for (position, message), sid in zip(listed, sids):
         # rows=False: positions do not map to one file's rows (a merged export)
         row = None if rows is False else int(rows[position]) if rows is not None else position + 1
-        sid = segment_ids.iloc[position] if segment_ids is not None else None
         findings.add(severity, code, message, row=row, column=column, fix=fix,
                      segment_id=None if sid is None or sid is pd.NA else str(sid))
     if total > MAX_ROW_FINDINGS:
@@ -144,6 +146,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
         if t.value_type == "string" and key in p:
             # a value of ≤255 bytes has ≤255 characters: count characters only past that
             text = as_text(p[key])
+            if (pc.max(pc.binary_length(text)).as_py() or 0) <= BRAZE_MAX_STRING:
+                continue  # nothing over 255 bytes, so nothing over 255 characters
             candidates = np.flatnonzero(byte_lengths(text) > BRAZE_MAX_STRING)
             chars = pc.utf8_length(text.take(pa.array(candidates))).to_numpy(zero_copy_only=False)
             long = candidates[chars > BRAZE_MAX_STRING]

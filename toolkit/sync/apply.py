@@ -8,7 +8,9 @@ plan after a crash skips acknowledged batches, resends attribute batches whose o
 (setting a value twice is harmless), and never resends an event batch whose outcome is unknown
 unless ``resend_uncertain_events=True`` — Braze would count those events twice. Per-object
 rejects (``errors[].index``) are mapped back to profiles and fields; they stay out of the ledger,
-so the next plan offers them again.
+so the next plan offers them again. One apply at a time holds a ledger (`Ledger.exclusive`), so
+a scheduled run and a manual run of the same plan cannot both send it. Attribute batches are
+marked and committed in small groups (resending one is harmless), event batches one by one.
 """
 from __future__ import annotations
 

@@ -507,7 +507,16 @@ def _plan_trait_events(b: _Builder, rule, export) -> None:
     comp = export.computation(rule.key) if hasattr(export, "computation") else {}
     conv = braze_rules.convert(b.profiles[rule.key], comp.get("value_type", "string"))
     values = braze_rules.to_json_values(conv)
-    values[conv.invalid.to_numpy(dtype=bool)] = pd.NA
+    refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
+    if refused.any():
+        values[refused] = pd.NA
+        b.leave_out(refused, rule=rule.key, code="invalid_value",
+                    reason=f"a {rule.trait_event!r} property value Braze would refuse")
+        b.findings.add("error", "invalid_value",
+                       f"{int((refused & b.syncable).sum()):,} value(s) of {rule.key!r} would be "
+                       f"refused by Braze as a {rule.trait_event!r} property (too long, wrong "
+                       "type or format); left out", column=rule.key,
+                       fix="fix the values in Segment (strings at most 255 characters)")
     texts = _json_texts(values)
     field = f"trait:{rule.key}"
     prev = b.previous(field)

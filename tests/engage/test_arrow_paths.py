@@ -1,0 +1,162 @@
+"""The vectorised million-row paths of the Engage readers agree with plain-Python references:
+identifier lists, duplicate detection, list unions, predicted column types and the checks that
+skip work when nothing can be found."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import toolkit
+from toolkit.engage.frames import (ID_LIST_DTYPE, has_duplicates, id_lists, id_lists_from_arrow,
+                                   may_need_trim, union_id_lists)
+
+
+def _random_text(rng: random.Random, n: int, *, null_rate=0.2, max_len=20, alphabet="ab ") -> list:
+    return [None if rng.random() < null_rate else
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, max_len)))
+            for _ in range(n)]
+
+
+def _chunked(values: list, sizes=(7, 1, 30)) -> pa.ChunkedArray:
+    chunks, i = [], 0
+    while i < len(values):
+        size = sizes[len(chunks) % len(sizes)]
+        chunks.append(pa.array(values[i:i + size], type=pa.string()))
+        i += size
+    return pa.chunked_array(chunks, type=pa.string())
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_id_lists_match_the_python_reference(width):
+    rng = random.Random(width)
+    n = 400
+    columns = [_random_text(rng, n, null_rate=0.3 + 0.2 * j, max_len=2) for j in range(width)]
+    got = id_lists_from_arrow([_chunked(c) for c in columns], n)
+    want = [list(dict.fromkeys(v for v in row if v is not None)) for row in zip(*columns)]
+    assert got.dtype == ID_LIST_DTYPE
+    assert got.tolist() == want
+
+
+def test_id_lists_with_no_columns_or_only_empty_extra_columns():
+    assert id_lists_from_arrow([], 3).tolist() == [[], [], []]
+    empty = pa.chunked_array([pa.array([None, None, None], pa.string())])
+    first = pa.chunked_array([pa.array(["a", None, "b"])])
+    assert id_lists_from_arrow([first, empty], 3).tolist() == [["a"], [], ["b"]]
+    assert id_lists_from_arrow([empty, first], 3).tolist() == [["a"], [], ["b"]]
+
+
+def test_id_lists_from_python_values():
+    got = id_lists([("a", "b", "a"), None, [], "c", np.array(["d", None], dtype=object)])
+    assert got.dtype == ID_LIST_DTYPE
+    assert got.tolist() == [["a", "b"], [], [], ["c"], ["d"]]
+
+
+@pytest.mark.parametrize("case", ["short", "fixed", "long", "sliced", "large_string", "big"])
+def test_has_duplicates_matches_the_python_reference(case):
+    rng = random.Random(sum(map(ord, case)))
+    if case == "fixed":      # every value the same width, like Segment ids
+        values = [f"use_{rng.randrange(10**6):027d}" for _ in range(3000)]
+    elif case == "long":     # too long for fingerprints: pyarrow's hash table decides
+        values = ["x" * 200 + str(rng.randrange(400)) for _ in range(300)]
+    elif case == "big":      # enough values for the partitioned check
+        values = [f"u_{i}" for i in range(70_000)]
+    else:
+        values = _random_text(rng, 3000, max_len=6, alphabet="ab\x00")
+    distinct = [v for v in dict.fromkeys(v for v in values if v is not None)]
+    for sample in (values, distinct + [None, None]):
+        arr = _chunked(sample)
+        if case == "sliced":
+            arr = pa.chunked_array([pa.array(["pad", *sample])[1:]])
+        if case == "large_string":
+            arr = arr.cast(pa.large_string())
+        present = [v for v in sample if v is not None]
+        assert has_duplicates(arr) == (len(set(present)) < len(present)), case
+    if case == "big":
+        assert has_duplicates(pa.array(values + [values[12_345]]))
+
+
+def test_union_id_lists_merges_in_row_then_list_order():
+    lists = id_lists([["a", "b"], ["c"], ["b", "d"], [], ["e"]])
+    codes = np.array([0, 1, 0, -1, 1])  # -1: a row in no group
+    assert union_id_lists(lists, codes, 2).tolist() == [["a", "b", "d"], ["c", "e"]]
+
+
+def test_may_need_trim_is_conservative():
+    assert not may_need_trim(pa.chunked_array([pa.array(["a@x.com", None])]))
+    assert may_need_trim(pa.chunked_array([pa.array(["a@x.com "])]))
+    assert may_need_trim(pa.chunked_array([pa.array(["\u00a0a@x.com"])]))  # a Unicode space
+
+
+def test_every_reader_gives_identifier_lists_as_arrow_lists(samples):
+    export = toolkit.load(samples / "events" / "engage_events.ndjson.gz")
+    frame = toolkit.load(export.profiles.drop(columns=["emails"]))
+    merged = toolkit.engage.readers.merge([export, frame])
+    for p in (export.profiles, frame.profiles, merged.profiles):
+        for column in ("emails", "anonymous_ids"):
+            assert p[column].dtype == ID_LIST_DTYPE
+    assert all(list(e)[:1] == ([m] if m is not pd.NA else [])
+               for e, m in zip(frame.profiles["emails"], frame.profiles["email"]))
+
+
+def test_padded_identifiers_are_trimmed_and_blank_ones_missing(write):
+    text = ("key,user_id,email,email_1\n"
+            " use_1 ,u_1, Ana@X.com ,   \n"
+            "use_2,u_2,b@x.com,B@x.com\n")
+    p = toolkit.load(write("dormant_shopper.csv", text)).profiles
+    assert p["segment_id"].tolist() == ["use_1", "use_2"]
+    assert p["email"].tolist() == ["ana@x.com", "b@x.com"]
+    assert p["emails"].tolist() == [["ana@x.com"], ["b@x.com"]]  # lower-cased, then distinct
+
+
+def _formatted_csv(rows: int, value, when) -> str:
+    lines = ["key,user_id,total_revenue_180_days,last_order_at"]
+    for i in range(rows):
+        lines.append(f"use_{i:08d},u_{i},{value(i)},{when(i)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_predicted_number_column_with_a_late_misfit_still_reports_drift(write):
+    # the type is decided from the first 2,000 values; row 3000 is text in a number column
+    text = _formatted_csv(3500, lambda i: "oops" if i == 2999 else f"{i}.5",
+                          lambda i: "2025-03-01T10:00:00Z")
+    export = toolkit.load(write("vip_customer.csv", text))
+    p = export.profiles
+    assert p["total_revenue_180_days"].dtype == "Float64"
+    assert p["total_revenue_180_days"].isna().tolist().count(True) == 1
+    assert pd.isna(p.loc[2999, "total_revenue_180_days"])
+    (drift,) = export.findings.of("type_drift")
+    assert drift.row == 3000 and drift.column == "total_revenue_180_days"
+
+
+def test_predicted_datetime_column_accepts_a_late_date_without_zone(write):
+    text = _formatted_csv(3000, lambda i: "1",
+                          lambda i: "2025-03-01T10:00:00" if i == 2500 else "2025-03-01T10:00:00Z")
+    export = toolkit.load(write("vip_customer.csv", text))
+    dates = export.profiles["last_order_at"]
+    assert str(dates.dtype) == "datetime64[ns, UTC]"
+    assert dates.notna().all() and dates.nunique() == 1
+    assert not export.findings.of("invalid_date") and not export.findings.of("type_drift")
+
+
+def test_shared_user_id_found_in_a_large_export(write):
+    text = _formatted_csv(70_000, lambda i: "1", lambda i: "2025-03-01T10:00:00Z")
+    text = text.replace("use_00069999,u_69999,", "use_00069999,u_5,")
+    export = toolkit.load(write("vip_customer.csv", text))
+    (shared,) = export.findings.of("duplicate_user_id")
+    assert "u_5" in shared.message and shared.row == 6
+    # every value fitted the predicted types: parsed by the CSV reader itself
+    assert (export.profiles["total_revenue_180_days"] == 1.0).all()
+    assert str(export.profiles["last_order_at"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_long_strings_found_past_the_byte_prefilter(write):
+    long_ascii, long_accents, short_accents = "x" * 300, "é" * 256, "é" * 200  # 400 bytes
+    text = f"key,user_id,note\nuse_1,u_1,{long_ascii}\nuse_2,u_2,{long_accents}\nuse_3,u_3,{short_accents}\n"
+    export = toolkit.load(write("vip_customer.csv", text))
+    found = export.findings.of("long_string")
+    assert [f.row for f in found] == [1, 2]
+    assert "256 characters" in found[1].message
