@@ -181,7 +181,10 @@ class RateLimiter:
             if w.limit is None:
                 return True, []
             if now >= w.start + w.period:
-                w.start, w.used = now, 0
+                # Windows are aligned to the epoch, so a whole-second period resets exactly at the
+                # whole UTC second the x-ratelimit-reset header names (braze-api.md §1.7); an
+                # unaligned window would make clients that honour the header wait up to 1 s extra.
+                w.start, w.used = now - (now % w.period), 0
             allowed = w.used < w.limit
             if allowed and consume:
                 w.used += 1
