@@ -433,20 +433,35 @@ class BrazeClient:
             page += 1
 
     # ---------------------------------------------------------------------- partner cohorts
+    def partner_credentials(self, partner_api_key: "str | Secret | None" = None,
+                            client_secret: "str | Secret | None" = None, *,
+                            required: bool = True) -> "tuple[Secret, Secret] | None":
+        """The partner cohort credentials as Secrets, from the arguments, then
+        ``BRAZE_PARTNER_API_KEY`` / ``BRAZE_DATA_IMPORT_KEY`` (env or ``.env``), then the sandbox
+        this client was made for. Not configured: ConfigError, or None when not ``required``
+        (a plan must never prompt for them)."""
+        partner_api_key = partner_api_key or self._partner_defaults.get("partner_api_key")
+        client_secret = client_secret or self._partner_defaults.get("client_secret")
+        interactive = self._interactive if required else False
+        try:
+            key = resolve_secret(partner_api_key, name="Braze partner API key",
+                                 env_var="BRAZE_PARTNER_API_KEY", env_file=self._env_file,
+                                 interactive=interactive)
+            secret = resolve_secret(client_secret, name="Braze data import key (client_secret)",
+                                    env_var="BRAZE_DATA_IMPORT_KEY", env_file=self._env_file,
+                                    interactive=interactive)
+        except ConfigError:
+            if required:
+                raise
+            return None
+        return key, secret
+
     def cohort(self, partner_api_key: "str | Secret | None" = None,
                client_secret: "str | Secret | None" = None, *,
                partner: str = "segment") -> "CohortClient":
-        """A client for the partner cohort endpoints (``/partners/<partner>/cohorts…``). Keys
-        come from the arguments, ``BRAZE_PARTNER_API_KEY`` / ``BRAZE_DATA_IMPORT_KEY`` (env or
-        ``.env``), or the sandbox this client was made for."""
-        partner_api_key = partner_api_key or self._partner_defaults.get("partner_api_key")
-        client_secret = client_secret or self._partner_defaults.get("client_secret")
-        key = resolve_secret(partner_api_key, name="Braze partner API key",
-                             env_var="BRAZE_PARTNER_API_KEY", env_file=self._env_file,
-                             interactive=self._interactive)
-        secret = resolve_secret(client_secret, name="Braze data import key (client_secret)",
-                                env_var="BRAZE_DATA_IMPORT_KEY", env_file=self._env_file,
-                                interactive=self._interactive)
+        """A client for the partner cohort endpoints (``/partners/<partner>/cohorts…``), with
+        the keys `partner_credentials` finds."""
+        key, secret = self.partner_credentials(partner_api_key, client_secret)
         return CohortClient(self, key, secret, partner=partner)
 
     # ---------------------------------------------------------------------------- transport

@@ -237,12 +237,11 @@ def _partner_credentials(partner_api_key, client_secret, client=None):
     """Partner cohort credentials as Secrets, or None when either is not configured. Looked up
     in the arguments, then BRAZE_PARTNER_API_KEY / BRAZE_DATA_IMPORT_KEY (environment or .env),
     then the sandbox a client was made for — never by prompting."""
+    if hasattr(client, "partner_credentials"):
+        return client.partner_credentials(partner_api_key, client_secret, required=False)
     from toolkit.errors import ConfigError
     from toolkit.secrets import resolve_secret
 
-    defaults = getattr(client, "_partner_defaults", None) or {}
-    partner_api_key = partner_api_key or defaults.get("partner_api_key")
-    client_secret = client_secret or defaults.get("client_secret")
     try:
         key = resolve_secret(partner_api_key, name="partner API key",
                              env_var="BRAZE_PARTNER_API_KEY", interactive=False)
