@@ -1,12 +1,13 @@
 """Benchmark `toolkit.load` on a 1M-profile formatted audience CSV against a bare
 ``pandas.read_csv(engine="pyarrow")`` of the same file, in the same run.
 
-    python bench/bench_load.py [--profiles 1000000] [--repeat 3]
+    python bench/bench_load.py [--profiles 1000000] [--repeat 5]
 
 Generates the file once into data/large/ (gitignored) with data/samples/generate.py, then times
-both readers (best of --repeat, alternating) and measures each one's peak memory in a fresh
-child process (ru_maxrss, so pyarrow's allocations count too). Prints the time ratio; the target
-is toolkit.load ≤ 1.5× the bare read, since the loader also types, collapses and validates.
+both readers (best of --repeat, alternating, so a busy machine slows both alike) and measures
+each one's peak memory in a fresh child process (ru_maxrss, so pyarrow's allocations count
+too). Prints the time ratio; the target is toolkit.load ≤ 1.5× the bare read, since the loader
+also types, collapses and validates.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def peak_memory_mb(which: str, path: Path) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import pandas as pd

@@ -114,7 +114,7 @@ def test_sample_scenarios_are_present(loaded):
     assert len(backfill) > 500
     share = nd.identifier_coverage()["anonymous_only"] / len(nd.profiles)
     assert 0.04 < share < 0.09
-    assert (nd.profiles["emails"].map(len) > 1).sum() > 100
+    assert (nd.profiles["emails"].list.len() > 1).sum() > 100
     assert loaded["audience_csv/legacy/dormant_shopper.csv"].findings.of("repaired_quotes")
     assert {"separator", "bom"} <= set(loaded["audience_csv/formatted/vip_customer.csv"]
                                        .findings.counts())

@@ -14,8 +14,12 @@ Columns of a formatted CSV named after an external id type (``user_id``, ``email
 ``anonymous_id``…, see `frames.EXTERNAL_ID_TYPES`) are identifiers; every other column except
 ``key`` and ``external_ids`` is a trait and becomes a trait computation. A column named after the
 audience itself, when present, gives the membership value instead of "every row is a member".
-The formatted path reads with pyarrow's multithreaded CSV reader, all columns as text, and types
-trait columns vectorised (see `frames.type_string_column`).
+The formatted path reads with pyarrow's multithreaded CSV reader. Trait columns whose first
+2,000 values (`frames.TYPE_SAMPLE`, taken from the file's first megabyte) are numbers or zoned
+ISO-8601 dates are parsed by the reader itself; should any later value not fit, the file is read
+again all as text and typed vectorised (see `frames.type_string_column`), which reports the
+misfits. Identifiers stay in Arrow until the final DataFrame; ``emails`` / ``anonymous_ids`` are
+pyarrow list columns.
 """
 from __future__ import annotations
 
@@ -37,9 +41,9 @@ import pyarrow.csv as pacsv
 
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
-                                   identifier_frame, in_parallel, may_have_upper, may_need_trim,
+                                   identifier_frame, may_have_upper, may_need_trim,
                                    sample_kind, type_python_values, type_string_column,
-                                   union_id_lists)
+                                   union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import ExportFormatError
 
@@ -407,37 +411,46 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
     value may be a callable returning the `Typed`, run alongside the identifier work."""
     if seg is not None:
         seg = as_text(seg)
-        if may_need_trim(seg):
+        trimmed = may_need_trim(seg)
+        if trimmed:
             seg = pc.utf8_trim_whitespace(seg)
-        missing = pc.fill_null(pc.equal(seg, ""), True)
-        if pc.any(missing).as_py():
+        # empty cells read as null: only trimming can leave an empty key
+        if seg.null_count or trimmed and pc.any(pc.equal(seg, "")).as_py():
+            missing = pc.fill_null(pc.equal(seg, ""), True)
             raise ExportFormatError(
                 "a row has no profile key", file=str(path),
                 line=int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]) + 2,
                 column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
-    # independent million-row passes, spread over the cores; `typed` may hold deferred typing
     pending = [k for k, t in typed.items() if callable(t)]
-    users_repeat, seg_repeats, emails, anonymous_ids, *done = in_parallel(
-        lambda: user_id is not None and has_duplicates(user_id),
-        lambda: seg is not None and has_duplicates(seg),
-        lambda: ids.all("email"), lambda: ids.all("anonymous_id"),
-        *(typed[k] for k in pending))
-    typed = {**typed, **dict(zip(pending, done))}
-    frame = identifier_frame(seg, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
-                             pd.RangeIndex(ids.n), email_lowered=True)
-    if seg is None:
-        seg = as_text(derived_segment_id(frame["user_id"], frame["email"], frame["anonymous_id"]))
-        frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
-        seg_repeats = has_duplicates(seg)
-    rows = np.arange(1, ids.n + 1)
-    if seg_repeats:
-        frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
-        users_repeat = None  # merged profiles: check their user_ids again
-    return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                    source=_source(path, kind), findings=findings, rows=rows,
-                    duplicate_user_ids=users_repeat)
+    with worker_pool() as pool:
+        # independent million-row passes spread over the cores (pyarrow and numpy release the
+        # GIL), submitted in the order their results are needed; the user_id check is needed
+        # last, by the validation, so it overlaps building the frame
+        emails = pool.submit(ids.all, "email")
+        seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
+        anonymous_ids = pool.submit(ids.all, "anonymous_id")
+        users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
+        done = [pool.submit(typed[k]) for k in pending]
+        typed = {**typed, **{k: future.result() for k, future in zip(pending, done)}}
+        frame = identifier_frame(seg, user_id, email, anonymous_id, braze_id, emails.result(),
+                                 anonymous_ids.result(), pd.RangeIndex(ids.n), email_lowered=True)
+        if seg is None:
+            seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
+                                             frame["anonymous_id"]))
+            frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
+            repeats = has_duplicates(seg)
+        else:
+            repeats = seg_repeats.result()
+        rows = np.arange(1, ids.n + 1)
+        user_check = users_repeat.result if users_repeat is not None else False
+        if repeats:
+            frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
+            user_check = None  # merged profiles: check their user_ids again
+        return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                        source=_source(path, kind), findings=findings, rows=rows,
+                        duplicate_user_ids=user_check)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,

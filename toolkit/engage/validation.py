@@ -17,7 +17,7 @@ finding gives the total, so a million-row export stays readable and fast.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -63,9 +63,10 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray | None = None,
-          duplicate_user_ids: bool | None = None) -> None:
+          duplicate_user_ids: bool | Callable[[], bool] | None = None) -> None:
     """Run every check on `export`, appending to `export.findings`. `duplicate_user_ids`:
-    whether some user_id repeats, when the caller has already found out (None: look)."""
+    whether some user_id repeats, when the caller has already found out, or a callable asked
+    when needed (None: look)."""
     p = export.profiles
     f = export.findings
     sid = p["segment_id"]
@@ -77,10 +78,12 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   f"name ({'over 255 characters' if len(key) > 255 else 'starts with $'})",
                   column=key[:255], fix="rename the attribute in the mapping (Rule.attribute)")
 
-    hashed = sid.str.startswith("sha256:").fillna(False)
-    usable = p["user_id"].notna() | p["braze_id"].notna()
-    anonymous = (~usable & p["email"].isna() & p["anonymous_id"].notna()).to_numpy()
-    email_only = (~usable & p["email"].notna()).to_numpy()
+    hashed = pc.fill_null(pc.starts_with(as_text(sid), "sha256:"), False)
+    present = {c: p[c].notna().to_numpy() for c in ("user_id", "braze_id", "email",
+                                                     "anonymous_id")}
+    unusable = ~(present["user_id"] | present["braze_id"])
+    anonymous = unusable & ~present["email"] & present["anonymous_id"]
+    email_only = unusable & present["email"]
     anonymous_at = np.flatnonzero(anonymous)
     row_findings(f, "error", "anonymous_only",
                  [(i, "profile has only anonymous ids; Braze cannot address it")
@@ -91,13 +94,16 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
         f.add("info", "email_only",
               f"{int(email_only.sum()):,} profiles have an email but no user_id or braze_id",
               column="email", fix="sync them by email (opt in) or identify them with a userId")
-    if hashed.any():
+    hashed_count = pc.sum(hashed).as_py() or 0
+    if hashed_count:
         f.add("error", "hashed_identifier",
-              f"{int(hashed.sum()):,} profiles are known only by a SHA-256 hash; Braze cannot use "
+              f"{hashed_count:,} profiles are known only by a SHA-256 hash; Braze cannot use "
               "a hash as an identifier", column="segment_id",
               fix="match the hashes against a clear-text export (csv.match_hashed) or download "
                   "the audience with raw identifiers")
 
+    if callable(duplicate_user_ids):
+        duplicate_user_ids = duplicate_user_ids()
     if duplicate_user_ids is None:
         duplicate_user_ids = has_duplicates(p["user_id"])
     if duplicate_user_ids:
