@@ -14,12 +14,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: the guided sync of the bundled sample against the built-in Braze sandbox.
+# The main job: the guided sync of the bundled sample against the built-in Braze sandbox, in
+# JupyterLab (the wizard in notebooks/03_guided_sync.ipynb); HEADLESS=1 runs the same steps in the
+# terminal and prints the plan, the sync report and the verification.
 demo: $(STAMP)
+ifeq ($(HEADLESS),1)
 	$(PY) -m toolkit demo
+else
+	$(VENV)/bin/jupyter lab notebooks/03_guided_sync.ipynb
+endif
 
 # Every test: unit, sandbox integration, widget, reliability, and every notebook under nbval.
 test: $(STAMP)
+	bash scripts/install-browser.sh
 	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 bench: $(STAMP)

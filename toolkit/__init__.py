@@ -33,6 +33,8 @@ _PUBLIC: dict[str, str] = {
     # Braze side
     "BrazeClient": "toolkit.braze.client",
     "BrazeSandbox": "toolkit.sandbox.server",
+    # notebook front
+    "GuidedSync": "toolkit.notebook.wizard",
     # errors
     "ToolkitError": "toolkit.errors",
     "ExportFormatError": "toolkit.errors",

@@ -67,6 +67,10 @@ def _copy_without_outputs(source: Path, target: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            # CI installs Chromium (make test runs scripts/install-browser.sh): a skip there
+            # would hide a broken install step.
+            pytest.fail(f"{CHROMIUM} is missing in CI; scripts/install-browser.sh did not install it")
         pytest.skip(f"{CHROMIUM} is not installed (run scripts/install-browser.sh as root)")
     home = tmp_path_factory.mktemp("lab")
     work = home / "work"

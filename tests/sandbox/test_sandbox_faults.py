@@ -126,12 +126,15 @@ def test_rate_limit_headers_and_429(make_api):
     assert body == {"message": "Rate Limited"}
     reset = int(headers["x-ratelimit-reset"])     # epoch seconds when the window ends
     assert time.time() + 25 <= reset <= time.time() + 32
+    assert reset - 30 <= time.time()                # the window opened on the whole second before
     assert api.sb.request_log()["status"].tolist() == [201, 201, 201, 429]
     assert len(api.sb.profiles()) == 1 and api.sb.data_points == 3   # the 429 applied nothing
 
 
 def test_rate_limit_window_rolls_over(api):
     api.sb.set_rate_limit("/users/track", 1, 1.0)
+    # windows open on whole seconds: start just after one so both requests share a window
+    time.sleep(1.02 - time.time() % 1.0)
     assert api.track(attributes=[{"external_id": "u"}])[0] == 201
     assert api.track(attributes=[{"external_id": "u"}])[0] == 429
     time.sleep(1.05)

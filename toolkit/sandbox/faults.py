@@ -181,10 +181,12 @@ class RateLimiter:
             if w.limit is None:
                 return True, []
             if now >= w.start + w.period:
-                # Windows are aligned to the epoch, so a whole-second period resets exactly at the
-                # whole UTC second the x-ratelimit-reset header names (braze-api.md §1.7); an
-                # unaligned window would make clients that honour the header wait up to 1 s extra.
-                w.start, w.used = now - (now % w.period), 0
+                # A window opens on a whole second (or on a multiple of a sub-second period), so
+                # it ends exactly at the whole UTC second x-ratelimit-reset names (braze-api.md
+                # §1.7); a window opened mid-second would make clients that honour the header
+                # wait up to 1 s longer than needed.
+                grain = min(1.0, w.period)
+                w.start, w.used = now - (now % grain), 0
             allowed = w.used < w.limit
             if allowed and consume:
                 w.used += 1
