@@ -511,7 +511,7 @@ class _Builder:
                 rows.append({
                     "key": rule.key, "kind": rule.kind, "send_as": rule.send_as,
                     "check": check.check, "recommended": check.recommended,
-                    "braze_filter": _display(check.filter, rule),
+                    "braze_filter": str(check.filter),
                     "engage_members": int(engage.sum()), "braze_can_hold": int(holdable.sum()),
                     "filter_selects": int(sel_users.sum()), "matched": int((engage & sel).sum()),
                     "dropped": int(missing.sum()), "extra": extra,
@@ -556,9 +556,3 @@ def _lookback_days(f: Filter) -> int | None:
     return None
 
 
-def _display(f: Filter, rule: "Rule") -> str:
-    text = str(f)
-    if rule.sends_attribute and rule.attribute in braze_rules.PROFILE_FIELDS:
-        # Profile fields are selected with Braze's standard filters, not "Custom Attribute".
-        text = text.replace("Custom Attribute", "Profile field")
-    return text

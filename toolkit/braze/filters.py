@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from toolkit.braze.rules import MAX_STRING_LENGTH, name_violations
+from toolkit.braze.rules import MAX_STRING_LENGTH, PROFILE_FIELDS, name_violations
 from toolkit.braze.state import BrazeState
 from toolkit.errors import FilterError
 
@@ -47,6 +47,12 @@ _REGISTRY: dict[str, type["Filter"]] = {}
 
 def _code(text: object) -> str:
     return f"`{text}`"
+
+
+def _subject(name: str) -> str:
+    """How the dashboard names what an attribute filter tests: Braze's own profile fields
+    (first_name, dob, …) have standard filters; everything else is a Custom Attribute."""
+    return f"Profile field {_code(name)}" if name in PROFILE_FIELDS else f"Custom Attribute {_code(name)}"
 
 
 def _require(condition: bool, message: str, hint: str, **context: Any) -> None:
@@ -262,12 +268,12 @@ class StringAttribute(Filter):
     def __str__(self) -> str:
         label = self.OPS[self.op]
         if self.value is None:
-            return f"Custom Attribute {_code(self.name)} {label}"
+            return f"{_subject(self.name)} {label}"
         if isinstance(self.value, tuple):
             shown = ", ".join(_code(v) for v in self.value)
         else:
             shown = _code(self.value)
-        return f"Custom Attribute {_code(self.name)} {label} {shown}"
+        return f"{_subject(self.name)} {label} {shown}"
 
 
 def _validate_regex(pattern: object) -> None:
@@ -328,7 +334,7 @@ class BooleanAttribute(Filter):
         }[self.op]
 
     def __str__(self) -> str:
-        return f"Custom Attribute {_code(self.name)} {self.OPS[self.op]}"
+        return f"{_subject(self.name)} {self.OPS[self.op]}"
 
 
 @dataclass(frozen=True)
@@ -381,8 +387,8 @@ class NumberAttribute(Filter):
     def __str__(self) -> str:
         label = self.OPS[self.op]
         if self.value is None:
-            return f"Custom Attribute {_code(self.name)} {label}"
-        return f"Custom Attribute {_code(self.name)} {label} {self.value:g}"
+            return f"{_subject(self.name)} {label}"
+        return f"{_subject(self.name)} {label} {self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -458,10 +464,10 @@ class DateAttribute(Filter):
     def __str__(self) -> str:
         label = self.OPS[self.op]
         if self.op in ("before", "after"):
-            return f"Custom Attribute {_code(self.name)} is {label} {self.value}"
+            return f"{_subject(self.name)} is {label} {self.value}"
         if "{}" in label:
-            return f"Custom Attribute {_code(self.name)} is {label.format(f'{self.value:g}')}"
-        return f"Custom Attribute {_code(self.name)} {label}"
+            return f"{_subject(self.name)} is {label.format(f'{self.value:g}')}"
+        return f"{_subject(self.name)} {label}"
 
 
 # ------------------------------------------------------------------------------------------
