@@ -79,35 +79,6 @@ class SyncProgress:
         return dict(self.__dict__)
 
 
-class _ObservedClient:
-    """A BrazeClient that reports each answered /users/track batch to a callback.
-
-    `toolkit.apply` drives the client; wrapping it lets the wizard show live counters without
-    apply knowing about widgets. Everything except `track_batches` is the wrapped client's.
-    """
-
-    def __init__(self, client, on_batch: Callable[[int, Any], None]) -> None:
-        self._client = client
-        self._on_batch = on_batch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def track_batches(self, payloads: Iterable[Mapping[str, Any]], **options: Any):
-        sizes: list[int] = []
-
-        def measured():
-            for payload in payloads:
-                sizes.append(sum(len(payload.get(k) or ()) for k in ("attributes", "events",
-                                                                       "purchases")))
-                yield payload
-
-        for index, result in self._client.track_batches(measured(), **options):
-            yield index, result
-            # after the yield apply has recorded the batch, so counters never run ahead of it
-            self._on_batch(sizes[index], result)
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
@@ -375,8 +346,8 @@ class GuidedSyncState:
             self.progress.requests_total = len(self.plan.batches())
             self.progress.objects_total = sum(b.objects for b in self.plan.batches())
             notify(self.progress)
-            client = _ObservedClient(self.client, on_batch)
-            self.report = apply(self.plan, client, self.ledger, progress=False)
+            self.report = apply(self.plan, self.client, self.ledger, progress=False,
+                                on_batch=on_batch)
             # the report is the truth (cohort changes are not seen batch by batch)
             s = self.report.summary()
             self.progress.objects_acknowledged = s["acknowledged"]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -216,6 +216,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         self.plan = plan
+        self.on_batch: "Callable[[int, Any], None] | None" = None
         self.ledger = ledger
         ops = plan.operations
         self.uid = ops["uid"].to_numpy()
@@ -371,8 +372,13 @@ class _Run:
 
 def apply(plan: "Plan | str | os.PathLike[str]", client, ledger: "Ledger | str | None" = None, *,
           resend_uncertain_events: bool = False, progress: bool = True,
-          partner_api_key: str | None = None, client_secret: str | None = None) -> SyncReport:
+          partner_api_key: str | None = None, client_secret: str | None = None,
+          on_batch: "Callable[[int, Any], None] | None" = None) -> SyncReport:
     """Send an approved plan to ``client``'s workspace; returns a `SyncReport`.
+
+    ``on_batch(objects, result)`` is called after each /users/track batch is answered and
+    recorded in the ledger (``result`` is the client's TrackResult or BrazeAPIError), so a
+    display can show live counters that never run ahead of what the ledger holds.
 
     Refuses (and sends nothing) with `PlanNotApproved`, `PlanExpired`, `PlanAltered`,
     `PlanWorkspaceMismatch` or `LedgerMoved`. Safe to call again with the same plan after a crash
@@ -385,11 +391,11 @@ def apply(plan: "Plan | str | os.PathLike[str]", client, ledger: "Ledger | str |
     ledger = _open_ledger(plan, client, ledger)
     with ledger.exclusive("apply"):
         return _apply_locked(plan, client, ledger, t0, resend_uncertain_events, progress,
-                             partner_api_key, client_secret)
+                             partner_api_key, client_secret, on_batch)
 
 
 def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertain_events: bool,
-                  progress: bool, partner_api_key, client_secret) -> SyncReport:
+                  progress: bool, partner_api_key, client_secret, on_batch=None) -> SyncReport:
     _check_ledger(plan, ledger)
     batches = plan.batches()
     items = {}
@@ -415,6 +421,7 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
             todo[b.kind].append(b)
     total = sum(b.objects for group in todo.values() for b in group)
     run = _Run(plan, ledger, progress, total)
+    run.on_batch = on_batch
     run.counts["batches"] = len(batches)
     run.counts["batches_skipped"] = len(skipped)
     run.counts["objects_skipped"] = sum(b.objects for b in skipped)
@@ -509,6 +516,8 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
                     note = "resent after an unknown outcome: Braze may hold these events twice"
                 run.acknowledge(batch, rejected, attempts=result.attempts, note=note)
             run.tick(client, before)
+            if run.on_batch is not None:
+                run.on_batch(batch.objects, result)
     finally:
         run.flush()
         run.group = 1
