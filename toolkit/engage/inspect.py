@@ -79,9 +79,38 @@ def render(export: EngageExport, *, max_findings: int = 50) -> str:
             [{"severity": sev, "code": code, "count": len(items), "first": items[0].message[:70]}
              for (sev, code), items in sorted(by_code.items(), key=lambda kv: order[kv[0][0]])])
         lines += [_table(summary.astype(object)), "", "Details:"]
-    shown = sorted(findings, key=lambda f: order[f.severity])[:max_findings]
-    lines += [f"  {f}" + (f" [profile {f.segment_id}]" if f.segment_id and f.row is None else "")
-              for f in shown]
-    if len(findings) > len(shown):
-        lines.append(f"  … {len(findings) - len(shown):,} more (use --max-findings)")
+        lines += _details(by_code, order, max_findings)
     return "\n".join(lines)
+
+
+def _where(f, *, column: bool = True) -> str:
+    parts = [f"row {f.row}" if f.row is not None else "",
+             f"column {f.column}" if column and f.column else "", f.segment_id or ""]
+    return " ".join(p for p in parts if p) or "whole file"
+
+
+def _details(by_code: dict, order: dict, budget: int) -> list[str]:
+    """Each finding's message and fix once, then where it occurs: 30 identical 'anonymous only'
+    lines tell an analyst less than one line listing 30 places."""
+    lines: list[str] = []
+    for (severity, code), items in sorted(by_code.items(), key=lambda kv: order[kv[0][0]]):
+        lines.append(f"  [{severity}] {code} ({len(items):,})")
+        by_message: dict[str, list] = {}
+        for f in items:
+            by_message.setdefault(f.message, []).append(f)
+        for message, same in list(by_message.items())[:5]:
+            columns = {f.column for f in same}
+            one_column = len(columns) == 1 and None not in columns
+            places = [_where(f, column=not one_column) for f in same[:max(budget, 1)]]
+            places = [p for p in places if p != "whole file"] if one_column else places
+            more = (f", … {len(same) - len(places):,} more (use --max-findings)"
+                    if len(same) > len(places) else "")
+            lines.append(f"      {message}" + (f" (column {same[0].column})" if one_column else ""))
+            if places:
+                lines.append(f"        at: {'; '.join(places)}{more}")
+        if len(by_message) > 5:
+            lines.append(f"      … {len(by_message) - 5:,} other messages")
+        fix = next((f.fix for f in items if f.fix), None)
+        if fix:
+            lines.append(f"      fix: {fix}")
+    return lines
