@@ -79,6 +79,24 @@ def test_has_duplicates_matches_the_python_reference(case):
         assert has_duplicates(pa.array(values + [values[12_345]]))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_has_duplicates_across_chunks_of_other_widths(seed):
+    # a value's fingerprint must not depend on its neighbours: the CSV reader's chunks each
+    # hold values of other widths, with or without nulls
+    rng = random.Random(seed)
+    repeated = "".join(rng.choice("abc") for _ in range(rng.randint(1, 40)))
+    chunks = []
+    for _ in range(2):
+        width = rng.choice([len(repeated), rng.randint(1, 60)])
+        others = ["".join(rng.choice("xyz") for _ in range(width)) + str(i) for i in range(5)]
+        chunk = [repeated, *others, *([None] * rng.randint(0, 2))]
+        rng.shuffle(chunk)
+        chunks.append(pa.array(chunk, type=pa.string()))
+    assert has_duplicates(pa.chunked_array(chunks))
+    unique = pa.chunked_array([chunks[0], pa.array(["zz" + repeated])])
+    assert not has_duplicates(unique)
+
+
 def test_union_id_lists_merges_in_row_then_list_order():
     lists = id_lists([["a", "b"], ["c"], ["b", "d"], [], ["e"]])
     codes = np.array([0, 1, 0, -1, 1])  # -1: a row in no group

@@ -41,7 +41,7 @@ import pyarrow.csv as pacsv
 
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
-                                   identifier_frame, may_have_upper, may_need_trim,
+                                   identifier_columns, may_have_upper, may_need_trim,
                                    sample_kind, type_python_values, type_string_column,
                                    union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
@@ -423,19 +423,18 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
                 column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
-    pending = [k for k, t in typed.items() if callable(t)]
     with worker_pool() as pool:
         # independent million-row passes spread over the cores (pyarrow and numpy release the
-        # GIL), submitted in the order their results are needed; the user_id check is needed
-        # last, by the validation, so it overlaps building the frame
-        emails = pool.submit(ids.all, "email")
+        # GIL), submitted in the order their results are needed: the duplicate checks by the
+        # collapse and the validation, the identifier lists only once the checks are done
         seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
-        anonymous_ids = pool.submit(ids.all, "anonymous_id")
         users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
-        done = [pool.submit(typed[k]) for k in pending]
-        typed = {**typed, **{k: future.result() for k, future in zip(pending, done)}}
-        frame = identifier_frame(seg, user_id, email, anonymous_id, braze_id, emails.result(),
-                                 anonymous_ids.result(), pd.RangeIndex(ids.n), email_lowered=True)
+        emails = pool.submit(ids.all, "email")
+        anonymous_ids = pool.submit(ids.all, "anonymous_id")
+        # meanwhile this thread types the computation columns and builds the frame
+        typed = {k: t() if callable(t) else t for k, t in typed.items()}
+        frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
+                                   pd.RangeIndex(ids.n), email_lowered=True)
         if seg is None:
             seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
                                              frame["anonymous_id"]))
@@ -443,14 +442,20 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
             repeats = has_duplicates(seg)
         else:
             repeats = seg_repeats.result()
+
+        def id_lists() -> dict[str, pd.Series]:
+            return {"emails": emails.result(), "anonymous_ids": anonymous_ids.result()}
         rows = np.arange(1, ids.n + 1)
         user_check = users_repeat.result if users_repeat is not None else False
         if repeats:
+            frame = frame.assign(**id_lists())
             frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
-            user_check = None  # merged profiles: check their user_ids again
+            return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                            source=_source(path, kind), findings=findings, rows=rows,
+                            duplicate_user_ids=None)  # merged profiles: check their user_ids
         return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
                         source=_source(path, kind), findings=findings, rows=rows,
-                        duplicate_user_ids=user_check)
+                        duplicate_user_ids=user_check, id_list_columns=id_lists)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,

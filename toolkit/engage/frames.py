@@ -100,10 +100,24 @@ def _text_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data[offsets[0]:offsets[-1]]
 
 
-def byte_lengths(column: pa.ChunkedArray) -> np.ndarray:
-    """Each value's UTF-8 size (0 for missing), read from the Arrow offsets alone."""
-    parts = [np.diff(_text_buffers(arr)[0]) for arr in column.chunks]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+def long_values(column: pa.ChunkedArray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, character counts) of the values longer than `limit` characters. Only values
+    over `limit` bytes can be, and byte sizes come from the Arrow offsets alone, so a column of
+    short values costs no pass over its bytes; chunk by chunk, as a take over many chunks first
+    joins them."""
+    positions, chars, start = [], [], 0
+    for arr in column.chunks:
+        sizes = np.diff(_text_buffers(arr)[0])
+        if len(sizes) and sizes.max() > limit:
+            at = np.flatnonzero(sizes > limit)
+            count = pc.utf8_length(arr.take(pa.array(at))).to_numpy(zero_copy_only=False)
+            long = count > limit  # False for a missing value whose slot spans bytes
+            positions.append(at[long] + start)
+            chars.append(count[long].astype(np.int64))
+        start += len(arr)
+    if not positions:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(positions), np.concatenate(chars)
 
 
 def may_need_trim(column: pa.ChunkedArray) -> bool:
@@ -133,23 +147,43 @@ def id_lists_from_arrow(columns: Sequence[pa.Array | pa.ChunkedArray | pd.Series
     if len(cols) == 1:  # chunk by chunk, sharing the column's bytes
         return _list_series(pa.chunked_array([_one_id_list(arr) for arr in cols[0].chunks],
                                              type=ID_LIST_TYPE), index)
-    keep = []
-    for j, col in enumerate(cols):
-        mask = pc.is_valid(col)
-        for earlier in cols[:j]:  # a value repeated in a later column of the same row
-            mask = pc.and_(mask, pc.invert(pc.fill_null(pc.equal(col, earlier), False)))
-        keep.append(mask.to_numpy(zero_copy_only=False))
-    counts = keep[0].astype(np.int32)
-    for mask in keep[1:]:
-        counts += mask
+    # batch by batch (the columns' common chunks): small temporaries the allocator reuses,
+    # rather than million-row ones that each cost fresh pages
+    table = pa.Table.from_arrays(cols, names=[str(j) for j in range(len(cols))])
+    return _list_series(pa.chunked_array([_id_list_batch(batch.columns)
+                                          for batch in table.to_batches()], type=ID_LIST_TYPE),
+                        index)
+
+
+def _id_list_batch(arrays: list[pa.Array]) -> pa.ListArray:
+    """Per row, the distinct non-null values of `arrays` (text, same length) in order."""
+    first = arrays[0]
+    extra = []
+    for j in range(1, len(arrays)):
+        col = arrays[j]
+        if col.null_count == len(col):
+            continue
+        keep = col.is_valid()
+        for earlier in arrays[:j]:  # a value repeated in a later column of the same row
+            keep = pc.and_(keep, pc.fill_null(pc.not_equal(col, earlier), True))
+        keep = keep.to_numpy(zero_copy_only=False)
+        if keep.any():
+            extra.append((j, keep))
+    if not extra:  # sharing the first column's bytes
+        return _one_id_list(first)
+    used = [(0, first.is_valid().to_numpy(zero_copy_only=False)), *extra]
+    n = len(first)
+    counts = used[0][1].astype(np.int32)
+    for _, keep in extra:
+        counts += keep
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
-    # the kept cells row by row, columns in order, as positions in the columns one after another
-    row, j = np.divmod(np.flatnonzero(np.column_stack(keep).ravel()), len(cols))
-    source = j * n + row
-    # one contiguous array first: pyarrow's take over many chunks is several times slower
-    values = pa.concat_arrays([c for col in cols for c in col.chunks]).take(pa.array(source))
-    return _list_series(pa.ListArray.from_arrays(pa.array(offsets), values), index)
+    # the kept cells row by row, columns in order, as positions in the arrays one after another
+    row, k = np.divmod(np.flatnonzero(np.column_stack([keep for _, keep in used]).ravel()),
+                       len(used))
+    source = k * n + row
+    values = pa.concat_arrays([arrays[j] for j, _ in used]).take(pa.array(source))
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _one_id_list(arr: pa.Array) -> pa.ListArray:
@@ -196,68 +230,80 @@ def has_duplicates(values) -> bool:
     present = len(column) - column.null_count
     if present < 2:
         return False
-    prints = []
-    for arr in column.chunks:
-        chunk = _fingerprints(arr)
-        if chunk is None:
-            break
-        prints.append(chunk[arr.is_valid().to_numpy(zero_copy_only=False)]
-                      if arr.null_count else chunk)
-    else:
-        if _all_distinct(np.concatenate(prints)):
-            return False
+    parts = _fingerprint_parts(column, 4 if present >= 1 << 16 else 0)
+    if parts is not None and all(pd.Index(np.concatenate(part)).is_unique for part in parts):
+        return False
     return len(pc.unique(column.drop_null())) < present
 
 
-def _all_distinct(prints: np.ndarray) -> bool:
-    """Whether 64-bit fingerprints all differ. A million go first through a radix pass on their
-    top 4 bits, so that each of the 16 parts' hash tables is small enough for the CPU cache:
-    twice as fast as one big table."""
-    if len(prints) < 1 << 16:
-        return pd.Index(prints).is_unique
-    top = (prints >> np.uint64(60)).astype(np.uint8)
-    ordered = prints[np.argsort(top, kind="stable")]  # a stable sort of bytes is a radix sort
-    bounds = np.zeros(17, dtype=np.int64)
-    np.cumsum(np.bincount(top, minlength=16), out=bounds[1:])
-    return all(pd.Index(ordered[a:b]).is_unique
-               for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+def _fingerprint_parts(column: pa.ChunkedArray, bits: int) -> list[list[np.ndarray]] | None:
+    """The non-null values' fingerprints split by their top `bits` bits (a radix pass, chunk by
+    chunk), so that each part's hash table is small enough for the CPU cache — twice as fast as
+    one big table — and no million-value array is allocated. None when values are too long."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(1 << bits)]
+    for arr in column.chunks:
+        prints = _fingerprints(arr)
+        if prints is None:
+            return None
+        if not bits:
+            parts[0].append(prints)
+            continue
+        top = (prints >> np.uint64(64 - bits)).astype(np.uint8)
+        prints = prints[np.argsort(top, kind="stable")]  # a stable sort of bytes is a radix sort
+        ends = np.cumsum(np.bincount(top, minlength=1 << bits)).tolist()
+        for part, start, end in zip(parts, [0, *ends[:-1]], ends):
+            part.append(prints[start:end])
+    return parts
 
 
 def _fingerprints(arr: pa.Array) -> np.ndarray | None:
-    """64-bit fingerprint per value of a text array (nulls fingerprint as ""); None when values
-    are too long to be worth it."""
-    n = len(arr)
+    """64-bit fingerprint of each non-null value of a text array, a function of the value alone
+    (the same value in another chunk gets the same one); None when values are too long to be
+    worth it. Word j of a value is the 8 bytes at its start + 8j, the last one ending at its
+    end, so every byte is covered; a value under 8 bytes is one word of its own low bytes."""
     offsets, data = _text_buffers(arr)
     lengths = np.diff(offsets)
-    longest = int(lengths.max()) if n else 0
+    longest = int(lengths.max()) if len(lengths) else 0
     if longest > _MAX_FINGERPRINT_WIDTH:
         return None
-    out = lengths.astype(np.uint64) * _MIX[0]  # the length too: "a" and "a\0" differ
-    if longest >= 8 and int(lengths.min()) == longest:
-        # fixed width (Segment ids): read 8-byte words in place, the last one overlapping
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+    present = len(arr) - arr.null_count
+    if longest >= 8 and len(data) == longest * present and (
+            valid is None or not lengths[~valid].any()):
+        # one width for every value (Segment ids) and nulls taking no bytes, as the CSV reader
+        # leaves them: the values lie end to end, so their words are read in place
+        out = np.full(present, np.uint64(longest)) * _MIX[0]
         starts = list(range(0, longest - 7, 8))
         if starts[-1] != longest - 8:
             starts.append(longest - 8)
-        words = [np.ndarray((n,), dtype="<u8", buffer=data, offset=k, strides=(longest,))
-                 for k in starts]
-    else:
-        # variable width: word j of a value is the 8 bytes at its start + 8j, the last one
-        # ending at its end (so every byte is covered), read from a view holding the 8 bytes
-        # at every byte position; values under 8 bytes keep only their own low bytes
-        padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
-        at = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
-        starts = offsets[:-1] - offsets[0]
-        last = np.maximum(lengths - 8, 0)
-        short = lengths < 8
-        keep = np.where(short, (np.uint64(1) << (np.minimum(lengths, 7) * 8).astype(np.uint64))
-                        - np.uint64(1), ~np.uint64(0))
-        words = [at[starts + np.minimum(8 * j, last)] & keep
-                 for j in range(max(1, -(-longest // 8)))]
-    for word in words:
-        out ^= word
-        out *= _MIX[1]
-        out ^= out >> np.uint64(31)
-    return out
+        for k in starts:
+            _mix(out, np.ndarray((present,), dtype="<u8", buffer=data, offset=k,
+                                 strides=(longest,)))
+        return out
+    # any widths: the words are read from a view holding the 8 bytes at every byte position
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint8)])
+    at = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    starts = offsets[:-1] - offsets[0]
+    last = np.maximum(lengths - 8, 0)
+    keep = np.where(lengths < 8, (np.uint64(1) << (np.minimum(lengths, 7) * 8).astype(np.uint64))
+                    - np.uint64(1), ~np.uint64(0))
+    out = lengths.astype(np.uint64) * _MIX[0]  # the length too: "a" and "a\0" differ
+    for j in range(max(1, -(-longest // 8))):
+        word = at[starts + np.minimum(8 * j, last)] & keep
+        if j == 0:
+            _mix(out, word)
+        else:  # only values that have a word j: a value's fingerprint ignores its neighbours
+            more = lengths > 8 * j
+            mixed = out[more]
+            _mix(mixed, word[more])
+            out[more] = mixed
+    return out if valid is None else out[valid]
+
+
+def _mix(out: np.ndarray, word: np.ndarray) -> None:
+    out ^= word
+    out *= _MIX[1]
+    out ^= out >> np.uint64(31)
 
 
 def union_id_lists(lists: pd.Series, codes: np.ndarray, n_groups: int) -> pd.Series:
@@ -491,54 +537,67 @@ def computations_frame(rows: Iterable[dict]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def identifier_frame(segment_id, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
-                     index, *, email_lowered: bool = False) -> pd.DataFrame:
-    """The identifier part of `profiles`, dtypes per contract; emails lower-cased.
-
-    Identifiers may be Series, pyarrow arrays, lists or None (all missing). `emails` /
-    `anonymous_ids` may be identifier-list columns, one Python sequence per row, or None (then
-    each row's primary value alone)."""
+def identifier_columns(segment_id, user_id, email, anonymous_id, braze_id, index, *,
+                       email_lowered: bool = False) -> pd.DataFrame:
+    """The five identifier columns of `profiles` (`IDENTIFIER_COLUMNS`), dtype ``string``;
+    emails lower-cased. Each may be a Series, a pyarrow array, a list or None (all missing)."""
     def s(v):
-        if v is None:
-            return pd.Series(pd.NA, index=index, dtype="string")
+        if v is None:  # all missing, built in Arrow: filling a Series with NA costs far more
+            v = pa.nulls(len(index), pa.string())
         if isinstance(v, (pa.Array, pa.ChunkedArray)):
             return pd.Series(pd.StringDtype().__from_arrow__(as_text(v)), index=index)
         if isinstance(v, pd.Series):
             return v.astype("string").set_axis(index)
         return pd.Series(v, index=index).astype("string")
+    return pd.DataFrame({
+        "segment_id": s(segment_id), "user_id": s(user_id),
+        "email": s(email) if email_lowered else s(email).str.lower(),
+        "anonymous_id": s(anonymous_id), "braze_id": s(braze_id),
+    }, index=index, copy=False)
 
+
+def identifier_frame(segment_id, user_id, email, anonymous_id, braze_id, emails, anonymous_ids,
+                     index, *, email_lowered: bool = False) -> pd.DataFrame:
+    """The identifier part of `profiles`, dtypes per contract; emails lower-cased.
+
+    Identifiers as for `identifier_columns`. `emails` / `anonymous_ids` may be identifier-list
+    columns, one Python sequence per row, or None (then each row's primary value alone)."""
     def lists(v, primary: pd.Series):
         if v is None:
             return id_lists_from_arrow([primary], len(index), index)
         if isinstance(v, pd.Series) and v.dtype == ID_LIST_DTYPE:
             return v.set_axis(index)
         return id_lists(v, index)
-    frame = pd.DataFrame({
-        "segment_id": s(segment_id), "user_id": s(user_id),
-        "email": s(email) if email_lowered else s(email).str.lower(),
-        "anonymous_id": s(anonymous_id), "braze_id": s(braze_id),
-    }, index=index)
+    frame = identifier_columns(segment_id, user_id, email, anonymous_id, braze_id, index,
+                               email_lowered=email_lowered)
     frame["emails"] = lists(emails, frame["email"])
     frame["anonymous_ids"] = lists(anonymous_ids, frame["anonymous_id"])
     return frame
 
 
+ID_LIST_COLUMNS = ("emails", "anonymous_ids")
+
+
 def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[dict], *,
              events: pd.DataFrame | None, snapshot_at, source: str, findings: Findings,
              rows: np.ndarray | None = None,
-             duplicate_user_ids: bool | Callable[[], bool] | None = None) -> EngageExport:
+             duplicate_user_ids: bool | Callable[[], bool] | None = None,
+             id_list_columns: Callable[[], dict[str, pd.Series]] | None = None) -> EngageExport:
     """Build the `EngageExport` from an identifier frame and typed computation columns, then
     record the validation findings. `rows` maps positions to 1-based source rows;
     `duplicate_user_ids`: whether a user_id repeats (or a callable that tells, e.g. a pending
-    result), when the caller already knows."""
+    result), when the caller already knows. `id_list_columns`: when `ids` has no ``emails`` /
+    ``anonymous_ids`` yet, a callable returning them (e.g. pending results), called after the
+    validation, which does not read them, so that building them overlaps the checks."""
     from toolkit.engage import validation
 
     ids = ids.reset_index(drop=True)
-    data = {c: ids[c] for c in (*IDENTIFIER_COLUMNS, "emails", "anonymous_ids")}
+    lists = () if id_list_columns is not None else ID_LIST_COLUMNS
+    data = {c: ids[c] for c in (*IDENTIFIER_COLUMNS, *lists)}
     for key, typed in columns.items():
         values = typed.values.reset_index(drop=True)
         data[key] = values
-    profiles = pd.DataFrame(data)
+    profiles = pd.DataFrame(data, copy=False)  # copy-on-write already guards the inputs
     for comp in computations:
         comp.setdefault("value_type", columns[comp["key"]].value_type if comp["key"] in columns
                         else "boolean")
@@ -549,6 +608,12 @@ def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[di
                           events=events if events is not None else empty_events(),
                           snapshot_at=snapshot_at, source=source, findings=findings)
     validation.check(export, columns, rows=rows, duplicate_user_ids=duplicate_user_ids)
+    if id_list_columns is not None:  # in their place after the identifiers (no copies)
+        built = id_list_columns()
+        ordered = {c: data[c] for c in IDENTIFIER_COLUMNS}
+        ordered.update({c: built[c].set_axis(profiles.index) for c in ID_LIST_COLUMNS})
+        ordered.update({c: v for c, v in data.items() if c not in IDENTIFIER_COLUMNS})
+        export.profiles = pd.DataFrame(ordered, copy=False)
     return export
 
 

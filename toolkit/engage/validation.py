@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit.engage.frames import as_text, byte_lengths, has_duplicates
+from toolkit.engage.frames import as_text, has_duplicates, long_values
 
 if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
@@ -44,7 +43,8 @@ def row_findings(findings: "Findings", severity: str, code: str, items: list[tup
     `total`: how many rows are concerned when `items` lists only the first of them."""
     total = len(items) if total is None else total
     listed = items[:MAX_ROW_FINDINGS]
-    sids = (segment_ids.take([int(position) for position, _ in listed]).tolist()
+    # one value at a time: a take over a many-chunk Arrow column first joins its chunks
+    sids = ([segment_ids.iat[int(position)] for position, _ in listed]
             if segment_ids is not None else [None] * len(listed))
     for (position, message), sid in zip(listed, sids):
         # rows=False: positions do not map to one file's rows (a merged export)
@@ -66,7 +66,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
           duplicate_user_ids: bool | Callable[[], bool] | None = None) -> None:
     """Run every check on `export`, appending to `export.findings`. `duplicate_user_ids`:
     whether some user_id repeats, when the caller has already found out, or a callable asked
-    when needed (None: look)."""
+    when needed (None: look). Reads the identifier and computation columns only, never the
+    ``emails`` / ``anonymous_ids`` lists: readers may still be building those meanwhile."""
     p = export.profiles
     f = export.findings
     sid = p["segment_id"]
@@ -150,19 +151,12 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "as booleans", column=key,
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
-            # a value of ≤255 bytes has ≤255 characters: count characters only past that
-            text = as_text(p[key])
-            if (pc.max(pc.binary_length(text)).as_py() or 0) <= BRAZE_MAX_STRING:
-                continue  # nothing over 255 bytes, so nothing over 255 characters
-            candidates = np.flatnonzero(byte_lengths(text) > BRAZE_MAX_STRING)
-            chars = pc.utf8_length(text.take(pa.array(candidates))).to_numpy(zero_copy_only=False)
-            long = candidates[chars > BRAZE_MAX_STRING]
+            long, chars = long_values(as_text(p[key]), BRAZE_MAX_STRING)
             if len(long):
                 row_findings(f, "warning", "long_string",
                              [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
                                        f"{BRAZE_MAX_STRING}")
-                              for i, n in zip(long[:MAX_ROW_FINDINGS],
-                                              chars[chars > BRAZE_MAX_STRING])], total=len(long),
+                              for i, n in zip(long[:MAX_ROW_FINDINGS], chars)], total=len(long),
                              column=key, segment_ids=sid, rows=rows,
                              summary=f"strings over {BRAZE_MAX_STRING} characters in {key!r}",
                              fix=f"shorten the value to {BRAZE_MAX_STRING} characters or fewer")
