@@ -156,8 +156,14 @@ class Mapping:
         rules = []
         for comp in export.computations.to_dict("records"):
             cid = comp.get("computation_id")
-            rules.append(Rule(key=comp["key"], kind=comp["kind"],
-                              cohort_id=None if cid is None or pd.isna(cid) else str(cid)))
+            try:
+                rules.append(Rule(key=comp["key"], kind=comp["kind"],
+                                  cohort_id=None if cid is None or pd.isna(cid) else str(cid)))
+            except MappingError:
+                # A key Braze cannot take as an attribute name ($…, over 255 characters,
+                # control characters) is already an `invalid_key` finding of the export; it
+                # gets no default rule, so the other computations can still be mapped.
+                continue
         return cls(rules)
 
     def set(self, key: str, **changes: Any) -> "Mapping":
@@ -227,6 +233,15 @@ class Mapping:
         except FileNotFoundError:
             raise MappingError("mapping file not found", file=str(path),
                                hint="save one with mapping.save(path) first") from None
+        except IsADirectoryError:
+            raise MappingError("expected a mapping file, found a directory", file=str(path),
+                               hint="pass the YAML file itself") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
+                exc.strerror or type(exc).__name__
+            raise MappingError(f"cannot read the mapping file: {reason}", file=str(path),
+                               hint="save the mapping with mapping.save(path) (UTF-8 YAML)") \
+                from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise MappingError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path),

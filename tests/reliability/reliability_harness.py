@@ -282,7 +282,8 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
         with Ledger(client, directory=tmpdir) as ledger:
             first = make_plan(export, mapping, ledger, client, batch_size=batch_size)
             first.approve(by="reliability", expires_in="1h")
-            quiet = slow_seconds + 0.2 if FAULT_MIXES[mix].get("rate_slow") else 0.0
+            # answers the client gave up on land later: wait for them before looking
+            quiet = slow_seconds + 0.2 if FAULT_MIXES[mix].get("rate_slow") and rate else 0.0
             s = settle(sb, client, ledger, export, mapping, first_plan=first, quiet_s=quiet)
             if quiet:
                 time.sleep(quiet)

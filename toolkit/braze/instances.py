@@ -85,6 +85,13 @@ def resolve_endpoint(value: str) -> str:
         name = _BY_DASHBOARD_HOST[host]
         raise ConfigError(f"{host} is the {name} dashboard, not its REST endpoint", field="endpoint",
                           hint=f"use {name!r} or {INSTANCES[name]}")
+    if "." not in host and ":" not in host and not is_loopback(host):
+        # Not echoed: a bare name here is most often an API key passed as the endpoint
+        # (arguments swapped), and it would otherwise become a host name sent to DNS.
+        raise ConfigError("the endpoint is neither an instance name nor a REST host name (it has "
+                          "no domain) — are the endpoint and the API key swapped?",
+                          field="endpoint", hint="pass the endpoint first, e.g. "
+                          "BrazeClient('US-03', key), or a URL such as https://rest.iad-03.braze.com")
     if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(f"refusing plain http:// to {host}: the API key would travel unencrypted",
                           field="endpoint", hint="use https:// (plain http is allowed only for "

@@ -273,8 +273,8 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
         return Conversion(column.astype("boolean"), kind, no.copy(), no.copy())
     if value_type == "number":
         vals = pd.to_numeric(column, errors="coerce").astype("Float64")
-        bad = column.notna() & vals.isna()
-        return Conversion(vals, kind, bad, no.copy())
+        bad = (column.notna() & vals.isna()) | _non_finite(vals)
+        return Conversion(vals.where(~bad), kind, bad, no.copy())
     if value_type == "datetime":
         when = _as_datetime(column)
         return Conversion(when, kind, column.notna() & when.isna(), no.copy())
@@ -284,6 +284,12 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
     text = column.astype("string")
     bad = text.str.len().fillna(0) > MAX_STRING_LENGTH
     return Conversion(text.where(~bad), "string", bad.astype(bool), no.copy())
+
+
+def _non_finite(numbers: pd.Series) -> pd.Series:
+    """Mask of ±inf (JSON has no infinity, and Braze numbers are finite)."""
+    arr = numbers.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.Series(np.isinf(arr), index=numbers.index)
 
 
 def _as_datetime(column: pd.Series) -> pd.Series:
@@ -305,8 +311,9 @@ def _convert_mixed(column: pd.Series, *, default: str = "string") -> Conversion:
         bad = (text.str.len().fillna(0) > MAX_STRING_LENGTH).astype(bool)
         return Conversion(text.where(~bad), "string", bad, conflict.astype(bool))
     if locked == "number":
-        return Conversion(pd.to_numeric(values, errors="coerce").astype("Float64"), "number",
-                          pd.Series(False, index=column.index), conflict.astype(bool))
+        numbers = pd.to_numeric(values, errors="coerce").astype("Float64")
+        bad = _non_finite(numbers)
+        return Conversion(numbers.where(~bad), "number", bad, conflict.astype(bool))
     if locked == "boolean":
         return Conversion(values.astype("boolean"), "boolean",
                           pd.Series(False, index=column.index), conflict.astype(bool))

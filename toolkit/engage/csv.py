@@ -59,6 +59,9 @@ _PREFIX = re.compile(r"^(?:audiences?|traits?)[_-]")
 # Typographic quotes Segment's own sample CSVs put inside JSON columns.
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"'})
 _MAX_HEADER_BYTES = 1 << 20
+# One column per identifier and trait: far more means a wrong (e.g. transposed) file, and typing
+# each column costs time, so a hostile file could keep the reader busy for minutes.
+_MAX_COLUMNS = 10_000
 _JSON_IDS_HINT = 'the cell must hold a JSON object such as {"email": ["a@example.com"]}'
 
 
@@ -106,6 +109,12 @@ class _Header:
             raise ExportFormatError("the file is empty; expected a header line and member rows",
                                     file=str(path), line=1,
                                     hint="download the CSV again from Engage")
+        if b"\n" not in head and len(head) >= _MAX_HEADER_BYTES - (3 if self.bom else 0):
+            raise ExportFormatError(
+                f"the header line is longer than {_MAX_HEADER_BYTES // (1 << 20)} MB (no line end "
+                "found): far too many or too long column names for an Engage export",
+                file=str(path), line=1,
+                hint="check that this is an Engage CSV download and that it has line breaks")
         first = head.split(b"\n", 1)[0].rstrip(b"\r")
         try:
             text = first.decode("utf-8")
@@ -116,7 +125,18 @@ class _Header:
                 hint="re-save the file as UTF-8") from None
         counts = {d: text.count(d) for d in (",", ";", "\t")}
         self.delimiter = max(counts, key=counts.get) if any(counts.values()) else ","
-        self.columns = [c.strip() for c in next(_stdcsv.reader([text], delimiter=self.delimiter))]
+        try:
+            self.columns = [c.strip() for c in next(_stdcsv.reader([text],
+                                                                   delimiter=self.delimiter))]
+        except _stdcsv.Error as exc:
+            raise ExportFormatError(f"the header line is not readable CSV ({exc})",
+                                    file=str(path), line=1,
+                                    hint="check that this is an Engage CSV download") from None
+        if len(self.columns) > _MAX_COLUMNS:
+            raise ExportFormatError(
+                f"too many columns: the header has {len(self.columns):,}, an Engage export has one "
+                f"per identifier and trait (at most {_MAX_COLUMNS:,} here)", file=str(path), line=1,
+                hint="check that this is an Engage CSV (not a transposed or pivoted file)")
         self.has_rows = b"\n" in head and bool(head.split(b"\n", 1)[1].strip())
         if not [c for c in self.columns if c]:
             raise ExportFormatError("the header line is blank; expected column names",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +41,7 @@ from toolkit.errors import ExportFormatError
 __all__ = ["read_events", "iter_messages", "AUDIENCE_CLASSES"]
 
 AUDIENCE_CLASSES = ("audience", "journey_step")
+MAX_COMPUTATIONS = 10_000
 _ID_TYPES = ("segment_id", "user_id", "email", "anonymous_id", "braze_id")
 
 
@@ -51,7 +53,7 @@ def _read_text(path: Path) -> str:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise ExportFormatError(f"the gzip file is damaged ({exc})", file=str(path),
                                     hint="download the file again") from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -69,6 +71,14 @@ def _read_text(path: Path) -> str:
                                 hint="re-save the file as UTF-8") from None
 
 
+def _loads(text: str) -> Any:
+    """json.loads, with JSON nested deeper than Python can follow reported as invalid JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", text, 0) from None
+
+
 def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line, message) for every message in an NDJSON / JSON / batch-envelope file."""
     path = Path(path)
@@ -83,13 +93,13 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         return
     first_line = stripped.split("\n", 1)[0]
     try:
-        json.loads(first_line)
+        _loads(first_line)
         single_lines = True
     except json.JSONDecodeError:
         single_lines = False
     if not single_lines:  # a pretty-printed object (e.g. one batch envelope)
         try:
-            json.loads(text)
+            _loads(text)
         except json.JSONDecodeError:
             single_lines = True  # report the error line by line below
         else:
@@ -99,7 +109,7 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _loads(line)
         except json.JSONDecodeError as exc:
             truncated = "Unterminated" in exc.msg or "Expecting" in exc.msg and \
                 exc.pos >= len(line.rstrip()) - 1
@@ -112,7 +122,7 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 def _whole_document(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError as exc:
         raise ExportFormatError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno,
                                 column=exc.colno, hint="the file must be one JSON array or "
@@ -242,6 +252,13 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
                      [(ln - 1, "message has no userId, anonymousId, email or external id")
                       for ln in no_id_lines], column=None, summary="messages without identifiers",
                      fix="nothing Braze can use; the message was skipped")
+    if len(comp_info) > MAX_COMPUTATIONS:
+        # each computation becomes a typed column and a Braze attribute: this many means a
+        # wrong or hostile file, and typing them all would take minutes
+        raise ExportFormatError(
+            f"too many computations: {len(comp_info):,} distinct computation keys (at most "
+            f"{MAX_COMPUTATIONS:,})", file=str(path),
+            hint="check that the file holds Engage audience and trait messages only")
     if not records:
         raise ExportFormatError("no Engage identify/track messages found (no message has "
                                 "context.personas.computation_key)", file=str(path),

@@ -407,6 +407,10 @@ def type_python_values(values: pd.Series, *, audience: bool = False) -> Typed:
 def to_utc(text: pd.Series) -> pd.Series:
     """ISO-8601 strings → datetime64[ns, UTC]; unparseable values become NaT."""
     out = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    # pandas parses to microseconds; a date outside datetime64[ns] (years 1677-2262) would
+    # make the cast raise, so it is invalid (a finding), like any other unreadable date
+    lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+    out = out.where((out >= lo) & (out <= hi))
     return out.astype("datetime64[ns, UTC]")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -56,7 +57,7 @@ def detect_kind(path: str | os.PathLike) -> str:
         try:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(4096)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             raise ExportFormatError("the gzip file is damaged", file=str(path),
             hint="download the file again") from None
         if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):

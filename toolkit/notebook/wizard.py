@@ -16,6 +16,7 @@ import html
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -394,7 +395,7 @@ class GuidedSyncState:
         for label, frame in tables.items():
             path = out / f"{stem}-{suffixes[label]}.csv"
             try:
-                frame.to_csv(path, index=False)
+                spreadsheet_safe(frame).to_csv(path, index=False)
             except OSError as exc:
                 raise ToolkitError(f"cannot write {path.name}: {exc.strerror}", file=str(path),
                                    hint="choose a writable output_dir") from None
@@ -603,6 +604,23 @@ def _download_link(path: Path, label: str) -> str:
         return (f"<li><a download='{name}' href='{href}' target='_blank'>⬇ {html.escape(label)}"
                 f"</a> — saved as <code>{html.escape(str(path))}</code></li>")
     return f"<li>{html.escape(label)}: <code>{html.escape(str(path))}</code></li>"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def spreadsheet_safe(frame):
+    """A copy of ``frame`` for a CSV meant for people: text cells a spreadsheet would run as a
+    formula (starting with =, +, -, @, tab or CR — attribute names, trait values, Braze's
+    messages) get a leading ', so Excel shows the text and runs nothing. Plain numbers stay."""
+    def cell(value):
+        if (isinstance(value, str) and value.startswith(_FORMULA_START)
+                and not _PLAIN_NUMBER.match(value)):
+            return "'" + value
+        return value
+    return frame.apply(lambda column: column.map(cell) if column.dtype == object
+                       or str(column.dtype).startswith("str") else column)
 
 
 class GuidedSync:

@@ -165,8 +165,9 @@ class SyncReport:
             raise ReportError("no report file here", file=str(path),
                                hint="write one with `python -m toolkit apply … --report FILE`") \
                 from None
-        except (OSError, ValueError) as exc:
-            raise ReportError(f"cannot read the report: {exc}", file=str(path),
+        except (OSError, ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ReportError(f"cannot read the report: {reason}", file=str(path),
                                hint="the file is damaged; re-run apply to get a new one") from None
         if not isinstance(data, dict) or data.pop("format", None) != REPORT_FORMAT:
             raise ReportError("not a sync report", file=str(path), field="format",
@@ -176,10 +177,24 @@ class SyncReport:
         if unknown:
             raise ReportError(f"unknown report field(s) {unknown}", file=str(path),
                                field=unknown[0], hint="pass the file written by apply --report")
+        expected = data.get("expected", [])
+        if not isinstance(expected, list) or not all(map(_is_expected, expected)):
+            # verify reads these entries to choose whom to look up in Braze
+            raise ReportError("report field 'expected' is not the list apply writes",
+                              file=str(path), field="expected",
+                              hint="pass the file written by apply --report, unedited")
         try:
             return cls(**data)
         except TypeError as exc:
             raise ReportError(f"incomplete report: {exc}", file=str(path)) from None
+
+
+def _is_expected(entry: Any) -> bool:
+    """Whether ``entry`` has the shape of one `SyncReport.expected` item."""
+    return (isinstance(entry, dict) and isinstance(entry.get("braze_user"), str)
+            and isinstance(entry.get("identifier"), dict)
+            and isinstance(entry.get("attributes", {}), dict)
+            and isinstance(entry.get("events", {}), dict))
 
 
 def _open_ledger(plan: Plan, client, ledger) -> Ledger:

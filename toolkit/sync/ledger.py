@@ -62,8 +62,10 @@ CREATE TABLE IF NOT EXISTS changes (
     at TEXT NOT NULL);
 """
 
-_FIX_CORRUPT = ("move the file aside (a new ledger is created on the next run, and the next plan "
-                "then resends every value once) or restore it from a backup")
+_FIX_CORRUPT = ("restore it from a backup. Moving it aside also works for attributes (a new ledger "
+                "resends every value once) but NOT for events: with an empty ledger every current "
+                "member looks new, so 'Audience Entered' would be sent again; map audiences as "
+                "attributes for that first run, or check Braze before approving any events")
 _FIX_LOCKED = ("another apply or notebook kernel is writing to this ledger; wait for it to finish "
                "or stop it, then retry")
 

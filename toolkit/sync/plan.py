@@ -233,6 +233,12 @@ def _resolve_target(workspace, ledger):
     return workspace, ledger
 
 
+def _approval_seal(approval: dict) -> str:
+    """A digest of who approved what, for which workspace, until when (everything but the seal)."""
+    record = {k: approval.get(k) for k in ("by", "at", "expires_at", "fingerprint", "workspace")}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
 def _partner_credentials(partner_api_key, client_secret, client=None):
     """Partner cohort credentials as Secrets, or None when either is not configured. Looked up
     in the arguments, then BRAZE_PARTNER_API_KEY / BRAZE_DATA_IMPORT_KEY (environment or .env),
@@ -766,6 +772,7 @@ class Plan:
                          "expires_at": (now + parse_duration(expires_in)).isoformat(
                              timespec="seconds"),
                          "fingerprint": self.compute_fingerprint(), "workspace": self.workspace}
+        self.approval["seal"] = _approval_seal(self.approval)
         self._fingerprint = self.approval["fingerprint"]
         return self
 
@@ -775,6 +782,11 @@ class Plan:
         if not a:
             raise PlanNotApproved("the plan is not approved; nothing was sent",
                                   hint="review it, then plan.approve(by='your name')")
+        if a.get("seal") != _approval_seal(a):
+            # The fingerprint covers the operations and target, not the approval record itself:
+            # without a seal, editing expires_at (or the approver) by hand would go unnoticed.
+            raise PlanAltered("the approval record was edited after it was made; nothing was sent",
+                              field="approval", hint="approve the plan again")
         now = now or datetime.now(timezone.utc)
         try:
             expires = datetime.fromisoformat(a["expires_at"])
@@ -883,6 +895,9 @@ class Plan:
             raise PlanError(f"cannot read the plan: {exc}", file=str(path)) from None
         except json.JSONDecodeError as exc:
             raise PlanError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno,
+                            hint="the plan file was damaged; make and approve a new plan") from None
+        except RecursionError:
+            raise PlanError("not valid JSON: nested too deeply to read", file=str(path),
                             hint="the plan file was damaged; make and approve a new plan") from None
         return cls.from_dict(data, file=str(path))
 
