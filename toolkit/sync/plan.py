@@ -157,6 +157,14 @@ class _Builder:
                 "segment_id": self.segment_ids[pos], "uid": self.uids[pos], "rule": rule,
                 "code": code, "reason": reason}))
 
+    def refuse(self, mask: np.ndarray, *, rule: str, code: str, reason: str, what: str,
+               fix: str, severity: str = "error") -> None:
+        """Leave the masked profiles out of the plan *and* tell the approver: one step, so no
+        value is ever dropped silently. The finding reads "<count> <what>"."""
+        self.leave_out(mask, rule=rule, code=code, reason=reason)
+        self.findings.add(severity, code, f"{int((mask & self.syncable).sum()):,} {what}",
+                          column=rule, fix=fix)
+
 
 def _json_texts(values: np.ndarray) -> np.ndarray:
     """Canonical JSON text of each value (None where the value is missing), vectorised by
@@ -454,23 +462,21 @@ def _check_values(b: _Builder, rule, texts: np.ndarray, prev: np.ndarray) -> np.
         too_long = np.zeros(len(texts), dtype=bool)
         too_long[np.flatnonzero(is_str)[lengths > braze_rules.MAX_STRING_LENGTH]] = True
         if too_long.any():
-            b.leave_out(too_long, rule=rule.key, code="string_too_long",
-                        reason=f"value longer than {braze_rules.MAX_STRING_LENGTH} characters")
-            b.findings.add("error", "string_too_long",
-                           f"{int((too_long & b.syncable).sum()):,} value(s) of {rule.key!r} are "
-                           f"longer than {braze_rules.MAX_STRING_LENGTH} characters; left out",
-                           column=rule.key, fix="shorten the values in Segment")
+            b.refuse(too_long, rule=rule.key, code="string_too_long",
+                     reason=f"value longer than {braze_rules.MAX_STRING_LENGTH} characters",
+                     what=f"value(s) of {rule.key!r} are longer than "
+                          f"{braze_rules.MAX_STRING_LENGTH} characters; left out",
+                     fix="shorten the values in Segment")
             bad |= too_long
     new_kind, old_kind = _first_char_types(texts), _first_char_types(prev)
     conflict = pd.notna(new_kind) & pd.notna(old_kind) & (new_kind != old_kind)
     conflict = np.asarray(conflict, dtype=bool)
     if conflict.any():
-        b.leave_out(conflict, rule=rule.key, code="type_conflict",
-                    reason="value type differs from the type Braze holds for this attribute")
-        b.findings.add("error", "type_conflict",
-                       f"{int((conflict & b.syncable).sum()):,} value(s) of {rule.key!r} change "
-                       "type from what Braze holds; Braze refuses them", column=rule.key,
-                       fix="keep the attribute's type, or send to a new attribute name")
+        b.refuse(conflict, rule=rule.key, code="type_conflict",
+                 reason="value type differs from the type Braze holds for this attribute",
+                 what=f"value(s) of {rule.key!r} change type from what Braze holds; Braze "
+                      "refuses them",
+                 fix="keep the attribute's type, or send to a new attribute name")
         bad |= conflict
     return bad
 
@@ -492,12 +498,11 @@ def _plan_trait_attribute(b: _Builder, rule, attribute_values: pd.DataFrame, map
     conv = mapping.converted(export, rule)
     refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
     if refused.any():
-        b.leave_out(refused, rule=rule.key, code="invalid_value",
-                    reason=f"a value Braze would refuse for {rule.attribute!r}")
-        b.findings.add("error", "invalid_value",
-                       f"{int((refused & b.syncable).sum()):,} value(s) of {rule.key!r} would be "
-                       "refused by Braze (too long, wrong type or format); left out",
-                       column=rule.key, fix="see mapping.value_findings(export) for each value")
+        b.refuse(refused, rule=rule.key, code="invalid_value",
+                 reason=f"a value Braze would refuse for {rule.attribute!r}",
+                 what=f"value(s) of {rule.key!r} would be refused by Braze (too long, wrong type "
+                      "or format); left out",
+                 fix="see mapping.value_findings(export) for each value")
         bad = bad | refused
     has = pd.notna(texts) & (texts != "null")
     changed = has & (texts != prev) & ~bad
@@ -515,13 +520,11 @@ def _plan_trait_events(b: _Builder, rule, export) -> None:
     refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
     if refused.any():
         values[refused] = pd.NA
-        b.leave_out(refused, rule=rule.key, code="invalid_value",
-                    reason=f"a {rule.trait_event!r} property value Braze would refuse")
-        b.findings.add("error", "invalid_value",
-                       f"{int((refused & b.syncable).sum()):,} value(s) of {rule.key!r} would be "
-                       f"refused by Braze as a {rule.trait_event!r} property (too long, wrong "
-                       "type or format); left out", column=rule.key,
-                       fix="fix the values in Segment (strings at most 255 characters)")
+        b.refuse(refused, rule=rule.key, code="invalid_value",
+                 reason=f"a {rule.trait_event!r} property value Braze would refuse",
+                 what=f"value(s) of {rule.key!r} would be refused by Braze as a "
+                      f"{rule.trait_event!r} property (too long, wrong type or format); left out",
+                 fix="fix the values in Segment (strings at most 255 characters)")
     texts = _json_texts(values)
     field = f"trait:{rule.key}"
     prev = b.previous(field)
@@ -565,12 +568,11 @@ def _plan_cohort(b: _Builder, rule, is_in, is_out, export, available: bool) -> d
                        for u in b.uids], dtype=bool)
     wrong = b.syncable & ~usable & (is_in | is_out)
     if wrong.any():
-        b.leave_out(wrong, rule=rule.key, code="cohort_identifier",
-                    reason="a cohort matches users by external_id or alias only")
-        b.findings.add("warning", "cohort_identifier",
-                       f"{int(wrong.sum()):,} profile(s) of {rule.key!r} have no external_id or "
-                       "alias; the cohort cannot hold them", column=rule.key,
-                       fix="plan with alias_label to address them by alias")
+        b.refuse(wrong, rule=rule.key, code="cohort_identifier", severity="warning",
+                 reason="a cohort matches users by external_id or alias only",
+                 what=f"profile(s) of {rule.key!r} have no external_id or alias; the cohort "
+                      "cannot hold them",
+                 fix="plan with alias_label to address them by alias")
     was_in = b.previous(field) == "true"
     b.add(usable & is_in & ~was_in, op="cohort", rule=rule.key, change="add", name=cohort_id,
           value="true", field=field, after="true")
