@@ -108,7 +108,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     # j keeps the export's row order: the operations are produced in it, with no sort
     db.execute(f"CREATE TEMP TABLE j AS SELECT c.*{state_cols}{held_cols} FROM changed c "
                f"{joins} ORDER BY c.pos")
-    changed_users = db.execute("SELECT count(*) FROM changed").fetchone()[0]
+    changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
     db.execute("DROP TABLE changed")
     db.execute("DROP TABLE desired")
 
@@ -122,7 +122,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         everything = [x for part in sections.values() for x in part]
         held_count = db.execute(
             "SELECT count(*) FROM (SELECT unnest(list_filter([" + ", ".join(everything)
-            + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchone()[0]
+            + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchall()[0][0]
     rows, batches = _write_ordered(db, limit, out, sections)
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches)
 
@@ -260,7 +260,7 @@ def _section_query(structs: list[str], order: int) -> str:
              f"segment_id, pos, unnest(list_filter([{', '.join(structs)}], "
              "lambda x: x.change IS NOT NULL AND NOT x.held)) AS o FROM j)")
     # cohort changes go one cohort and direction at a time
-    return query + (" ORDER BY name, change, pos" if order == 2 else "")
+    return f"SELECT * FROM ({query}) ORDER BY name, change, pos" if order == 2 else query
 
 
 def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
@@ -271,7 +271,7 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
     if sections[1]:
         per_user = db.execute("SELECT coalesce(max(len(list_filter([" + ", ".join(sections[1])
                               + "], lambda x: x.change IS NOT NULL AND NOT x.held))), 1) FROM j"
-                              ).fetchone()[0]
+                              ).fetchall()[0][0]
     cutter = _Cutter(limit, limit // max(1, int(per_user)))
     schema = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
                         for c in OPERATION_COLUMNS])
@@ -281,7 +281,7 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
         for order in (0, 1, 2):
             if not sections[order]:
                 continue
-            reader = db.execute(_section_query(sections[order], order)).to_arrow_reader(ROW_GROUP)
+            reader = db.sql(_section_query(sections[order], order)).to_arrow_reader(ROW_GROUP)
             for chunk in reader:
                 if not chunk.num_rows:
                     continue

@@ -470,7 +470,7 @@ class Ledger:
             db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
                        f"{', '.join(quote(f) for f in all_fields)} FROM merged ORDER BY uid) "
                        f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
-            written = db.execute("SELECT count(*) FROM updates").fetchone()[0]
+            written = db.execute("SELECT count(*) FROM updates").fetchall()[0][0]
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
@@ -599,7 +599,7 @@ class Ledger:
             prepared.append((batch, status, count, pending, reason))
 
         def write(conn: sqlite3.Connection) -> int:
-            version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchone()[0]
+            version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchall()[0][0]
             now = _now()
             changes = []
             for batch, _, count, pending, _ in prepared:

@@ -514,7 +514,7 @@ class Plan:
                 "count(DISTINCT uid) FILTER (WHERE op = 'attribute'), "
                 "count(*) FILTER (WHERE op = 'attribute'), count(*) FILTER (WHERE op = 'event'), "
                 "count(*) FILTER (WHERE op = 'cohort') FROM read_parquet(?)",
-                [str(self.ops_path)]).fetchone()
+                [str(self.ops_path)]).fetchall()[0]
         batches = self.batches()
         track = sum(1 for b in batches if b.kind != "cohort")
         limit, period = self.options["rate_limit"]
@@ -773,7 +773,7 @@ def _check_operations(path: Path, rows: int) -> None:
                 "SELECT count(*), count(*) FILTER (WHERE op NOT IN ('attribute','event','cohort')"
                 " OR op IS NULL), count(*) FILTER (WHERE uid IS NULL OR name IS NULL OR "
                 "value IS NULL OR field IS NULL), count(*) FILTER (WHERE NOT json_valid(value)) "
-                "FROM read_parquet(?)", [file]).fetchone()
+                "FROM read_parquet(?)", [file]).fetchall()[0]
         except Exception as exc:  # duckdb raises its own error classes for damaged files
             raise PlanError(f"the plan's operations file cannot be read: {exc}", file=file,
                             hint="the file was damaged; make and approve a new plan") from None
