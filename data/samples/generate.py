@@ -71,8 +71,8 @@ PRODUCTS = ["Trail Runner 2 Shoe", "Merino Base Layer", "Packable Rain Shell", "
             "Insulated Bottle 750ml", "Alpine Beanie", "Hiking Sock 3-Pack", "Down Vest",
             "Waxed Field Jacket", "Camp Mug", "Trekking Poles", "Fleece Quarter-Zip"]
 B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-LONG_PRODUCT = ("Limited Edition Collaboration Bundle: " + "Trail Runner 2 Shoe + Merino Base Layer "
-                "+ Packable Rain Shell + Alpine Beanie, " * 4).strip()
+LONG_PRODUCT = ("Limited Edition Collaboration Bundle: " + "Trail Runner 2 Shoe + Merino Base "
+                "Layer + Packable Rain Shell + Alpine Beanie, " * 4).strip()
 
 
 @dataclass
