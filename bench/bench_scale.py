@@ -41,6 +41,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -478,9 +479,12 @@ def targets(rows: dict[str, Row], profiles: int) -> list[dict[str, Any]]:
     return out
 
 
-def print_report(profiles: int, rows: list[Row], verdicts: list[dict[str, Any]]) -> None:
+def print_report(profiles: int, rows: list[Row], verdicts: list[dict[str, Any]],
+                 load_average: list[float]) -> None:
     print(f"\nbench_scale: {profiles:,} profiles, default mapping of all_shoppers.csv "
-          f"(1 audience + 5 traits as attributes); change file: {CHANGE:.0%} of profiles")
+          f"(1 audience + 5 traits as attributes); change file: {CHANGE:.0%} of profiles\n"
+          f"1-min load average {load_average[0]:.1f} at the start, {load_average[1]:.1f} at "
+          f"the end ({os.cpu_count()} CPUs)")
     head = f"{'stage':<18}{'seconds':>9}{'peak RSS MB':>13}  {'artefacts MB':<22}result"
     print(head + "\n" + "-" * len(head))
     for r in rows:
@@ -524,17 +528,20 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = files["all_shoppers"].parent / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    load_average = [os.getloadavg()[0]]
     bench = Bench(args.profiles, files, run_dir, selected, args.push_batches, max(args.repeat, 1))
     try:
         bench.run()
     finally:
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+    load_average.append(os.getloadavg()[0])
     rows = {r.name: r for r in bench.rows}
     verdicts = targets(rows, args.profiles)
-    print_report(args.profiles, bench.rows, verdicts)
+    print_report(args.profiles, bench.rows, verdicts, load_average)
     print(json.dumps({
         "bench": "bench_scale", "profiles": args.profiles, "change_fraction": CHANGE,
+        "load_average": load_average, "cpus": os.cpu_count(),
         "stages": {r.name: {"what": r.what, "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,
                             "sizes_bytes": r.sizes, **r.figures, "error": r.error,
                             "skipped": r.skipped} for r in bench.rows},
