@@ -10,10 +10,11 @@ profiles, ~10% with two changed traits).
 Stages, in one process, in this order (``--stages``/``--skip`` pick them by name):
 
   read     baselines: bare ``pyarrow.csv.read_csv`` and DuckDB ``read_csv`` into a table
-  diff     baselines (DuckDB, memory_limit 1.5GB): long (uid, field, value) tables of both files
-           (the audience flag and the 5 traits as text); a full outer join field-level diff
-           written to Parquet, first sync (previous empty) and after the change (previous = the
-           unchanged file); a per-user checksum anti-join, unchanged and after the change
+  diff     baselines (a DuckDB file, memory_limit 1.5GB): long (uid, field, value) tables of
+           both files (the audience flag and the 5 traits as text); a full outer join
+           field-level diff written to Parquet, first sync (previous empty) and after the change
+           (previous = the unchanged file); a per-user checksum anti-join, unchanged and after
+           the change
   load     ``toolkit.load(all_shoppers.csv)``
   preview  ``Mapping.from_export(export).preview(export).to_frame()``
   plan     first ``toolkit.plan(…, create_users=True)`` against an empty ledger of a sandbox
@@ -242,7 +243,6 @@ class Bench:
 
         def duck(row: Row) -> None:
             with duckdb.connect() as con:
-                con.execute(f"SET memory_limit='{DUCKDB_MEMORY}'")
                 con.execute(f"CREATE TABLE shoppers AS SELECT * FROM read_csv({_sql(path)})")
                 n = con.execute("SELECT count(*) FROM shoppers").fetchone()[0]
             row.note = f"{n:,} rows"
@@ -254,7 +254,7 @@ class Bench:
 
         work = self.run_dir / "bare"
         work.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect() as con:
+        with duckdb.connect(str(work / "bare.duckdb")) as con:
             self._bare_diffs(con, work)
 
     def _bare_diffs(self, con, work: Path) -> None:
@@ -417,10 +417,12 @@ def _mb(n: int | None) -> str:
 
 # -- inputs -----------------------------------------------------------------------------------
 
-def ensure_files(profiles: int) -> dict[str, Path]:
-    """Generate the two CSVs once per N (a marker says the generator finished)."""
+def ensure_files(profiles: int) -> tuple[dict[str, Path], dict[str, float]]:
+    """Generate the two CSVs once per N (a marker says the generator finished); with the
+    generator's seconds and peak RSS when it ran now."""
     out = ROOT / "bench" / "out" / f"scale-{profiles}"
     marker = out / f".complete-change-{CHANGE}"
+    generated = {}
     if not marker.exists():
         print(f"generating {profiles:,} profiles into {out.relative_to(ROOT)} …", file=sys.stderr,
               flush=True)
@@ -429,9 +431,12 @@ def ensure_files(profiles: int) -> dict[str, Path]:
                         "--profiles", str(profiles), "--out", str(out), "--change", str(CHANGE)],
                        check=True, cwd=ROOT)
         marker.touch()
-        print(f"generated in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        generated = {"seconds": time.perf_counter() - start, "peak_rss_bytes": peak}
+        print(f"generated in {generated['seconds']:.1f} s, peak RSS "
+              f"{_mb(generated['peak_rss_bytes'])} MB", file=sys.stderr)
     return {"all_shoppers": out / "all_shoppers.csv",
-            "changed": out / "all_shoppers_changed.csv"}
+            "changed": out / "all_shoppers_changed.csv"}, generated
 
 
 # -- targets and report -----------------------------------------------------------------------
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {', '.join(sorted(unknown))}; use {', '.join(STAGES)}")
     selected = [s for s in STAGES if s in chosen and s not in skipped]
 
-    files = ensure_files(args.profiles)
+    files, generated = ensure_files(args.profiles)
     run_dir = files["all_shoppers"].parent / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(args.profiles, bench.rows, verdicts, load_average)
     print(json.dumps({
         "bench": "bench_scale", "profiles": args.profiles, "change_fraction": CHANGE,
-        "load_average": load_average, "cpus": os.cpu_count(),
+        "load_average": load_average, "cpus": os.cpu_count(), "generator": generated,
         "stages": {r.name: {"what": r.what, "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,
                             "sizes_bytes": r.sizes, **r.figures, "error": r.error,
                             "skipped": r.skipped} for r in bench.rows},
