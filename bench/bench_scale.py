@@ -136,9 +136,9 @@ class Row:
 class Bench:
     """Runs the stages, keeps what passes between them and every row measured."""
 
-    def __init__(self, profiles: int, files: dict[str, Path], run_dir: Path, selected: list[str],
+    def __init__(self, files: dict[str, Path], run_dir: Path, selected: list[str],
                  push_batches: int, repeat: int) -> None:
-        self.profiles, self.files, self.run_dir = profiles, files, run_dir
+        self.files, self.run_dir = files, run_dir
         self.selected, self.push_batches, self.repeat = selected, push_batches, repeat
         self.rows: list[Row] = []
         self.done: set[str] = set()
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     load_average = [os.getloadavg()[0]]
-    bench = Bench(args.profiles, files, run_dir, selected, args.push_batches, max(args.repeat, 1))
+    bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1))
     try:
         bench.run()
     finally:
