@@ -222,6 +222,7 @@ class _Builder:
         # the plan's rule for profiles sharing an identifier (the last row wins), so the
         # preview shows exactly the users and values a sync sends
         owner, self.shadowed = owners(self.keys)
+        self.sent = owner
         positions = np.flatnonzero(owner)
         self.owner = np.empty(len(self.users), dtype=np.int64)
         self.owner[codes[positions]] = positions
@@ -330,7 +331,7 @@ class _Builder:
             names = np.where(entered, rule.enter_event, rule.exit_event)
             exits = np.bincount(pos[~entered], minlength=self.n)
             self.exits[key] = exits
-            entries = np.bincount(pos[entered & self.has_key[pos]], minlength=self.n)
+            entries = np.bincount(pos[entered & self.sent[pos]], minlength=self.n)
             self.max_entries[key] = int(entries.max()) if len(entries) else 0
             self.entries[key] = entries
             # The earliest event per profile: property filters only see the last 30 days, so
@@ -343,7 +344,7 @@ class _Builder:
         else:
             names = np.full(len(values), rule.trait_event, dtype=object)
             props = [{"trait_key": key, key: v} for v in values]
-        held = self.has_key[pos]
+        held = self.sent[pos]  # a profile that loses to a later one sends nothing
         return pd.DataFrame({
             "user": pd.array(self.keys.to_numpy()[pos[held]], dtype="string"),
             "name": pd.array(np.asarray(names, dtype=object)[held], dtype="string"),

@@ -55,6 +55,18 @@ def acknowledge_all(plan, ledger) -> None:
         ledger.finish(plan.id, b.id, "acknowledged", state=state)
 
 
+def acknowledge_all_rows(plan, ledger) -> None:
+    """Record every batch of ``plan`` as acknowledged the way apply does: by reference to its
+    rows of the ledger's copy of the plan."""
+    from toolkit.sync.ledger import Rows
+
+    ledger.record_plan(plan)
+    ledger.record_batches(plan.id, [(b.id, b.kind, b.objects, None, b.index)
+                                    for b in plan.batches()])
+    ledger.finish_many(plan.id, [(b.id, "acknowledged", Rows(b.index, b.stop - b.start), None)
+                                 for b in plan.batches()])
+
+
 def edit_operations(manifest, edit) -> None:
     """Hand-edit a saved plan's operations file: ``edit(frame)`` changes a DataFrame of the
     operations in place (or returns a new one), which is written back in the same format."""
