@@ -357,3 +357,20 @@ def test_trait_event_values_braze_would_refuse_are_findings(led):
     assert all("z" * 256 not in v for v in events["value"])
     assert list(p.left_out.loc[p.left_out["code"] == "invalid_value", "uid"]) == [
         "external_id:u00002"]
+
+
+@pytest.mark.parametrize("options", [{}, {"create_users": True}, {"alias_label": "segment_id"}])
+def test_the_encoded_payload_apply_sends_is_the_payload_the_plan_shows(export, led, options):
+    mapping = Mapping.from_export(export).set("vip_customer", send_as="both").set(
+        "last_product_viewed_item", send_as="both")
+    export.profiles.loc[4, "last_product_viewed_item"] = 'quote " back\\slash \n é'
+    p = plan(export, mapping, led, **options)
+    kinds = set()
+    for b in p.batches():
+        if b.kind == "cohort":
+            continue
+        encoded = p.encoded_payload(b)
+        assert json.loads(encoded.body) == p.payload(b)
+        assert encoded.arrays == (b.kind,)
+        kinds.add(b.kind)
+    assert kinds == {"attributes", "events"}

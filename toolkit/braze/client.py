@@ -44,6 +44,7 @@ from toolkit.secrets import Secret, key_fingerprint, read_env_file, redact, reso
 
 __all__ = [
     "BrazeClient", "CohortClient", "TrackResult", "ClientStats", "RequestInfo", "ResponseInfo",
+    "EncodedTrack",
     "BrazeBadRequest", "BrazeServerError", "key_fingerprint", "OUTCOMES",
 ]
 
@@ -67,6 +68,15 @@ class BrazeBadRequest(BrazeAPIError):
 
 class BrazeServerError(BrazeAPIError):
     """Braze kept failing with 5xx (or 423) after every retry allowed."""
+
+
+@dataclass(frozen=True)
+class EncodedTrack:
+    """A ``/users/track`` body already encoded as JSON (``arrays`` names the arrays it holds),
+    so a large sync does not decode and re-encode every value."""
+
+    body: bytes
+    arrays: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,16 @@ class ClientStats:
         rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
                        for k, v in self.__dict__.items())
         return f"<table>{rows}</table>"
+
+
+class _LazyBody:
+    """An encoded request body that is decoded only when an error shows it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def decoded(self) -> Any:
+        return json.loads(self.data)
 
 
 @dataclass
@@ -350,6 +370,15 @@ class BrazeClient:
 
     def _track(self, payload: Mapping[str, Any], retry_unknown: bool | None,
                batch: int | None) -> TrackResult:
+        if isinstance(payload, EncodedTrack):
+            if retry_unknown is None:
+                retry_unknown = not ({"events", "purchases"} & set(payload.arrays))
+            reply = self._request("POST", "/users/track", data=payload.body,
+                                  retry_unknown=retry_unknown, batch=batch)
+            errors = _errors_of(reply.body)
+            return TrackResult(status=reply.status, body=reply.body, errors=errors,
+                               rejected=_rejected_of(errors), attempts=reply.attempts,
+                               elapsed=reply.elapsed, unknown_attempts=reply.unknown_attempts)
         if not isinstance(payload, Mapping):
             raise ConfigError(f"a /users/track payload must be a dict, not {type(payload).__name__}",
                               batch=batch)
@@ -465,7 +494,7 @@ class BrazeClient:
         return CohortClient(self, key, secret, partner=partner)
 
     # ---------------------------------------------------------------------------- transport
-    def _request(self, method: str, path: str, *, payload: Any = None,
+    def _request(self, method: str, path: str, *, payload: Any = None, data: bytes | None = None,
                  params: Mapping[str, Any] | None = None, retry_unknown: bool = True,
                  batch: int | None = None, bearer: bool = True,
                  body_secrets: tuple[Secret, ...] = ()) -> _Reply:
@@ -478,8 +507,9 @@ class BrazeClient:
                    "User-Agent": _USER_AGENT}
         if bearer:
             headers["Authorization"] = "Bearer " + self._key.reveal()
-        data = None
-        if payload is not None:
+        if data is not None:  # already encoded: decoded again only to describe a failure
+            payload = _LazyBody(data)
+        elif payload is not None:
             try:
                 data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
             except (TypeError, ValueError) as exc:
@@ -495,8 +525,9 @@ class BrazeClient:
             shown = dict(headers)
             if "Authorization" in shown:
                 shown["Authorization"] = f"Bearer {_REDACTED} (sha256:{self._key.fingerprint})"
+            body = payload.decoded() if isinstance(payload, _LazyBody) else payload
             return RequestInfo(method, url if not params else f"{url}?{_query(params)}", shown,
-                               redact(payload, secrets))
+                               redact(body, secrets))
 
         while True:
             attempts += 1

@@ -459,6 +459,11 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
     finally:
         run.flush()
         run.bar.close()
+    # fold what Braze acknowledged into the state snapshot now, while this apply holds the
+    # ledger, so the next plan starts from it
+    p0 = time.monotonic()
+    ledger.materialize()
+    phases["ledger"] = round(time.monotonic() - p0, 4)
     after = _stats(client)
     stats = {k: after.get(k, 0) - before.get(k, 0) for k in _STAT_KEYS}
     elapsed = time.monotonic() - t0
@@ -515,7 +520,7 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
             run.counts["objects_sent"] += b.objects
             rows = plan.rows_of(b)
             run.in_flight[b.id] = rows
-            yield plan.payload(b, rows)
+            yield plan.encoded_payload(b, rows)
 
     try:
         for index, result in client.track_batches(payloads()):

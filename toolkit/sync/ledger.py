@@ -435,18 +435,19 @@ class Ledger:
                         if rejected else "")
                 parts.append(f"SELECT o.field, o.uid, o.after, r.version FROM read_parquet({src}) o "
                              f"JOIN refs_{len(parts)} r ON o.batch = r.batch WHERE true{skip}")
-            db.execute("CREATE TEMP TABLE updates AS SELECT field, uid, after FROM ("
-                       + " UNION ALL ".join(parts) + ") QUALIFY row_number() OVER "
-                       "(PARTITION BY field, uid ORDER BY version DESC) = 1")
+            # the latest acknowledged value of each (field, user) wins (arg_max_null keeps a
+            # latest "forget" as NULL)
+            db.execute("CREATE TEMP TABLE updates AS " + " UNION ALL ".join(parts))
             new_fields = [r[0] for r in db.execute(
                 "SELECT DISTINCT field FROM updates ORDER BY field").fetchall()]
             old = self.path.with_name(current) if current else None
             old_fields = ([n for n in pq.read_schema(old).names if n not in ("uid", "checksum")]
                           if old is not None else [])
             all_fields = sorted(set(old_fields) | set(new_fields))
-            pivot = ", ".join(f"max(after) FILTER (WHERE field = {literal(f)}) AS {quote('v:' + f)}, "
-                              f"bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
-                              for f in new_fields)
+            pivot = ", ".join(
+                f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
+                f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
+                for f in new_fields)
             db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot} FROM updates GROUP BY uid")
             cols = []
             for f in all_fields:
@@ -459,7 +460,7 @@ class Ledger:
                     cols.append(f"s.{quote(f)} AS {quote(f)}")
             base = (f"read_parquet({literal(str(old))})" if old is not None else
                     "(SELECT NULL::VARCHAR AS uid WHERE false)")
-            db.execute(f"CREATE TEMP TABLE merged AS SELECT coalesce(s.uid, u.uid) AS uid, "
+            db.execute(f"CREATE TEMP VIEW merged AS SELECT coalesce(s.uid, u.uid) AS uid, "
                        f"{', '.join(cols)} FROM {base} s FULL OUTER JOIN upd u ON s.uid = u.uid")
             from toolkit.sync.diff import checksum_sql
 
@@ -468,9 +469,9 @@ class Ledger:
                                      lambda f: quote(f) if f in have else "NULL", digest)
                         if kinds else "NULL::UBIGINT")
             db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
-                       f"{', '.join(quote(f) for f in all_fields)} FROM merged ORDER BY uid) "
+                       f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
                        f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
-            written = db.execute("SELECT count(*) FROM updates").fetchall()[0][0]
+            written = db.execute("SELECT count(*) FROM upd").fetchall()[0][0]
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)

@@ -13,6 +13,7 @@ from the file with bounded memory.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -52,6 +53,12 @@ _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 @lru_cache(maxsize=1 << 16)
 def _decode(text: str) -> Any:
     return json.loads(text)
+
+
+@lru_cache(maxsize=1 << 12)
+def _key_text(name: str) -> str:
+    """``"name":`` as it opens a member of a JSON object."""
+    return json.dumps(name, ensure_ascii=False) + ":"
 
 
 def _utc_iso(ts: pd.Timestamp | datetime) -> str:
@@ -274,7 +281,7 @@ class _OpsReader:
         self.columns = list(columns)
         meta = self.file.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.starts = [0, *np.cumsum(sizes).tolist()]
         self._group = -1
         self._data: dict[str, list] = {}
 
@@ -288,10 +295,10 @@ class _OpsReader:
         out: dict[str, list] = {c: [] for c in self.columns}
         at = start
         while at < stop:
-            group = int(np.searchsorted(self.starts, at, side="right") - 1)
+            group = bisect.bisect_right(self.starts, at) - 1
             self._load(group)
-            base = int(self.starts[group])
-            end = min(stop, int(self.starts[group + 1]))
+            base = self.starts[group]
+            end = min(stop, self.starts[group + 1])
             for c in self.columns:
                 out[c].extend(self._data[c][at - base:end - base])
             at = end
@@ -481,6 +488,42 @@ class Plan:
         return {"cohort_id": names[0], "change": changes[0],
                 "user_ids": [i["external_id"] for i in ids if "external_id" in i],
                 "aliases": [i["user_alias"] for i in ids if "user_alias" in i]}
+
+    def encoded_payload(self, batch: Batch, rows: dict | None = None):
+        """`payload` of an attributes or events batch as JSON bytes, assembled from the
+        operations' JSON texts without decoding them (what apply sends)."""
+        from toolkit.braze.client import EncodedTrack
+
+        rows = rows if rows is not None else self.rows_of(batch)
+        uid, names, values = rows["uid"], rows["name"], rows["value"]
+        flag = "false" if self.options.get("create_users", False) else "true"
+        ident = self._identifier_text
+        key = _key_text
+        if batch.kind == "attributes":
+            objects: list[str] = []
+            last = None
+            parts: list[str] = []
+            for u, n, v in zip(uid, names, values):
+                if u != last:
+                    if parts:
+                        objects.append("{" + ",".join(parts) + "}")
+                    parts = [ident(u), '"_update_existing_only":' + flag]
+                    last = u
+                parts.append(key(n) + v)
+            if parts:
+                objects.append("{" + ",".join(parts) + "}")
+            body = '{"attributes":[' + ",".join(objects) + "]}"
+            return EncodedTrack(body.encode("utf-8"), ("attributes",))
+        time = ',"time":' + _dumps(self.options["event_time"]) + ',"properties":'
+        events = ["{" + ident(u) + ',"name":' + _dumps(n) + time + v
+                  + ',"_update_existing_only":' + flag + "}"
+                  for u, n, v in zip(uid, names, values)]
+        return EncodedTrack(('{"events":[' + ",".join(events) + "]}").encode("utf-8"),
+                            ("events",))
+
+    def _identifier_text(self, uid: str) -> str:
+        ident = self.identifier(uid)
+        return _dumps(ident)[1:-1]
 
     def payloads(self) -> Iterator[tuple[Batch, dict]]:
         for batch in self.batches():
