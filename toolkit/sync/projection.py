@@ -141,10 +141,11 @@ def _time_texts(values: pd.Series, *, date_only: bool) -> pa.Array:
     if date_only:  # braze-api §1.3 dob "YYYY-MM-DD"
         text = pc.strftime(arr, format='"%Y-%m-%d"')
     else:
-        text = pc.binary_join_element_wise(
-            _lit('"'), pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S").cast(pa.large_string()),
-            _lit('Z"'), _lit(""))
-        # %S of a millisecond timestamp prints seconds with 3 decimals, as Braze's ISO-8601 wants
+        # Arrow prints a millisecond timestamp as "YYYY-MM-DD HH:MM:SS.mmm" (much faster than
+        # strftime); Braze's ISO-8601 wants the T and the Z
+        iso = pc.replace_substring(arr.cast(pa.string()), " ", "T", max_replacements=1)
+        text = pc.binary_join_element_wise(_lit('"'), iso.cast(pa.large_string()), _lit('Z"'),
+                                           _lit(""))
     return text.cast(pa.large_string())
 
 
