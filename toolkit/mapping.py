@@ -9,6 +9,7 @@ approved. Payload rules (names, reserved fields, standard traits, value conversi
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass, fields
 from html import escape
 from pathlib import Path
@@ -247,7 +248,13 @@ class Mapping:
             raise MappingError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
                                line=mark.line + 1 if mark else None,
                                hint="fix the YAML syntax") from None
-        return cls.from_dict(doc, source=str(path))
+        except RecursionError:
+            # YAML (and JSON, which YAML reads) parses nested lists and mappings recursively
+            raise _too_deep(path) from None
+        try:
+            return cls.from_dict(doc, source=str(path))
+        except RecursionError:
+            raise _too_deep(path) from None
 
     @classmethod
     def from_dict(cls, doc: Any, *, source: str | None = None) -> "Mapping":
@@ -285,7 +292,7 @@ class Mapping:
                 if name == "exit_value" or value is None:
                     continue
                 if not isinstance(value, str):
-                    raise MappingError(f"{name} must be text, not {value!r}", file=source,
+                    raise MappingError(f"{name} must be text, not {_short(value)}", file=source,
                                        field=name, rule=item.get("key"), hint="quote the value")
             try:
                 rules.append(Rule(**item))
@@ -434,6 +441,24 @@ class Mapping:
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
                 f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
+
+
+def _too_deep(path: Path) -> MappingError:
+    return MappingError(
+        "the mapping file is nested too deeply to read (lists or mappings inside each other, "
+        "thousands of levels deep); a mapping is 'version' plus a flat list of 'rules'",
+        file=str(path),
+        hint="write the file with mapping.save(path), or by hand as 'version: 1' and 'rules:' "
+             "holding one '- key: …' entry of plain fields per rule")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A short repr of a value from a mapping file, safe on deeply nested or huge values."""
+    return _REPR.repr(value)
 
 
 def _shared_warnings(shared: dict[str, list[str]]) -> list[str]:
