@@ -238,7 +238,8 @@ REFUSED: list[Refused] = [
     Refused("json_top_level_string", export("events.json", '"hello"'), text="JSON object|no rows",
             where={"file": True}),
     Refused("batch_entry_not_object", export("batch.json", '{"batch": [1, 2]}'),
-            text="batch entry", where={"file": True, "field": "batch"}),
+            text=r"batch entry is not a JSON object \(batch 1, message 1 is a number",
+            where={"file": True, "field": "batch"}),
     Refused("no_engage_messages", export("events.ndjson", _ndjson(
         {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {}})),
         text="no Engage", where={"file": True}),
