@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv as _stdcsv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -197,7 +198,19 @@ _PARSED = {"number": pa.float64(), "datetime": pa.timestamp("ns", tz="UTC")}
 
 def _read_table(header: _Header, types: dict[str, pa.DataType] | None = None) -> pa.Table:
     """Every column as text, except `types` (parsed when every value fits, else read as text
-    too); empty cells are null."""
+    too); empty cells are null. A quoted value that is never closed is an error: pyarrow
+    would take the rest of the file as that value."""
+    table = _parse_table(header, types)
+    if _odd_quote_count(header.path):
+        # valid CSV holds quotes in pairs: either a stray quote inside a value (read as data,
+        # as pyarrow does) or a quote that opens and never closes
+        problem = _unclosed_quote(header)
+        if problem is not None:
+            raise problem
+    return table
+
+
+def _parse_table(header: _Header, types: dict[str, pa.DataType] | None = None) -> pa.Table:
     path = header.path
     # 4 MB blocks: fewer chunks to walk afterwards, still enough blocks for every core
     opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
@@ -224,9 +237,69 @@ def _read_table(header: _Header, types: dict[str, pa.DataType] | None = None) ->
         raise _explain_arrow_error(path, header, exc) from None
 
 
+_QUOTE_SCAN_BLOCK = 1 << 24
+
+
+def _odd_quote_count(path: Path) -> bool:
+    """Whether the file holds an odd number of double quotes: a vectorised count over the
+    file in 16 MB blocks (about 0.1 s per GB), no Python loop over its bytes."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        odd = 0
+        for start in range(0, len(data), _QUOTE_SCAN_BLOCK):
+            odd ^= int(np.count_nonzero(data[start:start + _QUOTE_SCAN_BLOCK] == 34)) & 1
+        return bool(odd)
+    finally:
+        del data
+
+
+def _unclosed_quote(header: _Header) -> ExportFormatError | None:
+    """The error for a quoted value that opens and is never closed, naming the line where it
+    opened; None when every quote closes (a stray quote inside a value is data). Streams the
+    file through Python's csv module: only run when something is already wrong."""
+    path, expected = header.path, len(header.columns)
+    for strict in (True, False):
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            reader = _stdcsv.reader(fh, delimiter=header.delimiter, strict=strict)
+            start = 1  # physical line where the current record starts
+            try:
+                for row in reader:
+                    end = reader.line_num
+                    if end > start and len(row) != expected:
+                        # a quoted value ran over line ends and took the next rows' fields
+                        field = next((i for i, v in enumerate(row) if "\n" in v or "\r" in v),
+                                     len(row) - 1)
+                        return _unclosed_error(header, start, field, f"line {end}")
+                    start = end + 1
+                return None
+            except _stdcsv.Error as exc:
+                if "unexpected end of data" not in str(exc):
+                    continue  # text after a closing quote ("a"b): look again, leniently
+        # the file ended inside a quoted value: it opened in the record starting at `start`
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            first = next(itertools.islice(fh, start - 1, None), "")
+        fields = next(_stdcsv.reader([first], delimiter=header.delimiter), [""])
+        return _unclosed_error(header, start, len(fields) - 1, "the end of the file")
+    return None
+
+
+def _unclosed_error(header: _Header, line: int, field: int, ran_to: str) -> ExportFormatError:
+    column = header.columns[field] if 0 <= field < len(header.columns) else field + 1
+    return ExportFormatError(
+        f"a quote opened on line {line} (column {column!r}) is never closed: the reader would "
+        f"take everything up to {ran_to} as one value", file=str(header.path), line=line,
+        column=column,
+        hint='close the quote on that line ("…") or remove it; a quote inside a value is '
+             'written as two quotes (""); if the file was cut off, download it again')
+
+
 def _explain_arrow_error(path: Path, header: _Header, exc: Exception) -> ExportFormatError:
     """Turn a pyarrow CSV error into one that names the line and says what was expected."""
     text = str(exc)
+    if "UTF8" not in text and "utf8" not in text.lower():
+        unclosed = _unclosed_quote(header)
+        if unclosed is not None:
+            return unclosed
     raw = path.read_bytes()
     if header.bom:
         raw = raw[3:]
