@@ -43,8 +43,8 @@ import pyarrow.csv as pacsv
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
-                                   sample_kind, type_python_values, type_string_column,
-                                   union_id_lists, worker_pool)
+                                   merge_report, rows_text, sample_kind, type_python_values,
+                                   type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import ExportFormatError
 
@@ -553,29 +553,37 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
               path: Path, repeats_expected: bool):
-    """Merge rows of the same profile: first value per column, union of multi-valued ids."""
-    dup = frame["segment_id"].duplicated(keep=False).to_numpy()
-    if not repeats_expected:
-        firsts = frame.loc[dup].groupby("segment_id", sort=False).head(1).index
-        counts = frame.loc[dup, "segment_id"].value_counts()
-        for pos in firsts[:200]:
-            sid = frame.at[pos, "segment_id"]
-            findings.add("warning", "duplicate_profile",
-                         f"profile {sid} appears on {int(counts[sid])} rows; rows merged",
-                         row=int(rows[pos]), column="key", segment_id=str(sid),
-                         fix="download the audience again; an Engage CSV lists each profile once")
-        if len(firsts) > 200:
-            findings.add("warning", "duplicate_profile",
-                         f"{len(firsts):,} profiles appear on several rows; rows merged",
-                         column="key", fix="download the audience again")
+    """Merge rows of the same profile: first non-blank value per column, union of
+    multi-valued ids; a finding per merged profile names its rows, the value kept per column
+    and the values dropped (`repeats_expected`, trait CSV shape c: only when they disagree)."""
     lists = ("emails", "anonymous_ids")
     work = frame.drop(columns=list(lists))
     for k, t in typed.items():
         work[f"__{k}"] = t.values.reset_index(drop=True)
     work["__row"] = rows
     group = work.groupby("segment_id", sort=False)
-    merged = group.first().reset_index()
     codes = group.ngroup().to_numpy()  # original position -> merged position
+    compared = {c: frame[c] for c in ("user_id", "braze_id") if not repeats_expected}
+    compared.update({k: t.values for k, t in typed.items()})
+    report = merge_report(compared, frame["segment_id"], rows, first_non_blank=True,
+                          only_conflicts=repeats_expected, limit=200, key_codes=codes)
+    fix = ("download the export again; an Engage CSV lists each profile once" if not
+           repeats_expected else "the rows of one profile should carry the same value: "
+                                 "download the export again")
+    for sid, its_rows, conflicts in report.described:
+        what = ("; ".join(conflicts) if conflicts else "the rows agree")
+        findings.add("warning", "duplicate_profile",
+                     f"profile {sid} appears on {rows_text(its_rows)}; merged into one, each "
+                     f"column keeping its first non-blank value: {what}", row=its_rows[0],
+                     column="key", segment_id=sid, fix=fix)
+    shown = report.conflicting if repeats_expected else report.repeated
+    if shown > len(report.described):
+        findings.add("warning", "duplicate_profile",
+                     f"{report.repeated:,} profiles appear on several rows, {report.conflicting:,}"
+                     f" of them with values that disagree; merged, each column keeping its first "
+                     f"non-blank value (the first {len(report.described)} listed)",
+                     column="key", fix=fix)
+    merged = group.first().reset_index()
     for col in lists:
         merged[col] = union_id_lists(frame[col], codes, len(merged))
     new_typed = {}

@@ -327,6 +327,129 @@ def union_id_lists(lists: pd.Series, codes: np.ndarray, n_groups: int) -> pd.Ser
                                                  values.filter(pa.array(first))))
 
 
+# -- merging repeated rows ---------------------------------------------------------------------
+
+class MergeReport:
+    """What merging the rows of repeated keys did: per described key, its source rows and one
+    text per column whose values disagreed ("score kept 5 (row 1), dropped 6 (row 3)")."""
+
+    def __init__(self, described: list[tuple[str, list[int], list[str]]], repeated: int,
+                 conflicting: int):
+        self.described = described      # (key, source rows, conflict texts)
+        self.repeated = repeated        # keys on several rows
+        self.conflicting = conflicting  # of which, keys whose rows disagree on some value
+
+
+def merge_report(columns: dict[str, pd.Series], keys: pd.Series, rows: np.ndarray, *,
+                 first_non_blank: bool, only_conflicts: bool = False, limit: int = 200,
+                 key_codes: np.ndarray | None = None) -> MergeReport:
+    """Describe how rows sharing a key merge: ``first_non_blank`` — each column keeps its first
+    non-blank value (pandas' groupby ``first``); otherwise the first row is kept whole. A
+    column is described when its rows disagree or when its first row is blank but a later
+    one is not (the value then comes from, or is lost with, that later row). The
+    disagreement test is vectorised over the repeated rows only; texts are built for at most
+    `limit` keys (in order of first appearance; with `only_conflicts`, keys whose rows
+    disagree). `key_codes`: the keys' group numbers when the caller has them (as from
+    ``groupby(...).ngroup()``; then `keys` are only read for the described ones)."""
+    keys = keys.reset_index(drop=True)
+    if key_codes is None:
+        all_codes = pd.factorize(keys)[0]  # one hash pass
+    else:
+        all_codes = np.asarray(key_codes)
+    repeated = np.bincount(all_codes[all_codes >= 0], minlength=int(all_codes.max()) + 1) > 1
+    pos = np.flatnonzero(repeated[all_codes] & (all_codes >= 0))
+    if not len(pos):
+        return MergeReport([], 0, 0)
+    # renumber the repeated keys 0… in order of first appearance
+    codes = pd.factorize(all_codes[pos])[0]
+    n_groups = int(codes.max()) + 1
+    order = np.argsort(codes, kind="stable")   # members of each group, in row order
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    starts, firsts = bounds[:-1], order[bounds[:-1]]
+    top = np.iinfo(np.int64).max
+    prepared = []
+    conflict_any = np.zeros(n_groups, dtype=bool)
+    for name, values in columns.items():
+        raw = values.reset_index(drop=True)
+        if len(pos) < len(raw):  # (shape c trait CSVs repeat every profile: no copy then)
+            raw = raw.iloc[pos].reset_index(drop=True)
+        comparable = _comparable(raw)
+        # distinct values as integers (-1 blank); a group disagrees when its smallest and
+        # largest non-blank codes differ: two reductions over the sorted codes, no hashing
+        value_codes = pd.factorize(comparable)[0].astype(np.int64)
+        in_order = value_codes[order]
+        present = in_order >= 0
+        lowest = np.minimum.reduceat(np.where(present, in_order, top), starts)
+        highest = np.maximum.reduceat(in_order, starts)
+        any_value = highest >= 0
+        bad = any_value & (lowest != highest)
+        # a blank first row: a later row's value is kept (first non-blank) or lost (first row)
+        bad |= any_value & (value_codes[firsts] < 0)
+        if bad.any():
+            prepared.append((name, raw, comparable, bad))
+            conflict_any |= bad
+    groups = np.flatnonzero(conflict_any) if only_conflicts else np.arange(n_groups)
+    described = []
+    for g in groups[:limit].tolist():
+        members = order[bounds[g]:bounds[g + 1]]
+        texts = [_conflict_text(name, raw, comparable, members, rows[pos[members]],
+                                first_non_blank)
+                 for name, raw, comparable, bad in prepared if bad[g]]
+        described.append((str(keys.iat[int(pos[members[0]])]),
+                          [int(r) for r in rows[pos[members]]], texts))
+    return MergeReport(described, n_groups, int(conflict_any.sum()))
+
+
+def _comparable(values: pd.Series) -> pd.Series:
+    """Values that compare as the data do: JSON text for lists and dicts (unhashable)."""
+    if values.dtype != object:
+        return values
+    import json
+    return pd.Series([None if v is None or v is pd.NA or isinstance(v, float) and np.isnan(v)
+                      else json.dumps(v, sort_keys=True, default=str) for v in values],
+                     dtype=object)
+
+
+def _conflict_text(name: str, raw: pd.Series, comparable: pd.Series, members: np.ndarray,
+                   rows: np.ndarray, first_non_blank: bool) -> str:
+    present = comparable.iloc[members].notna().to_numpy()
+    kept = int(np.argmax(present)) if first_non_blank else 0
+    kept_value = comparable.iloc[members[kept]]
+    dropped = [(shown_value(raw.iloc[m]), int(r)) for j, (m, r) in enumerate(zip(members, rows))
+               if j != kept and present[j]
+               and (pd.isna(kept_value) or comparable.iloc[m] != kept_value)]
+    text = f"{name} kept {shown_value(raw.iloc[members[kept]])} (row {int(rows[kept])})"
+    if dropped:
+        listed = ", ".join(f"{v} (row {r})" for v, r in dropped[:5])
+        text += f", dropped {listed}" + (f" and {len(dropped) - 5} more" if len(dropped) > 5
+                                         else "")
+    return text
+
+
+def shown_value(value: Any, width: int = 40) -> str:
+    """A value as a finding shows it: numbers without a trailing .0, text quoted, "blank"."""
+    if value is None or value is pd.NA or value is pd.NaT or (
+            isinstance(value, float) and np.isnan(value)):
+        return "blank"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def rows_text(rows: list[int], limit: int = 10) -> str:
+    """"row 4", "rows 1 and 3", "rows 1, 3 and 5", "rows 1, 2, … (25 rows)"."""
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    if len(rows) > limit:
+        return "rows " + ", ".join(map(str, rows[:limit])) + f", … ({len(rows):,} rows)"
+    return "rows " + ", ".join(map(str, rows[:-1])) + f" and {rows[-1]}"
+
+
 # -- value typing ------------------------------------------------------------------------------
 
 def python_kind(value: Any) -> str | None:

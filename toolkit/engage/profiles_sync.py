@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from toolkit.engage.frames import Typed, assemble, identifier_frame, type_python_values, \
-    type_string_column
+from toolkit.engage.frames import Typed, assemble, identifier_frame, merge_report, rows_text, \
+    type_python_values, type_string_column
 from toolkit.engage.model import Findings
 from toolkit.errors import ExportFormatError
 
@@ -114,10 +114,21 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
                                 hint="every profile_traits row needs its canonical_segment_id")
     dup = seg.duplicated()
     if dup.any():
-        for i in np.flatnonzero(dup.to_numpy())[:200]:
-            findings.add("warning", "duplicate_profile", f"profile {seg.iloc[i]} appears on "
-                         "several rows; the first is kept", row=int(row_numbers[i]),
-                         column=key_col, segment_id=str(seg.iloc[i]))
+        # the first row of a profile is kept whole; say what the later rows held that is lost
+        compared = {c: traits[c] for c in traits.columns if c != key_col}
+        report = merge_report(compared, seg, row_numbers, first_non_blank=False)
+        for sid, its_rows, conflicts in report.described:
+            what = "; ".join(conflicts) if conflicts else "the rows agree"
+            findings.add("warning", "duplicate_profile",
+                         f"profile {sid} appears on {rows_text(its_rows)}; row {its_rows[0]} is "
+                         f"kept: {what}", row=its_rows[1], column=key_col, segment_id=sid,
+                         fix="materialise profile_traits again: it holds one row per profile")
+        if report.repeated > len(report.described):
+            findings.add("warning", "duplicate_profile",
+                         f"{report.repeated:,} profiles appear on several rows, "
+                         f"{report.conflicting:,} of them with values that disagree; the first "
+                         f"row of each is kept (the first {len(report.described)} listed)",
+                         column=key_col)
         keep = ~dup.to_numpy()
         traits, seg, row_numbers = (traits.loc[keep].reset_index(drop=True),
                                     seg[keep].reset_index(drop=True), row_numbers[keep])
