@@ -586,14 +586,8 @@ def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, fi
     merged = group.first().reset_index()
     for col in lists:
         merged[col] = union_id_lists(frame[col], codes, len(merged))
-    new_typed = {}
-    for k, t in typed.items():
-        values = merged[f"__{k}"].astype(t.values.dtype)
-        nt = Typed(values, t.value_type, [(int(codes[i]), v, kk) for i, v, kk in t.drift],
-                   [(int(codes[i]), v) for i, v in t.invalid_dates],
-                   [(int(codes[i]), v) for i, v in t.string_booleans],
-                   text_booleans=t.text_booleans)
-        new_typed[k] = nt
+    new_typed = {k: t.remapped(merged[f"__{k}"].astype(t.values.dtype), codes)
+                 for k, t in typed.items()}
     out = merged[list(frame.columns)]
     for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id"):
         out[c] = out[c].astype("string")

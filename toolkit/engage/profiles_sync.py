@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from toolkit.engage.frames import Typed, assemble, identifier_frame, merge_report, rows_text, \
     type_python_values, type_string_column
@@ -56,7 +57,11 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
         raise ExportFormatError("file not found", file=str(path), hint="check the path")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            return pd.read_parquet(path), False
+            # float columns stay Arrow-backed: there a NaN is a value, apart from a null
+            # (numpy floats would make both NaN), so a NaN trait can be reported
+            return pq.read_table(path).to_pandas(types_mapper={
+                pa.float64(): pd.ArrowDtype(pa.float64()),
+                pa.float32(): pd.ArrowDtype(pa.float32())}.get), False
         except (pa.ArrowInvalid, OSError) as exc:
             raise ExportFormatError(f"not a readable parquet file ({str(exc).splitlines()[0]})",
                                     file=str(path), hint="export the table again") from None
@@ -172,9 +177,12 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
     for col in traits.columns:
         if col in skip:
             continue
+        dtype = traits[col].dtype
         if traits_text:
             t = type_string_column(pa.chunked_array([pa.array(traits[col].to_numpy(
                 dtype=object, na_value=None), type=pa.string())]))
+        elif isinstance(dtype, pd.ArrowDtype) and pa.types.is_floating(dtype.pyarrow_dtype):
+            t = type_string_column(pa.chunked_array([pa.array(traits[col].array)]))
         else:
             t = type_python_values(traits[col].astype(object).where(traits[col].notna(), None))
         is_audience = (col in wanted) if wanted is not None else t.value_type == "boolean"
