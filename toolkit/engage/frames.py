@@ -34,6 +34,7 @@ NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 # NaN and the infinities as CSV writers spell them (pandas "nan", Spark "NaN", "inf",
 # "-Infinity"…): a number column's odd values, never a reason to read the column as text
 NON_FINITE_RE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
+_NAN_RE = r"(?i)^[+-]?nan$"
 DATE_RE = (r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?"
            r"(?:Z|[+-]\d{2}:?\d{2})?$")
 BOOL_STRINGS = {"true": True, "false": False}
@@ -517,8 +518,9 @@ def python_kind(value: Any) -> str | None:
 class Typed:
     """A typed computation column and the row positions whose value did not fit its type.
 
-    Every value that does not fit is *read as blank* (missing, exactly like an empty cell) and
-    listed here, so that validation can say so, row by row:
+    Every value that does not fit is *read as blank* (missing, exactly like an empty cell) —
+    but for ±inf, kept in its number column and left out downstream — and listed here, so that
+    validation can say so, row by row:
       ``drift``          (position, raw value, its kind): text in a number column, "maybe" in a
                          boolean one… (the first `LISTED`; ``drift_total`` counts them all);
       ``invalid_dates``  (position, raw value): dates that do not parse (the first `LISTED`;
@@ -562,8 +564,10 @@ _NON_FINITE_KINDS = ("NaN", "+inf", "-inf")
 
 
 def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:
-    """(`numbers` with NaN and ±inf made null, their positions by kind), vectorised: one
-    ``is_finite`` pass, and positions only when some value is not finite."""
+    """(`numbers` with NaN made null, the positions of NaN, +inf and -inf by kind), vectorised:
+    one ``is_finite`` pass, and positions only when some value is not finite. Infinities stay:
+    a number Braze cannot store is left out downstream (`braze.rules.convert` marks it
+    invalid, so the plan keeps what Braze holds), while NaN means no value."""
     if numbers.type != pa.float64():
         numbers = pc.cast(numbers, pa.float64())
     odd = pc.invert(pc.fill_null(pc.is_finite(numbers), True))
@@ -574,7 +578,10 @@ def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[s
     kinds = dict(zip(_NON_FINITE_KINDS, (positions[np.isnan(values)],
                                          positions[values == np.inf],
                                          positions[values == -np.inf])))
-    return pc.if_else(odd, pa.scalar(None, pa.float64()), numbers), kinds
+    if len(kinds["NaN"]):
+        numbers = pc.if_else(pc.fill_null(pc.is_nan(numbers), False),
+                             pa.scalar(None, pa.float64()), numbers)
+    return numbers, kinds
 
 
 def _float_series(numbers: pa.ChunkedArray) -> pd.Series:
@@ -608,8 +615,8 @@ def type_python_values(values: pd.Series, *, audience: bool = False) -> Typed:
         out = pd.Series([v if k == "boolean" else pd.NA for v, k in zip(raw, kinds)],
                         index=values.index, dtype="boolean")
     elif value_type == "number":
-        out = pd.Series([float(v) if k == "number" and np.isfinite(v) else None
-                         for v, k in zip(raw, kinds)], index=values.index, dtype="Float64")
+        out = pd.Series([float(v) if k == "number" else None for v, k in zip(raw, kinds)],
+                        index=values.index, dtype="Float64")
     elif value_type == "datetime":
         text = pd.Series([v if k == "datetime" else None for v, k in zip(raw, kinds)],
                          index=values.index, dtype=object)
@@ -656,9 +663,10 @@ _KINDS = ("boolean", "number", "datetime", "string")
 
 def sample_kind(column: pa.ChunkedArray) -> str:
     """The most common `_text_kind` among the column's first `TYPE_SAMPLE` non-null values (blank
-    ones skipped; a tie goes to the kind seen first), classified in pyarrow. NaN and infinities
-    count as numbers when the sample holds a real number, else as text (a column of plan
-    names may well say "Infinity")."""
+    ones skipped; a tie goes to the kind seen first), classified in pyarrow. NaN (how pandas
+    and Spark write a missing number) does not vote: a column of NaN alone is a number column;
+    infinities count as numbers when the sample holds a real number, else as text (a column
+    of plan names may well say "Infinity")."""
     return sample_kinds(column)[0]
 
 
@@ -683,9 +691,13 @@ def sample_kinds(column: pa.ChunkedArray) -> tuple[str, dict[str, int]]:
     kind = np.select([test(pc.is_in(pc.utf8_lower(sample), value_set=pa.array(list(BOOL_STRINGS)))),
                       test(pc.match_substring_regex(sample, NUMBER_RE)),
                       test(pc.match_substring_regex(sample, DATE_RE)),
+                      test(pc.match_substring_regex(sample, _NAN_RE)),
                       test(pc.match_substring_regex(sample, NON_FINITE_RE))],
-                     [0, 1, 2, 4], default=3)
-    kind[kind == 4] = 1 if (kind == 1).any() else 3  # see the docstring
+                     [0, 1, 2, 4, 5], default=3)
+    kind = kind[kind != 4]  # see the docstring
+    if not len(kind):
+        return "number", {}
+    kind[kind == 5] = 1 if (kind == 1).any() else 3
     counts = np.bincount(kind, minlength=len(_KINDS))
     first_seen = [int(np.argmax(kind == k)) if counts[k] else len(kind) for k in range(len(_KINDS))]
     chosen = _KINDS[min(range(len(_KINDS)), key=lambda k: (-counts[k], first_seen[k]))]
@@ -702,8 +714,9 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
 
     The column's type is the most common kind in a sample of its first non-empty values; the
     whole column is then converted to that kind in one cast when every value fits, else checked
-    value by value. Values that do not fit are drift and read as blank; NaN and infinities in
-    a number column are read as blank too (`Typed.non_finite`). No per-row Python."""
+    value by value. Values that do not fit are drift and read as blank; in a number column NaN
+    is read as blank too and ±inf kept to be left out (`Typed.non_finite`). No per-row
+    Python."""
     col = column
     # already parsed by the CSV reader (see csv._predicted_types), or a parquet float column
     if pa.types.is_floating(col.type):

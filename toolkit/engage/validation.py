@@ -21,10 +21,15 @@ Checks (finding codes):
                               signed number or a phone number), in a value or a column name
   invalid_key        error    a computation key over 255 characters or starting with "$"
 
-What is sent for a value that does not fit its column (type_drift, non_finite_number,
-invalid_date): nothing of it — it is *read as blank*, exactly like an empty cell (pd.NA in
-`profiles`, which `Mapping.attribute_values` sends nothing for), and the column keeps its type
-(a number column stays Float64). Formula-like text is data: it is sent verbatim.
+What is sent for a value that does not fit its column — the column keeps its type either way
+(a number column stays Float64):
+  * text in a number column, a boolean neither true nor false, an unreadable date, NaN: it is
+    *read as blank*, exactly like an empty cell (pd.NA in `profiles`; `Mapping.attribute_values`
+    sends nothing for it, and a sync treats it as an empty cell);
+  * +inf / -inf: *left out* — kept as the number it is, which Braze cannot store, so nothing is
+    sent for it and the plan keeps whatever Braze already holds (`braze.rules.convert` marks
+    it invalid).
+Each finding's message says which. Formula-like text is data: it is sent verbatim.
 Per-row findings are capped at `MAX_ROW_FINDINGS` per code and column; past the cap one summary
 finding gives the total, so a million-row export stays readable and fast.
 """
@@ -153,12 +158,13 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                          fix=f"send {key!r} as {t.value_type} everywhere: Braze locks an attribute's "
                              "type on the first value it receives")
         for kind, positions in t.non_finite.items():
+            done = READ_AS_BLANK if kind == "NaN" else LEFT_OUT
             message = (f"{key!r} holds {_NON_FINITE_LABEL[kind]}, which Braze cannot store (JSON "
-                       f"has no NaN or infinity): {READ_AS_BLANK}")
+                       f"has no NaN or infinity): {done}")
             row_findings(f, "warning", "non_finite_number",
                          [(int(i), message) for i in positions[:MAX_ROW_FINDINGS]],
                          total=len(positions), column=key, segment_ids=sid, rows=rows,
-                         summary=f"{kind} values in {key!r} ({READ_AS_BLANK})",
+                         summary=f"{kind} values in {key!r} ({done})",
                          fix="write numbers as plain decimals (12.5) and leave the cell empty "
                              "when there is no value")
         if t.mixed is not None:
@@ -218,6 +224,10 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
 # What the toolkit does with a value that does not fit its column: the same as with an empty
 # cell (pd.NA in `profiles`; `Mapping.attribute_values` sends nothing for it).
 READ_AS_BLANK = "read as blank, like an empty cell"
+# An infinity stays in its number column; `braze.rules.convert` marks it invalid, so
+# `attribute_values` sends nothing for it and the plan leaves the profile's value out (unlike
+# an empty cell, it never removes a value Braze holds).
+LEFT_OUT = "left out: nothing is sent for it, and a value Braze already holds is kept"
 _NON_FINITE_LABEL = {"NaN": "NaN (not a number)", "+inf": "+inf (an infinite number)",
                      "-inf": "-inf (an infinite number)"}
 _KIND_PLURAL = {"number": "numbers", "boolean": "booleans", "datetime": "dates"}
