@@ -9,6 +9,7 @@ approved. Payload rules (names, reserved fields, standard traits, value conversi
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 from dataclasses import dataclass, fields
 from html import escape
@@ -230,7 +231,10 @@ class Mapping:
         """Read a mapping saved by `save`; unknown or mistyped fields raise MappingError naming them."""
         path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            if _nesting_depth(text) > _MAX_DEPTH:
+                raise _too_deep(path)
+            doc = yaml.safe_load(text)
         except FileNotFoundError:
             raise MappingError("mapping file not found", file=str(path),
                                hint="save one with mapping.save(path) first") from None
@@ -441,6 +445,24 @@ class Mapping:
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
                 f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
+
+
+# A mapping is three levels deep (document, rules list, rule fields). YAML's parser recurses
+# once per level and slows down quadratically with flow nesting, so anything far deeper is
+# refused before parsing.
+_MAX_DEPTH = 100
+
+
+def _nesting_depth(text: str) -> int:
+    """An upper bound on how deeply `text` nests: open JSON/YAML flow brackets ([ {), and
+    block indentation (one level per two columns) — brackets inside quoted text count too,
+    which only makes the bound looser. Vectorised over the characters."""
+    data = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    steps = ((data == 0x5B) | (data == 0x7B)).astype(np.int64) - (
+        (data == 0x5D) | (data == 0x7D))
+    flow = int(np.cumsum(steps).max()) if len(steps) else 0
+    indent = max((len(m.group(1)) for m in re.finditer(r"^([ -]+)", text, re.M)), default=0)
+    return max(flow, indent // 2)
 
 
 def _too_deep(path: Path) -> MappingError:
