@@ -23,6 +23,8 @@ UNCLOSED = {
     "swallows_later_rows": ("key,note\nuse_1,ok\nuse_2,\"abc\nuse_3,x\nuse_4,y\n", 3, "note"),
     "crlf_line_ends": ((HEADER + GOOD + 'use_3,u3,"c@example.com,true\n'
                         "use_4,u4,d@example.com,true\n").replace("\n", "\r\n"), 4, "email"),
+    # text after a closing quote on line 2 ("a"b) is tolerated; the quote on line 3 is not
+    "after_a_tolerated_oddity": ('key,user_id,note\nuse_1,u1,"a"b\nuse_2,u2,"x\n', 3, "note"),
     "semicolons": ((HEADER + GOOD + 'use_3;u3;"c@example.com;true\n').replace(",", ";"), 4,
                    "email"),
 }

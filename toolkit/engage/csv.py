@@ -258,29 +258,33 @@ def _unclosed_quote(header: _Header) -> ExportFormatError | None:
     opened; None when every quote closes (a stray quote inside a value is data). Streams the
     file through Python's csv module: only run when something is already wrong."""
     path, expected = header.path, len(header.columns)
-    for strict in (True, False):
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-            reader = _stdcsv.reader(fh, delimiter=header.delimiter, strict=strict)
-            start = 1  # physical line where the current record starts
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        reader = _stdcsv.reader(fh, delimiter=header.delimiter, strict=True)
+        start = 1  # physical line where the current record starts
+        while True:
             try:
-                for row in reader:
-                    end = reader.line_num
-                    if end > start and len(row) != expected:
-                        # a quoted value ran over line ends and took the next rows' fields
-                        field = next((i for i, v in enumerate(row) if "\n" in v or "\r" in v),
-                                     len(row) - 1)
-                        return _unclosed_error(header, start, field, f"line {end}")
-                    start = end + 1
+                row = next(reader)
+            except StopIteration:
                 return None
             except _stdcsv.Error as exc:
-                if "unexpected end of data" not in str(exc):
-                    continue  # text after a closing quote ("a"b): look again, leniently
-        # the file ended inside a quoted value: it opened in the record starting at `start`
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-            first = next(itertools.islice(fh, start - 1, None), "")
-        fields = next(_stdcsv.reader([first], delimiter=header.delimiter), [""])
-        return _unclosed_error(header, start, len(fields) - 1, "the end of the file")
-    return None
+                if "unexpected end of data" in str(exc):
+                    break
+                # another complaint (text after a closing quote: "a"b, a NUL byte…): not an
+                # unclosed quote; the reader goes on with the next record
+                start = reader.line_num + 1
+                continue
+            end = reader.line_num
+            if end > start and len(row) != expected:
+                # a quoted value ran over line ends and took the next rows' fields
+                field = next((i for i, v in enumerate(row) if "\n" in v or "\r" in v),
+                             len(row) - 1)
+                return _unclosed_error(header, start, field, f"line {end}")
+            start = end + 1
+    # the file ended inside a quoted value: it opened in the record starting at `start`
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        first = next(itertools.islice(fh, start - 1, None), "")
+    fields = next(_stdcsv.reader([first], delimiter=header.delimiter), [""])
+    return _unclosed_error(header, start, len(fields) - 1, "the end of the file")
 
 
 def _unclosed_error(header: _Header, line: int, field: int, ran_to: str) -> ExportFormatError:
