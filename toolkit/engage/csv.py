@@ -20,6 +20,14 @@ ISO-8601 dates are parsed by the reader itself; should any later value not fit, 
 again all as text and typed vectorised (see `frames.type_string_column`), which reports the
 misfits. Identifiers stay in Arrow until the final DataFrame; ``emails`` / ``anonymous_ids`` are
 pyarrow list columns.
+
+Quotes: pyarrow reads a quote that never closes as a value running to the end of the file (rows
+swallowed silently). Valid CSV holds quotes in pairs, so every read counts the file's quote
+characters (numpy, ~0.1 s per GB); an odd count sends the file through Python's csv module to
+find the line where a quote opened and never closed — an error naming that line and column —
+or to clear it (a stray quote inside an unquoted value, such as ``5" screen``, is data).
+Repeated profile keys are merged (first non-blank value per column) and each merge is a
+finding naming its rows, what each column kept and from which row, and what was dropped.
 """
 from __future__ import annotations
 

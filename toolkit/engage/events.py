@@ -19,6 +19,13 @@ anonymousId, …), so messages are grouped into profiles:
     audience only messages with a real boolean count.
 The event history keeps one row per collapsed message: fan-out copies (same profile, time,
 type, event, key and value) count once.
+
+Where findings point: in NDJSON, ``row`` is the message's line; in a JSON document or a file
+holding batch envelopes, it is the message's position in the file (1-based, counting every
+message of every batch), and each finding's message starts with where that is — "batch 2,
+message 5" (or "line 4, batch 3, message 1" for NDJSON lines holding envelopes). A batch
+envelope is an object with ``batch`` and no ``type``; its ``batch`` must be a list of message
+objects, else the file is refused naming the batch.
 """
 from __future__ import annotations
 
