@@ -181,7 +181,8 @@ def _messages_of(path: Path, value: Any, pos: int, line_based: bool,
         if not isinstance(batch, list):
             entry = "" if line_based or pos == 1 else f" (entry {pos})"
             raise ExportFormatError(
-                f"'batch' must be a list of messages, found {_JSON_KINDS.get(type(batch), 'a value')}"
+                "'batch' must be a list of messages, found "
+                f"{_JSON_KINDS.get(type(batch), 'a value')}"
                 f"{entry}", file=str(path), field="batch", batch=batches[0], **where,
                 hint=_ENVELOPE_HINT)
         for index, message in enumerate(batch, start=1):
@@ -316,7 +317,8 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
     if no_id_lines:
         row_findings(findings, "warning", "no_identifier",
                      [(int(row_of[ln]) - 1, "message has no userId, anonymousId, email or "
-                                             "external id") for ln in no_id_lines], column=None, summary="messages without identifiers",
+                                             "external id") for ln in no_id_lines],
+                     column=None, summary="messages without identifiers",
                      fix="nothing Braze can use; the message was skipped")
     if len(comp_info) > MAX_COMPUTATIONS:
         # each computation becomes a typed column and a Braze attribute: this many means a

@@ -557,7 +557,8 @@ class Typed:
                      [(int(codes[i]), v) for i, v in self.invalid_dates],
                      [(int(codes[i]), v) for i, v in self.string_booleans],
                      text_booleans=self.text_booleans, drift_total=self.drift_total,
-                     invalid_dates_total=self.invalid_dates_total, non_finite={k: codes[v] for k, v in self.non_finite.items()}, mixed=mixed)
+                     invalid_dates_total=self.invalid_dates_total,
+                     non_finite={k: codes[v] for k, v in self.non_finite.items()}, mixed=mixed)
 
 
 _NON_FINITE_KINDS = ("NaN", "+inf", "-inf")

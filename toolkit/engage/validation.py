@@ -151,7 +151,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
         what = kinds.get(key, "trait")
         if t.drift:
             row_findings(f, "warning", "type_drift",
-                         [(i, _drift_message(what, key, t.value_type, v, k)) for i, v, k in t.drift],
+                         [(i, _drift_message(what, key, t.value_type, v, k))
+                          for i, v, k in t.drift],
                          total=t.drift_total,
                          column=key, segment_ids=sid, rows=rows, summary=f"values of {key!r} "
                          f"that are not {t.value_type} ({READ_AS_BLANK})",
