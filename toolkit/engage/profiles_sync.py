@@ -17,9 +17,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from toolkit.engage.frames import Typed, assemble, identifier_frame, type_python_values, \
-    type_string_column
+from toolkit.engage.frames import Typed, assemble, identifier_frame, merge_report, rows_text, \
+    type_python_values, type_string_column
 from toolkit.engage.model import Findings
 from toolkit.errors import ExportFormatError
 
@@ -56,7 +57,11 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
         raise ExportFormatError("file not found", file=str(path), hint="check the path")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            return pd.read_parquet(path), False
+            # float columns stay Arrow-backed: there a NaN is a value, apart from a null
+            # (numpy floats would make both NaN), so a NaN trait can be reported
+            return pq.read_table(path).to_pandas(types_mapper={
+                pa.float64(): pd.ArrowDtype(pa.float64()),
+                pa.float32(): pd.ArrowDtype(pa.float32())}.get), False
         except (pa.ArrowInvalid, OSError) as exc:
             raise ExportFormatError(f"not a readable parquet file ({str(exc).splitlines()[0]})",
                                     file=str(path), hint="export the table again") from None
@@ -114,10 +119,21 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
                                 hint="every profile_traits row needs its canonical_segment_id")
     dup = seg.duplicated()
     if dup.any():
-        for i in np.flatnonzero(dup.to_numpy())[:200]:
-            findings.add("warning", "duplicate_profile", f"profile {seg.iloc[i]} appears on "
-                         "several rows; the first is kept", row=int(row_numbers[i]),
-                         column=key_col, segment_id=str(seg.iloc[i]))
+        # the first row of a profile is kept whole; say what the later rows held that is lost
+        compared = {c: traits[c] for c in traits.columns if c != key_col}
+        report = merge_report(compared, seg, row_numbers, first_non_blank=False)
+        for sid, its_rows, conflicts in report.described:
+            what = "; ".join(conflicts) if conflicts else "the rows agree"
+            findings.add("warning", "duplicate_profile",
+                         f"profile {sid} appears on {rows_text(its_rows)}; row {its_rows[0]} is "
+                         f"kept: {what}", row=its_rows[1], column=key_col, segment_id=sid,
+                         fix="materialise profile_traits again: it holds one row per profile")
+        if report.repeated > len(report.described):
+            findings.add("warning", "duplicate_profile",
+                         f"{report.repeated:,} profiles appear on several rows, "
+                         f"{report.conflicting:,} of them with values that disagree; the first "
+                         f"row of each is kept (the first {len(report.described)} listed)",
+                         column=key_col)
         keep = ~dup.to_numpy()
         traits, seg, row_numbers = (traits.loc[keep].reset_index(drop=True),
                                     seg[keep].reset_index(drop=True), row_numbers[keep])
@@ -161,9 +177,12 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
     for col in traits.columns:
         if col in skip:
             continue
+        dtype = traits[col].dtype
         if traits_text:
             t = type_string_column(pa.chunked_array([pa.array(traits[col].to_numpy(
                 dtype=object, na_value=None), type=pa.string())]))
+        elif isinstance(dtype, pd.ArrowDtype) and pa.types.is_floating(dtype.pyarrow_dtype):
+            t = type_string_column(pa.chunked_array([pa.array(traits[col].array)]))
         else:
             t = type_python_values(traits[col].astype(object).where(traits[col].notna(), None))
         is_audience = (col in wanted) if wanted is not None else t.value_type == "boolean"

@@ -4,14 +4,32 @@ Checks (finding codes):
   anonymous_only     error    profile has only anonymous ids: no user_id, braze_id or email
   email_only         info     profile has an email but no user_id / braze_id (needs email opt-in)
   hashed_identifier  error    profile known only by a hashed id (single-column hashed CSV)
-  duplicate_profile  warning  the same Segment profile appears on several rows (rows merged)
+  duplicate_profile  warning  the same Segment profile appears on several rows (rows merged; the
+                              finding names the rows, the value each column kept and from which
+                              row, and the values dropped)
   duplicate_user_id  warning  several Segment profiles share one user_id (one Braze user)
-  type_drift         warning  a value's type differs from its column's (Braze locks the type)
+  type_drift         warning  a value's type differs from its column's (Braze locks the type):
+                              text in a number column, a boolean neither true nor false…
+  non_finite_number  warning  NaN, +inf or -inf where a number is expected (one message per kind)
+  mixed_types        warning  a column read as text although many of its values are numbers,
+                              booleans or dates (they are sent as text too)
   invalid_date       warning  a date value that does not parse as ISO-8601
   string_boolean     warning  "true"/"false" as text in a JSON value (not a membership)
                      info     a CSV column of "true"/"false" read as booleans
   long_string        warning  a string value over 255 characters (Braze truncates it)
+  formula_text       warning  text a spreadsheet would run as a formula (=, +, -, @ first; not a
+                              signed number or a phone number), in a value or a column name
   invalid_key        error    a computation key over 255 characters or starting with "$"
+
+What is sent for a value that does not fit its column — the column keeps its type either way
+(a number column stays Float64):
+  * text in a number column, a boolean neither true nor false, an unreadable date, NaN: it is
+    *read as blank*, exactly like an empty cell (pd.NA in `profiles`; `Mapping.attribute_values`
+    sends nothing for it, and a sync treats it as an empty cell);
+  * +inf / -inf: *left out* — kept as the number it is, which Braze cannot store, so nothing is
+    sent for it and the plan keeps whatever Braze already holds (`braze.rules.convert` marks
+    it invalid).
+Each finding's message says which. Formula-like text is data: it is sent verbatim.
 Per-row findings are capped at `MAX_ROW_FINDINGS` per code and column; past the cap one summary
 finding gives the total, so a million-row export stays readable and fast.
 """
@@ -23,7 +41,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from toolkit.engage.frames import as_text, has_duplicates, long_values
+from toolkit.engage.frames import (LISTED, as_text, formula_positions, has_duplicates,
+                                   is_formula_like, long_values, row_of)
 
 if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
@@ -31,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["check", "MAX_ROW_FINDINGS", "BRAZE_MAX_STRING", "row_findings"]
 
-MAX_ROW_FINDINGS = 200
+MAX_ROW_FINDINGS = LISTED  # readers keep the first LISTED odd values of each kind, and a total
 BRAZE_MAX_STRING = 255
 
 
@@ -120,22 +139,53 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                      fix="these profiles will write the same Braze user; merge them in Segment")
 
     kinds = dict(zip(export.computations["key"], export.computations["kind"]))
+    for key in export.computations["key"]:
+        if is_formula_like(key):
+            f.add("warning", "formula_text",
+                  f"the column name {key[:60]!r} starts like a spreadsheet formula; it is used as "
+                  "it is (a Braze attribute or property name), but a spreadsheet opening a CSV "
+                  "of it would run it", column=key[:255], fix=_FORMULA_FIX)
     all_rows = rows
     for key, t in typed.items():
         rows = t.rows if t.rows is not None else all_rows
+        what = kinds.get(key, "trait")
         if t.drift:
             row_findings(f, "warning", "type_drift",
-                         [(i, f"{kinds.get(key, 'trait')} {key!r} is {t.value_type} but this value "
-                              f"is {k}: {_short(v)}")
+                         [(i, _drift_message(what, key, t.value_type, v, k))
                           for i, v, k in t.drift],
+                         total=t.drift_total,
                          column=key, segment_ids=sid, rows=rows, summary=f"values of {key!r} "
-                         f"that are not {t.value_type}",
+                         f"that are not {t.value_type} ({READ_AS_BLANK})",
                          fix=f"send {key!r} as {t.value_type} everywhere: Braze locks an attribute's "
                              "type on the first value it receives")
+        for kind, positions in t.non_finite.items():
+            done = READ_AS_BLANK if kind == "NaN" else LEFT_OUT
+            message = (f"{key!r} holds {_NON_FINITE_LABEL[kind]}, which Braze cannot store (JSON "
+                       f"has no NaN or infinity): {done}")
+            row_findings(f, "warning", "non_finite_number",
+                         [(int(i), message) for i in positions[:MAX_ROW_FINDINGS]],
+                         total=len(positions), column=key, segment_ids=sid, rows=rows,
+                         summary=f"{kind} values in {key!r} ({done})",
+                         fix="write numbers as plain decimals (12.5) and leave the cell empty "
+                             "when there is no value")
+        if t.mixed is not None:
+            sample = t.mixed["sample"]
+            others = [k for k in ("number", "boolean", "datetime") if sample.get(k)]
+            counted = sum(sample.get(k, 0) for k in others)
+            f.add("warning", "mixed_types",
+                  f"{key!r} mixes text with {' and '.join(_KIND_PLURAL[k] for k in others)}: "
+                  f"{counted:,} of its {sum(sample.values()):,} first values are "
+                  f"{' or '.join(_KIND_PLURAL[k] for k in others)} ({t.mixed['total']:,} such "
+                  f"values in all). The column is read as text, so they are sent as text too, "
+                  f"and Braze will store {key!r} as a string", column=key,
+                  row=row_of(rows, t.mixed["first"]), segment_id=_sid(sid, t.mixed["first"]),
+                  fix=f"make {key!r} produce one type: numbers only (blank when unknown), or "
+                      "text only")
         if t.invalid_dates:
             row_findings(f, "warning", "invalid_date",
-                         [(i, f"{key!r} value {_short(v)} is not a valid ISO-8601 date")
-                          for i, v in t.invalid_dates],
+                         [(i, f"{key!r} value {_short(v)} is not a valid ISO-8601 date; "
+                              f"{READ_AS_BLANK}")
+                          for i, v in t.invalid_dates], total=t.invalid_dates_total,
                          column=key, segment_ids=sid, rows=rows, summary=f"invalid dates in {key!r}",
                          fix="write dates as ISO-8601 (2025-03-14T08:02:11Z)")
         if t.string_booleans:
@@ -151,7 +201,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "as booleans", column=key,
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
-            long, chars = long_values(as_text(p[key]), BRAZE_MAX_STRING)
+            text = as_text(p[key])
+            long, chars = long_values(text, BRAZE_MAX_STRING)
             if len(long):
                 row_findings(f, "warning", "long_string",
                              [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
@@ -160,3 +211,39 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              column=key, segment_ids=sid, rows=rows,
                              summary=f"strings over {BRAZE_MAX_STRING} characters in {key!r}",
                              fix=f"shorten the value to {BRAZE_MAX_STRING} characters or fewer")
+            formulas = formula_positions(text)
+            if len(formulas):
+                message = (f"{key!r} value starts like a spreadsheet formula (=, +, -, @): it is "
+                           "sent to Braze as text, exactly as it is, but a spreadsheet opening a "
+                           "CSV of it would run it")
+                row_findings(f, "warning", "formula_text",
+                             [(int(i), message) for i in formulas[:MAX_ROW_FINDINGS]],
+                             total=len(formulas), column=key, segment_ids=sid, rows=rows,
+                             summary=f"formula-like values in {key!r}", fix=_FORMULA_FIX)
+
+
+# What the toolkit does with a value that does not fit its column: the same as with an empty
+# cell (pd.NA in `profiles`; `Mapping.attribute_values` sends nothing for it).
+READ_AS_BLANK = "read as blank, like an empty cell"
+# An infinity stays in its number column; `braze.rules.convert` marks it invalid, so
+# `attribute_values` sends nothing for it and the plan leaves the profile's value out (unlike
+# an empty cell, it never removes a value Braze holds).
+LEFT_OUT = "left out: nothing is sent for it, and a value Braze already holds is kept"
+_NON_FINITE_LABEL = {"NaN": "NaN (not a number)", "+inf": "+inf (an infinite number)",
+                     "-inf": "-inf (an infinite number)"}
+_KIND_PLURAL = {"number": "numbers", "boolean": "booleans", "datetime": "dates"}
+_FORMULA_FIX = ("if it is not meant as text, fix it in Segment; in CSVs for people, start such "
+                "cells with ' so spreadsheets show them as text")
+
+
+def _drift_message(what: str, key: str, value_type: str, value: Any, kind: str) -> str:
+    if value_type == "boolean":
+        return (f"{what} {key!r} is boolean but this value is neither true nor false: "
+                f"{_short(value)}; {READ_AS_BLANK}")
+    return (f"{what} {key!r} is {value_type} but this value is {kind}: {_short(value)}; "
+            f"{READ_AS_BLANK}")
+
+
+def _sid(segment_ids: pd.Series, position: int) -> str | None:
+    value = segment_ids.iat[int(position)]
+    return None if value is pd.NA or value is None else str(value)
