@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from html import escape
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["BrazeState", "EVENT_COLUMNS", "COHORT_COLUMNS", "braze_user_keys"]
 
@@ -85,23 +87,26 @@ def braze_user_keys(profiles: pd.DataFrame, *, email_opt_in: bool = False,
     """
     idx = profiles.index
 
-    def col(name: str) -> pd.Series:
-        if name in profiles.columns:
-            s = profiles[name].astype("string")
-            return s.where(s.str.len() > 0)
-        return pd.Series(pd.NA, index=idx, dtype="string")
+    def col(name: str) -> pa.Array | None:
+        if name not in profiles.columns:
+            return None
+        a = pa.array(profiles[name].astype("string"))
+        return pc.if_else(pc.greater(pc.utf8_length(a), 0), a, pa.scalar(None, a.type))
 
-    keys = pd.Series(pd.NA, index=idx, dtype="string")
-    kinds = pd.Series(pd.NA, index=idx, dtype="string")
     candidates = [("external_id", col("user_id")), ("braze_id", col("braze_id"))]
     if alias_label:
         candidates.append((f"alias:{alias_label}", col("segment_id")))
     if email_opt_in:
         candidates.append(("email", col("email")))
-    for kind, values in candidates:
-        take = keys.isna() & values.notna()
-        if take.any():
-            prefix = kind if kind.startswith("alias:") else kind
-            keys = keys.mask(take, prefix + ":" + values)
-            kinds = kinds.mask(take, kind.split(":")[0])
-    return keys, kinds
+    candidates = [(kind, a) for kind, a in candidates if a is not None]
+    if not candidates:
+        empty = pd.Series(pd.NA, index=idx, dtype="string")
+        return empty, empty.copy()
+    # Arrow, column-wise: the first candidate a profile has wins
+    keys = pc.coalesce(*[pc.binary_join_element_wise(pa.scalar(kind + ":", a.type), a,
+                                                     pa.scalar("", a.type))
+                         for kind, a in candidates])
+    kinds = pc.coalesce(*[pc.if_else(pc.is_valid(a), pa.scalar(kind.split(":")[0], pa.string()),
+                                     pa.scalar(None, pa.string())) for kind, a in candidates])
+    return (pd.Series(pd.array(keys, dtype="string"), index=idx),
+            pd.Series(pd.array(kinds, dtype="string"), index=idx))
