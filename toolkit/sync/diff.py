@@ -13,6 +13,7 @@ the request (``batch``) each operation belongs to already assigned:
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,6 +264,32 @@ def _section_query(structs: list[str], order: int) -> str:
     return f"SELECT * FROM ({query}) ORDER BY name, change, pos" if order == 2 else query
 
 
+class _BackgroundWriter:
+    """Writes tables to a Parquet writer on another thread, so compressing one chunk overlaps
+    with the engine producing the next (both release the GIL)."""
+
+    def __init__(self, sink: pq.ParquetWriter) -> None:
+        self.sink = sink
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
+        self.pending: list = []
+
+    def write_table(self, table: pa.Table, **options) -> None:
+        # bounded: at most two chunks wait in memory; a failed write raises here
+        while self.pending and (self.pending[0].done() or len(self.pending) >= 2):
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.sink.write_table, table, **options))
+
+    def __enter__(self) -> "_BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
                    ) -> tuple[int, pd.DataFrame]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
@@ -277,7 +304,10 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
                         for c in OPERATION_COLUMNS])
     rows = 0
     parts = []
-    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+    # low-cardinality columns only: dictionaries of user ids and values cost time, save nothing
+    with pq.ParquetWriter(out, schema, compression="zstd",
+                          use_dictionary=["op", "rule", "change", "name", "field"]) as sink, \
+            _BackgroundWriter(sink) as writer:
         for order in (0, 1, 2):
             if not sections[order]:
                 continue
