@@ -83,6 +83,7 @@ def test_a_failed_load_clears_the_export_disables_next_and_the_dropdown(wizard, 
     assert w.next_button.disabled and w.sample_dropdown.value is None   # the dropdown is honest
     assert "not_engage.csv" in w.error_html.value
     assert first.source not in w.export_html.value                     # no old summary below
+    assert "was unloaded" in w.export_html.value and SAMPLE in w.export_html.value
     w.next_button.click()
     assert w.state.step == 0 and "not done" in w.error_html.value
 

@@ -9,11 +9,11 @@ import importlib
 from typing import Any
 
 __all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress", "STEP_DEFINITIONS", "bundled_samples",
-           "findings_table", "totals_frame", "TERMS", "plots", "views", "terms"]
+           "findings_table", "readable", "totals_frame", "TERMS", "plots", "views", "terms"]
 
 _WHERE = {"GuidedSync": "wizard", "GuidedSyncState": "wizard", "STEP_DEFINITIONS": "wizard",
           "bundled_samples": "wizard", "SyncProgress": "progress",
-          "findings_table": "views", "totals_frame": "terms", "TERMS": "terms"}
+          "findings_table": "views", "readable": "views", "totals_frame": "terms", "TERMS": "terms"}
 _MODULES = {"plots", "views", "terms"}
 
 

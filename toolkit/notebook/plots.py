@@ -480,7 +480,7 @@ def plan_composition(plan) -> Figure:
     left.set_xlim(0, max(left_edge.max(), 1) * 1.2)
     left.set_xlabel("operations (one per user and field or event)")
     left.set_ylabel("computation")
-    left.set_title("changes per computation", fontsize=10)
+    left.set_title("operations per computation", fontsize=10)
     left.legend(fontsize=8, loc="lower right")
 
     if "data_points" in frame.columns:

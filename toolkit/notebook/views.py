@@ -12,11 +12,12 @@ import numbers
 import re
 from datetime import datetime, timezone
 from html import escape
+from html import unescape as html_unescape
 from typing import Any, Iterable
 
 import pandas as pd
 
-__all__ = ["cell", "table", "frame_html", "readable_time", "age", "freshness",
+__all__ = ["cell", "readable", "table", "frame_html", "readable_time", "age", "freshness",
            "freshness_html", "filter_html", "error_title", "error_html", "findings_table",
            "findings_html", "WIZARD_FIXES", "STYLE", "event_staleness",
            "staleness_html"]
@@ -26,19 +27,28 @@ DASH = "—"
 # One style sheet for the wizard (its class names start with gs-). Tables wrap their text and
 # never push the page sideways; code wraps too, since attribute names can be long.
 STYLE = """<style>
-.gs-table{border-collapse:collapse;margin:4px 0 8px 0;max-width:100%;font-size:12.5px}
-.gs-table th,.gs-table td{padding:2px 10px 2px 0;text-align:left;vertical-align:top;
-  overflow-wrap:anywhere}
+.gs-table{border-collapse:collapse;margin:4px 0 8px 0;max-width:100%;font-size:12.5px;
+  line-height:1.4}
+.gs-table th,.gs-table td{padding:2px 12px 2px 0;text-align:left;vertical-align:top}
+.gs-table td{overflow-wrap:anywhere}
+.gs-table th{overflow-wrap:normal}
 .gs-table td.num,.gs-table th.num{text-align:right}
+.gs-table td.num{white-space:nowrap}
 .gs-table thead th{border-bottom:1px solid #ccc}
-.gs-wrap{max-width:100%;overflow-wrap:anywhere}
-.gs-wrap code,.gs-table code{white-space:normal;overflow-wrap:anywhere}
+.gs-counters{line-height:1.4;margin:4px 0}
+.gs-counters th,.gs-counters td{padding:1px 14px 1px 0;text-align:left}
+.gs-wrap,.gs-box,.gs-warn,.gs-bad,.gs-good,.gs-legend{max-width:100%;overflow-wrap:anywhere;
+  line-height:1.45}
+.gs-wrap code,.gs-table code,.gs-box code,.gs-warn code{white-space:normal;overflow-wrap:anywhere}
 .gs-box{border-left:4px solid #0072B2;padding:4px 10px;margin:6px 0;background:#f7fafc}
 .gs-warn{border-left:4px solid #E69F00;padding:4px 10px;margin:6px 0;background:#fffaf0}
 .gs-bad{border-left:4px solid #c0392b;padding:4px 10px;margin:6px 0;background:#fdf3f2}
 .gs-good{border-left:4px solid #009E73;padding:4px 10px;margin:6px 0;background:#f2fbf7}
+.gs-steps{line-height:1.6}
 .gs-steps span{white-space:nowrap;display:inline-block;margin:0 2px 2px 0}
 .gs-muted{color:#555}
+.gs-root .widget-html-content{line-height:1.45}
+.gs-root .widget-html-content p{margin:4px 0}
 </style>"""
 
 
@@ -71,6 +81,22 @@ def cell(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and not _missing(value)
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` for reading, not computing: every cell as `cell` writes it (1,881 not
+    1881.0, — for missing, readable times), numbers right-aligned in the text view."""
+    out = frame.copy()
+    for col in out.columns:
+        column = out[col]
+        numeric = (pd.api.types.is_numeric_dtype(column)
+                   and not pd.api.types.is_bool_dtype(column))
+        texts = [html_unescape(cell(v)) for v in column.astype(object)]
+        if numeric:
+            width = max((len(t) for t in texts), default=0)
+            texts = [t.rjust(width) for t in texts]
+        out[col] = pd.Series(texts, index=out.index, dtype=object)
+    return out
 
 
 def table(rows: Iterable[tuple[str, Any]], *, cls: str = "gs-table") -> str:

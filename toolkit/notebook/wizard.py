@@ -140,6 +140,13 @@ def _png(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def _png_width(data: bytes) -> int | None:
+    """The pixel width of a PNG (from its IHDR header), or None for anything else."""
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n":
+        return int.from_bytes(data[16:20], "big")
+    return None
+
+
 def partner_keys_configured() -> bool:
     """Whether Braze partner cohort keys are set in the environment or ./.env."""
     from toolkit.secrets import read_env_file
@@ -169,6 +176,7 @@ class GuidedSyncState:
         self.samples = bundled_samples(samples_dir)
         self.source: str | None = None
         self.export = None
+        self.unloaded: str | None = None      # the export a failed load replaced
         self.mapping = None
         self.rule_errors: dict[str, ToolkitError] = {}
         self.email_opt_in = False
@@ -217,10 +225,13 @@ class GuidedSyncState:
     def load(self, source: str | os.PathLike) -> bool:
         """Load a bundled sample (by label) or an export path. Whatever happens, the previous
         export is gone: a failed load leaves no export (and Next disabled), never the old one."""
+        previous = self.source if self.export is not None else None
+
         def action():
             from toolkit.engage.readers import load
 
             self._reset(after=-1)
+            self.unloaded = previous
             text = str(source).strip()
             if not text:
                 raise ToolkitError("no export chosen", field="export",
@@ -230,6 +241,7 @@ class GuidedSyncState:
             self.source = text
             self.export = export
             self.mapping = _default_mapping(export)
+            self.unloaded = None
         return self._attempt(action)
 
     @property
@@ -914,7 +926,8 @@ def verification_html(check) -> str:
     cls = "gs-good" if check.ok else "gs-bad"
     text = (f"<div class='{cls} gs-wrap'><b>Verification: {'OK' if check.ok else 'MISMATCH'}"
             f"</b> — {check.users_checked:,} users read back from Braze "
-            f"({check.requests:,} HTTP calls), {len(check.checks):,} values compared"
+            f"({check.requests:,} HTTP call{'s' if check.requests != 1 else ''}), "
+            f"{len(check.checks):,} values compared"
             + (f", {check.users_skipped:,} users not checkable by external id or alias"
                if check.users_skipped else "") + ".")
     if check.users_missing:
@@ -991,8 +1004,9 @@ class GuidedSync:
                                     description="Match profiles that have only an email, by email")
         self.alias_box = w.Checkbox(value=False, indent=False, layout=w.Layout(width="auto"),
                                     description="Send profiles without a user_id as user aliases")
-        self.alias_text = w.Text(value="segment_id", description="alias label", style=style,
-                                 continuous_update=False, layout=w.Layout(width="260px"))
+        self.alias_text = w.Text(value="segment_id", description="with the alias label",
+                                 style=style,
+                                 continuous_update=False, layout=w.Layout(width="300px"))
         self.identity_html = w.HTML()
         self.email_box.observe(self._on_identity, names="value")
         self.alias_box.observe(self._on_identity, names="value")
@@ -1077,11 +1091,21 @@ class GuidedSync:
             self.title, self.steps_html, self.target_html, self.error_html, self.heading_html,
             self.body, w.HBox([self.back_button, self.next_button, self.position]),
         ], layout=w.Layout(border="1px solid #ddd", padding="8px", max_width="100%"))
+        self.widget.add_class("gs-root")
         self._refresh()
 
     def _image(self):
+        # no side margins: ipywidgets' default 2px would push a 100%-wide figure 4px over
         return self._w.Image(format="png", layout=self._w.Layout(max_width="100%",
-                                                                 height="auto"))
+                                                                 height="auto", margin="4px 0"))
+
+    def _show_png(self, image, data: bytes) -> None:
+        """Show a figure at its own pixel size (never stretched, so never blurred), narrower
+        when the wizard is narrower."""
+        width = _png_width(data)
+        image.value = data
+        image.layout.width = f"{width}px" if width else None
+        image.layout.align_self = "flex-start"
 
     # -- display --------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
@@ -1226,7 +1250,7 @@ class GuidedSync:
             image.value = b""
             self._drawn.pop(name, None)
         elif self._drawn.get(name) is not source:
-            image.value = _png(make())
+            self._show_png(image, _png(make()))
             self._drawn[name] = source
 
     def _set(self, widget, value) -> None:
@@ -1265,22 +1289,27 @@ class GuidedSync:
         s = self.state
         self._set(self.sample_dropdown, s.source if s.source in s.samples else None)
         if s.export is None:
-            self.export_html.value = (
+            gone = (f"<div class='gs-warn'>The export loaded before "
+                    f"(<code>{html.escape(s.unloaded)}</code>) was unloaded, so nothing can be "
+                    f"planned from it by mistake. Load it again, or fix the path.</div>"
+                    if s.unloaded else "")
+            self.export_html.value = gone + (
                 "<p>Pick a bundled sample, or type the path of an Engage export (audience or "
                 "computed-trait CSV, NDJSON of identify/track calls, or a Profiles Sync folder)"
                 f" and press Load path. Relative paths start at <code>"
                 f"{html.escape(str(Path.cwd()))}</code>.</p>")
         else:
             e = s.export
-            facts = views.table([("source", e.source or s.source), ("profiles", len(e.profiles)),
-                                 ("audiences", len(e.audiences)), ("traits", len(e.traits)),
-                                 ("events in the history", len(e.events))])
+            n = len(e.findings)
+            facts = (f"<p class='gs-wrap'><b>Source:</b> {html.escape(e.source or s.source)}"
+                     f"<br>{len(e.profiles):,} profiles · {len(e.audiences):,} audiences · "
+                     f"{len(e.traits):,} traits · {len(e.events):,} events in the history</p>")
             summary = e.summary().drop(columns=["detail"]).rename(columns={
                 "profiles_with_value": "profiles with a value", "value_type": "value type"})
             self.export_html.value = (
                 facts + views.freshness_html(e) + views.frame_html(summary)
-                + "<details><summary><b>Findings</b> — what needs attention before a sync"
-                  "</summary>" + views.findings_html(e.findings) + "</details>")
+                + f"<details><summary><b>Findings ({n:,})</b> — what needs attention before a "
+                  f"sync</summary>" + views.findings_html(e.findings) + "</details>")
         return [self.sample_dropdown,
                 self._w.HBox([self.path_text, self.load_button],
                              layout=self._w.Layout(flex_flow="row wrap")),
@@ -1310,10 +1339,11 @@ class GuidedSync:
                            plots.identifier_coverage(s.export)]
                 if plots.computed_traits(s.export):
                     figures.append(plots.trait_distributions(s.export))
-            self.review_images.children = [
-                self._w.Image(value=_png(f), format="png",
-                              layout=self._w.Layout(max_width="100%", height="auto"))
-                for f in figures]
+            images = []
+            for figure in figures:
+                images.append(self._image())
+                self._show_png(images[-1], _png(figure))
+            self.review_images.children = images
             self._review_for = s.export
         return [self.review_html, self.review_images]
 
@@ -1419,7 +1449,7 @@ class GuidedSync:
                 value = getattr(rule, name)
                 text = w.Text(value=str(value or (rule.key if name == "cohort_name" else "")),
                               continuous_update=False,
-                              layout=w.Layout(width="140px", min_width="120px"))
+                              layout=w.Layout(width="160px", min_width="120px"))
                 inputs[name] = text
                 fields[name] = w.VBox([w.HTML(f"<small>{self._INPUT_LABELS[name]}</small>"),
                                        text], layout=w.Layout(margin="0 4px 0 0"))
@@ -1427,7 +1457,7 @@ class GuidedSync:
                 widget.observe(self._rule_observer(rule.key, name), names="value")
             label = w.HTML(f"<b><code>{html.escape(rule.key)}</code></b><br>"
                            f"<small>{rule.kind}</small>",
-                           layout=w.Layout(width="190px", min_width="150px"))
+                           layout=w.Layout(width="180px", min_width="150px"))
             sent = w.VBox([w.HTML("<small>sent as</small>"), send_as],
                           layout=w.Layout(margin="0 4px 0 0"))
             shown = w.HBox(layout=w.Layout(flex_flow="row wrap"))
