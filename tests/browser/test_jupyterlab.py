@@ -249,6 +249,7 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     problems = wizard.evaluate(_OVERFLOW_JS)
     if problems:
         overflow["step 3 (map, attribute + events)"] = problems
+    _shot(page, wizard, "step3-map-events")
     next_button.click()
 
     # 4. preview, 5. plan

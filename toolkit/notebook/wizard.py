@@ -686,15 +686,6 @@ class GuidedSyncState:
             return False
         return self._enter(self.step - 1, stay_on_failure=False)
 
-    def go_to(self, step: int) -> bool:
-        """Jump back to an earlier step (the step bar's links)."""
-        if not 0 <= step < self.step:
-            return False
-        if self.progress.running:
-            self.error = PushInProgress("a push is running", hint="wait for it to finish")
-            return False
-        return self._enter(step, stay_on_failure=False)
-
     def _enter(self, index: int, *, stay_on_failure: bool) -> bool:
         prepare = STEP_DEFINITIONS[index].prepare
         ok = True
