@@ -1440,14 +1440,14 @@ class GuidedSync:
                 value = getattr(rule, name)
                 text = w.Text(value=str(value or (rule.key if name == "cohort_name" else "")),
                               continuous_update=False,
-                              layout=w.Layout(width="160px", min_width="120px"))
+                              layout=w.Layout(width="150px", min_width="120px"))
                 inputs[name] = text
                 fields[name] = w.VBox([w.HTML(f"<small>{self._INPUT_LABELS[name]}</small>"),
                                        text], layout=w.Layout(margin="0 4px 0 0"))
             for name, widget in inputs.items():
                 widget.observe(self._rule_observer(rule.key, name), names="value")
-            label = w.HTML(f"<b><code>{html.escape(rule.key)}</code></b><br>"
-                           f"<small>{rule.kind}</small>",
+            label = w.HTML(f"<div class='gs-wrap'><b><code>{html.escape(rule.key)}</code></b>"
+                           f"<br><small>{rule.kind}</small></div>",
                            layout=w.Layout(width="180px", min_width="150px"))
             sent = w.VBox([w.HTML("<small>sent as</small>"), send_as],
                           layout=w.Layout(margin="0 4px 0 0"))
