@@ -153,8 +153,9 @@ def _shot(page, locator, name: str) -> None:
 _OVERFLOW_JS = """(root) => {
   const out = [];
   const edge = root.getBoundingClientRect().right + 1;
-  const name = (el) => el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined
-      ? '.' + String(el.className).trim().split(/\\s+/).slice(0, 2).join('.') : '');
+  const name = (el) => el.tagName.toLowerCase()
+      + (el.className && el.className.baseVal === undefined
+         ? '.' + String(el.className).trim().split(/\\s+/).slice(0, 2).join('.') : '');
   for (let el = root; el; el = el.parentElement) {
     if (el.classList && el.classList.contains('jp-Notebook')) break;
     if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible')
@@ -165,7 +166,9 @@ _OVERFLOW_JS = """(root) => {
     if (!r.width || !r.height) continue;
     const style = getComputedStyle(el);
     if (style.visibility === 'hidden') continue;
-    if (r.right > edge) out.push('sticks out: ' + name(el) + ' right ' + Math.round(r.right) + ' > ' + Math.round(edge));
+    if (r.right > edge)
+      out.push('sticks out: ' + name(el) + ' right ' + Math.round(r.right) + ' > '
+               + Math.round(edge));
     if (el.scrollWidth > el.clientWidth + 1 && ['auto', 'scroll'].includes(style.overflowX))
       out.push('scrolls: ' + name(el) + ' ' + el.scrollWidth + '>' + el.clientWidth);
   }

@@ -428,6 +428,7 @@ def event_staleness(preview) -> list[dict[str, Any]]:
             names = [n for n in rule.event_names if n in shared]
             others = sorted({k for n in names for k in shared[n]} - {rule.key})
             what = "entering" if rule.kind == "audience" else "getting a new value"
+            tag = "audience_key" if rule.kind == "audience" else "trait_key"
             until = readable_time(as_of + pd.Timedelta(days=days)).split(",")[0]
             out.append({
                 "key": rule.key,
@@ -438,17 +439,17 @@ def event_staleness(preview) -> list[dict[str, Any]]:
                             if missed else "")),
                 "why": (f"The event name “{names[0] if names else rule.event_names[0]}” is also "
                         f"sent by {', '.join(others) or 'other computations'}, so the filter has "
-                        f"to check the event's {'audience_key' if rule.kind == 'audience' else 'trait_key'} "
-                        f"property — and Braze looks back at most {days} days when a filter checks "
-                        f"an event property. Engage sends the event once, when the change happens."),
+                        f"to check the event's {tag} property — and Braze looks back at most "
+                        f"{days} days when a filter checks an event property. Engage sends the "
+                        f"event once, when the change happens."),
                 "instead": instead + " Or give this computation its own event names.",
             })
         elif rule.kind == "audience":
             k = len(f.filters) if isinstance(f, AnyOf) else 1
             if k > 1:
                 when = (f"This filter is fitted to today's history, where a profile entered at "
-                        f"most {k} times. A member who enters for the {_ordinal(k + 1)} time is not "
-                        f"selected until “{rule.enter_event} exactly {k + 1} AND "
+                        f"most {k} times. A member who enters for the {_ordinal(k + 1)} time is "
+                        f"not selected until “{rule.enter_event} exactly {k + 1} AND "
                         f"{rule.exit_event} exactly {k}” is added to the segment.")
             else:
                 when = (f"A member who leaves and later comes back is not selected: their "
