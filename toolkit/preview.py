@@ -21,6 +21,7 @@ from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribu
 from toolkit.braze.state import BrazeState, braze_user_keys
 from toolkit.engage.model import EngageExport
 from toolkit.errors import MappingError
+from toolkit.sync.projection import owners
 
 if TYPE_CHECKING:
     from toolkit.mapping import Mapping, Rule
@@ -218,14 +219,13 @@ class _Builder:
         codes, uniques = pd.factorize(self.keys, use_na_sentinel=True)
         self.codes = codes
         self.users = pd.Index(uniques, name="user", dtype="string")
-        positions = np.flatnonzero(self.has_key)
-        if len(self.users) == len(positions):  # one profile per Braze user (the usual case)
-            self.owner = positions
-        else:  # several profiles share an identifier: the last one's values win
-            self.owner = (pd.Series(positions).groupby(codes[positions]).max()
-                          .to_numpy(dtype=np.int64))
-        self.shadowed = np.zeros(self.n, dtype=bool)
-        self.shadowed[positions] = self.owner[codes[positions]] != positions
+        # the plan's rule for profiles sharing an identifier (the last row wins), so the
+        # preview shows exactly the users and values a sync sends
+        owner, self.shadowed = owners(self.keys)
+        self.sent = owner
+        positions = np.flatnonzero(owner)
+        self.owner = np.empty(len(self.users), dtype=np.int64)
+        self.owner[codes[positions]] = positions
         events = export.events if export.events is not None else pd.DataFrame()
         self.history = events if len(events) else None
         snap = export.snapshot_at
@@ -331,7 +331,7 @@ class _Builder:
             names = np.where(entered, rule.enter_event, rule.exit_event)
             exits = np.bincount(pos[~entered], minlength=self.n)
             self.exits[key] = exits
-            entries = np.bincount(pos[entered & self.has_key[pos]], minlength=self.n)
+            entries = np.bincount(pos[entered & self.sent[pos]], minlength=self.n)
             self.max_entries[key] = int(entries.max()) if len(entries) else 0
             self.entries[key] = entries
             # The earliest event per profile: property filters only see the last 30 days, so
@@ -344,7 +344,7 @@ class _Builder:
         else:
             names = np.full(len(values), rule.trait_event, dtype=object)
             props = [{"trait_key": key, key: v} for v in values]
-        held = self.has_key[pos]
+        held = self.sent[pos]  # a profile that loses to a later one sends nothing
         return pd.DataFrame({
             "user": pd.array(self.keys.to_numpy()[pos[held]], dtype="string"),
             "name": pd.array(np.asarray(names, dtype=object)[held], dtype="string"),

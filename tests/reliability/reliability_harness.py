@@ -294,3 +294,30 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
     return CellResult(mix, rate, faults, s.requests, s.retries, s.rounds, s.uncertain_reported,
                       s.resolved_landed, s.resolved_not_landed, check.mismatches,
                       check.duplicated_events, round(time.monotonic() - t0, 2), check.examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# saved plans as one editable dict: the manifest plus ``operations`` as columns
+
+def plan_as_data(manifest: Path) -> dict:
+    """A saved plan's manifest with its operations file read in as ``operations`` columns."""
+    import pyarrow.parquet as pq
+
+    data = json.loads(Path(manifest).read_text())
+    table = pq.read_table(Path(manifest).with_name(data["operations_file"]))
+    data["operations"] = {c: table.column(c).to_pylist() for c in table.column_names}
+    return data
+
+
+def write_plan_data(manifest: Path, data: dict) -> Path:
+    """Write ``data`` (as `plan_as_data` returns it, perhaps edited) back as a plan's files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = dict(data)
+    ops = data.pop("operations")
+    pq.write_table(pa.table({c: pa.array(v, pa.int64() if c == "batch" else pa.string())
+                             for c, v in ops.items()}),
+                   Path(manifest).with_name(data["operations_file"]))
+    Path(manifest).write_text(json.dumps(data))
+    return Path(manifest)

@@ -28,6 +28,8 @@ from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import OPERATION_COLUMNS, Plan
 
+from reliability_harness import plan_as_data, write_plan_data
+
 SNAPSHOT = pd.Timestamp("2026-11-27T06:00:00Z")
 ITEMS = ["Blue Shirt", "Red Shoes", "=HYPERLINK(\"x\")", "Ünïcödé ✓", None]
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
@@ -93,14 +95,19 @@ def saved_plan(sandbox, tmp_path_factory):
     p.approve(by="tester", expires_in="1h")
     path = p.save(tmp / "plan.json")
     client.close()
-    return json.loads(path.read_text())
+    return plan_as_data(path)
+
+
+def _load(data: dict, tmp) -> Plan:
+    """The plan ``data`` describes, written as a saved plan's files, then loaded as apply would."""
+    return Plan.load(write_plan_data(tmp / "plan.json", data))
 
 
 def _refused(data: dict, sandbox, tmp) -> BaseException:
     before = len(sandbox.request_log())
     client = BrazeClient.for_sandbox(sandbox, max_retries=0)
     try:
-        p = Plan.from_dict(data)
+        p = _load(data, tmp)
         with Ledger(client, directory=tmp) as ledger:
             toolkit.apply(p, client, ledger, progress=False)
     except (PlanNotApproved, PlanError) as exc:
@@ -113,7 +120,7 @@ def _refused(data: dict, sandbox, tmp) -> BaseException:
 
 def test_the_unaltered_plan_is_accepted(saved_plan, sandbox, tmp_path):
     client = BrazeClient.for_sandbox(sandbox)
-    p = Plan.from_dict(copy.deepcopy(saved_plan))
+    p = _load(saved_plan, tmp_path)
     p.check_approval(client.workspace)
     client.close()
 
@@ -131,7 +138,9 @@ def test_changing_any_operation_cell_invalidates_the_approval(saved_plan, sandbo
     row %= len(ops["uid"])
     if column == "value":
         value = json.dumps(value)       # keep it loadable: the fingerprint must catch it
-    if ops[column][row] == value:
+    if column == "batch":
+        value = ops[column][row] + 1 + len(value)
+    elif ops[column][row] == value:
         value = value + "!"
     ops[column][row] = value
     _refused(data, sandbox, tmp_path)
@@ -195,7 +204,7 @@ def test_an_approval_does_not_travel_to_another_workspace(saved_plan, tmp_path):
     with BrazeSandbox(seed=12) as other:
         client = BrazeClient.for_sandbox(other)
         with pytest.raises(PlanWorkspaceMismatch):
-            toolkit.apply(Plan.from_dict(copy.deepcopy(saved_plan)), client, progress=False)
+            toolkit.apply(_load(saved_plan, tmp_path), client, progress=False)
         client.close()
         assert len(other.request_log()) == 0
 

@@ -184,7 +184,7 @@ def test_api_objects_logs_and_files_hold_no_key(canary_env, canary_sandbox, all_
         sb.set_faults(None)
         check = toolkit.verify(report, client, sample=20)
         cohort = client.cohort()
-        seen += [repr(o) for o in (p, p.to_dict(), report, report.summary(), report.__dict__,
+        seen += [repr(o) for o in (p, p.manifest, report, report.summary(), report.__dict__,
                                     check, check.__dict__, ledger, cohort, sb)]
         seen += [p._repr_html_(), report._repr_html_(), check._repr_html_(), ledger._repr_html_(),
                  sb._repr_html_()]

@@ -53,3 +53,34 @@ def acknowledge_all(plan, ledger) -> None:
         state = list(zip(ops["field"].iloc[b.start:b.stop], ops["uid"].iloc[b.start:b.stop],
                          ops["after"].iloc[b.start:b.stop]))
         ledger.finish(plan.id, b.id, "acknowledged", state=state)
+
+
+def acknowledge_all_rows(plan, ledger) -> None:
+    """Record every batch of ``plan`` as acknowledged the way apply does: by reference to its
+    rows of the ledger's copy of the plan."""
+    from toolkit.sync.ledger import Rows
+
+    ledger.record_plan(plan)
+    ledger.record_batches(plan.id, [(b.id, b.kind, b.objects, None, b.index)
+                                    for b in plan.batches()])
+    ledger.finish_many(plan.id, [(b.id, "acknowledged", Rows(b.index, b.stop - b.start), None)
+                                 for b in plan.batches()])
+
+
+def edit_operations(manifest, edit) -> None:
+    """Hand-edit a saved plan's operations file: ``edit(frame)`` changes a DataFrame of the
+    operations in place (or returns a new one), which is written back in the same format."""
+    import json
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = Path(manifest)
+    path = manifest.with_name(json.loads(manifest.read_text())["operations_file"])
+    table = pq.read_table(path)
+    frame = table.to_pandas()
+    result = edit(frame)
+    frame = result if result is not None else frame
+    schema = pa.schema([f.with_nullable(True) for f in table.schema])
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)

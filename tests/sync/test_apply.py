@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .builders import AUDIENCES, make_export
+from .builders import AUDIENCES, edit_operations, make_export
 from toolkit.braze.client import BrazeClient
 from toolkit.errors import (LedgerMoved, PlanAltered, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
@@ -17,7 +17,7 @@ from toolkit.mapping import Mapping
 from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.apply import SyncReport, apply
 from toolkit.sync.ledger import Ledger
-from toolkit.sync.plan import plan
+from toolkit.sync.plan import Plan, plan
 from toolkit.sync.verify import verify
 
 
@@ -169,11 +169,14 @@ def test_refusals_send_nothing(export, sandbox, client, ledger, tmp_path):
     with pytest.raises(PlanAltered, match="approval record was edited"):
         apply(p, client, ledger, progress=False)
     p.approve(by="tester")
+    saved = p.save(tmp_path / "plan.json")
     original = p.operations.loc[0, "value"]
-    p.operations.loc[0, "value"] = "false" if original != "false" else "true"
+    edit_operations(saved, lambda f: f.__setitem__(
+        "value", ["false" if original != "false" else "true"] + list(f["value"][1:])))
     with pytest.raises(PlanAltered):
-        apply(p, client, ledger, progress=False)
-    p.operations.loc[0, "value"] = original
+        apply(Plan.load(saved), client, ledger, progress=False)
+    edit_operations(saved, lambda f: f.__setitem__("value", [original] + list(f["value"][1:])))
+    p = Plan.load(saved)
     with BrazeSandbox() as other, BrazeClient.for_sandbox(other) as elsewhere:
         with pytest.raises(PlanWorkspaceMismatch):
             apply(p, elsewhere, progress=False)

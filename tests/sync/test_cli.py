@@ -64,7 +64,7 @@ def test_partial_rejects_exit_1(cli_env, sandbox, client, sample, capsys):
 
 def test_a_damaged_plan_file_exits_2_naming_the_field(cli_env, capsys):
     (cli_env / "bad.json").write_text(json.dumps({"format": "engage-braze-plan",
-                                                  "format_version": 1}))
+                                                  "format_version": 2}))
     assert main(["approve", "bad.json", "--by", "Ana"]) == 2
     assert "ledger_version" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .builders import AUDIENCES, acknowledge_all, make_export
+from .builders import AUDIENCES, acknowledge_all, edit_operations, make_export
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
 from toolkit.mapping import Mapping
@@ -208,13 +208,12 @@ def test_save_and_load_round_trip(export, led, tmp_path):
 @pytest.mark.parametrize("edit, field", [
     (lambda d: d.pop("ledger_version"), "ledger_version"),
     (lambda d: d["options"].update(batch_size=500), "options.batch_size"),
-    (lambda d: d["operations"]["op"].__setitem__(0, "purchase"), "operations.op"),
-    (lambda d: d["operations"]["uid"].pop(), "operations"),
-    (lambda d: d["operations"]["value"].__setitem__(0, "{not json"), "operations.value"),
     (lambda d: d.update(approval={"by": "x"}), "approval"),
     (lambda d: d.update(format="something"), "format"),
+    (lambda d: d.update(rows=-1), "rows"),
+    (lambda d: d.update(operations_file="../elsewhere.parquet"), "operations_file"),
 ])
-def test_a_malformed_plan_file_names_the_field(export, led, tmp_path, edit, field):
+def test_a_malformed_plan_manifest_names_the_field(export, led, tmp_path, edit, field):
     p = plan(export, Mapping.from_export(export), led).approve(by="Ana")
     data = json.loads(p.save(tmp_path / "plan.json").read_text())
     edit(data)
@@ -222,6 +221,34 @@ def test_a_malformed_plan_file_names_the_field(export, led, tmp_path, edit, fiel
     with pytest.raises(PlanError) as err:
         Plan.load(tmp_path / "plan.json")
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda f: f.__setitem__("op", ["purchase"] + list(f["op"][1:])), "operations.op"),
+    (lambda f: f.iloc[:-1], "operations"),
+    (lambda f: f.__setitem__("value", ["{not json"] + list(f["value"][1:])), "operations.value"),
+    (lambda f: f.__setitem__("uid", [None] + list(f["uid"][1:])), "operations.uid"),
+])
+def test_a_malformed_operations_file_names_the_field(export, led, tmp_path, edit, field):
+    p = plan(export, Mapping.from_export(export), led).approve(by="Ana")
+    edit_operations(p.save(tmp_path / "plan.json"), edit)
+    with pytest.raises(PlanError) as err:
+        Plan.load(tmp_path / "plan.json")
+    assert err.value.field == field
+
+
+def test_a_missing_or_replaced_operations_file_is_refused(export, led, tmp_path):
+    p = plan(export, Mapping.from_export(export), led).approve(by="Ana")
+    path = p.save(tmp_path / "plan.json")
+    ops = tmp_path / "plan.ops.parquet"
+    ops.rename(tmp_path / "moved.parquet")
+    with pytest.raises(PlanError, match="operations file is missing"):
+        Plan.load(path)
+    (tmp_path / "moved.parquet").rename(ops)
+    Plan.load(path).check_approval(WS)
+    ops.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(PlanError, match="cannot be read"):
+        Plan.load(path)
 
 
 def test_a_truncated_plan_file_is_a_plan_error(tmp_path):
@@ -246,11 +273,11 @@ def test_approval_refusals(export, led, tmp_path):
     with pytest.raises(PlanExpired):
         p.check_approval(WS, now=datetime.now(timezone.utc) + timedelta(hours=2))
     # hand edit that keeps the file well-formed: caught by the fingerprint
-    data = json.loads(p.save(tmp_path / "p.json").read_text())
-    data["operations"]["value"][0] = "false"
-    (tmp_path / "p.json").write_text(json.dumps(data))
+    saved = p.save(tmp_path / "p.json")
+    edit_operations(saved, lambda f: f.__setitem__(
+        "value", ["false" if f["value"][0] != "false" else "true"] + list(f["value"][1:])))
     with pytest.raises(PlanAltered):
-        Plan.load(tmp_path / "p.json").check_approval(WS)
+        Plan.load(saved).check_approval(WS)
     data = json.loads(p.save(tmp_path / "p.json").read_text())
     data["workspace"] = "http://elsewhere#12345678"
     (tmp_path / "p.json").write_text(json.dumps(data))
@@ -297,7 +324,7 @@ def test_cohort_rule_with_credentials_plans_adds_in_chunks(export, led):
                                                                             "vip_customer"))
     body = p.payload([b for b in p.batches() if b.kind == "cohort"][0])
     assert body["cohort_id"] == "aud_vip_customer" and body["change"] == "add"
-    assert "pk" not in json.dumps(p.to_dict()) and "cs" not in json.dumps(p.cohorts)
+    assert "pk" not in json.dumps(p.manifest) and "cs" not in json.dumps(p.cohorts)
 
 
 @pytest.mark.slow

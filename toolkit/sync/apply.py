@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
                             ToolkitError)
-from toolkit.sync.ledger import Ledger
+from toolkit.sync.ledger import Ledger, Rows
 from toolkit.sync.plan import Batch, Plan
 
 __all__ = ["apply", "SyncReport", "ReportError"]
@@ -225,7 +226,9 @@ def _check_ledger(plan: Plan, ledger: Ledger) -> None:
 
 
 class _Run:
-    """The mutable state of one apply: counters, per-batch rows, rejects, timeline."""
+    """The mutable state of one apply: counters, per-batch rows, rejects, timeline. Operation
+    rows are read from the plan's file batch by batch and kept only while their batch is in
+    flight, so memory stays bounded whatever the plan's size."""
 
     def __init__(self, plan: Plan, ledger: Ledger, progress: bool, total: int) -> None:
         from tqdm.auto import tqdm
@@ -233,13 +236,6 @@ class _Run:
         self.plan = plan
         self.on_batch: "Callable[[int, Any], None] | None" = None
         self.ledger = ledger
-        ops = plan.operations
-        self.uid = ops["uid"].to_numpy()
-        self.segment = ops["segment_id"].to_numpy()
-        self.name = ops["name"].to_numpy()
-        self.op = ops["op"].to_numpy()
-        self.field = ops["field"].to_numpy()
-        self.after = ops["after"].to_numpy()
         self.counts = dict.fromkeys((
             "batches", "batches_sent", "batches_acknowledged", "batches_skipped",
             "batches_rejected", "batches_failed", "batches_unknown", "batches_uncertain",
@@ -248,7 +244,8 @@ class _Run:
         self.rows: list[dict] = []
         self.rejected: list[dict] = []
         self.uncertain: list[dict] = []
-        self.acked_rows: list[np.ndarray | slice] = []
+        self.acked: list[int] = []          # request numbers Braze acknowledged (for verify)
+        self.rejected_users: set[str] = set()
         self.data_points = 0
         self.timeline: list[list[float]] = []
         self.started = time.monotonic()
@@ -256,6 +253,7 @@ class _Run:
         self.abort: str | None = None
         self.answers: list[tuple] = []     # ledger writes not yet committed (see flush)
         self.group = 1
+        self.in_flight: dict[str, dict] = {}   # batch id -> its operation rows
         self.bar = tqdm(total=total, unit="obj", desc=f"apply {plan.id[:8]}",
                         disable=not progress, leave=True)
 
@@ -288,49 +286,61 @@ class _Run:
                           "rejected": rejected, "seconds": round(seconds, 4),
                           "attempts": attempts, "reason": reason})
 
-    # which ops rows belong to which object of a batch ------------------------------------
-    def object_index(self, batch: Batch) -> np.ndarray:
+    def ops(self, batch: Batch) -> dict:
+        """The operation rows of ``batch`` (kept from its payload while it is in flight)."""
+        rows = self.in_flight.pop(batch.id, None)
+        return rows if rows is not None else self.plan.rows_of(batch)
+
+    @staticmethod
+    def object_index(batch: Batch, uids: list) -> np.ndarray:
         """Object position (within its array) of each operation row of ``batch``."""
         if batch.kind != "attributes":
-            return np.arange(batch.stop - batch.start)
-        u = self.uid[batch.start:batch.stop]
+            return np.arange(len(uids))
+        u = np.asarray(uids, dtype=object)
         new = np.ones(len(u), dtype=bool)
         new[1:] = u[1:] != u[:-1]
         return np.cumsum(new) - 1
 
+    def _reject_rows(self, batch: Batch, ops: dict, per_object: dict[int, str]
+                     ) -> tuple[int, list[tuple[str, str]]]:
+        """Record each rejected object with its profile and fields; returns how many objects
+        were rejected and their (user, field) rows."""
+        obj = self.object_index(batch, ops["uid"])
+        array = {"attributes": "attributes", "events": "events"}.get(batch.kind, "cohort")
+        count, rows = 0, []
+        for index, why in sorted(per_object.items()):
+            sel = np.flatnonzero(obj == index)
+            if not len(sel):
+                continue
+            count += 1
+            uid = ops["uid"][sel[0]]
+            rows += [(ops["uid"][i], ops["field"][i]) for i in sel]
+            self.rejected_users.add(uid)
+            self.rejected.append({
+                "batch": batch.id, "array": array, "index": int(index),
+                "segment_id": ops["segment_id"][sel[0]], "braze_user": uid,
+                "fields": ", ".join(dict.fromkeys(ops["name"][i] for i in sel)), "reason": why})
+        return count, rows
+
     def acknowledge(self, batch: Batch, rejected: dict[int, str], *, status="acknowledged",
                     attempts=1, note=None) -> None:
-        a, z = batch.start, batch.stop
-        if rejected:
-            rows = np.arange(a, z)
-            obj = self.object_index(batch)
-            good = rows[~np.isin(obj, list(rejected))]
-            n_rej = len({i for i in rejected if (obj == i).any()})
-        else:  # the common case, kept cheap: it runs once per request on the sending thread
-            good = slice(a, z)
-            n_rej = 0
-        state = list(zip(self.field[good].tolist(), self.uid[good].tolist(),
-                         self.after[good].tolist()))
+        ops = self.ops(batch)
+        rows = batch.stop - batch.start
+        n_rej, bad = self._reject_rows(batch, ops, rejected) if rejected else (0, [])
+        # Braze took every object but the rejected ones: a reference to the batch's rows of the
+        # plan (less the rejected rows) is the state it acknowledged.
         reason = note
         if rejected:
             reason = f"{len(rejected)} object(s) rejected" + (f"; {note}" if note else "")
-        self.finish(batch, status, state=state, reason=reason)
-        self.acked_rows.append(good)
-        array = {"attributes": "attributes", "events": "events"}.get(batch.kind, "cohort")
-        for index, why in sorted(rejected.items()):
-            sel = rows[obj == index]
-            if not len(sel):
-                continue
-            self.rejected.append({
-                "batch": batch.id, "array": array, "index": int(index),
-                "segment_id": self.segment[sel[0]], "braze_user": self.uid[sel[0]],
-                "fields": ", ".join(dict.fromkeys(self.name[sel].tolist())), "reason": why})
+        self.finish(batch, status, state=Rows(batch.index, rows, tuple(sorted(bad))),
+                    reason=reason)
+        self.acked.append(batch.index)
         acked = batch.objects - n_rej
         self.counts["batches_acknowledged"] += 1
         self.counts["objects_acknowledged"] += acked
         self.counts["objects_rejected"] += n_rej
-        kinds = self.op[good]
-        self.data_points += len(kinds) if batch.kind != "cohort" else 0
+        if batch.kind != "cohort":
+            self.data_points += rows - len(bad)
         self.row(batch, status, acknowledged=acked, rejected=n_rej, attempts=attempts,
                  reason=reason)
         self.bar.update(batch.objects)
@@ -338,6 +348,7 @@ class _Run:
     def fail(self, batch: Batch, exc: BrazeAPIError, *, outcome: str | None = None) -> None:
         outcome = outcome or exc.context.get("outcome", "unknown")
         attempts = int(exc.context.get("attempts", 0) or 0)
+        ops = self.ops(batch)
         if outcome == "rejected" and not isinstance(exc, BrazeAuthError):
             rejected = getattr(exc, "rejected", None) or {}
             array = "events" if batch.kind == "events" else "attributes"
@@ -345,16 +356,7 @@ class _Run:
             if not per_object:
                 per_object = {i: exc.message for i in range(batch.objects)}
             self.finish(batch, "rejected", reason=exc.message[:500])
-            obj = self.object_index(batch)
-            rows = np.arange(batch.start, batch.stop)
-            for index, why in sorted(per_object.items()):
-                sel = rows[obj == index]
-                if len(sel):
-                    self.rejected.append({
-                        "batch": batch.id, "array": array, "index": int(index),
-                        "segment_id": self.segment[sel[0]], "braze_user": self.uid[sel[0]],
-                        "fields": ", ".join(dict.fromkeys(self.name[sel].tolist())),
-                        "reason": why})
+            self._reject_rows(batch, ops, per_object)
             self.counts["batches_rejected"] += 1
             self.counts["objects_rejected"] += batch.objects
             self.row(batch, "rejected", rejected=batch.objects, attempts=attempts,
@@ -364,7 +366,7 @@ class _Run:
             self.counts["batches_unknown"] += 1
             if batch.kind == "events":
                 self.counts["objects_uncertain"] += batch.objects
-                self.uncertain.append(self._uncertain_row(batch, "unknown", exc.message))
+                self.uncertain.append(self._uncertain_row(batch, "unknown", exc.message, ops))
             else:
                 self.counts["objects_unknown"] += batch.objects
             self.row(batch, "unknown", attempts=attempts, reason=exc.message)
@@ -378,8 +380,10 @@ class _Run:
                 self.abort = exc.message
         self.bar.update(batch.objects)
 
-    def _uncertain_row(self, batch: Batch, status: str, reason: str) -> dict:
-        users = list(dict.fromkeys(self.uid[batch.start:batch.stop].tolist()))
+    def _uncertain_row(self, batch: Batch, status: str, reason: str, ops: dict | None = None
+                       ) -> dict:
+        ops = ops if ops is not None else self.plan.rows_of(batch)
+        users = list(dict.fromkeys(ops["uid"]))
         return {"batch": batch.id, "status": status, "objects": batch.objects,
                 "users": ", ".join(users[:5]) + (f" … (+{len(users) - 5})" if len(users) > 5
                                                   else ""), "reason": reason}
@@ -413,14 +417,8 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
                   progress: bool, partner_api_key, client_secret, on_batch=None) -> SyncReport:
     _check_ledger(plan, ledger)
     batches = plan.batches()
-    items = {}
-    for b in batches:
-        if b.kind == "events":
-            items[b.id] = json.dumps(list(zip(
-                plan.operations["field"].iloc[b.start:b.stop].tolist(),
-                plan.operations["uid"].iloc[b.start:b.stop].tolist(),
-                plan.operations["after"].iloc[b.start:b.stop].tolist())))
-    ledger.record_batches(plan.id, [(b.id, b.kind, b.objects, items.get(b.id)) for b in batches])
+    ledger.record_plan(plan)
+    ledger.record_batches(plan.id, [(b.id, b.kind, b.objects, None, b.index) for b in batches])
     statuses = ledger.batch_statuses(plan.id)
     checks_s = time.monotonic() - t0
 
@@ -515,7 +513,9 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
             run.sent_at[b.id] = time.monotonic()
             run.counts["batches_sent"] += 1
             run.counts["objects_sent"] += b.objects
-            yield plan.payload(b)
+            rows = plan.rows_of(b)
+            run.in_flight[b.id] = rows
+            yield plan.payload(b, rows)
 
     try:
         for index, result in client.track_batches(payloads()):
@@ -556,7 +556,9 @@ def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner
     for b in batches:
         if run.abort:
             return
-        body = plan.payload(b)
+        rows = plan.rows_of(b)
+        run.in_flight[b.id] = rows
+        body = plan.payload(b, rows)
         cohort_id = body["cohort_id"]
         if cohort_id not in created:
             # "call whenever a cohort is initially exported … or when the name … is changed"
@@ -590,23 +592,26 @@ def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner
 
 
 def _expected_sample(plan: Plan, run: _Run) -> list[dict]:
-    """Planned values of up to EXPECTED_SAMPLE acknowledged users, for `verify`."""
-    if not run.acked_rows:
+    """Planned values of up to EXPECTED_SAMPLE acknowledged users (a deterministic sample by
+    hash of the user key), for `verify`; read from the plan's file on the engine."""
+    if not run.acked:
         return []
-    rows = np.concatenate([np.arange(r.start, r.stop) if isinstance(r, slice) else r
-                           for r in run.acked_rows])
-    if not len(rows):
-        return []
-    rejected_users = {r["braze_user"] for r in run.rejected}
-    ops = plan.operations.iloc[np.sort(rows)]
-    ops = ops[~ops["uid"].isin(rejected_users) & (ops["op"] != "cohort")]
-    users = ops["uid"].drop_duplicates()
-    if len(users) > EXPECTED_SAMPLE:
-        users = users.sample(EXPECTED_SAMPLE, random_state=0)
-    chosen = ops[ops["uid"].isin(set(users))]
+    from toolkit import engine
+
+    with engine.connect() as db:
+        db.register("acked_raw", pa.table({"batch": pa.array(sorted(set(run.acked)), pa.int64())}))
+        db.register("rejected_raw", pa.table({"uid": pa.array(sorted(run.rejected_users),
+                                                              pa.string())}))
+        rows = db.execute(f"""
+            WITH ops AS (SELECT * FROM read_parquet(?) WHERE op <> 'cohort'
+                         AND batch IN (SELECT batch FROM acked_raw)
+                         AND uid NOT IN (SELECT uid FROM rejected_raw)),
+                 chosen AS (SELECT DISTINCT uid FROM ops ORDER BY hash(uid), uid
+                            LIMIT {EXPECTED_SAMPLE})
+            SELECT uid, segment_id, op, name, value FROM ops WHERE uid IN (SELECT uid FROM chosen)
+            ORDER BY uid""", [str(plan.ops_path)]).fetchall()
     out: dict[str, dict] = {}
-    for uid, seg, op, name, value in zip(chosen["uid"], chosen["segment_id"], chosen["op"],
-                                         chosen["name"], chosen["value"]):
+    for uid, seg, op, name, value in rows:
         entry = out.setdefault(uid, {"braze_user": uid, "segment_id": seg,
                                      "identifier": plan.identifier(uid), "attributes": {},
                                      "events": {}})

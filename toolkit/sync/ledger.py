@@ -1,22 +1,26 @@
 """The sync ledger: what one Braze workspace has acknowledged, and every batch sent to it.
 
-One SQLite file (WAL mode) per Braze workspace identity (``client.workspace``). It holds
+Two parts, beside each other under ``./.toolkit/`` (one set per Braze workspace identity):
 
-* ``state`` — per user identity (``uid`` such as ``external_id:u1``) and *field* the last value
-  Braze acknowledged, as JSON text. Fields are ``attr:<attribute>`` (custom attribute or profile
-  field value), ``member:<audience>`` (membership sent as enter/exit events), ``trait:<key>``
-  (trait value sent as a "Trait Computed" event) and ``cohort:<cohort_id>`` (partner cohort
-  membership). Plans diff the export against this.
-* ``batches`` — every batch of every applied plan, recorded *before* it is sent and updated
-  after Braze answers (pending → sent → acknowledged | rejected | unknown | failed), so a crashed
-  apply resumes without resending what Braze already took, and never silently resends events.
-* ``changes`` — one row per state change; its count is the ledger ``version`` a plan records, so
-  applying a plan made from an older picture of the workspace is refused.
+* a **journal** — one SQLite file (WAL mode): ``batches`` holds every batch of every applied
+  plan, recorded *before* it is sent and updated after Braze answers (pending → sent →
+  acknowledged | rejected | unknown | failed | resolved), so a crashed apply resumes without
+  resending what Braze already took and never silently resends events; ``changes`` has one row
+  per acknowledged batch (its count is the ledger ``version`` a plan records, so applying a plan
+  made from an older picture of the workspace is refused); ``plans`` names the copy of each
+  applied plan's operations kept in ``<ledger>.plans/``.
+* the **state snapshot** — one Parquet file, one row per Braze user (``uid`` such as
+  ``external_id:u1``): the last value Braze acknowledged for each *field* as JSON text (fields
+  are ``attr:<attribute>``, ``member:<audience>``, ``trait:<key>``, ``cohort:<cohort_id>``, see
+  `toolkit.sync.projection`) and a per-user ``checksum`` of those values, so a plan skips an
+  unchanged user with one comparison (as Segment Reverse ETL's records table does).
 
-While sending, an acknowledged batch's state travels with its batch record (one small JSON
-write in the same transaction as its status), and is folded into ``state`` in bulk the next time
-state is read (`materialize`) — so the send loop never waits on a million B-tree inserts, and a
-crash at any point loses nothing Braze acknowledged.
+While sending, an acknowledged batch records only a reference to its rows of the plan copy (one
+small write in the same transaction as its status); `materialize` folds everything acknowledged
+into a new snapshot in one pass on the engine, written beside the old one and switched to in one
+journal transaction — so the send loop never waits on per-user writes, and a crash at any point
+loses nothing Braze acknowledged. A ledger written by schema 1 (state as SQLite rows) is
+migrated on open.
 
 The ledger never stores secrets: identities, values, statuses and Braze's error texts only.
 """
@@ -25,22 +29,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from toolkit import engine
+from toolkit.engine import literal, quote
 from toolkit.errors import LedgerError
 
-__all__ = ["Ledger", "default_ledger_path", "BATCH_STATUSES"]
+__all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "failed", "resolved")
 # Statuses after which a batch needs nothing more from this plan.
 FINAL_STATUSES = ("acknowledged", "rejected", "resolved")
@@ -60,7 +70,37 @@ CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NO
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY, plan TEXT NOT NULL, batch TEXT NOT NULL, rows INTEGER NOT NULL,
     at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plans (
+    plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
+    recorded_at TEXT NOT NULL);
 """
+# (``state`` is schema 1's per-row state; it stays empty after the migration to snapshots.)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The current state snapshot: its Parquet ``path``, the fields it has columns for, and the
+    field digest its checksums were computed under (None: no usable checksums)."""
+
+    path: Path
+    columns: frozenset
+    checksum_spec: str | None
+    users: int
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Acknowledged state by reference: the rows of request ``index`` in the ledger's copy of
+    the plan's operations, less the ``(uid, field)`` rows of objects Braze rejected."""
+
+    index: int
+    rows: int
+    rejected: tuple = ()
+
+    def encode(self) -> str:
+        return json.dumps({"batch": self.index, "rows": self.rows,
+                           "rejected": list(self.rejected)}, separators=(",", ":"))
+
 
 _FIX_CORRUPT = ("restore it from a backup. Moving it aside also works for attributes (a new ledger "
                 "resends every value once) but NOT for events: with an empty ledger every current "
@@ -103,7 +143,8 @@ def default_ledger_path(workspace: str, directory: "str | os.PathLike[str] | Non
 
 
 class Ledger:
-    """What one Braze workspace acknowledged, plus every batch sent to it (SQLite, WAL).
+    """What one Braze workspace acknowledged (a Parquet state snapshot), plus every batch sent
+    to it (a SQLite journal, WAL).
 
     ``Ledger(client_or_workspace)`` opens the default file for that workspace under
     ``./.toolkit/``; ``Ledger(path="x.sqlite", workspace=…)`` or ``Ledger("x.sqlite")`` opens a
@@ -154,9 +195,10 @@ class Ledger:
             # NORMAL keeps every committed transaction across a killed process (not power loss),
             # which is the failure the resume logic is built for.
             conn.execute("PRAGMA synchronous=NORMAL")
-            # A million users' state is ~100 MB of B-tree: keep the hot pages in memory.
-            conn.execute("PRAGMA cache_size=-131072")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
+            if "batch_index" not in columns:  # schema 1
+                conn.execute("ALTER TABLE batches ADD COLUMN batch_index INTEGER")
             conn.execute("PRAGMA quick_check(1)").fetchone()
         except sqlite3.DatabaseError as exc:
             raise self._error(exc, "opened") from None
@@ -177,6 +219,8 @@ class Ledger:
             self._write(lambda c: c.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [("workspace", workspace), ("schema", str(SCHEMA_VERSION)), ("created_at", _now())]))
+        elif "schema" in meta and int(meta["schema"]) < SCHEMA_VERSION:
+            self._migrate()
         return stored or workspace
 
     # -- low-level access ----------------------------------------------------------------
@@ -240,15 +284,47 @@ class Ledger:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- state -------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------
     @property
     def version(self) -> int:
         """Number of acknowledged state changes so far; grows by one per acknowledged batch."""
         return int(self._query("SELECT COALESCE(MAX(version), 0) FROM changes")[0][0])
 
-    def fields(self) -> list[str]:
+    def _meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def _sidecar(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def snapshot(self) -> Snapshot | None:
+        """The current state snapshot (after folding what is acknowledged), or None when Braze
+        has acknowledged nothing yet."""
         self.materialize()
-        return [r[0] for r in self._query("SELECT DISTINCT field FROM state ORDER BY field")]
+        name = self._meta("state_file")
+        if not name:
+            return None
+        path = self.path.with_name(name)
+        try:
+            schema = pq.read_schema(path)
+            users = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise LedgerError(f"the ledger's state snapshot cannot be read: {exc}",
+                              file=str(path), hint=_FIX_CORRUPT) from None
+        columns = frozenset(n for n in schema.names if n not in ("uid", "checksum"))
+        return Snapshot(path, columns, self._meta("state_spec") or None, users)
+
+    def fields(self) -> list[str]:
+        snap = self.snapshot()
+        return sorted(snap.columns) if snap is not None else []
+
+    def _read_state(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        snap = self.snapshot()
+        if snap is None:
+            return []
+        with engine.connect() as db:
+            return db.execute(sql.replace("{snapshot}", f"read_parquet({literal(str(snap.path))})"),
+                              list(params)).fetchall()
 
     def state(self, field: str) -> pd.Series:
         """Last acknowledged JSON values of one field, indexed by uid."""
@@ -257,9 +333,12 @@ class Ledger:
                          name=field)
 
     def state_arrays(self, field: str) -> tuple[np.ndarray, np.ndarray]:
-        """(uids, JSON values) of one field as object arrays — what the planner diffs against."""
-        self.materialize()
-        rows = self._query("SELECT uid, value FROM state WHERE field = ?", (field,))
+        """(uids, JSON values) of one field as object arrays."""
+        snap = self.snapshot()
+        if snap is None or field not in snap.columns:
+            return np.empty(0, dtype=object), np.empty(0, dtype=object)
+        rows = self._read_state(f"SELECT uid, {quote(field)} FROM {{snapshot}} "
+                                f"WHERE {quote(field)} IS NOT NULL ORDER BY uid")
         if not rows:
             return np.empty(0, dtype=object), np.empty(0, dtype=object)
         table = np.array(rows, dtype=object)
@@ -267,9 +346,17 @@ class Ledger:
 
     def user(self, uid: str) -> dict[str, Any]:
         """Everything acknowledged for one identity, decoded: ``{field: value}``."""
-        self.materialize()
-        return {f: json.loads(v) for f, v in
-                self._query("SELECT field, value FROM state WHERE uid = ?", (uid,))}
+        snap = self.snapshot()
+        if snap is None:
+            return {}
+        cols = sorted(snap.columns)
+        if not cols:
+            return {}
+        rows = self._read_state(f"SELECT {', '.join(quote(c) for c in cols)} FROM {{snapshot}} "
+                                "WHERE uid = ?", (uid,))
+        if not rows:
+            return {}
+        return {f: json.loads(v) for f, v in zip(cols, rows[0]) if v is not None}
 
     def changes_since(self, version: int, *, excluding_plan: str | None = None) -> int:
         """State changes made after ``version`` by plans other than ``excluding_plan``."""
@@ -278,39 +365,194 @@ class Ledger:
         return int(rows[0][0])
 
     def materialize(self) -> int:
-        """Fold acknowledged batches' pending state into ``state`` (in change order, one
-        transaction); returns how many state rows were written."""
-        if not self._query("SELECT 1 FROM batches WHERE pending IS NOT NULL LIMIT 1"):
-            return 0
-
-        def write(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
+        """Fold acknowledged batches' state into a new snapshot (in change order, one pass on
+        the engine, switched to in one journal transaction); returns how many (field, user)
+        values were written."""
+        with self._lock:
+            rows = self._query(
                 "SELECT b.plan, b.batch, b.pending, c.version FROM batches b JOIN changes c "
                 "ON c.plan = b.plan AND c.batch = b.batch WHERE b.pending IS NOT NULL "
-                "ORDER BY c.version").fetchall()
-            latest: dict[tuple[str, str], tuple[str | None, int]] = {}
-            for _plan, _batch, pending, version in rows:
-                for field, uid, value in json.loads(pending):
-                    latest[(field, uid)] = (value, version)
-            sets = sorted((f, u, v, ver) for (f, u), (v, ver) in latest.items() if v is not None)
-            deletes = [(f, u) for (f, u), (v, _) in latest.items() if v is None]
-            conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)", sets)
-            conn.executemany("DELETE FROM state WHERE field = ? AND uid = ?", deletes)
-            conn.executemany("UPDATE batches SET pending = NULL WHERE plan = ? AND batch = ?",
-                             [(p, b) for p, b, _, _ in rows])
-            return len(sets) + len(deletes)
+                "ORDER BY c.version")
+            if not rows:
+                return 0
+            written, name = self._fold(rows)
+            spec = self._meta("checksum_digest") or ""
 
-        return self._write(write)
+            def switch(conn: sqlite3.Connection) -> None:
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [("state_file", name), ("state_spec", spec)])
+                conn.executemany("UPDATE batches SET pending = NULL WHERE plan = ? AND batch = ?",
+                                 [(p, b) for p, b, _, _ in rows])
 
-    # -- batches -------------------------------------------------------------------------
-    def record_batches(self, plan: str, batches: Iterable[tuple[str, str, int, str | None]]) -> None:
-        """Register a plan's batches as pending (``(batch, kind, objects, items_json)``);
-        batches already known from an earlier, interrupted apply keep their status."""
+            self._write(switch)
+            self._remove_stale_files()
+            return written
+
+    def _fold(self, rows: list[tuple]) -> tuple[int, str]:
+        explicit: list[tuple[str, str, str | None, int]] = []
+        refs: dict[str, list[tuple[int, int]]] = {}
+        rejected: list[tuple[str, int, str]] = []
+        for plan, _batch, pending, version in rows:
+            data = json.loads(pending)
+            if isinstance(data, dict):
+                refs.setdefault(plan, []).append((int(data["batch"]), int(version)))
+                rejected += [(plan, int(data["batch"]), u, f) for u, f in data.get("rejected", [])]
+            else:
+                explicit += [(f, u, v, int(version)) for f, u, v in data]
+        files = dict(self._query("SELECT plan, file FROM plans"))
+        kinds = json.loads(self._meta("checksum_fields") or "[]")
+        digest = self._meta("checksum_digest") or ""
+        current = self._meta("state_file")
+        version = max(int(r[3]) for r in rows)
+        name = f"{self.path.name}.state-{version:09d}-{os.getpid()}.parquet"
+        out = self.path.with_name(name)
+        tmp = out.with_name(out.name + ".tmp")
+        with engine.connect() as db:
+            parts = []
+            if explicit:
+                db.register("explicit_raw", pa.table({
+                    "field": pa.array([e[0] for e in explicit], pa.string()),
+                    "uid": pa.array([e[1] for e in explicit], pa.string()),
+                    "after": pa.array([e[2] for e in explicit], pa.string()),
+                    "version": pa.array([e[3] for e in explicit], pa.int64())}))
+                parts.append("SELECT field, uid, after, version FROM explicit_raw")
+            if rejected:
+                db.register("rejected_raw", pa.table({
+                    "plan": pa.array([r[0] for r in rejected], pa.string()),
+                    "batch": pa.array([r[1] for r in rejected], pa.int64()),
+                    "uid": pa.array([r[2] for r in rejected], pa.string()),
+                    "field": pa.array([r[3] for r in rejected], pa.string())}))
+            for plan, batches in refs.items():
+                if plan not in files:
+                    raise LedgerError(f"the ledger lost the operations of plan {plan}",
+                                      file=str(self.path), hint=_FIX_CORRUPT)
+                db.register(f"refs_{len(parts)}", pa.table({
+                    "batch": pa.array([b for b, _ in batches], pa.int64()),
+                    "version": pa.array([v for _, v in batches], pa.int64())}))
+                src = literal(str((self.path.parent / files[plan])))
+                skip = (f" AND NOT EXISTS (SELECT 1 FROM rejected_raw x WHERE x.plan = "
+                        f"{literal(plan)} AND x.batch = o.batch AND x.uid = o.uid AND x.field = o.field)"
+                        if rejected else "")
+                parts.append(f"SELECT o.field, o.uid, o.after, r.version FROM read_parquet({src}) o "
+                             f"JOIN refs_{len(parts)} r ON o.batch = r.batch WHERE true{skip}")
+            db.execute("CREATE TEMP TABLE updates AS SELECT field, uid, after FROM ("
+                       + " UNION ALL ".join(parts) + ") QUALIFY row_number() OVER "
+                       "(PARTITION BY field, uid ORDER BY version DESC) = 1")
+            new_fields = [r[0] for r in db.execute(
+                "SELECT DISTINCT field FROM updates ORDER BY field").fetchall()]
+            old = self.path.with_name(current) if current else None
+            old_fields = ([n for n in pq.read_schema(old).names if n not in ("uid", "checksum")]
+                          if old is not None else [])
+            all_fields = sorted(set(old_fields) | set(new_fields))
+            pivot = ", ".join(f"max(after) FILTER (WHERE field = {literal(f)}) AS {quote('v:' + f)}, "
+                              f"bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
+                              for f in new_fields)
+            db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot} FROM updates GROUP BY uid")
+            cols = []
+            for f in all_fields:
+                if f in new_fields and f in old_fields:
+                    cols.append(f"CASE WHEN coalesce(u.{quote('h:' + f)}, false) THEN "
+                                f"u.{quote('v:' + f)} ELSE s.{quote(f)} END AS {quote(f)}")
+                elif f in new_fields:
+                    cols.append(f"u.{quote('v:' + f)} AS {quote(f)}")
+                else:
+                    cols.append(f"s.{quote(f)} AS {quote(f)}")
+            base = (f"read_parquet({literal(str(old))})" if old is not None else
+                    "(SELECT NULL::VARCHAR AS uid WHERE false)")
+            db.execute(f"CREATE TEMP TABLE merged AS SELECT coalesce(s.uid, u.uid) AS uid, "
+                       f"{', '.join(cols)} FROM {base} s FULL OUTER JOIN upd u ON s.uid = u.uid")
+            from toolkit.sync.diff import checksum_sql
+
+            have = set(all_fields)
+            checksum = (checksum_sql([tuple(k) for k in kinds],
+                                     lambda f: quote(f) if f in have else "NULL", digest)
+                        if kinds else "NULL::UBIGINT")
+            db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
+                       f"{', '.join(quote(f) for f in all_fields)} FROM merged ORDER BY uid) "
+                       f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            written = db.execute("SELECT count(*) FROM updates").fetchall()[0][0]
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        return int(written), name
+
+    def _remove_stale_files(self) -> None:
+        """Snapshots other than the current one, and plan copies nothing refers to any more."""
+        current = self._meta("state_file")
+        for path in self.path.parent.glob(self.path.name + ".state-*"):
+            if path.name != current:
+                path.unlink(missing_ok=True)
+        needed = {r[0] for r in self._query(
+            "SELECT DISTINCT plan FROM batches WHERE pending IS NOT NULL OR (kind = 'events' AND "
+            "status IN ('sent', 'unknown')) OR status IN ('pending', 'sent', 'unknown', 'failed')")}
+        for plan, file in self._query("SELECT plan, file FROM plans"):
+            if plan not in needed:
+                (self.path.parent / file).unlink(missing_ok=True)
+                self._write(lambda c, p=plan: c.execute("DELETE FROM plans WHERE plan = ?", (p,)))
+
+    def _migrate(self) -> None:
+        """Schema 1 kept state as SQLite rows: move them into a snapshot (no checksums yet:
+        the first plan compares values, and the next fold writes checksums)."""
+        count = self._query("SELECT COUNT(*) FROM state")[0][0]
+        if count:
+            rows = self._query("SELECT field, uid, value FROM state")
+            name = f"{self.path.name}.state-migrated-{os.getpid()}.parquet"
+            out = self.path.with_name(name)
+            tmp = out.with_name(out.name + ".tmp")
+            fields = sorted({r[0] for r in rows})
+            with engine.connect() as db:
+                db.register("rows_raw", pa.table({
+                    "field": pa.array([r[0] for r in rows], pa.string()),
+                    "uid": pa.array([r[1] for r in rows], pa.string()),
+                    "value": pa.array([r[2] for r in rows], pa.string())}))
+                pivot = ", ".join(f"max(value) FILTER (WHERE field = {literal(f)}) AS {quote(f)}"
+                                  for f in fields)
+                db.execute(f"COPY (SELECT uid, NULL::UBIGINT AS checksum, {pivot} FROM rows_raw "
+                           f"GROUP BY uid ORDER BY uid) TO {literal(str(tmp))} "
+                           "(FORMAT parquet, COMPRESSION zstd)")
+            del rows
+            os.replace(tmp, out)
+
+            def switch(conn: sqlite3.Connection) -> None:
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [("state_file", name), ("state_spec", "")])
+                conn.execute("DELETE FROM state")
+            self._write(switch)
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                                        (str(SCHEMA_VERSION),)))
+        if count:
+            with self._lock:
+                self._conn.execute("VACUUM")
+
+    # -- plans and batches ---------------------------------------------------------------
+    def record_plan(self, plan) -> None:
+        """Keep a copy of ``plan``'s operations beside the ledger (acknowledged batches refer
+        to its rows) and make its fields the ones per-user checksums are computed over."""
+        directory = self._sidecar(".plans")
+        name = f"{directory.name}/{plan.id}.parquet"
+        target = self.path.parent / name
+        if not target.exists():
+            directory.mkdir(exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.copyfile(plan.ops_path, tmp)
+            os.replace(tmp, target)
+        fields = json.dumps(sorted(plan.fields))
+        self._write(lambda c: (
+            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?)",
+                      (plan.id, name, fields, plan.field_digest or "", _now())),
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                          [("checksum_fields", fields),
+                           ("checksum_digest", plan.field_digest or "")])))
+
+    def record_batches(self, plan: str, batches: Iterable[tuple]) -> None:
+        """Register a plan's batches as pending (``(batch, kind, objects, items_json[, index])``,
+        ``index`` being the request's number in the plan's operations file); batches already
+        known from an earlier, interrupted apply keep their status."""
         now = _now()
         self._write(lambda c: c.executemany(
-            "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, items, recorded_at)"
-            " VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-            [(plan, b, k, n, items, now) for b, k, n, items in batches]))
+            "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, items, recorded_at,"
+            " batch_index) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            [(plan, b[0], b[1], b[2], b[3], now, b[4] if len(b) > 4 else None) for b in batches]))
 
     def batch_statuses(self, plan: str) -> dict[str, str]:
         return dict(self._query("SELECT batch, status FROM batches WHERE plan = ?", (plan,)))
@@ -333,82 +575,111 @@ class Ledger:
             "WHERE plan = ? AND batch = ?", [(now, plan, b) for b in names]))
 
     def finish(self, plan: str, batch: str, status: str, *,
-               state: Iterable[tuple[str, str, str | None]] = (), reason: str | None = None) -> int:
+               state: "Iterable[tuple[str, str, str | None]] | Rows" = (),
+               reason: str | None = None) -> int:
         """Record Braze's answer for ``batch`` and, in the same transaction, the state it
-        acknowledged (``(field, uid, json value or None to forget)``). Returns the new version."""
+        acknowledged: ``(field, uid, json value or None to forget)`` triples, or `Rows` of the
+        plan's operations. Returns the new version."""
         return self.finish_many(plan, [(batch, status, state, reason)])
 
-    def finish_many(self, plan: str,
-                    answers: Sequence[tuple[str, str, Iterable[tuple[str, str, str | None]],
-                                            str | None]]) -> int:
+    def finish_many(self, plan: str, answers: Sequence[tuple]) -> int:
         """`finish` for several batches ``(batch, status, state, reason)`` in one transaction;
         the version grows by one per batch that changed state. Returns the new version."""
-        answers = [(b, status, list(state), reason) for b, status, state, reason in answers]
-        for _, status, _, _ in answers:
+        prepared = []
+        for batch, status, state, reason in answers:
             if status not in BATCH_STATUSES:
                 raise ValueError(f"unknown batch status {status!r}")
-
-        encoded = [json.dumps(state, separators=(",", ":")) if state else None
-                   for _, _, state, _ in answers]
+            if isinstance(state, Rows):
+                count = state.rows - len(state.rejected)
+                pending = state.encode() if count > 0 else None
+            else:
+                state = list(state)
+                count = len(state)
+                pending = json.dumps(state, separators=(",", ":")) if state else None
+            prepared.append((batch, status, count, pending, reason))
 
         def write(conn: sqlite3.Connection) -> int:
-            version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchone()[0]
+            version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchall()[0][0]
             now = _now()
             changes = []
-            for (batch, _, state, _), pending in zip(answers, encoded):
+            for batch, _, count, pending, _ in prepared:
                 if pending is not None:
                     version += 1
-                    changes.append((version, plan, batch, len(state), now))
+                    changes.append((version, plan, batch, count, now))
             conn.executemany("INSERT INTO changes VALUES (?, ?, ?, ?, ?)", changes)
             # a batch answered without being recorded first (a hand-made state change) gets a row
             conn.executemany(
                 "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, recorded_at) "
                 "VALUES (?, ?, 'other', 'pending', ?, ?)",
-                [(plan, batch, len(state), now) for batch, _, state, _ in answers])
+                [(plan, batch, count, now) for batch, _, count, _, _ in prepared])
             # pending = NULL when nothing was acknowledged, so a batch answered twice (resolve)
             # never carries stale state
             conn.executemany("UPDATE batches SET status = ?, reason = ?, answered_at = ?, "
                              "pending = ? WHERE plan = ? AND batch = ?",
                              [(status, reason, now, pending, plan, batch)
-                              for (batch, status, _, reason), pending in zip(answers, encoded)])
+                              for batch, status, _, pending, reason in prepared])
             return version
 
         return self._write(write)
 
+    def _items(self, plan: str, items: str | None, index: int | None) -> list[tuple]:
+        """``(field, uid, after)`` of one batch: its item list, or its rows of the plan copy."""
+        if items:
+            return [tuple(i) for i in json.loads(items)]
+        files = dict(self._query("SELECT plan, file FROM plans WHERE plan = ?", (plan,)))
+        if index is None or plan not in files:
+            return []
+        with engine.connect() as db:
+            return db.execute("SELECT field, uid, after FROM read_parquet(?) WHERE batch = ?",
+                              [str((self.path.parent / files[plan])), int(index)]).fetchall()
+
     def uncertain_events(self) -> pd.DataFrame:
         """Event batches that left but whose outcome is unknown (crash, timeout): their events
-        may or may not be in Braze. Plans leave these users' events out until `resolve` says."""
+        may or may not be in Braze. Plans leave these users' events out until `resolve` says.
+        ``items`` lists each event as ``[field, braze user, value after]`` (JSON)."""
         rows = self._query(
-            "SELECT plan, batch, status, objects, items, sent_at FROM batches "
+            "SELECT plan, batch, status, objects, items, sent_at, batch_index FROM batches "
             "WHERE kind = 'events' AND status IN ('sent', 'unknown') ORDER BY plan, batch")
-        return pd.DataFrame(rows, columns=["plan", "batch", "status", "objects", "items",
-                                           "sent_at"])
+        out = [(p, b, s, n, json.dumps(self._items(p, items, index)), at)
+               for p, b, s, n, items, at, index in rows]
+        return pd.DataFrame(out, columns=["plan", "batch", "status", "objects", "items",
+                                          "sent_at"])
+
+    def held_items(self) -> pa.Table:
+        """``(field, uid)`` of every event held by an uncertain event batch."""
+        pairs = [(f, u) for items in self.uncertain_events()["items"]
+                 for f, u, _ in json.loads(items)]
+        return pa.table({"field": pa.array([p[0] for p in pairs], pa.string()),
+                         "uid": pa.array([p[1] for p in pairs], pa.string())})
 
     def uncertain_items(self) -> set[tuple[str, str]]:
         """``(field, uid)`` pairs held by uncertain event batches."""
-        out: set[tuple[str, str]] = set()
-        for items in self.uncertain_events()["items"]:
-            for field, uid, _value in json.loads(items or "[]"):
-                out.add((field, uid))
-        return out
+        held = self.held_items()
+        return set(zip(held.column("field").to_pylist(), held.column("uid").to_pylist()))
 
     def resolve(self, plan: str, batch: str, *, landed: bool) -> None:
         """Settle an uncertain event batch after checking Braze: ``landed=True`` records its
         state as acknowledged (nothing will resend it); ``landed=False`` forgets it, so the
-        next plan includes those events again."""
-        rows = self._query("SELECT kind, status, items FROM batches WHERE plan = ? AND batch = ?",
-                           (plan, batch))
+        next plan includes those events again. ``plan`` is the plan's id (or the Plan)."""
+        plan = getattr(plan, "id", plan)
+        rows = self._query("SELECT kind, status, items, batch_index FROM batches "
+                           "WHERE plan = ? AND batch = ?", (plan, batch))
         if not rows or rows[0][1] not in ("sent", "unknown"):
             raise LedgerError("no uncertain batch with that name", batch=batch, plan=plan,
                               hint="see ledger.uncertain_events() for the batches to settle")
-        items = [tuple(i) for i in json.loads(rows[0][2] or "[]")] if landed else []
+        items = self._items(plan, rows[0][2], rows[0][3]) if landed else []
         self.finish(plan, batch, "resolved" if landed else "failed", state=items,
                     reason="settled by hand: " + ("landed" if landed else "did not land"))
 
     # -- display -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        self.materialize()
-        per_field = dict(self._query("SELECT field, COUNT(*) FROM state GROUP BY field"))
+        snap = self.snapshot()
+        per_field: dict[str, int] = {}
+        if snap is not None and snap.columns:
+            cols = sorted(snap.columns)
+            counts = self._read_state("SELECT " + ", ".join(f"count({quote(c)})" for c in cols)
+                                      + " FROM {snapshot}")[0]
+            per_field = {c: int(n) for c, n in zip(cols, counts) if n}
         statuses = dict(self._query("SELECT status, COUNT(*) FROM batches GROUP BY status"))
         return {"path": str(self.path), "workspace": self.workspace, "version": self.version,
                 "fields": per_field, "batches": statuses}

@@ -1,13 +1,15 @@
 """Plan a sync: the delta between what an export says and what Braze last acknowledged, with cost.
 
-`plan(export, mapping, ledger)` computes the desired Braze state from the mapping, diffs it
-against the workspace's `Ledger` (vectorised, so a million profiles plan in seconds) and keeps
-only changes: new members, exits, changed trait values, and events only for transitions. The
-`Plan` shows operations by audience and kind, requests, objects, data points (as Braze bills
-them), an estimated duration, sample payloads exactly as they will be sent, and a fingerprint
-(sha256 over canonical JSON of the operations, the target workspace, the ledger version and the
-options that shape payloads). `plan.approve(by=…)` records who approved that fingerprint until
-when; `toolkit.apply` refuses anything else.
+`plan(export, mapping, ledger)` projects the desired Braze state once (`toolkit.sync.projection`),
+diffs it against the workspace's `Ledger` in SQL on the engine (`toolkit.sync.diff`: users whose
+checksum is unchanged cost one comparison) and keeps only changes: new members, exits, changed
+trait values, and events only for transitions. A plan is two files: its operations as Parquet,
+in send order with each operation's request assigned, and a small JSON manifest (options, cost,
+findings, fingerprint, approval); the profiles it leaves out, and why, go in a third, Parquet,
+file. The fingerprint is a sha256 computed while streaming the operations (plus the target
+workspace, ledger version, options and cost); `plan.approve(by=…)` records who approved that
+fingerprint until when, sealed; `toolkit.apply` refuses anything else and streams the requests
+from the file with bounded memory.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -24,34 +29,29 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from toolkit.braze import rules as braze_rules
-from toolkit.braze.state import braze_user_keys
+from toolkit import engine
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
+from toolkit.sync.diff import OPERATION_COLUMNS, diff
+from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, project
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
 PLAN_FORMAT = "engage-braze-plan"
-PLAN_FORMAT_VERSION = 1
-# The operations table, in canonical column order (the fingerprint hashes these columns).
-OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value", "field",
-                     "after")
+PLAN_FORMAT_VERSION = 2
 MAX_TRACK_OBJECTS = 75            # braze-api.md §1.6: per array per /users/track request
-MAX_COHORT_IDS = 1000             # braze-api.md §4.1: user ids per cohort request
 SAMPLE_PAYLOADS = 3
-_OP_ORDER = {"attribute": 0, "event": 1, "cohort": 2}
+OP_KINDS = ("attribute", "event", "cohort")
+_TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 
 
 @lru_cache(maxsize=1 << 16)
 def _decode(text: str) -> Any:
     return json.loads(text)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
-                      allow_nan=False)
 
 
 def _utc_iso(ts: pd.Timestamp | datetime) -> str:
@@ -82,6 +82,7 @@ def parse_duration(value: "timedelta | int | float | str") -> timedelta:
     return out
 
 
+
 @dataclass(frozen=True)
 class Batch:
     """One request of a plan: rows ``start:stop`` of the plan's operations, ``objects`` objects."""
@@ -91,129 +92,7 @@ class Batch:
     start: int
     stop: int
     objects: int
-
-
-# --------------------------------------------------------------------------------------------
-# building the operations
-
-class _Builder:
-    """Collects per-rule operation frames and findings while planning."""
-
-    def __init__(self, profiles: pd.DataFrame, uids: np.ndarray, syncable: np.ndarray,
-                 ledger) -> None:
-        self.profiles = profiles
-        self.uids = uids                      # object array aligned to profiles, None = unsyncable
-        self.syncable = syncable              # False for unsyncable and duplicate identities
-        self.segment_ids = profiles["segment_id"].to_numpy(dtype=object, na_value=None)
-        self.ledger = ledger
-        self.findings = Findings()
-        self.left_out: list[pd.DataFrame] = []
-        self.frames: list[pd.DataFrame] = []
-        self._state_cache: dict[str, np.ndarray] = {}
-        self._uid_index: pd.Index | None = None
-        self.held: set[tuple[str, str]] = ledger.uncertain_items() if ledger is not None else set()
-        self.held_count = 0
-
-    def previous(self, field: str) -> np.ndarray:
-        """Last acknowledged JSON text of ``field`` for every profile (None when never sent)."""
-        if field not in self._state_cache:
-            prev = np.full(len(self.uids), None, dtype=object)
-            if self.ledger is not None:
-                uids, values = self.ledger.state_arrays(field)
-                if len(uids):
-                    if self._uid_index is None:  # hashed once, reused for every field
-                        self._uid_pos = np.flatnonzero(self.syncable)  # unique uids only
-                        self._uid_index = pd.Index(self.uids[self._uid_pos], dtype=object)
-                    at = self._uid_index.get_indexer(pd.Index(uids, dtype=object))
-                    known = at >= 0
-                    prev[self._uid_pos[at[known]]] = values[known]
-            self._state_cache[field] = prev
-        return self._state_cache[field]
-
-    def add(self, mask: np.ndarray, *, op: str, rule: str, change: str | np.ndarray, name: str,
-            value: Any, field: str, after: Any) -> None:
-        """Add operations for the profiles in ``mask`` (values may be scalars or arrays)."""
-        mask = mask & self.syncable
-        if self.held:
-            held = np.fromiter(((field, u) in self.held for u in self.uids), bool, len(self.uids))
-            self.held_count += int((mask & held).sum())
-            mask = mask & ~held
-        if not mask.any():
-            return
-        pos = np.flatnonzero(mask)
-
-        def pick(v):
-            return v[pos] if isinstance(v, np.ndarray) else np.full(len(pos), v, dtype=object)
-
-        self.frames.append(pd.DataFrame({
-            "uid": self.uids[pos], "segment_id": self.segment_ids[pos], "op": op, "rule": rule,
-            "change": pick(change), "name": name, "value": pick(value), "field": field,
-            "after": pick(after), "_pos": pos}))
-
-    def leave_out(self, mask: np.ndarray, *, rule: str, code: str, reason: str) -> None:
-        pos = np.flatnonzero(mask & self.syncable)
-        if len(pos):
-            self.left_out.append(pd.DataFrame({
-                "segment_id": self.segment_ids[pos], "uid": self.uids[pos], "rule": rule,
-                "code": code, "reason": reason}))
-
-    def refuse(self, mask: np.ndarray, *, rule: str, code: str, reason: str, what: str,
-               fix: str, severity: str = "error") -> None:
-        """Leave the masked profiles out of the plan *and* tell the approver: one step, so no
-        value is ever dropped silently. The finding reads "<count> <what>"."""
-        self.leave_out(mask, rule=rule, code=code, reason=reason)
-        self.findings.add(severity, code, f"{int((mask & self.syncable).sum()):,} {what}",
-                          column=rule, fix=fix)
-
-
-def _json_texts(values: np.ndarray) -> np.ndarray:
-    """Canonical JSON text of each value (None where the value is missing), vectorised by
-    encoding each distinct value once."""
-    out = np.full(len(values), None, dtype=object)
-    present = ~pd.isna(values)
-    if not present.any():
-        return out
-    # Key by (type, value) so True and 1 (equal and same-hash in Python) stay distinct.
-    keyed = pd.Series(values[present], dtype=object)
-    codes, uniques = pd.factorize(keyed.map(lambda v: (type(v).__name__, v))
-                                  if keyed.map(type).nunique() > 1 else keyed)
-    texts = np.array([_dumps(u[1] if isinstance(u, tuple) else u) for u in uniques], dtype=object)
-    out[present] = texts[codes]
-    return out
-
-
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')  # what json.dumps(ensure_ascii=False) escapes
-
-
-def _json_array(values) -> str:
-    """``json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)`` for a column of
-    text/None, fast: a repetitive column encodes each distinct value once."""
-    n = len(values)
-    if not n:
-        return "[]"
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
-    if len(uniques) > n // 4:
-        try:
-            plain = "".join(values)
-        except TypeError:  # a None among them
-            plain = None
-        if plain is not None and not _NEEDS_ESCAPE.search(plain):
-            # identifiers: text that JSON leaves as is, so no per-value encoding is needed
-            return '["' + '","'.join(values) + '"]'
-        return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
-    texts = np.array([json.dumps(u, ensure_ascii=False) for u in uniques] + ["null"],
-                     dtype=object)
-    return "[" + ",".join(texts[codes].tolist()) + "]"
-
-
-def _first_char_types(texts: np.ndarray) -> np.ndarray:
-    """JSON kind of each text from its first character (b, n, s, a, o; None for missing/null)."""
-    s = pd.Series(texts, dtype=object)
-    first = s.str[:1]
-    kinds = first.map({"t": "b", "f": "b", '"': "s", "[": "a", "{": "o"})
-    kinds = kinds.where(~first.isin(list("-0123456789")), "n")
-    kinds = kinds.where(s.notna() & (s != "null"), None)
-    return kinds.to_numpy(dtype=object)
+    index: int = 0     # the request's number in the operations file's ``batch`` column
 
 
 def _resolve_target(workspace, ledger):
@@ -296,7 +175,6 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                         field="rate_limit", hint="the /users/track default is (3000, 3.0)")
     client = workspace if workspace is not None and not isinstance(workspace, str) else None
     workspace, ledger = _resolve_target(workspace, ledger)
-    profiles = export.profiles
     when = event_time if event_time is not None else export.snapshot_at
     when = pd.Timestamp.now(tz="UTC").floor("s") if when is None or pd.isna(when) else when
     try:
@@ -304,337 +182,224 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     except (ValueError, TypeError):
         raise PlanError(f"event_time {event_time!r} is not a time", field="event_time",
                         hint="pass an ISO-8601 time or a pandas Timestamp") from None
-
-    keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-    b = _Builder(profiles, keys.to_numpy(dtype=object, na_value=None),
-                 keys.notna().to_numpy(dtype=bool), ledger)
-    _report_unsyncable(b, profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-
+    mapping.validate(export)
     credentials = _partner_credentials(partner_api_key, client_secret, client)
-    cohorts: list[dict[str, Any]] = []
-    attribute_values = None
-    for rule in mapping.rules:
-        problems = _rule_violations(rule)
-        if problems:
-            for v in problems:
-                b.findings.add("error", v.code, f"rule {rule.key!r} left out: {v.message}",
-                               column=rule.key, fix=v.fix)
-            continue
-        if rule.key not in profiles.columns:
-            b.findings.add("error", "missing_column", f"rule {rule.key!r} has no column in the "
-                           "export; nothing planned for it", column=rule.key,
-                           fix="re-export the computation or remove the rule")
-            continue
-        if rule.kind == "audience":
-            member = profiles[rule.key].astype("boolean")
-            is_in = member.fillna(False).to_numpy(dtype=bool)
-            is_out = (~member.fillna(True)).to_numpy(dtype=bool)
-            if rule.send_as in ("attribute", "both"):
-                _plan_audience_attribute(b, rule, is_in, is_out)
-            if rule.send_as in ("event", "both"):
-                _plan_audience_events(b, rule, is_in, is_out)
-            if rule.send_as == "cohort":
-                cohort = _plan_cohort(b, rule, is_in, is_out, export, credentials is not None)
-                if cohort:
-                    cohorts.append(cohort)
-        else:
-            if rule.send_as in ("attribute", "both"):
-                if attribute_values is None:
-                    attribute_values = mapping.attribute_values(export)
-                _plan_trait_attribute(b, rule, attribute_values, mapping, export)
-            if rule.send_as in ("event", "both"):
-                _plan_trait_events(b, rule, export)
-            if rule.send_as == "cohort":
-                b.findings.add("error", "cohort_trait", f"trait {rule.key!r} cannot be a cohort: "
-                               "a cohort holds audience membership only", column=rule.key,
-                               fix="send the trait as an attribute or an event")
-    if b.held_count:
-        b.findings.add(
-            "warning", "uncertain_events_held",
-            f"{b.held_count:,} event(s) were left out: an earlier apply sent them but never got "
-            "Braze's answer, so sending them again could count them twice", fix=(
-                "check those users in Braze, then ledger.resolve(plan, batch, landed=True|False)"
-                ", or re-apply that plan with resend_uncertain_events=True"))
-    ops = _assemble(b.frames)
-    left_out = (pd.concat(b.left_out, ignore_index=True) if b.left_out else
-                pd.DataFrame(columns=["segment_id", "uid", "rule", "code", "reason"]))
+    projection = project(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                         cohorts_available=credentials is not None)
+    findings = projection.findings
     options = {"create_users": bool(create_users), "alias_label": alias_label,
                "email_opt_in": bool(email_opt_in), "batch_size": batch_size,
                "combined_limit": combined_limit, "rate_limit": list(rate), "event_time": event_iso}
-    return Plan(ops, workspace=workspace, ledger_version=ledger.version if ledger else 0,
-                ledger_path=str(ledger.path) if ledger is not None else None, options=options,
-                cohorts=cohorts, findings=b.findings, left_out=left_out,
-                source=getattr(export, "source", ""),
-                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-
-def _rule_violations(rule) -> list:
-    """Name violations that make a whole rule unsendable (payload rules, braze-api.md §2)."""
-    out = []
-    if rule.send_as in ("attribute", "both"):
-        out += braze_rules.attribute_name_violations(
-            rule.attribute, allow_profile_field=rule.kind == "trait"
-            and rule.attribute in braze_rules.WRITABLE_PROFILE_FIELDS)
-    if rule.send_as in ("event", "both"):
-        names = ([rule.enter_event, rule.exit_event] if rule.kind == "audience"
-                 else [rule.trait_event])
-        for name in names:
-            out += braze_rules.event_name_violations(name)
-        out += braze_rules.property_name_violations(rule.key)
+    limit = min(batch_size, combined_limit) if combined_limit else batch_size
+    workdir = Path(tempfile.mkdtemp(prefix="toolkit-plan-"))
+    ops_path = workdir / "plan.ops.parquet"
+    snapshot = ledger.snapshot() if ledger is not None else None
+    held = ledger.held_items() if ledger is not None else None
+    with engine.connect() as db:
+        result = diff(db, projection, snapshot, held, limit=limit, out=ops_path)
+    left_out = projection.left_out
+    if len(result.conflicts):
+        conflicts = result.conflicts
+        for rule, group in conflicts.groupby("rule", sort=False):
+            findings.add("error", "type_conflict",
+                         f"{len(group):,} value(s) of {rule!r} change type from what Braze holds;"
+                         " Braze refuses them", column=rule,
+                         fix="keep the attribute's type, or send to a new attribute name")
+        left_out = pd.concat([left_out, conflicts.assign(
+            code="type_conflict",
+            reason="value type differs from the type Braze holds for this attribute")],
+            ignore_index=True)
+    if result.held:
+        findings.add(
+            "warning", "uncertain_events_held",
+            f"{result.held:,} event(s) were left out: an earlier apply sent them but never got "
+            "Braze's answer, so sending them again could count them twice", fix=(
+                "check those users in Braze, then ledger.resolve(plan_id, batch, landed=True|False)"
+                ", or re-apply that plan with resend_uncertain_events=True"))
+    left_path = workdir / "plan.left_out.parquet"
+    _write_left_out(left_out, left_path)
+    manifest = {
+        "format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(getattr(export, "source", "") or ""), "workspace": workspace,
+        "ledger_version": ledger.version if ledger is not None else 0,
+        "ledger_path": str(ledger.path) if ledger is not None else None,
+        "options": options, "cohorts": projection.cohorts,
+        "fields": [[f.field, f.kind] for f in projection.fields],
+        "field_digest": projection.spec_digest(),
+        "profiles": projection.profiles, "users": projection.users,
+        "changed_users": result.changed_users, "held_events": result.held,
+        "rows": result.rows, "approval": None,
+    }
+    out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
+               owned_dir=workdir)
+    out.manifest["cost"] = out._compute_cost()
+    out.manifest["summary"] = out._compute_summary()
     return out
 
 
-def _report_unsyncable(b: _Builder, profiles: pd.DataFrame, *, email_opt_in: bool,
-                       alias_label: str | None) -> None:
-    n = len(profiles)
-    if not n:
+def _write_left_out(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.table({c: pa.array(frame[c].to_numpy(dtype=object, na_value=None) if c in frame
+                                  else np.full(len(frame), None, dtype=object), pa.string())
+                      for c in LEFT_OUT_COLUMNS})
+    pq.write_table(table, path, compression="zstd")
+
+
+def _digest_column(h, arr: pa.Array) -> None:
+    """Feed one column chunk to ``h``: value lengths (-1 for null), then the bytes; independent
+    of how the column is cut into chunks."""
+    if pa.types.is_integer(arr.type):
+        h.update(np.asarray(arr.fill_null(-1).to_numpy(zero_copy_only=False),
+                            dtype="<i8").tobytes())
         return
-
-    def has(col):
-        return (profiles[col].notna().to_numpy(dtype=bool) if col in profiles.columns
-                else np.zeros(n, dtype=bool))
-
-    none = ~b.syncable
-    email_only = none & has("email")
-    anon_only = none & ~has("email") & has("anonymous_id")
-    bare = none & ~email_only & ~anon_only
-    email_reason = ("email only (identifying users by email is opt-in: email_opt_in=True)"
-                    if not email_opt_in else "email only")
-    anon_reason = ("anonymous only: Braze cannot address it without an external id or alias"
-                   + ("" if alias_label else " (plan with alias_label='segment_id' to use aliases)"))
-    reasons = [(email_only, "email_only", email_reason), (anon_only, "anonymous_only", anon_reason),
-               (bare, "no_identifier", "no identifier Braze can use")]
-    for mask, code, reason in reasons:
-        if mask.any():
-            pos = np.flatnonzero(mask)
-            b.left_out.append(pd.DataFrame({"segment_id": b.segment_ids[pos], "uid": None,
-                                            "rule": None, "code": code, "reason": reason}))
-            b.findings.add("warning", code, f"{len(pos):,} profile(s) not syncable: {reason}",
-                           fix="give them a user_id in Segment, or plan with alias_label / "
-                               "email_opt_in")
-    # Two profiles resolving to one Braze user would write the same user twice, racing.
-    dup = pd.Series(b.uids).duplicated(keep="first").to_numpy() & b.syncable
-    if dup.any():
-        pos = np.flatnonzero(dup)
-        b.left_out.append(pd.DataFrame({"segment_id": b.segment_ids[pos], "uid": b.uids[pos],
-                                        "rule": None, "code": "duplicate_identifier",
-                                        "reason": "another profile has the same Braze identifier"}))
-        b.findings.add("warning", "duplicate_identifier",
-                       f"{len(pos):,} profile(s) share a Braze identifier with an earlier profile;"
-                       " only the first is synced", fix="merge the profiles in Segment")
-        b.syncable = b.syncable & ~dup
+    arr = arr.cast(pa.large_binary())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    lengths = np.diff(offsets)
+    if arr.null_count:
+        lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
+    h.update(lengths.astype("<i8").tobytes())
+    data = arr.buffers()[2]
+    if data is not None and offsets[-1] > offsets[0]:
+        h.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
 
 
-def _plan_audience_attribute(b: _Builder, rule, is_in, is_out) -> None:
-    field = f"attr:{rule.attribute}"
-    prev = b.previous(field)
-    was_true = prev == "true"
-    exit_text = _dumps(rule.exit_value)
-    b.add(is_in & ~was_true, op="attribute", rule=rule.key, change="enter", name=rule.attribute,
-          value="true", field=field, after="true")
-    # Exit only users Braze holds as members: writing the exit value to every non-member
-    # would bill a data point per profile for nothing ("FALSE OR NOT SET" already selects them).
-    b.add(is_out & was_true, op="attribute", rule=rule.key, change="exit", name=rule.attribute,
-          value=exit_text, field=field, after=None if rule.exit_value is None else exit_text)
+class _OpsReader:
+    """Row ranges of a plan's operations file, decoded one row group at a time (sequential
+    reads, as apply makes them, decode each group once)."""
 
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.file = pq.ParquetFile(path)
+        self.columns = list(columns)
+        meta = self.file.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._group = -1
+        self._data: dict[str, list] = {}
 
-def _event_properties(rule, value: Any) -> dict:
-    id_key = "audience_key" if rule.kind == "audience" else "trait_key"
-    return {id_key: rule.key, rule.key: value}
+    def _load(self, group: int) -> None:
+        if group != self._group:
+            table = self.file.read_row_group(group, columns=self.columns)
+            self._data = {c: table.column(c).to_pylist() for c in self.columns}
+            self._group = group
 
+    def rows(self, start: int, stop: int) -> dict[str, list]:
+        out: dict[str, list] = {c: [] for c in self.columns}
+        at = start
+        while at < stop:
+            group = int(np.searchsorted(self.starts, at, side="right") - 1)
+            self._load(group)
+            base = int(self.starts[group])
+            end = min(stop, int(self.starts[group + 1]))
+            for c in self.columns:
+                out[c].extend(self._data[c][at - base:end - base])
+            at = end
+        return out
 
-def _plan_audience_events(b: _Builder, rule, is_in, is_out) -> None:
-    field = f"member:{rule.key}"
-    was_in = b.previous(field) == "true"
-    b.add(is_in & ~was_in, op="event", rule=rule.key, change="enter", name=rule.enter_event,
-          value=_dumps(_event_properties(rule, True)), field=field, after="true")
-    b.add(is_out & was_in, op="event", rule=rule.key, change="exit", name=rule.exit_event,
-          value=_dumps(_event_properties(rule, False)), field=field, after=None)
+    def close(self) -> None:
+        self.file.close()
+        self._data = {}
 
-
-def _check_values(b: _Builder, rule, texts: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """Mask of values that break payload rules (left out, with findings)."""
-    bad = np.zeros(len(texts), dtype=bool)
-    s = pd.Series(texts, dtype=object)
-    is_str = s.str.startswith('"').fillna(False).to_numpy(dtype=bool)
-    if is_str.any():
-        lengths = s[is_str].map(lambda t: len(_decode(t))).to_numpy()
-        too_long = np.zeros(len(texts), dtype=bool)
-        too_long[np.flatnonzero(is_str)[lengths > braze_rules.MAX_STRING_LENGTH]] = True
-        if too_long.any():
-            b.refuse(too_long, rule=rule.key, code="string_too_long",
-                     reason=f"value longer than {braze_rules.MAX_STRING_LENGTH} characters",
-                     what=f"value(s) of {rule.key!r} are longer than "
-                          f"{braze_rules.MAX_STRING_LENGTH} characters; left out",
-                     fix="shorten the values in Segment")
-            bad |= too_long
-    new_kind, old_kind = _first_char_types(texts), _first_char_types(prev)
-    conflict = pd.notna(new_kind) & pd.notna(old_kind) & (new_kind != old_kind)
-    conflict = np.asarray(conflict, dtype=bool)
-    if conflict.any():
-        b.refuse(conflict, rule=rule.key, code="type_conflict",
-                 reason="value type differs from the type Braze holds for this attribute",
-                 what=f"value(s) of {rule.key!r} change type from what Braze holds; Braze "
-                      "refuses them",
-                 fix="keep the attribute's type, or send to a new attribute name")
-        bad |= conflict
-    return bad
-
-
-def _plan_trait_attribute(b: _Builder, rule, attribute_values: pd.DataFrame, mapping,
-                          export) -> None:
-    if rule.attribute not in attribute_values.columns:
-        b.findings.add("error", "missing_attribute_values",
-                       f"the mapping produced no values for attribute {rule.attribute!r}",
-                       column=rule.key, fix="check the rule with mapping.validate(export)")
-        return
-    field = f"attr:{rule.attribute}"
-    texts = _json_texts(attribute_values[rule.attribute].to_numpy(dtype=object))
-    prev = b.previous(field)
-    prev_set = pd.notna(prev) & (prev != "null")
-    bad = _check_values(b, rule, texts, prev)
-    # Values the mapping blanked because Braze would refuse them are left out, not unset:
-    # an invalid new value is no reason to delete what Braze holds.
-    conv = mapping.converted(export, rule)
-    refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
-    if refused.any():
-        b.refuse(refused, rule=rule.key, code="invalid_value",
-                 reason=f"a value Braze would refuse for {rule.attribute!r}",
-                 what=f"value(s) of {rule.key!r} would be refused by Braze (too long, wrong type "
-                      "or format); left out",
-                 fix="see mapping.value_findings(export) for each value")
-        bad = bad | refused
-    has = pd.notna(texts) & (texts != "null")
-    changed = has & (texts != prev) & ~bad
-    b.add(changed, op="attribute", rule=rule.key, change=np.where(prev_set, "change", "set"),
-          name=rule.attribute, value=texts, field=field, after=texts)
-    # A trait that lost its value: remove the attribute ("set it to null", braze-api.md §1.3).
-    b.add(~has & prev_set & ~bad, op="attribute", rule=rule.key, change="unset", name=rule.attribute,
-          value="null", field=field, after=None)
-
-
-def _plan_trait_events(b: _Builder, rule, export) -> None:
-    comp = export.computation(rule.key) if hasattr(export, "computation") else {}
-    conv = braze_rules.convert(b.profiles[rule.key], comp.get("value_type", "string"))
-    values = braze_rules.to_json_values(conv)
-    refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
-    if refused.any():
-        values[refused] = pd.NA
-        b.refuse(refused, rule=rule.key, code="invalid_value",
-                 reason=f"a {rule.trait_event!r} property value Braze would refuse",
-                 what=f"value(s) of {rule.key!r} would be refused by Braze as a "
-                      f"{rule.trait_event!r} property (too long, wrong type or format); left out",
-                 fix="fix the values in Segment (strings at most 255 characters)")
-    texts = _json_texts(values)
-    field = f"trait:{rule.key}"
-    prev = b.previous(field)
-    bad = _check_values(b, rule, texts, np.full(len(texts), None, dtype=object))
-    changed = pd.notna(texts) & (texts != prev) & ~bad
-    if not changed.any():
-        return
-    pos = np.flatnonzero(changed)
-    props = np.full(len(texts), None, dtype=object)
-    if "trait_key" < rule.key:
-        # Canonical (sorted-key) JSON assembled from the already-encoded values, so a million
-        # trait events do not each go through json.dumps.
-        prefix = '{"trait_key":' + _dumps(rule.key) + "," + _dumps(rule.key) + ":"
-        props[pos] = [prefix + t + "}" for t in texts[pos]]
-    else:
-        props[pos] = [_dumps(_event_properties(rule, _decode(t))) for t in texts[pos]]
-    b.add(changed, op="event", rule=rule.key, change="change", name=rule.trait_event,
-          value=props, field=field, after=texts)
-
-
-def _plan_cohort(b: _Builder, rule, is_in, is_out, export, available: bool) -> dict | None:
-    comp = export.computation(rule.key) if hasattr(export, "computation") else {}
-    cohort_id = (getattr(rule, "cohort_id", None) or comp.get("computation_id")
-                 or rule.key)
-    cohort_id = rule.key if pd.isna(cohort_id) else str(cohort_id)
-    name = getattr(rule, "cohort_name", None) or comp.get("name") or rule.key
-    if not available:
-        b.findings.add(
-            "warning", "cohort_unavailable",
-            f"audience {rule.key!r} is mapped to a Braze cohort, but no partner credentials are "
-            "configured, so nothing is planned for it. Braze's cohort import "
-            "(/partners/segment/cohorts) needs Segment's partner API key "
-            "(BRAZE_PARTNER_API_KEY) and the workspace's data import key (BRAZE_DATA_IMPORT_KEY)",
-            column=rule.key,
-            fix=("map the audience to an attribute instead (mapping.set(key, send_as='attribute'))"
-                 ", or connect Segment's Braze Cohorts destination to this audience"))
-        return None
-    field = f"cohort:{cohort_id}"
-    # The cohort endpoint matches identified users by external_id or alias only (§4.1).
-    usable = np.array([u is not None and (u.startswith("external_id:") or u.startswith("alias:"))
-                       for u in b.uids], dtype=bool)
-    wrong = b.syncable & ~usable & (is_in | is_out)
-    if wrong.any():
-        b.refuse(wrong, rule=rule.key, code="cohort_identifier", severity="warning",
-                 reason="a cohort matches users by external_id or alias only",
-                 what=f"profile(s) of {rule.key!r} have no external_id or alias; the cohort "
-                      "cannot hold them",
-                 fix="plan with alias_label to address them by alias")
-    was_in = b.previous(field) == "true"
-    b.add(usable & is_in & ~was_in, op="cohort", rule=rule.key, change="add", name=cohort_id,
-          value="true", field=field, after="true")
-    b.add(usable & is_out & was_in, op="cohort", rule=rule.key, change="remove", name=cohort_id,
-          value="false", field=field, after=None)
-    return {"rule": rule.key, "cohort_id": cohort_id, "name": str(name)}
-
-
-def _assemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """One operations table in send order: attributes, then events, then cohort changes; by
-    profile within each, so one user's operations are adjacent and never split."""
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in OPERATION_COLUMNS})
-    ops = pd.concat(frames, ignore_index=True)
-    order = ops["op"].map(_OP_ORDER).to_numpy()
-    cohort_key = np.where(order == 2, ops["name"].astype(str) + "\x00" + ops["change"].astype(str),
-                          "")
-    cohort_rank = pd.factorize(pd.Series(cohort_key), sort=True)[0]
-    idx = np.lexsort((np.arange(len(ops)), ops["_pos"].to_numpy(), cohort_rank, order))
-    ops = ops.iloc[idx].reset_index(drop=True)
-    return ops[list(OPERATION_COLUMNS)].astype(object)
 
 
 # --------------------------------------------------------------------------------------------
 # the plan
 
 class Plan:
-    """A sync plan: operations, cost, sample payloads, fingerprint and (once given) approval."""
+    """A sync plan: operations (a Parquet file), cost, sample payloads, fingerprint and (once
+    given) approval. Made by `plan`, or read back with `Plan.load`."""
 
-    def __init__(self, operations: pd.DataFrame, *, workspace: str | None, ledger_version: int,
-                 options: dict, cohorts: list[dict] | None = None, findings: Findings | None = None,
-                 left_out: pd.DataFrame | None = None, source: str = "",
-                 created_at: str | None = None, ledger_path: str | None = None,
-                 approval: dict | None = None) -> None:
-        self.operations = operations
-        self.workspace = workspace
-        self.ledger_version = int(ledger_version)
-        self.ledger_path = ledger_path
-        self.options = dict(options)
-        self.cohorts = list(cohorts or [])
+    def __init__(self, manifest: dict, ops_path: Path, left_path: Path | None = None, *,
+                 findings: Findings | None = None, batches: pd.DataFrame | None = None,
+                 owned_dir: Path | None = None) -> None:
+        self.manifest = manifest
+        self.ops_path = Path(ops_path)
+        self.left_path = Path(left_path) if left_path is not None else None
         self.findings = findings if findings is not None else Findings()
-        self.left_out = left_out if left_out is not None else pd.DataFrame(
-            columns=["segment_id", "uid", "rule", "code", "reason"])
-        self.source = source
-        self.created_at = created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.approval = approval
-        self._fingerprint: str | None = None
+        self._batch_frame = batches
         self._batches: list[Batch] | None = None
-        self._column_cache: dict[str, np.ndarray] | None = None
+        self._fingerprint: str | None = None
+        self._reader: _OpsReader | None = None
+        self._left_out: pd.DataFrame | None = None
+        self._operations: pd.DataFrame | None = None
+        if owned_dir is not None:  # a plan not yet saved lives in a temporary folder
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(owned_dir), True)
+
+    # -- manifest fields -------------------------------------------------------------------
+    workspace = property(lambda self: self.manifest["workspace"])
+    ledger_version = property(lambda self: int(self.manifest["ledger_version"]))
+    ledger_path = property(lambda self: self.manifest.get("ledger_path"))
+    options = property(lambda self: self.manifest["options"])
+    cohorts = property(lambda self: self.manifest["cohorts"])
+    source = property(lambda self: self.manifest.get("source", ""))
+    created_at = property(lambda self: self.manifest.get("created_at"))
+    fields = property(lambda self: [tuple(f) for f in self.manifest.get("fields", [])])
+    field_digest = property(lambda self: self.manifest.get("field_digest"))
+
+    @property
+    def approval(self) -> dict | None:
+        return self.manifest.get("approval")
+
+    @approval.setter
+    def approval(self, value: dict | None) -> None:
+        self.manifest["approval"] = value
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def operations(self) -> pd.DataFrame:
+        """Every operation as a DataFrame (read from the Parquet file; at scale prefer
+        `sample_payloads`, `summary` or `to_frame(limit=…)`)."""
+        if self._operations is None:
+            table = pq.read_table(self.ops_path, columns=list(OPERATION_COLUMNS))
+            self._operations = pd.DataFrame(
+                {c: table.column(c).to_numpy(zero_copy_only=False).astype(object)
+                 if c != "batch" else table.column(c).to_numpy() for c in OPERATION_COLUMNS})
+        return self._operations
+
+    @property
+    def left_out(self) -> pd.DataFrame:
+        """Profiles the plan leaves out: segment_id, Braze user, rule, code and reason."""
+        if self._left_out is None:
+            if self.left_path is None or not self.left_path.exists():
+                self._left_out = pd.DataFrame({c: pd.Series(dtype=object)
+                                               for c in LEFT_OUT_COLUMNS})
+            else:
+                table = pq.read_table(self.left_path)
+                self._left_out = pd.DataFrame({c: table.column(c).to_numpy(
+                    zero_copy_only=False).astype(object) for c in table.column_names})
+        return self._left_out
 
     # -- identity ------------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
-        """sha256 over canonical JSON of operations, workspace, ledger version and options."""
-        h = hashlib.sha256()
-        head = {"format": PLAN_FORMAT, "workspace": self.workspace,
-                "ledger_version": self.ledger_version, "options": self.options,
-                "cohorts": self.cohorts, "columns": list(OPERATION_COLUMNS),
-                "rows": len(self.operations)}
-        h.update(_dumps(head).encode())
-        for col in OPERATION_COLUMNS:
-            values = self.operations[col].to_numpy(dtype=object) if len(self.operations) else []
-            h.update(b"\n" + _json_array(values).encode())
+        """sha256 over the operations file's content (streamed), the workspace, the ledger
+        version, the options, the cohorts and the cost."""
+        m = self.manifest
+        head = {"format": PLAN_FORMAT, "workspace": m["workspace"],
+                "ledger_version": m["ledger_version"], "options": m["options"],
+                "cohorts": m["cohorts"], "fields": m.get("fields", []),
+                "columns": list(OPERATION_COLUMNS), "rows": m["rows"], "cost": m.get("cost")}
+        per_column = {c: hashlib.sha256() for c in OPERATION_COLUMNS}
+        rows = 0
+        try:
+            file = pq.ParquetFile(self.ops_path)
+            for batch in file.iter_batches(batch_size=131_072, columns=list(OPERATION_COLUMNS)):
+                rows += batch.num_rows
+                for c in OPERATION_COLUMNS:
+                    _digest_column(per_column[c], batch.column(c))
+            file.close()
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise PlanAltered(f"the plan's operations file cannot be read: {exc}",
+                              file=str(self.ops_path),
+                              hint="the file was damaged or replaced; make and approve a new plan"
+                              ) from None
+        h = hashlib.sha256(_dumps(head).encode())
+        h.update(str(rows).encode())
+        for c in OPERATION_COLUMNS:
+            h.update(per_column[c].digest())
         return h.hexdigest()
 
     @property
@@ -660,7 +425,12 @@ class Plan:
         """The requests this plan makes, in order; deterministic, so a resumed apply finds the
         same batches under the same names."""
         if self._batches is None:
-            self._batches = _cut_batches(self.operations, self.limit)
+            frame = self._batch_frame
+            if frame is None:
+                frame = _read_batches(self.ops_path)
+            self._batches = [Batch(str(b), str(k), int(s), int(e), int(n), i) for i, (b, k, s, e, n)
+                             in enumerate(zip(frame["batch"], frame["kind"], frame["start"],
+                                              frame["stop"], frame["objects"]))]
         return self._batches
 
     def identifier(self, uid: str) -> dict:
@@ -673,11 +443,19 @@ class Plan:
             return {"user_alias": {"alias_name": name, "alias_label": label}}
         return {kind: value}
 
-    def payload(self, batch: Batch) -> dict:
+    def rows_of(self, batch: Batch, columns: tuple[str, ...] = (
+            "uid", "segment_id", "op", "name", "value", "change", "field", "after")) -> dict:
+        """The operation rows of one batch, column by column (lists)."""
+        if self._reader is None or self._reader.columns != list(columns):
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = _OpsReader(self.ops_path, columns)
+        return self._reader.rows(batch.start, batch.stop)
+
+    def payload(self, batch: Batch, rows: dict | None = None) -> dict:
         """The exact JSON body of one batch (``/users/track`` body, or a cohort change)."""
-        columns = self._columns()
-        uid, names, values, changes = (columns[c][batch.start:batch.stop]
-                                       for c in ("uid", "name", "value", "change"))
+        rows = rows if rows is not None else self.rows_of(batch)
+        uid, names, values, changes = rows["uid"], rows["name"], rows["value"], rows["change"]
         update_only = not self.options.get("create_users", False)
         if batch.kind == "attributes":
             objects: list[dict] = []
@@ -699,20 +477,10 @@ class Plan:
                             "_update_existing_only": update_only})
                 events.append(obj)
             return {"events": events}
-        change = changes[0]
-        user_ids = [self.identifier(u).get("external_id") for u in uid]
-        aliases = [self.identifier(u).get("user_alias") for u in uid]
-        return {"cohort_id": names[0], "change": change,
-                "user_ids": [x for x in user_ids if x is not None],
-                "aliases": [a for a in aliases if a is not None]}
-
-    def _columns(self) -> dict[str, np.ndarray]:
-        """The operation columns payloads are built from, as arrays (cached; `check_approval`
-        drops the cache, so what is sent is what was just fingerprinted)."""
-        if self._column_cache is None:
-            self._column_cache = {c: self.operations[c].to_numpy(dtype=object)
-                                  for c in ("uid", "name", "value", "change")}
-        return self._column_cache
+        ids = [self.identifier(u) for u in uid]
+        return {"cohort_id": names[0], "change": changes[0],
+                "user_ids": [i["external_id"] for i in ids if "external_id" in i],
+                "aliases": [i["user_alias"] for i in ids if "user_alias" in i]}
 
     def payloads(self) -> Iterator[tuple[Batch, dict]]:
         for batch in self.batches():
@@ -723,40 +491,45 @@ class Plan:
         return [self.payload(b) for b in self.batches()[:n]]
 
     # -- cost ----------------------------------------------------------------------------
+    def _compute_summary(self) -> list[list]:
+        with engine.connect() as db:
+            rows = db.execute(
+                "SELECT rule, op, change, name, count(*) FROM read_parquet(?) "
+                "GROUP BY ALL ORDER BY ALL", [str(self.ops_path)]).fetchall()
+        return [list(r) for r in rows]
+
     def summary(self) -> pd.DataFrame:
         """Operations by audience/trait, kind and change."""
-        ops = self.operations
-        if not len(ops):
-            return pd.DataFrame(columns=["rule", "op", "change", "name", "operations"])
-        return (ops.groupby(["rule", "op", "change", "name"], sort=True).size()
-                .rename("operations").reset_index())
+        return pd.DataFrame(self.manifest.get("summary") or [],
+                            columns=["rule", "op", "change", "name", "operations"])
 
     @property
     def is_empty(self) -> bool:
-        return len(self.operations) == 0
+        return self.rows == 0
 
-    def cost(self) -> dict[str, Any]:
-        """Objects, requests, data points (every attribute key set + each event, as Braze bills
-        them) and the estimated duration at the workspace rate limit."""
-        ops = self.operations
-        op = ops["op"].to_numpy() if len(ops) else np.array([], dtype=object)
-        attr = op == "attribute"
+    def _compute_cost(self) -> dict[str, Any]:
+        with engine.connect() as db:
+            ops, users, attr_users, attr, events, cohort = db.execute(
+                "SELECT count(*), count(DISTINCT uid), "
+                "count(DISTINCT uid) FILTER (WHERE op = 'attribute'), "
+                "count(*) FILTER (WHERE op = 'attribute'), count(*) FILTER (WHERE op = 'event'), "
+                "count(*) FILTER (WHERE op = 'cohort') FROM read_parquet(?)",
+                [str(self.ops_path)]).fetchall()[0]
         batches = self.batches()
         track = sum(1 for b in batches if b.kind != "cohort")
         limit, period = self.options["rate_limit"]
         return {
-            "operations": int(len(ops)),
-            "users": int(ops["uid"].nunique()) if len(ops) else 0,
-            "attribute_objects": int(ops.loc[attr, "uid"].nunique()) if attr.any() else 0,
-            "attribute_writes": int(attr.sum()),
-            "events": int((op == "event").sum()),
-            "cohort_changes": int((op == "cohort").sum()),
-            "requests": len(batches),
-            "track_requests": track,
-            "cohort_requests": len(batches) - track,
-            "data_points": int(attr.sum() + (op == "event").sum()),
+            "operations": int(ops), "users": int(users), "attribute_objects": int(attr_users),
+            "attribute_writes": int(attr), "events": int(events), "cohort_changes": int(cohort),
+            "requests": len(batches), "track_requests": track,
+            "cohort_requests": len(batches) - track, "data_points": int(attr + events),
             "estimated_seconds": round(track * float(period) / float(limit), 3),
         }
+
+    def cost(self) -> dict[str, Any]:
+        """Objects, requests, data points (every attribute key set + each event, as Braze bills
+        them) and the estimated duration at the workspace rate limit."""
+        return dict(self.manifest["cost"])
 
     # -- approval ------------------------------------------------------------------------
     def approve(self, by: str, expires_in: "timedelta | int | float | str" = "24h") -> "Plan":
@@ -801,8 +574,6 @@ class Plan:
             raise PlanExpired(f"the approval by {a.get('by')} expired at {a['expires_at']}; "
                               "nothing was sent", hint="re-plan and approve again")
         self._fingerprint = None
-        self._batches = None
-        self._column_cache = None
         actual = self.fingerprint
         if a.get("fingerprint") != actual or a.get("workspace") != self.workspace:
             raise PlanAltered("the plan changed after it was approved (fingerprint "
@@ -815,9 +586,14 @@ class Plan:
                 hint="apply with a client for the approved workspace, or plan for this one")
 
     # -- views ---------------------------------------------------------------------------
-    def to_frame(self) -> pd.DataFrame:
-        """One row per operation: who, which rule, what kind of change, what is sent."""
-        ops = self.operations
+    def to_frame(self, limit: int | None = None) -> pd.DataFrame:
+        """One row per operation (the first ``limit``): who, which rule, what kind of change,
+        what is sent."""
+        if limit is None:
+            ops = self.operations
+        else:
+            ops = pq.ParquetFile(self.ops_path).read_row_groups([0]).slice(0, limit).to_pandas() \
+                if self.rows else self.operations
         return pd.DataFrame({
             "segment_id": ops["segment_id"], "braze_user": ops["uid"], "rule": ops["rule"],
             "kind": ops["op"], "change": ops["change"], "name": ops["name"],
@@ -836,7 +612,11 @@ class Plan:
         approval = (f"approved by <b>{escape(self.approval['by'])}</b> until "
                     f"{escape(self.approval['expires_at'])}" if self.approval
                     else "<b>not approved</b>")
-        if self.is_empty:
+        held = int(self.manifest.get("held_events") or 0)
+        if self.is_empty and held:
+            body = (f"<p><b>Nothing can be sent yet</b>: {held:,} event(s) are held back until "
+                    "their earlier batch is settled (see the findings).</p>")
+        elif self.is_empty:
             body = "<p><b>Nothing to send</b>: Braze already holds every value.</p>"
         else:
             body = self.summary().to_html(index=False)
@@ -855,38 +635,42 @@ class Plan:
             f"<p><small>fingerprint {escape(self.fingerprint)}</small></p></div>")
 
     # -- files ---------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        ops = self.operations
-        return {
-            "format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION,
-            "created_at": self.created_at, "source": self.source, "workspace": self.workspace,
-            "ledger_version": self.ledger_version, "ledger_path": self.ledger_path,
-            "options": self.options, "cohorts": self.cohorts,
-            "operations": {c: (ops[c].tolist() if len(ops) else []) for c in OPERATION_COLUMNS},
-            "findings": [{k: getattr(f, k) for k in ("severity", "code", "message", "row",
-                                                     "column", "fix", "segment_id")}
-                         for f in self.findings],
-            "left_out": {c: self.left_out[c].tolist() for c in self.left_out.columns},
-            "cost": self.cost(), "fingerprint": self.fingerprint, "approval": self.approval,
-        }
+    @staticmethod
+    def files_for(path: "str | os.PathLike[str]") -> tuple[Path, Path, Path]:
+        """(manifest, operations, left-out) file names of a plan saved as ``path``."""
+        path = Path(path)
+        stem = path.name[:-5] if path.name.endswith(".json") else path.name
+        return path, path.with_name(stem + ".ops.parquet"), path.with_name(stem + ".left_out.parquet")
 
     def save(self, path: "str | os.PathLike[str]") -> Path:
-        """Write the plan as JSON (no secrets: identities, values and options only)."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        tmp = path.with_name(path.name + ".tmp")
+        """Write the plan: ``path`` (the JSON manifest) and, beside it, ``<stem>.ops.parquet``
+        and ``<stem>.left_out.parquet``. No secrets: identities, values and options only."""
+        manifest_path, ops_path, left_path = self.files_for(path)
+        data = dict(self.manifest, fingerprint=self.fingerprint,
+                    operations_file=ops_path.name, left_out_file=left_path.name,
+                    findings=[{k: getattr(f, k) for k in ("severity", "code", "message", "row",
+                                                          "column", "fix", "segment_id")}
+                              for f in self.findings])
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            for src, dst in ((self.ops_path, ops_path), (self.left_path, left_path)):
+                if src is not None and src.exists() and not (dst.exists() and src.samefile(dst)):
+                    tmp = dst.with_name(dst.name + ".tmp")
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, dst)
+            tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+            tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, default=str),
+                           encoding="utf-8")
+            os.replace(tmp, manifest_path)
         except OSError as exc:
             raise PlanError(f"cannot write the plan: {exc.strerror}", file=str(path),
                             hint="choose a writable path") from None
-        return path
+        return manifest_path
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "Plan":
-        """Read a saved plan; a malformed or hand-edited file raises PlanError naming the field.
-        (An edit that keeps the file well-formed is caught by the fingerprint at apply.)"""
+        """Read a saved plan; a malformed or hand-edited manifest or operations file raises
+        PlanError naming the field. (An edit that keeps the files well-formed is caught by the
+        fingerprint at apply.)"""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -901,134 +685,117 @@ class Plan:
         except RecursionError:
             raise PlanError("not valid JSON: nested too deeply to read", file=str(path),
                             hint="the plan file was damaged; make and approve a new plan") from None
-        return cls.from_dict(data, file=str(path))
+        findings = _check_manifest(data, str(path))
+        ops_path = path.with_name(str(data["operations_file"]))
+        left_path = path.with_name(str(data.get("left_out_file") or ""))
+        _check_operations(ops_path, int(data["rows"]))
+        data = {k: v for k, v in data.items()
+                if k not in ("findings", "fingerprint", "operations_file", "left_out_file")}
+        return cls(data, ops_path, left_path if data.get("rows") is not None else None,
+                   findings=findings)
 
-    @classmethod
-    def from_dict(cls, data: Any, *, file: str | None = None) -> "Plan":
-        def bad(field: str, what: str) -> PlanError:
-            return PlanError(f"plan field {field!r} {what}", file=file, field=field,
-                             hint="do not edit plan files by hand; make and approve a new plan")
 
-        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise bad("format", f"must be {PLAN_FORMAT!r}")
-        if data.get("format_version") != PLAN_FORMAT_VERSION:
-            raise bad("format_version", f"must be {PLAN_FORMAT_VERSION}")
-        ws = data.get("workspace")
-        if ws is not None and not isinstance(ws, str):
-            raise bad("workspace", "must be text or null")
-        lv = data.get("ledger_version")
-        if not isinstance(lv, int) or isinstance(lv, bool) or lv < 0:
-            raise bad("ledger_version", "must be a non-negative integer")
-        options = data.get("options")
-        if not isinstance(options, dict):
-            raise bad("options", "must be an object")
-        for key, check in (("batch_size", lambda v: isinstance(v, int) and 1 <= v <= 75),
-                           ("combined_limit", lambda v: v is None or (isinstance(v, int) and v > 0)),
-                           ("rate_limit", lambda v: isinstance(v, list) and len(v) == 2 and all(
-                               isinstance(x, (int, float)) and x > 0 for x in v)),
-                           ("event_time", lambda v: isinstance(v, str)),
-                           ("create_users", lambda v: isinstance(v, bool))):
-            if key not in options or not check(options[key]):
-                raise bad(f"options.{key}", "is missing or invalid")
-        ops = data.get("operations")
-        if not isinstance(ops, dict):
-            raise bad("operations", "must be an object of columns")
-        lengths = set()
-        for col in OPERATION_COLUMNS:
-            if not isinstance(ops.get(col), list):
-                raise bad(f"operations.{col}", "must be a list")
-            lengths.add(len(ops[col]))
-        if len(lengths) > 1:
-            raise bad("operations", "columns have different lengths")
-        frame = pd.DataFrame({c: pd.Series(ops[c], dtype=object) for c in OPERATION_COLUMNS})
-        if len(frame):
-            bad_op = ~frame["op"].isin(list(_OP_ORDER))
-            if bad_op.any():
-                raise bad("operations.op", f"has unknown value {frame['op'][bad_op].iloc[0]!r}"
-                          f" at row {int(np.flatnonzero(bad_op)[0])}")
-            for col in ("uid", "name", "value", "field"):
-                notstr = ~frame[col].map(lambda v: isinstance(v, str))
-                if notstr.any():
-                    raise bad(f"operations.{col}",
-                              f"must hold text; row {int(np.flatnonzero(notstr)[0])} does not")
-            try:
-                frame["value"].map(_decode)
-            except (ValueError, TypeError):
-                raise bad("operations.value", "holds text that is not JSON") from None
-        cohorts = data.get("cohorts", [])
-        if not isinstance(cohorts, list) or not all(
-                isinstance(c, dict) and {"rule", "cohort_id", "name"} <= set(c) for c in cohorts):
-            raise bad("cohorts", "must be a list of {rule, cohort_id, name}")
-        approval = data.get("approval")
-        if approval is not None and (not isinstance(approval, dict) or not {
-                "by", "at", "expires_at", "fingerprint", "workspace"} <= set(approval)):
-            raise bad("approval", "must be null or {by, at, expires_at, fingerprint, workspace}")
-        findings = Findings()
+def _bad(file: str | None, field: str, what: str) -> PlanError:
+    return PlanError(f"plan field {field!r} {what}", file=file, field=field,
+                     hint="do not edit plan files by hand; make and approve a new plan")
+
+
+def _check_manifest(data: Any, file: str) -> Findings:
+    """Validate a plan manifest's fields; returns its findings."""
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise _bad(file, "format", f"must be {PLAN_FORMAT!r}")
+    if data.get("format_version") != PLAN_FORMAT_VERSION:
+        raise _bad(file, "format_version", f"must be {PLAN_FORMAT_VERSION} (plans made by another "
+                   "version of the toolkit cannot be applied; plan again)")
+    ws = data.get("workspace")
+    if ws is not None and not isinstance(ws, str):
+        raise _bad(file, "workspace", "must be text or null")
+    lv = data.get("ledger_version")
+    if not isinstance(lv, int) or isinstance(lv, bool) or lv < 0:
+        raise _bad(file, "ledger_version", "must be a non-negative integer")
+    options = data.get("options")
+    if not isinstance(options, dict):
+        raise _bad(file, "options", "must be an object")
+    for key, check in (("batch_size", lambda v: isinstance(v, int) and 1 <= v <= 75),
+                       ("combined_limit", lambda v: v is None or (isinstance(v, int) and v > 0)),
+                       ("rate_limit", lambda v: isinstance(v, list) and len(v) == 2 and all(
+                           isinstance(x, (int, float)) and x > 0 for x in v)),
+                       ("event_time", lambda v: isinstance(v, str)),
+                       ("create_users", lambda v: isinstance(v, bool))):
+        if key not in options or not check(options[key]):
+            raise _bad(file, f"options.{key}", "is missing or invalid")
+    rows = data.get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise _bad(file, "rows", "must be a non-negative integer")
+    if not isinstance(data.get("operations_file"), str) or "/" in data["operations_file"]:
+        raise _bad(file, "operations_file", "must name the operations file beside the manifest")
+    if not isinstance(data.get("cost"), dict) or not isinstance(data.get("summary"), list):
+        raise _bad(file, "cost", "must hold the plan's cost and summary")
+    fields = data.get("fields")
+    if not isinstance(fields, list) or not all(
+            isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+            for f in fields):
+        raise _bad(file, "fields", "must be a list of [field, kind]")
+    cohorts = data.get("cohorts", [])
+    if not isinstance(cohorts, list) or not all(
+            isinstance(c, dict) and {"rule", "cohort_id", "name"} <= set(c) for c in cohorts):
+        raise _bad(file, "cohorts", "must be a list of {rule, cohort_id, name}")
+    approval = data.get("approval")
+    if approval is not None and (not isinstance(approval, dict) or not {
+            "by", "at", "expires_at", "fingerprint", "workspace"} <= set(approval)):
+        raise _bad(file, "approval", "must be null or {by, at, expires_at, fingerprint, workspace}")
+    findings = Findings()
+    try:
+        for f in data.get("findings", []):
+            findings.extend([Finding(**f)])
+    except (TypeError, ValueError):
+        raise _bad(file, "findings", "holds an entry that is not a finding") from None
+    return findings
+
+
+def _check_operations(path: Path, rows: int) -> None:
+    """The operations file exists, has the plan's columns and rows, and holds sendable values."""
+    file = str(path)
+    if not path.exists():
+        raise PlanError("the plan's operations file is missing", file=file,
+                        hint="keep the .ops.parquet file next to the plan's JSON file")
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise PlanError(f"the plan's operations file cannot be read: {exc}", file=file,
+                        hint="the file was damaged; make and approve a new plan") from None
+    for col in OPERATION_COLUMNS:
+        if col not in schema.names:
+            raise _bad(file, f"operations.{col}", "is missing")
+    with engine.connect() as db:
         try:
-            for f in data.get("findings", []):
-                findings.extend([Finding(**f)])
-        except (TypeError, ValueError):
-            raise bad("findings", "holds an entry that is not a finding") from None
-        left = data.get("left_out") or {}
-        try:
-            left_out = pd.DataFrame(left) if left else None
-        except ValueError:
-            raise bad("left_out", "columns have different lengths") from None
-        return cls(frame, workspace=ws, ledger_version=lv, options=options, cohorts=cohorts,
-                   findings=findings, left_out=left_out, source=str(data.get("source", "")),
-                   created_at=data.get("created_at"), ledger_path=data.get("ledger_path"),
-                   approval=approval)
+            n, bad_op, null_text, bad_json = db.execute(
+                "SELECT count(*), count(*) FILTER (WHERE op NOT IN ('attribute','event','cohort')"
+                " OR op IS NULL), count(*) FILTER (WHERE uid IS NULL OR name IS NULL OR "
+                "value IS NULL OR field IS NULL), count(*) FILTER (WHERE NOT json_valid(value)) "
+                "FROM read_parquet(?)", [file]).fetchall()[0]
+        except Exception as exc:  # duckdb raises its own error classes for damaged files
+            raise PlanError(f"the plan's operations file cannot be read: {exc}", file=file,
+                            hint="the file was damaged; make and approve a new plan") from None
+    if n != rows:
+        raise _bad(file, "operations", f"has {n:,} rows, the manifest says {rows:,} (different "
+                   "lengths)")
+    if bad_op:
+        raise _bad(file, "operations.op", f"has {bad_op:,} unknown value(s)")
+    if null_text:
+        raise _bad(file, "operations.uid", f"must hold text; {null_text:,} row(s) do not")
+    if bad_json:
+        raise _bad(file, "operations.value", f"holds text that is not JSON ({bad_json:,} rows)")
 
 
-def _cut_batches(ops: pd.DataFrame, limit: int) -> list[Batch]:
-    """Cut the ordered operations into requests: ≤ ``limit`` objects each, one user's objects
-    never split; attributes, events and cohort changes in separate requests."""
-    if not len(ops):
-        return []
-    uid = ops["uid"].to_numpy()
-    out: list[Batch] = []
-    # operations are ordered attributes → events → cohort changes (see _assemble)
-    order = ops["op"].map(_OP_ORDER).to_numpy()
-    bounds = {k: (int(np.searchsorted(order, v, "left")), int(np.searchsorted(order, v, "right")))
-              for k, v in _OP_ORDER.items()}
-    bounds = {k: v for k, v in bounds.items() if v[1] > v[0]}
-    if "attribute" in bounds:
-        s, e = bounds["attribute"]
-        u = uid[s:e]
-        new = np.ones(len(u), dtype=bool)
-        new[1:] = u[1:] != u[:-1]
-        rank = np.cumsum(new) - 1
-        starts = np.flatnonzero(new & (rank % limit == 0))
-        ends = np.append(starts[1:], len(u))
-        for i, (a, z) in enumerate(zip(starts, ends), start=1):
-            out.append(Batch(f"attributes-{i:05d}", "attributes", s + int(a), s + int(z),
-                             int(new[a:z].sum())))
-    if "event" in bounds:
-        s, e = bounds["event"]
-        u = uid[s:e]
-        new = np.ones(len(u), dtype=bool)
-        new[1:] = u[1:] != u[:-1]
-        user_starts = np.flatnonzero(new)
-        counts = np.diff(np.append(user_starts, len(u)))
-        i, start, size = 1, 0, 0
-        for first, n in zip(user_starts.tolist(), counts.tolist()):
-            if size and size + n > limit:
-                out.append(Batch(f"events-{i:05d}", "events", s + start, s + first, size))
-                i, start, size = i + 1, first, 0
-            size += n
-        out.append(Batch(f"events-{i:05d}", "events", s + start, e, size))
-    if "cohort" in bounds:
-        s, e = bounds["cohort"]
-        names = ops["name"].to_numpy()[s:e]
-        changes = ops["change"].to_numpy()[s:e]
-        key = pd.Series(names.astype(str)) + "\x00" + pd.Series(changes.astype(str))
-        new = np.ones(len(key), dtype=bool)
-        new[1:] = key.to_numpy()[1:] != key.to_numpy()[:-1]
-        group_starts = np.append(np.flatnonzero(new), len(key))
-        for g0, g1 in zip(group_starts[:-1], group_starts[1:]):
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(names[g0]))
-            for j, a in enumerate(range(int(g0), int(g1), MAX_COHORT_IDS), start=1):
-                z = min(a + MAX_COHORT_IDS, int(g1))
-                out.append(Batch(f"cohort-{safe}-{changes[g0]}-{j:05d}", "cohort", s + a, s + z,
-                                 z - a))
-    return out
+def _read_batches(path: Path) -> pd.DataFrame:
+    from toolkit.sync.diff import _name_batches
+
+    with engine.connect() as db:
+        frame = db.execute(
+            "WITH o AS (SELECT *, row_number() OVER () AS rn FROM read_parquet(?)) "
+            "SELECT batch, any_value(op) AS op, min(rn) - 1 AS start, max(rn) AS stop, "
+            "CASE WHEN any_value(op) = 'attribute' THEN count(DISTINCT uid) ELSE count(*) END "
+            "AS objects, any_value(name) AS name, any_value(change) AS change "
+            "FROM o GROUP BY batch ORDER BY batch", [str(path)]).df()
+    return _name_batches(frame)

@@ -1,0 +1,454 @@
+"""The desired-state projection: what Braze should hold per user, computed once for preview and plan.
+
+`project(export, mapping, …)` resolves every profile to a Braze user key with one identity
+policy (external_id = user_id, else braze_id, else alias, else email), applies **one** rule to
+profiles that share a key (the last row of the export wins; a finding names both rows and the
+values that disagree), and produces, per Braze user, one JSON text per ledger *field*:
+
+* ``attr:<attribute>`` — custom attribute / profile field value (audiences: ``true``/``false``),
+* ``member:<audience>`` — membership sent as enter/exit events,
+* ``trait:<key>`` — a trait value sent as a "Trait Computed" event,
+* ``cohort:<cohort_id>`` — partner cohort membership.
+
+The result is an Arrow table (one row per Braze user, never Python objects per profile) plus the
+profiles left out with one set of reasons. JSON texts are built column-wise with Arrow and are
+byte-identical to ``json.dumps(value, ensure_ascii=False)`` of the value the mapping converts
+to, so they compare equal to what earlier ledgers stored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from toolkit.braze import rules as braze_rules
+from toolkit.braze.state import braze_user_keys
+from toolkit.engage.model import Findings
+
+__all__ = ["Projection", "FieldSpec", "project", "owners", "json_texts", "LEFT_OUT_COLUMNS"]
+
+LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
+SHARED_IDENTIFIER_EXAMPLES = 5
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON text: what the ledger stores and what payloads carry."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                      allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------
+# identity
+
+def owners(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The one rule for profiles that resolve to the same Braze user: the **last** row wins.
+
+    Returns (owner, shadowed): ``owner`` is a boolean mask of the profiles whose values Braze
+    receives (one per key), ``shadowed`` the masks of profiles that lose to a later row."""
+    has = keys.notna().to_numpy(dtype=bool)
+    dup_later = keys.duplicated(keep="last").to_numpy(dtype=bool) & has
+    return has & ~dup_later, dup_later
+
+
+def _disagreements(profiles: pd.DataFrame, keys: pd.Series, shadowed: np.ndarray,
+                   columns: list[str]) -> str:
+    """A few shadowed profiles beside the row that wins, naming the values that disagree."""
+    pos = np.flatnonzero(shadowed)[:SHARED_IDENTIFIER_EXAMPLES]
+    winner_of = pd.Series(np.arange(len(keys)), index=keys.to_numpy(dtype=object))
+    winner_of = winner_of[~winner_of.index.duplicated(keep="last")]
+    ids = profiles["segment_id"] if "segment_id" in profiles.columns else None
+    parts = []
+    for p in pos:
+        w = int(winner_of[keys.iloc[p]])
+        diffs = []
+        for col in columns:
+            a, b = profiles[col].iloc[p], profiles[col].iloc[w]
+            if not (pd.isna(a) and pd.isna(b)) and (pd.isna(a) or pd.isna(b) or a != b):
+                diffs.append(f"{col} {_show(a)} vs {_show(b)}")
+        name = (lambda i: f"{ids.iloc[i]} (row {i + 1})") if ids is not None else (
+            lambda i: f"row {i + 1}")
+        parts.append(f"{name(p)} loses to {name(w)} for {keys.iloc[p]}"
+                     + (": " + ", ".join(diffs) if diffs else " (same values)"))
+    return "; ".join(parts)
+
+
+def _show(value: Any) -> str:
+    return "blank" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON texts, column-wise
+
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'    # what json.dumps(ensure_ascii=False) escapes
+
+
+def _python_texts(values: np.ndarray) -> list[str | None]:
+    return [None if v is None else dumps(v) for v in values]
+
+
+def _lit(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+def _string_texts(arr: pa.Array) -> pa.Array:
+    """JSON string literals of a string array, escaping only the rare values that need it."""
+    arr = arr.cast(pa.large_string())
+    quoted = pc.binary_join_element_wise(_lit('"'), arr, _lit('"'), _lit(""))
+    needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE), False)
+    if pc.any(needs).as_py():
+        idx = np.flatnonzero(needs.to_numpy(zero_copy_only=False))
+        fixed = pa.array(_python_texts(arr.take(pa.array(idx)).to_numpy(zero_copy_only=False)),
+                         pa.large_string())
+        quoted = _put(quoted, idx, fixed)
+    return quoted
+
+
+def _put(target: pa.Array, idx: np.ndarray, values: pa.Array) -> pa.Array:
+    """``target`` with positions ``idx`` replaced by ``values``."""
+    out = target.to_numpy(zero_copy_only=False).astype(object)
+    out[idx] = values.to_numpy(zero_copy_only=False)
+    return pa.array(out, pa.large_string())
+
+
+def _number_texts(values: pd.Series) -> pa.Array:
+    """JSON numbers as `braze_rules.to_json_values` makes them: integral values as integers,
+    the rest as Python's repr of the float."""
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    present = ~np.isnan(arr)
+    integral = present & np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) < 2 ** 53)
+    ints = pa.array(np.where(integral, arr, 0).astype(np.int64)).cast(pa.large_string())
+    floats = pa.array(np.where(integral | ~present, 0.0, arr)).cast(pa.large_string())
+    out = pc.if_else(pa.array(integral), ints, floats)
+    # Arrow and Python agree on the shortest digits, not on when to switch to exponents.
+    exponent = pc.match_substring(floats, "e").to_numpy(zero_copy_only=False)
+    odd = present & ~integral & (exponent | (np.abs(arr) < 1e-4) | (np.abs(arr) >= 2 ** 53))
+    if odd.any():
+        idx = np.flatnonzero(odd)
+        out = _put(out, idx, pa.array([repr(float(x)) for x in arr[idx]], pa.large_string()))
+    return pc.if_else(pa.array(present), out, pa.scalar(None, pa.large_string()))
+
+
+def _time_texts(values: pd.Series, *, date_only: bool) -> pa.Array:
+    when = values.dt.tz_convert("UTC") if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+    arr = pa.array(when.dt.tz_localize(None) if getattr(when.dt, "tz", None) is not None else when)
+    arr = pc.floor_temporal(arr.cast(pa.timestamp("ns")), unit="millisecond").cast(
+        pa.timestamp("ms"), safe=False)
+    if date_only:  # braze-api §1.3 dob "YYYY-MM-DD"
+        text = pc.strftime(arr, format='"%Y-%m-%d"')
+    else:
+        text = pc.binary_join_element_wise(
+            _lit('"'), pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S").cast(pa.large_string()),
+            _lit('Z"'), _lit(""))
+        # %S of a millisecond timestamp prints seconds with 3 decimals, as Braze's ISO-8601 wants
+    return text.cast(pa.large_string())
+
+
+def json_texts(conv: braze_rules.Conversion, *, field: str | None = None) -> pa.Array:
+    """The JSON text of every converted value (null where nothing is sent), column-wise."""
+    vals = conv.values
+    if conv.json_type == "boolean":
+        b = pa.array(vals.astype("boolean"))
+        return pc.if_else(b, pa.scalar("true", pa.large_string()),
+                          pa.scalar("false", pa.large_string()))
+    if conv.json_type == "number":
+        return _number_texts(vals)
+    if conv.json_type == "time" and (isinstance(vals.dtype, pd.DatetimeTZDtype)
+                                     or pd.api.types.is_datetime64_dtype(vals.dtype)):
+        return _time_texts(vals, date_only=field == "dob")
+    if conv.json_type == "string" and not vals.dtype == object:
+        return _string_texts(pa.array(vals.astype("string"), pa.large_string()))
+    objs = braze_rules.to_json_values(conv, field=field)
+    present = ~pd.isna(objs)
+    out = np.full(len(objs), None, dtype=object)
+    if present.any():
+        out[present] = _python_texts(objs[present])
+    return pa.array(out, pa.large_string())
+
+
+# --------------------------------------------------------------------------------------------
+# the projection
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One ledger field the mapping produces, and how a change to it is sent.
+
+    ``kind`` is ``membership`` (the desired text is ``true``/``false``; only ``true`` counts) or
+    ``value`` (the desired text is the JSON value; null means no value)."""
+
+    field: str
+    rule: str
+    seq: int
+    kind: str                 # membership | value
+    op: str                   # attribute | event | cohort
+    column: str               # desired-text column in the projection table
+    refused: str | None = None  # boolean column: value refused (left out, never unset)
+    name: str = ""            # attribute name, trait event name or cohort id
+    enter_event: str = ""
+    exit_event: str = ""
+    exit_text: str = "false"  # audience attribute exit value as JSON text
+    exit_after: str | None = "false"
+    props_true: str = ""
+    props_false: str = ""
+    props_prefix: str = ""    # trait event properties = prefix + value text + suffix
+    props_suffix: str = ""
+
+
+@dataclass
+class Projection:
+    """Desired Braze state: ``table`` has one row per Braze user (``pos`` = the profile's row in
+    the export, ``uid``, ``segment_id``, then each field's desired text and refusal mask)."""
+
+    table: pa.Table
+    fields: list[FieldSpec]
+    left_out: pd.DataFrame
+    findings: Findings = field(default_factory=Findings)
+    cohorts: list[dict] = field(default_factory=list)
+    profiles: int = 0
+
+    @property
+    def users(self) -> int:
+        return self.table.num_rows
+
+    def spec_digest(self) -> str:
+        """A digest of the fields and their kinds: checksums are comparable only under one."""
+        import hashlib
+
+        text = dumps([[f.field, f.kind] for f in sorted(self.fields, key=lambda f: f.field)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Collect:
+    def __init__(self, profiles: pd.DataFrame, keys: pd.Series, syncable: np.ndarray) -> None:
+        self.profiles = profiles
+        self.keys = keys
+        self.syncable = syncable
+        self.segment_ids = profiles["segment_id"].to_numpy(dtype=object, na_value=None) \
+            if "segment_id" in profiles.columns else np.full(len(profiles), None, dtype=object)
+        self.uids = keys.to_numpy(dtype=object, na_value=None)
+        self.findings = Findings()
+        self.left_out: list[pd.DataFrame] = []
+
+    def leave_out(self, mask: np.ndarray, *, rule: str | None, code: str, reason: str,
+                  uid: bool = True) -> None:
+        pos = np.flatnonzero(mask)
+        if len(pos):
+            self.left_out.append(pd.DataFrame({
+                "segment_id": self.segment_ids[pos], "uid": self.uids[pos] if uid else None,
+                "rule": rule, "code": code, "reason": reason}))
+
+    def refuse(self, mask: np.ndarray, *, rule: str, code: str, reason: str, what: str, fix: str,
+               severity: str = "error") -> None:
+        """Leave the masked profiles out *and* tell the approver: one step, so no value is ever
+        dropped silently. The finding reads "<count> <what>"."""
+        mask = mask & self.syncable
+        if mask.any():
+            self.leave_out(mask, rule=rule, code=code, reason=reason)
+            self.findings.add(severity, code, f"{int(mask.sum()):,} {what}", column=rule, fix=fix)
+
+
+def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+            cohorts_available: bool = True) -> Projection:
+    """The desired Braze state of ``export`` under ``mapping`` (see the module docstring)."""
+    profiles = export.profiles
+    keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
+    owner, shadowed = owners(keys)
+    c = _Collect(profiles, keys, owner)
+    _report_unsyncable(c, keys.notna().to_numpy(dtype=bool), email_opt_in, alias_label)
+    if shadowed.any():
+        mapped = [r.key for r in mapping.rules if r.key in profiles.columns]
+        c.leave_out(shadowed, rule=None, code="shared_identifier",
+                    reason="another profile with the same Braze identifier comes later in the "
+                           "export; its values are sent")
+        c.findings.add(
+            "warning", "shared_identifier",
+            f"{int(shadowed.sum()):,} profile(s) share a Braze identifier with a later profile; "
+            "the last row in the export is sent, the others are left out. "
+            + _disagreements(profiles, keys, shadowed, mapped),
+            fix="merge the profiles in Segment (or fix the identifier), then export again")
+
+    pos = np.flatnonzero(owner)
+    columns: dict[str, pa.Array] = {
+        "pos": pa.array(pos, pa.int64()),
+        "uid": pa.array(c.uids[pos], pa.large_string()),
+        "segment_id": pa.array(c.segment_ids[pos], pa.large_string()),
+    }
+    specs: list[FieldSpec] = []
+    cohorts: list[dict] = []
+    for seq, rule in enumerate(mapping.rules):
+        problems = _rule_violations(rule)
+        if problems:
+            for v in problems:
+                c.findings.add("error", v.code, f"rule {rule.key!r} left out: {v.message}",
+                               column=rule.key, fix=v.fix)
+            continue
+        if rule.key not in profiles.columns:
+            c.findings.add("error", "missing_column", f"rule {rule.key!r} has no column in the "
+                           "export; nothing planned for it", column=rule.key,
+                           fix="re-export the computation or remove the rule")
+            continue
+        if rule.kind == "audience":
+            _audience_fields(c, export, rule, seq, specs, cohorts, columns, pos, cohorts_available)
+        else:
+            _trait_fields(c, export, mapping, rule, seq, specs, columns, pos)
+    left_out = (pd.concat(c.left_out, ignore_index=True) if c.left_out else
+                pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS}))
+    return Projection(pa.table(columns), specs, left_out, c.findings, cohorts, len(profiles))
+
+
+def _rule_violations(rule) -> list:
+    """Name violations that make a whole rule unsendable (payload rules, braze-api.md §2)."""
+    out = []
+    if rule.send_as in ("attribute", "both"):
+        out += braze_rules.attribute_name_violations(
+            rule.attribute, allow_profile_field=rule.kind == "trait"
+            and rule.attribute in braze_rules.WRITABLE_PROFILE_FIELDS)
+    if rule.send_as in ("event", "both"):
+        names = ([rule.enter_event, rule.exit_event] if rule.kind == "audience"
+                 else [rule.trait_event])
+        for name in names:
+            out += braze_rules.event_name_violations(name)
+        out += braze_rules.property_name_violations(rule.key)
+    return out
+
+
+def _report_unsyncable(c: _Collect, has_key: np.ndarray, email_opt_in: bool,
+                       alias_label: str | None) -> None:
+    profiles = c.profiles
+    n = len(profiles)
+    if not n:
+        return
+
+    def has(col):
+        return (profiles[col].notna().to_numpy(dtype=bool) if col in profiles.columns
+                else np.zeros(n, dtype=bool))
+
+    none = ~has_key
+    email_only = none & has("email")
+    anon_only = none & ~has("email") & has("anonymous_id")
+    bare = none & ~email_only & ~anon_only
+    email_reason = ("email only (identifying users by email is opt-in: email_opt_in=True)"
+                    if not email_opt_in else "email only")
+    anon_reason = ("anonymous only: Braze cannot address it without an external id or alias"
+                   + ("" if alias_label else " (plan with alias_label='segment_id' to use aliases)"))
+    for mask, code, reason in ((email_only, "email_only", email_reason),
+                               (anon_only, "anonymous_only", anon_reason),
+                               (bare, "no_identifier", "no identifier Braze can use")):
+        if mask.any():
+            c.leave_out(mask, rule=None, code=code, reason=reason, uid=False)
+            c.findings.add("warning", code, f"{int(mask.sum()):,} profile(s) not syncable: {reason}",
+                           fix="give them a user_id in Segment, or plan with alias_label / "
+                               "email_opt_in")
+
+
+def _membership_text(member: pd.Series, pos: np.ndarray) -> pa.Array:
+    b = pa.array(member.iloc[pos] if len(pos) != len(member) else member)
+    return pc.if_else(b, pa.scalar("true", pa.large_string()), pa.scalar("false", pa.large_string()))
+
+
+def _event_props(rule, value: Any) -> str:
+    id_key = "audience_key" if rule.kind == "audience" else "trait_key"
+    return dumps({id_key: rule.key, rule.key: value})
+
+
+def _audience_fields(c: _Collect, export, rule, seq, specs, cohorts, columns, pos,
+                     cohorts_available: bool) -> None:
+    member = c.profiles[rule.key].astype("boolean")
+    text = _membership_text(member, pos)
+    if rule.send_as in ("attribute", "both"):
+        col = f"d{len(specs)}"
+        columns[col] = text
+        exit_text = dumps(rule.exit_value)
+        specs.append(FieldSpec(f"attr:{rule.attribute}", rule.key, seq, "membership", "attribute",
+                               col, name=str(rule.attribute), exit_text=exit_text,
+                               exit_after=None if rule.exit_value is None else exit_text))
+    if rule.send_as in ("event", "both"):
+        col = f"d{len(specs)}"
+        columns[col] = text
+        specs.append(FieldSpec(f"member:{rule.key}", rule.key, seq, "membership", "event", col,
+                               enter_event=rule.enter_event, exit_event=rule.exit_event,
+                               props_true=_event_props(rule, True),
+                               props_false=_event_props(rule, False)))
+    if rule.send_as == "cohort":
+        comp = export.computation(rule.key) if hasattr(export, "computation") else {}
+        cohort_id = getattr(rule, "cohort_id", None) or comp.get("computation_id") or rule.key
+        cohort_id = rule.key if pd.isna(cohort_id) else str(cohort_id)
+        name = getattr(rule, "cohort_name", None) or comp.get("name") or rule.key
+        if not cohorts_available:
+            c.findings.add(
+                "warning", "cohort_unavailable",
+                f"audience {rule.key!r} is mapped to a Braze cohort, but no partner credentials "
+                "are configured, so nothing is planned for it. Braze's cohort import "
+                "(/partners/segment/cohorts) needs Segment's partner API key "
+                "(BRAZE_PARTNER_API_KEY) and the workspace's data import key "
+                "(BRAZE_DATA_IMPORT_KEY)", column=rule.key,
+                fix=("map the audience to an attribute instead (mapping.set(key, "
+                     "send_as='attribute')), or connect Segment's Braze Cohorts destination to "
+                     "this audience"))
+            return
+        # The cohort endpoint matches identified users by external_id or alias only (§4.1).
+        uids = pd.Series(c.uids, dtype="string")
+        usable = (uids.str.startswith("external_id:") | uids.str.startswith("alias:")).to_numpy(
+            dtype=bool, na_value=False)
+        known = member.notna().to_numpy(dtype=bool)
+        c.refuse(~usable & known, rule=rule.key, code="cohort_identifier", severity="warning",
+                 reason="a cohort matches users by external_id or alias only",
+                 what=f"profile(s) of {rule.key!r} have no external_id or alias; the cohort "
+                      "cannot hold them",
+                 fix="plan with alias_label to address them by alias")
+        col = f"d{len(specs)}"
+        columns[col] = pc.if_else(pa.array(usable[pos]), text,
+                                  pa.scalar(None, pa.large_string()))
+        specs.append(FieldSpec(f"cohort:{cohort_id}", rule.key, seq, "membership", "cohort", col,
+                               name=cohort_id))
+        cohorts.append({"rule": rule.key, "cohort_id": cohort_id, "name": str(name)})
+
+
+def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns, pos) -> None:
+    if rule.send_as == "cohort":
+        c.findings.add("error", "cohort_trait", f"trait {rule.key!r} cannot be a cohort: a "
+                       "cohort holds audience membership only", column=rule.key,
+                       fix="send the trait as an attribute or an event")
+        return
+    if rule.send_as in ("attribute", "both"):
+        conv = mapping.converted(export, rule)
+        prof_field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
+        refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
+        c.refuse(refused, rule=rule.key, code="invalid_value",
+                 reason=f"a value Braze would refuse for {rule.attribute!r}",
+                 what=f"value(s) of {rule.key!r} would be refused by Braze (too long, wrong type "
+                      "or format); left out",
+                 fix="see mapping.value_findings(export) for each value")
+        col = f"d{len(specs)}"
+        columns[col] = json_texts(conv, field=prof_field).take(pa.array(pos))
+        columns[f"x{len(specs)}"] = pa.array(refused[pos])
+        specs.append(FieldSpec(f"attr:{rule.attribute}", rule.key, seq, "value", "attribute", col,
+                               refused=f"x{len(specs)}", name=str(rule.attribute)))
+    if rule.send_as in ("event", "both"):
+        comp = export.computation(rule.key) if hasattr(export, "computation") else {}
+        conv = braze_rules.convert(c.profiles[rule.key], comp.get("value_type", "string"))
+        refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
+        c.refuse(refused, rule=rule.key, code="invalid_value",
+                 reason=f"a {rule.trait_event!r} property value Braze would refuse",
+                 what=f"value(s) of {rule.key!r} would be refused by Braze as a "
+                      f"{rule.trait_event!r} property (too long, wrong type or format); left out",
+                 fix="fix the values in Segment (strings at most 255 characters)")
+        col = f"d{len(specs)}"
+        texts = json_texts(conv).take(pa.array(pos))
+        columns[col] = pc.if_else(pa.array(refused[pos]), pa.scalar(None, pa.large_string()),
+                                  texts)
+        columns[f"x{len(specs)}"] = pa.array(refused[pos])
+        # Canonical (sorted-key) properties assembled around the encoded value text.
+        key_text = dumps(rule.key)
+        if "trait_key" < rule.key:
+            prefix, suffix = '{"trait_key":' + key_text + "," + key_text + ":", "}"
+        else:
+            prefix, suffix = "{" + key_text + ":", ',"trait_key":' + key_text + "}"
+        specs.append(FieldSpec(f"trait:{rule.key}", rule.key, seq, "value", "event", col,
+                               refused=f"x{len(specs)}", name=rule.trait_event,
+                               props_prefix=prefix, props_suffix=suffix))
+
