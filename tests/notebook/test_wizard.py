@@ -7,6 +7,7 @@ import ipywidgets as widgets
 import pandas as pd
 import pytest
 
+import toolkit
 from toolkit.braze.client import BrazeClient
 from toolkit.notebook.terms import planned_totals
 from toolkit.notebook.wizard import STEPS, ApprovalRefused, GuidedSync, bundled_samples
@@ -123,8 +124,13 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     assert w.state.step == 7 and w.state.verification.ok
     assert "OK" in w.verify_html.value
     saved = w.state.saved
-    assert set(saved) == {"mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)",
-                          "batches (CSV)", "rejected (CSV)", "verification (CSV)"}
+    assert {"mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
+            "rejected (CSV)", "verification (CSV)"} <= set(saved)
+    assert set(saved) - {"plan operations (Parquet)", "plan left-out profiles (Parquet)"} == {
+        "mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
+        "rejected (CSV)", "verification (CSV)"}
+    assert all(path.exists() for path in saved.values())
+    assert toolkit.Plan.load(saved["plan (JSON)"]).fingerprint == w.state.plan.fingerprint
     data = json.loads(saved["report (JSON)"].read_text())
     assert data["status"] == "complete" and data["plan_id"] == report.plan_id
     assert len(pd.read_csv(saved["batches (CSV)"])) == cost["requests"]

@@ -592,8 +592,15 @@ class GuidedSyncState:
         _mkdir(out)
         stem = f"sync-{self.report.plan_id}"
         files = {"mapping (YAML)": self.save_mapping(out / "mapping.yaml"),
-                 "plan (JSON)": self.save_plan(out / f"plan-{self.report.plan_id}.json"),
-                 "report (JSON)": self.report.save(out / f"{stem}.json")}
+                 "plan (JSON)": self.save_plan(out / f"plan-{self.report.plan_id}.json")}
+        # a columnar plan keeps its operations (and left-out profiles) beside the manifest
+        siblings = getattr(type(self.plan), "files_for", None)
+        if siblings is not None:
+            labels = ("plan operations (Parquet)", "plan left-out profiles (Parquet)")
+            for label, path in zip(labels, siblings(files["plan (JSON)"])[1:]):
+                if path.exists():
+                    files[label] = path
+        files["report (JSON)"] = self.report.save(out / f"{stem}.json")
         totals = self.totals().reset_index()
         tables = {"totals (CSV)": ("totals", totals),
                   "batches (CSV)": ("batches", self.report.to_frame()),
@@ -855,8 +862,8 @@ def _duration(seconds: float) -> str:
 
 def _download_link(path: Path, label: str) -> str:
     data = path.read_bytes()
-    mime = {".json": "application/json", ".yaml": "application/x-yaml"}.get(path.suffix,
-                                                                             "text/csv")
+    mime = {".json": "application/json", ".yaml": "application/x-yaml",
+            ".parquet": "application/vnd.apache.parquet"}.get(path.suffix, "text/csv")
     name = html.escape(path.name)
     if len(data) <= _DATA_URI_LIMIT:
         href = f"data:{mime};base64,{base64.b64encode(data).decode()}"
