@@ -195,8 +195,8 @@ def test_sync_throughput_shows_objects_and_requests(synced):
     assert f"{report.summary()['acknowledged']:,} objects acknowledged" in fig._suptitle.get_text()
     calls = http_calls(report)
     assert fig.axes[1].get_title() == (
-        f"{calls['requests sent']:,} requests · {calls['HTTP calls']:,} HTTP calls (0 set-up, "
-        "0 retries) · 0 answered 429")
+        f"{calls['requests sent']:,} requests · {calls['HTTP calls']:,} HTTP calls\n(0 set-up, "
+        "0 retries, 0 answered 429)")
     timeline = pd.DataFrame({"seconds": [0.5, 1.0, 2.0], "acknowledged": [75, 150, 160],
                              "requests": [1, 4, 5]})
     fig = plots.sync_throughput(timeline)

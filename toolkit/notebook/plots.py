@@ -545,8 +545,8 @@ def sync_throughput(report) -> Figure:
         right.axhline(batches, color=MUTED, linestyle="--", linewidth=1,
                       label=f"requests planned ({batches:,})")
         right.set_title(f"{totals['requests sent']:,} requests · {int(requests[-1]):,} HTTP "
-                        f"calls ({totals['set-up calls']:,} set-up, {totals['retries']:,} "
-                        f"retries) · {totals['429s']:,} answered 429", fontsize=10)
+                        f"calls\n({totals['set-up calls']:,} set-up, {totals['retries']:,} "
+                        f"retries, {totals['429s']:,} answered 429)", fontsize=10)
     else:
         right.set_title(f"{int(requests[-1]):,} HTTP calls", fontsize=10)
     right.set_xlabel("seconds since the sync started")
