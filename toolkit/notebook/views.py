@@ -195,9 +195,9 @@ def freshness(export, now: Any = None) -> dict[str, str]:
     return {
         "snapshot": f"{readable_time(snap, now)} — as fresh as {basis}",
         "refresh": refresh,
-        "lag": (f"So the preview shows Engage as it was {age(old)} ago, and Engage itself may "
-                f"have been up to 10 minutes (real-time) or 15 hours (batch) behind the events "
-                f"then. Export again before a push if that is too old."),
+        "lag": (f"So the preview shows Engage as it was {age(old)} ago, when a real-time "
+                f"audience was at most about 10 minutes behind its events and a batch one up to "
+                f"8 hours. Export again before a push if that is too old."),
     }
 
 
