@@ -1,10 +1,11 @@
 """The guided-sync notebook in a real browser: JupyterLab on loopback, driven by headless Chromium.
 
-Runs notebooks/03_guided_sync.ipynb in JupyterLab, clicks through the wizard to a finished,
-verified sync against the built-in sandbox, and checks the widgets rendered (no "Error displaying
-widget") and the final counters. A screenshot of every step lands in test-artifacts/. Uses
-Debian's Chromium at /usr/bin/chromium (scripts/install-browser.sh installs it); skips cleanly
-when it is absent.
+Runs notebooks/03_guided_sync.ipynb in JupyterLab at 1280 px, clicks through the wizard to a
+finished, verified sync against the built-in sandbox, and checks what an analyst sees: the widgets
+rendered (no "Error displaying widget"); a failed load clears the export and disables Next; no
+step scrolls sideways; the push counters equal the sync report. A screenshot of every step lands
+in test-artifacts/ (git-ignored). Uses Debian's Chromium at /usr/bin/chromium
+(scripts/install-browser.sh installs it); skips cleanly when it is absent.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ NOTEBOOK = ROOT / "notebooks" / "03_guided_sync.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = "Sample shop — Profiles Sync tables (CSV)"
+VIEWPORT = {"width": 1280, "height": 4200}   # tall: every step fits in one screenshot
+STEPS = 9
 LAB_START_S = 90
 STEP_TIMEOUT_MS = 60_000
 
@@ -76,6 +79,7 @@ def lab(tmp_path_factory):
     work = home / "work"
     work.mkdir()
     _copy_without_outputs(NOTEBOOK, work / NOTEBOOK.name)
+    (work / "not_engage.csv").write_text("name,colour\nmug,blue\n")
     _write_settings(home / "settings")
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
@@ -124,7 +128,7 @@ def page(lab):
             args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"],
-            viewport={"width": 1400, "height": 1800})
+            viewport=VIEWPORT)
         page = context.pages[0] if context.pages else context.new_page()
         try:
             yield page
@@ -142,6 +146,40 @@ def page(lab):
 def _shot(page, locator, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     locator.screenshot(path=str(ARTIFACTS / f"jupyterlab-{name}.png"))
+
+
+# Elements of the wizard (and the output area holding it) that are wider than their box: a
+# scroll container that scrolls sideways, or anything reaching past the wizard's right edge.
+_OVERFLOW_JS = """(root) => {
+  const out = [];
+  const edge = root.getBoundingClientRect().right + 1;
+  const name = (el) => el.tagName.toLowerCase()
+      + (el.className && el.className.baseVal === undefined
+         ? '.' + String(el.className).trim().split(/\\s+/).slice(0, 2).join('.') : '');
+  for (let el = root; el; el = el.parentElement) {
+    if (el.classList && el.classList.contains('jp-Notebook')) break;
+    if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible')
+      out.push('scrolls: ' + name(el) + ' ' + el.scrollWidth + '>' + el.clientWidth);
+  }
+  for (const el of root.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (!r.width || !r.height) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden') continue;
+    if (r.right > edge)
+      out.push('sticks out: ' + name(el) + ' right ' + Math.round(r.right) + ' > '
+               + Math.round(edge));
+    if (el.scrollWidth > el.clientWidth + 1 && ['auto', 'scroll'].includes(style.overflowX))
+      out.push('scrolls: ' + name(el) + ' ' + el.scrollWidth + '>' + el.clientWidth);
+  }
+  return out.slice(0, 10);
+}"""
+
+
+def _number(text: str, pattern: str) -> int:
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in {text[:400]!r}"
+    return int(found.group(1).replace(",", ""))
 
 
 def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
@@ -168,16 +206,36 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     wizard = page.locator(".widget-vbox", has=page.locator("text=Guided sync: Engage")).first
     wizard.scroll_into_view_if_needed()
     next_button = wizard.locator(".widget-button", has_text="Next")
+    dropdown = wizard.locator(".widget-dropdown select").first
+    overflow: dict[str, list] = {}
 
     def expect_step(number: int, name: str, ready) -> None:
-        wizard.locator(f"text=Step {number} of 8").wait_for()
+        wizard.locator(f"text=Step {number} of {STEPS}").wait_for()
         ready.wait_for()            # the step's content arrives after its number
-        page.wait_for_timeout(200)  # let images paint before the screenshot
+        page.wait_for_timeout(250)  # let images paint before the screenshot and the layout check
+        problems = wizard.evaluate(_OVERFLOW_JS)
+        if problems:
+            overflow[f"step {number} ({name})"] = problems
         _shot(page, wizard, f"step{number}-{name}")
 
     # 1. choose a bundled sample: its summary and findings appear
-    wizard.locator(".widget-dropdown select").first.select_option(label=SAMPLE)
-    expect_step(1, "export", wizard.locator("text=2,000 profiles").first)
+    dropdown.select_option(label=SAMPLE)
+    expect_step(1, "export", wizard.locator("text=Snapshot:").first)
+    assert "2,000" in wizard.inner_text()
+    assert not next_button.is_disabled()
+
+    # a failed load clears that export: no summary, Next disabled, no sample shown as chosen
+    wizard.locator(".widget-text input").first.fill("not_engage.csv")
+    wizard.locator(".widget-button", has_text="Load path").click()
+    wizard.locator(".toolkit-error", has_text="not_engage.csv").wait_for()
+    page.wait_for_timeout(250)
+    assert next_button.is_disabled()
+    assert "Snapshot:" not in wizard.inner_text()
+    assert dropdown.evaluate("s => s.selectedIndex") == -1 or dropdown.input_value() == ""
+    _shot(page, wizard, "step1-failed-load")
+    dropdown.select_option(label=SAMPLE)
+    wizard.locator("text=Snapshot:").first.wait_for()
+    assert not next_button.is_disabled()
     next_button.click()
 
     # 2. review: four plots
@@ -190,10 +248,15 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     vip = wizard.locator(".widget-hbox", has=page.locator("code", has_text="vip_customer")).first
     vip.locator("select").select_option(label="attribute + events")
     wizard.locator("text=Audience Entered").first.wait_for()
+    page.wait_for_timeout(250)
+    problems = wizard.evaluate(_OVERFLOW_JS)
+    if problems:
+        overflow["step 3 (map, attribute + events)"] = problems
+    _shot(page, wizard, "step3-map-events")
     next_button.click()
 
     # 4. preview, 5. plan
-    expect_step(4, "preview", wizard.locator("text=Braze preview"))
+    expect_step(4, "preview", wizard.locator("text=Braze filter to build"))
     next_button.click()
     expect_step(5, "plan", wizard.locator("text=Sample payloads (exactly as sent)"))
     next_button.click()
@@ -210,14 +273,26 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     expect_step(7, "push", wizard.locator(".widget-button", has_text="Push to Braze"))
     wizard.locator(".widget-button", has_text="Push to Braze").click()
     wizard.locator("text=Sync report").wait_for(timeout=120_000)
+    page.wait_for_timeout(250)
+    problems = wizard.evaluate(_OVERFLOW_JS)
+    if problems:
+        overflow["step 7 (pushed)"] = problems
     _shot(page, wizard, "step7-pushed")
-    counters = wizard.locator(".widget-html", has_text="objects acknowledged").inner_text()
-    done, total = map(int, re.search(r"requests\s+([\d,]+) of ([\d,]+)", counters).groups())
-    acknowledged = int(re.search(r"objects acknowledged\s+([\d,]+)", counters).group(1)
-                       .replace(",", ""))
-    rejected = int(re.search(r"objects rejected\s+([\d,]+)", counters).group(1).replace(",", ""))
-    assert done == total > 0
-    assert acknowledged > 0 and rejected == 0
+    counters = wizard.locator(".gs-counters").inner_text()
+    report = wizard.locator(".widget-html", has_text="Sync report").inner_text()
+    done = _number(counters, r"requests done\s+([\d,]+) of")
+    total = _number(counters, r"requests done\s+[\d,]+ of ([\d,]+)")
+    acknowledged = _number(counters, r"objects acknowledged\s+([\d,]+) of")
+    rejected = _number(counters, r"objects rejected\s+([\d,]+)")
+    points = _number(counters, r"data points acknowledged\s+([\d,]+)")
+    # the report's table: unit, planned, acknowledged, rejected, failed or unknown, skipped, …
+    assert done == total == _number(report, r"requests\s+([\d,]+)")
+    assert total == _number(report, r"requests\s+[\d,]+\s+([\d,]+)")
+    assert acknowledged == _number(report, r"objects\s+[\d,]+\s+([\d,]+)") > 0
+    assert acknowledged == _number(report, r"objects\s+([\d,]+)")
+    assert rejected == _number(report, r"objects\s+[\d,]+\s+[\d,]+\s+([\d,]+)") == 0
+    assert points == _number(report, r"data points\s+[\d,]+\s+([\d,]+)") > 0
+    assert f"{total:,} requests sent" in report
     bar = wizard.locator(".widget-hprogress .progress-bar")
     assert bar.count() == 1
     assert "width: 100%" in bar.get_attribute("style")
@@ -227,10 +302,16 @@ def test_guided_sync_notebook_runs_and_the_wizard_finishes_a_sync(lab, page):
     # 8. verify and download the report
     expect_step(8, "verify", wizard.locator("text=Download the report"))
     assert "OK" in wizard.locator(".widget-html", has_text="Verification").first.inner_text()
-    link = wizard.locator("a[download]").first
-    assert link.get_attribute("download").endswith(".json")
+    links = [a.get_attribute("download") for a in wizard.locator("a[download]").all()]
+    assert "mapping.yaml" in links and any(n.endswith(".json") for n in links)
+    next_button.click()
+
+    # 9. what next: schedule with notebook 04 and the saved mapping
+    expect_step(9, "next", wizard.locator("text=Schedule it"))
+    assert "mapping_path" in wizard.inner_text() and next_button.is_disabled()
 
     text = page.locator(".jp-Notebook").inner_text()
     assert "Error displaying widget" not in text
     assert "Traceback" not in text
+    assert not overflow, f"horizontal overflow at {VIEWPORT['width']} px: {overflow}"
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-guided-sync.png"), full_page=True)

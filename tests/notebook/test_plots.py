@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from toolkit.notebook import plots
 from toolkit.notebook.plots import PlotInputError
+from toolkit.notebook.terms import http_calls, planned_totals
 
 
 def _png(fig: Figure) -> bytes:
@@ -74,6 +75,14 @@ def test_audience_overlap_counts_profiles_in_both(export):
     assert _texts(fig) == expected
     shares = _texts(plots.audience_overlap(export, share=True))
     assert shares[0] == "100%" and all(s.endswith("%") for s in shares)
+    # the diagonal (each audience's own size) is masked out of the colour scale, so the largest
+    # overlap, not the largest audience, sets the darkest colour
+    image = fig.axes[0].get_images()[0]
+    data = image.get_array()
+    assert data.mask.diagonal().all() and not data.mask[0, 1]
+    off_diagonal = [int((m[a] & m[b]).sum()) for a in names for b in names if a != b]
+    assert image.get_clim() == (0, max(off_diagonal))
+    assert image.get_interpolation() == "nearest"
     _titled_and_labelled(fig)
 
 
@@ -97,6 +106,20 @@ def test_trait_distributions_draw_one_panel_per_trait_by_type(export):
     assert [t.get_text() for t in text_panel.get_yticklabels()] == ["sock", "shoe", "hat"]
     assert any("34 with a value · 6 missing" in t.get_text() for t in fig.axes[2].texts)
     _titled_and_labelled(fig)
+
+
+def test_standard_traits_are_not_plotted_as_computed_traits(export):
+    export.profiles["first_name"] = pd.array(["Ana"] * len(export.profiles), dtype="string")
+    export.computations = pd.concat([export.computations, pd.DataFrame([{
+        "key": "first_name", "kind": "trait", "computation_id": None, "value_type": "string",
+        "name": "first_name"}])], ignore_index=True)
+    assert "first_name" in export.traits and "first_name" not in plots.computed_traits(export)
+    fig = plots.trait_distributions(export)
+    titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_visible()]
+    assert not any(t.startswith("first_name") for t in titles)
+    assert fig._suptitle.get_text() == "Computed trait values"
+    named = plots.trait_distributions(export, ["first_name"])   # still drawable by name
+    assert named._suptitle.get_text() == "Trait values"
 
 
 def test_trait_distributions_groups_the_long_tail(export):
@@ -147,7 +170,10 @@ def test_preview_sizes_match_the_preview(synced):
 def test_plan_composition_counts_operations_and_data_points(synced):
     plan = synced["plan"]
     fig = plots.plan_composition(plan)
-    assert f"{len(plan.operations):,} changes" in fig._suptitle.get_text()
+    totals = planned_totals(plan)
+    assert fig._suptitle.get_text() == (
+        f"Plan composition: {len(plan.operations):,} operations → {totals['objects']:,} objects "
+        f"in {totals['requests']:,} requests")
     assert f"{plan.cost()['data_points']:,} in all" in fig.axes[1].get_title()
     vip = plan.operations[plan.operations["rule"] == "vip_customer"]
     assert f"{len(vip):,}" in [t.get_text() for t in fig.axes[0].texts]
@@ -167,8 +193,10 @@ def test_sync_throughput_shows_objects_and_requests(synced):
     assert line.get_ydata()[-1] == report.summary()["acknowledged"] > 0
     assert list(line.get_ydata()) == sorted(line.get_ydata())
     assert f"{report.summary()['acknowledged']:,} objects acknowledged" in fig._suptitle.get_text()
-    assert fig.axes[1].get_title() == (f"requests: {report.summary()['requests']:,} · "
-                                       "retries 0 · 429s 0")
+    calls = http_calls(report)
+    assert fig.axes[1].get_title() == (
+        f"{calls['requests sent']:,} requests · {calls['HTTP calls']:,} HTTP calls\n(0 set-up, "
+        "0 retries, 0 answered 429)")
     timeline = pd.DataFrame({"seconds": [0.5, 1.0, 2.0], "acknowledged": [75, 150, 160],
                              "requests": [1, 4, 5]})
     fig = plots.sync_throughput(timeline)
@@ -177,6 +205,32 @@ def test_sync_throughput_shows_objects_and_requests(synced):
     assert list(line.get_ydata()) == [0, 75, 150, 160]
     assert "≈80 objects/s" in fig.axes[0].get_title()
     _titled_and_labelled(fig)
+
+
+def test_sync_throughput_ends_at_the_report_totals_with_a_cohort(export):
+    """The cohort phase can end between two timeline samples; the plot still shows the report's
+    totals (issue 13: the plot left the cohort batch out)."""
+    import toolkit
+    from toolkit.sandbox import BrazeSandbox
+
+    mapping = toolkit.Mapping.from_export(export).set("vip_customer", send_as="cohort")
+    with BrazeSandbox() as sb, tempfile.TemporaryDirectory() as tmp:
+        client = toolkit.BrazeClient.for_sandbox(sb)
+        ledger = toolkit.Ledger(client, directory=tmp)
+        plan = toolkit.plan(export, mapping, ledger, workspace=client, create_users=True)
+        plan.approve(by="test")
+        report = toolkit.apply(plan, client, ledger, progress=False)
+        ledger.close()
+        client.close()
+    assert any(b.kind == "cohort" for b in plan.batches())
+    calls = http_calls(report)
+    assert calls["set-up calls"] == 1                  # the cohort is created once
+    fig = plots.sync_throughput(report)
+    left, right = fig.axes[0].get_lines()[0], fig.axes[1].get_lines()[0]
+    assert left.get_ydata()[-1] == report.counts["objects_acknowledged"] == \
+        planned_totals(plan)["objects"]
+    assert right.get_ydata()[-1] == calls["HTTP calls"] == calls["requests sent"] + 1
+    assert f"{planned_totals(plan)['requests']:,} requests · " in fig.axes[1].get_title()
 
 
 @pytest.mark.parametrize("fn", [plots.preview_sizes, plots.plan_composition,

@@ -7,7 +7,9 @@ import ipywidgets as widgets
 import pandas as pd
 import pytest
 
+import toolkit
 from toolkit.braze.client import BrazeClient
+from toolkit.notebook.terms import planned_totals
 from toolkit.notebook.wizard import STEPS, ApprovalRefused, GuidedSync, bundled_samples
 from toolkit.sandbox import BrazeSandbox
 
@@ -51,7 +53,8 @@ def _go_to(w: GuidedSync, step: int) -> None:
 def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     w = wizard(plots=True)
     assert w.state.step == 0 and w.next_button.disabled and w.back_button.disabled
-    assert "1. Choose an export" in w.steps_html.value
+    assert "1.&nbsp;Export" in w.steps_html.value and "1. Choose an export" in \
+        w.heading_html.value
 
     w.sample_dropdown.value = SAMPLE                       # step 1: export and its findings
     assert w.state.export is not None and not w.next_button.disabled
@@ -64,9 +67,10 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
 
     w.next_button.click()                                  # step 3: map, with live filters
     row = w.rule_widgets["vip_customer"]
-    assert "is true" in row["filter"].value and row["enter_event"].disabled
-    row["send_as"].value = "both"
-    assert not row["enter_event"].disabled
+    shown = lambda: [f.children[1] for f in row["shown"].children]  # noqa: E731
+    assert "is true" in row["filter"].value and shown() == [row["attribute"]]
+    row["send_as"].value = "both"                          # only the names it uses are shown
+    assert shown() == [row["attribute"], row["enter_event"], row["exit_event"]]
     assert "Audience Entered" in row["filter"].value and "is true" in row["filter"].value
     w.rule_widgets["dormant_shopper"]["send_as"].value = "event"
     w.rule_widgets["dormant_shopper"]["enter_event"].value = "Dormant In"
@@ -91,7 +95,9 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     w.next_button.click()                                  # step 5: plan with cost and payloads
     assert w.state.step == 4
     cost = w.state.plan.cost()
+    totals = planned_totals(w.state.plan)
     assert f"{cost['data_points']:,}" in w.plan_html.value
+    assert "What these words mean" in w.plan_html.value
     assert "Sample payloads" in w.plan_html.value and '"attributes"' in w.plan_html.value
     assert "estimated time" in w.plan_html.value
     assert bytes(w.plan_image.value).startswith(b"\x89PNG")
@@ -109,7 +115,7 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     w.push_button.click()
     report = w.state.report
     assert report.status == "complete"
-    assert w.progress_bar.value == w.progress_bar.max == cost["requests"]
+    assert w.progress_bar.value == w.progress_bar.max == totals["requests"]
     assert w.state.progress.objects_acknowledged == report.summary()["acknowledged"]
     assert f"{report.summary()['acknowledged']:,}" in w.counters_html.value
     assert w.push_button.disabled
@@ -118,8 +124,13 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     assert w.state.step == 7 and w.state.verification.ok
     assert "OK" in w.verify_html.value
     saved = w.state.saved
-    assert set(saved) == {"report (JSON)", "batches (CSV)", "rejected (CSV)",
-                          "verification (CSV)"}
+    assert {"mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
+            "rejected (CSV)", "verification (CSV)"} <= set(saved)
+    assert set(saved) - {"plan operations (Parquet)", "plan left-out profiles (Parquet)"} == {
+        "mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
+        "rejected (CSV)", "verification (CSV)"}
+    assert all(path.exists() for path in saved.values())
+    assert toolkit.Plan.load(saved["plan (JSON)"]).fingerprint == w.state.plan.fingerprint
     data = json.loads(saved["report (JSON)"].read_text())
     assert data["status"] == "complete" and data["plan_id"] == report.plan_id
     assert len(pd.read_csv(saved["batches (CSV)"])) == cost["requests"]
@@ -127,17 +138,21 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
         w.report_html.value
     assert bytes(w.throughput_image.value).startswith(b"\x89PNG")
 
+    w.next_button.click()                                  # step 9: what next
+    assert w.state.step == 8 and w.next_button.disabled
+    assert "Schedule it" in w.next_html.value and "04_scheduled_sync" in w.next_html.value
+
     sb = w.state.sandbox                                   # Braze holds what was planned
     profiles = sb.profiles()
     assert profiles["is_first_time_shopper"].notna().any()
     assert (sb.events()["name"] == "Dormant In").sum() > 0
 
-    # Back to the plan: a re-plan against the ledger finds nothing left to send
-    for _ in range(3):
+    # Back to the plan: it is planned again against the ledger, and nothing is left to send
+    for _ in range(4):
         w.back_button.click()
-    assert w.state.step == 4
-    w.replan_button.click()
+    assert w.state.step == 4 and w.state.report is None
     assert w.state.plan.is_empty and "Nothing to send" in w.plan_html.value
+    assert "pushed earlier" in w.plan_html.value and report.plan_id in w.plan_html.value
 
 
 def test_an_invalid_export_is_shown_with_its_fix_and_blocks_next(wizard, tmp_path):
@@ -237,6 +252,8 @@ def test_a_real_workspace_needs_its_name_typed_and_keys_from_the_environment(
         assert len(sb.profiles()) == w.state.report.summary()["acknowledged"]
         w.next_button.click()
         assert w.state.verification.ok
+        w.next_button.click()
+        assert "-p target workspace" in w.next_html.value
         for widget in _all_widgets(w.widget):              # the key never reaches a widget
             for name in ("value", "description", "placeholder", "tooltip"):
                 value = getattr(widget, name, None)
@@ -264,7 +281,8 @@ def test_rejected_objects_show_in_the_counters_and_the_report(wizard):
         assert f"{len(rejected):,}" in w.counters_html.value
         assert "Rejected by Braze" in w.push_result_html.value
         assert len(pd.read_csv(state.saved["rejected (CSV)"])) == len(rejected)
-        assert state.step == 7                             # the rest was synced and verified
+        assert state.step == 8                             # the rest was synced and verified
+        assert "Fix the rejected objects" in w.next_html.value
     w.state.close()                                        # not the wizard's sandbox: left alone
 
 
@@ -280,7 +298,7 @@ def test_a_rejected_batch_is_counted_as_a_failed_request(wizard):
         assert len(big) and (big["status"] == "rejected").all()
         assert state.progress.requests_failed == len(big)
         assert state.progress.requests_done == len(frame)
-        assert "failed requests" in w.counters_html.value
+        assert "requests failed" in w.counters_html.value
         assert state.error is None                         # per-batch rejects are data, not errors
 
 
@@ -290,7 +308,7 @@ def test_run_all_pushes_in_a_background_thread_and_stays_navigable(wizard):
     assert w._thread is not None and not w._thread.is_alive()
     assert state.step == len(STEPS) - 1 and state.verification.ok
     assert state.summary()["report"]["status"] == "complete"
-    assert repr(w) == "GuidedSync(step 8 of 8: Verify and report; target sandbox)"
+    assert repr(w) == "GuidedSync(step 9 of 9: What next; target sandbox)"
     bundle = w._repr_mimebundle_()
     assert bundle["text/plain"] == repr(w)
     assert "application/vnd.jupyter.widget-view+json" in bundle
@@ -315,7 +333,7 @@ def test_switching_targets_keeps_the_sandbox_and_its_ledger(wizard, monkeypatch)
     sandbox = state.sandbox
     assert not state.push() and "already pushed" in state.error.message
 
-    for _ in range(3):
+    for _ in range(4):
         w.back_button.click()
     assert state.step == 4
     w.target_toggle.value = "workspace"                    # no credentials in the environment
@@ -349,7 +367,7 @@ def test_progress_is_reported_batch_by_batch_while_pushing(wizard):
     seen = []
     assert w.state.push(on_progress=lambda p: seen.append(
         (p.requests_done, p.objects_acknowledged, p.running)))
-    requests = w.state.plan.cost()["requests"]
+    requests = planned_totals(w.state.plan)["requests"]
     done = [d for d, _, running in seen if running]
     assert done[0] == 0 and done[-1] == requests            # one update per answered batch
     assert done == sorted(done) and len(set(done)) == requests + 1
@@ -358,8 +376,8 @@ def test_progress_is_reported_batch_by_batch_while_pushing(wizard):
 
 def test_the_state_describes_itself(wizard):
     w = wizard()
-    assert repr(w.state) == "<GuidedSyncState step 1 of 8: Choose an export; target sandbox>"
+    assert repr(w.state) == "<GuidedSyncState step 1 of 9: Choose an export; target sandbox>"
     w.run_all(SAMPLE)
     assert repr(w.state).endswith("; sync complete>")
     html = w.state._repr_html_()
-    assert "Verify and report" in html and "acknowledged" in html and "verified" in html
+    assert "What next" in html and "objects acknowledged" in html and "verified" in html

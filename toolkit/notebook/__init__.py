@@ -1,4 +1,4 @@
-"""Notebook front: the guided-sync wizard, HTML displays and matplotlib plots.
+"""Notebook front: the guided-sync wizard, HTML views, the sync vocabulary and matplotlib plots.
 
 ``from toolkit.notebook import GuidedSync, plots``; names load lazily so importing the toolkit
 does not pull in ipywidgets or matplotlib until they are used.
@@ -8,16 +8,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress", "bundled_samples", "plots"]
+__all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress", "STEP_DEFINITIONS", "bundled_samples",
+           "findings_table", "readable", "totals_frame", "TERMS", "plots", "views", "terms"]
 
-_WIZARD = {"GuidedSync", "GuidedSyncState", "SyncProgress", "bundled_samples"}
+_WHERE = {"GuidedSync": "wizard", "GuidedSyncState": "wizard", "STEP_DEFINITIONS": "wizard",
+          "bundled_samples": "wizard", "SyncProgress": "progress",
+          "findings_table": "views", "readable": "views", "totals_frame": "terms", "TERMS": "terms"}
+_MODULES = {"plots", "views", "terms"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "plots":
-        return importlib.import_module("toolkit.notebook.plots")
-    if name in _WIZARD:
-        return getattr(importlib.import_module("toolkit.notebook.wizard"), name)
+    if name in _MODULES:
+        return importlib.import_module(f"toolkit.notebook.{name}")
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"toolkit.notebook.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'toolkit.notebook' has no attribute {name!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +26,7 @@ __all__ = [
     "plan_composition",
     "sync_throughput",
     "identifier_tiers",
+    "computed_traits",
 ]
 
 # Colour-blind-safe palette (Okabe–Ito) with fixed roles so colours mean the same in every plot.
@@ -101,16 +103,18 @@ def audience_sizes(export, *, title: str | None = None) -> Figure:
 
 
 def audience_overlap(export, *, share: bool = False) -> Figure:
-    """Profiles in both audiences for every pair (diagonal = audience size).
+    """Profiles in both audiences for every pair; the diagonal (each audience's own size) is
+    printed in grey and left out of the colour scale, so the overlaps carry the colour.
 
     With ``share=True`` each cell is the share of the row's audience also in the column's one.
     """
     m = _membership(export)
     names = sorted(m.columns)
-    fig = _figure(1.6 + 1.15 * max(len(names), 2), 1.2 + 1.0 * max(len(names), 2))
+    n = max(len(names), 2)
+    fig = _figure(2.6 + 0.9 * n, 1.5 + 0.62 * n)
     ax = fig.add_subplot()
-    what = " (share of row audience)" if share else " (profiles in both)"
-    ax.set_title("Audience overlap" + what, fontsize=_TITLE_SIZE)
+    what = " (share of the row's audience)" if share else " (profiles in both)"
+    ax.set_title("Audience overlap" + what, fontsize=_TITLE_SIZE - 1)
     if not names:
         _empty(ax, "This export has no audiences.")
         return fig
@@ -121,18 +125,23 @@ def audience_overlap(export, *, share: bool = False) -> Figure:
         sizes = np.diag(both).astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             values = np.where(sizes[:, None] > 0, both / sizes[:, None], 0.0)
-    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    threshold = values.max() * 0.6
+    off = ~np.eye(len(names), dtype=bool)
+    top = max(float(values[off].max()) if off.any() else 0.0, 1e-9)
+    shown = np.ma.masked_array(values, mask=~off)
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#eeeeee")
+    image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=9)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
     for i in range(len(names)):
         for j in range(len(names)):
             text = f"{values[i, j]:.0%}" if share else f"{int(both[i, j]):,}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if values[i, j] > threshold else "black")
+            colour = ("#555555" if i == j else
+                      "white" if values[i, j] > top * 0.6 else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color=colour,
+                    fontstyle="italic" if i == j else "normal")
     ax.set_xlabel("audience")
     ax.set_ylabel("audience")
-    fig.colorbar(image, ax=ax, label="share" if share else "profiles", shrink=0.8)
+    fig.colorbar(image, ax=ax, label="share" if share else "profiles in both", shrink=0.8)
     return fig
 
 
@@ -252,10 +261,20 @@ def _draw_trait(ax, series: pd.Series, value_type: str, *, top: int, bins: int) 
             transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="#555555")
 
 
+def computed_traits(export) -> list[str]:
+    """The export's traits except Segment standard traits that land in Braze profile fields
+    (firstName → first_name, …): those are profile data, not computations."""
+    from toolkit.braze.rules import WRITABLE_PROFILE_FIELDS, standard_field
+
+    return [k for k in export.traits
+            if standard_field(k) is None and k not in WRITABLE_PROFILE_FIELDS]
+
+
 def trait_distributions(export, keys: Iterable[str] | None = None, *, top: int = 10,
                         bins: int = 20) -> Figure:
-    """One panel per computed trait: histograms for numbers and dates, top values for text."""
-    wanted = list(keys) if keys is not None else list(export.traits)
+    """One panel per computed trait (`computed_traits` unless ``keys`` names others):
+    histograms for numbers and dates, top values for text."""
+    wanted = list(keys) if keys is not None else computed_traits(export)
     known = set(export.computations["key"])
     unknown = [k for k in wanted if k not in known]
     if unknown:
@@ -265,7 +284,8 @@ def trait_distributions(export, keys: Iterable[str] | None = None, *, top: int =
     ncols = 2 if len(wanted) > 1 else 1
     nrows = max(1, -(-len(wanted) // ncols))
     fig = _figure(6 * ncols, 3.4 * nrows)
-    fig.suptitle("Computed trait values", fontsize=_TITLE_SIZE)
+    fig.suptitle("Computed trait values" if keys is None else "Trait values",
+                 fontsize=_TITLE_SIZE)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     if not wanted:
         _empty(axes[0], "This export has no computed traits.")
@@ -322,18 +342,40 @@ def _plan_frame(plan) -> pd.DataFrame:
 
 
 def _sync_frame(report) -> tuple[pd.DataFrame, dict]:
-    """The sync's timeline (seconds, cumulative acknowledged objects, cumulative HTTP requests)
-    and its totals (batches, rejected, retries, 429s) from a SyncReport or a timeline frame."""
+    """The sync's timeline (seconds since sending began, cumulative objects acknowledged,
+    cumulative HTTP calls) and its totals, from a SyncReport or a timeline frame.
+
+    The report's counts are the truth: when the timeline's last point falls short of them (it is
+    sampled at most every 0.1 s, and the cohort phase may end between samples), it is closed
+    with a point at the end of sending holding the report's totals, so the plot and the report
+    show the same numbers."""
     if isinstance(report, pd.DataFrame):
         return report, {}
     if not (callable(getattr(report, "throughput_frame", None))
             and callable(getattr(report, "summary", None))):
         raise PlotInputError(f"cannot draw sync throughput from a {type(report).__name__}",
                              hint="pass the SyncReport returned by toolkit.apply(plan, client)")
-    s = report.summary()
-    totals = {"batches": len(report.to_frame()), "rejected": s["rejected"],
-              "retries": s["retries"], "429s": s["429s"]}
-    return report.throughput_frame(), totals
+    from toolkit.notebook.terms import http_calls
+
+    c = report.counts
+    calls = http_calls(report)
+    totals = {"requests": int(c.get("batches", 0) or 0),
+              "requests sent": calls["requests sent"], "HTTP calls": calls["HTTP calls"],
+              "set-up calls": calls["set-up calls"], "retries": calls["retries"],
+              "429s": calls["answered 429"],
+              "acknowledged": int(c.get("objects_acknowledged", 0) or 0),
+              "rejected": int(c.get("objects_rejected", 0) or 0)}
+    frame = report.throughput_frame()
+    last = frame.iloc[-1] if len(frame) else None
+    if last is None or last["acknowledged"] < totals["acknowledged"] or \
+            last["requests"] < totals["HTTP calls"]:
+        sending = float(report.elapsed_s) - float((report.timings or {}).get("checks_s", 0.0))
+        end = max(sending, float(last["seconds"]) if last is not None else 0.0)
+        if totals["acknowledged"] or totals["HTTP calls"]:
+            frame = pd.concat([frame, pd.DataFrame({
+                "seconds": [round(end, 4)], "acknowledged": [totals["acknowledged"]],
+                "requests": [totals["HTTP calls"]]})], ignore_index=True)
+    return frame, totals
 
 
 def preview_sizes(preview) -> Figure:
@@ -409,7 +451,13 @@ def plan_composition(plan) -> Figure:
     fig = _figure(11, 1.4 + 0.6 * max(frame["computation"].nunique(), 1))
     left, right = fig.subplots(1, 2, width_ratios=[1.4, 1])
     total = int(frame["count"].sum())
-    fig.suptitle(f"Plan composition ({total:,} changes)", fontsize=_TITLE_SIZE)
+    title = f"Plan composition: {total:,} operations"
+    if not isinstance(plan, pd.DataFrame):
+        from toolkit.notebook.terms import planned_totals
+
+        t = planned_totals(plan)
+        title += f" → {t['objects']:,} objects in {t['requests']:,} requests"
+    fig.suptitle(title, fontsize=_TITLE_SIZE)
     if frame.empty or total == 0:
         _empty(left, "Nothing to send: Braze already holds these values.")
         _empty(right, "0 data points")
@@ -432,7 +480,7 @@ def plan_composition(plan) -> Figure:
     left.set_xlim(0, max(left_edge.max(), 1) * 1.2)
     left.set_xlabel("operations (one per user and field or event)")
     left.set_ylabel("computation")
-    left.set_title("changes per computation", fontsize=10)
+    left.set_title("operations per computation", fontsize=10)
     left.legend(fontsize=8, loc="lower right")
 
     if "data_points" in frame.columns:
@@ -452,7 +500,7 @@ def plan_composition(plan) -> Figure:
 
 def sync_throughput(report) -> Figure:
     """Objects Braze acknowledged over the sync's duration (the slope is the throughput), and
-    HTTP requests sent (retries included) against the batches planned.
+    HTTP calls (requests, retries and set-up calls) against the requests planned.
 
     Takes a `toolkit.SyncReport` or a DataFrame timeline with columns ``seconds`` (since the sync
     started), ``acknowledged`` and ``requests`` (both cumulative).
@@ -491,15 +539,18 @@ def sync_throughput(report) -> Figure:
     left.grid(axis="y", alpha=0.3)
 
     right.step(np.concatenate([[0.0], seconds]), np.concatenate([[0], requests]), where="post",
-               color=NEUTRAL, label="HTTP requests sent")
-    batches = totals.get("batches")
+               color=NEUTRAL, label="HTTP calls (cumulative)")
+    batches = totals.get("requests")
     if batches:
         right.axhline(batches, color=MUTED, linestyle="--", linewidth=1,
-                      label=f"batches ({batches:,})")
-    right.set_title(f"requests: {int(requests[-1]):,} · retries {totals.get('retries', 0):,} · "
-                    f"429s {totals.get('429s', 0):,}", fontsize=10)
+                      label=f"requests planned ({batches:,})")
+        right.set_title(f"{totals['requests sent']:,} requests · {int(requests[-1]):,} HTTP "
+                        f"calls\n({totals['set-up calls']:,} set-up, {totals['retries']:,} "
+                        f"retries, {totals['429s']:,} answered 429)", fontsize=10)
+    else:
+        right.set_title(f"{int(requests[-1]):,} HTTP calls", fontsize=10)
     right.set_xlabel("seconds since the sync started")
-    right.set_ylabel("requests (cumulative)")
+    right.set_ylabel("HTTP calls (cumulative)")
     right.set_xlim(0, span * 1.02)
     right.set_ylim(0, max(int(requests[-1]), batches or 0, 1) * 1.15)
     right.legend(fontsize=8, loc="lower right")
