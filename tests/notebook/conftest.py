@@ -60,3 +60,23 @@ def _dummy_comm(monkeypatch):
 
     monkeypatch.setattr(comm, "create_comm", lambda *a, **k: DummyComm(*a, **k))
     yield
+
+
+@pytest.fixture
+def wizard(tmp_path):
+    """A factory of headless GuidedSync wizards (no plots, no background thread), closed after."""
+    from toolkit.notebook.wizard import GuidedSync
+
+    made = []
+
+    def make(**options):
+        options.setdefault("output_dir", tmp_path / "reports")
+        options.setdefault("plots", False)
+        options.setdefault("background", False)
+        w = GuidedSync(**options)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()

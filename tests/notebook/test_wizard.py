@@ -16,22 +16,6 @@ from toolkit.sandbox import BrazeSandbox
 SAMPLE = next(iter(bundled_samples()))  # the Profiles Sync sample: every audience and trait
 
 
-@pytest.fixture
-def wizard(tmp_path):
-    made = []
-
-    def make(**options):
-        options.setdefault("output_dir", tmp_path / "reports")
-        options.setdefault("plots", False)
-        options.setdefault("background", False)
-        w = GuidedSync(**options)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.close()
-
 
 def _all_widgets(root) -> list:
     seen, todo = [], [root]

@@ -24,22 +24,6 @@ EVENTS_SAMPLE = "Sample shop — Engage events (NDJSON, with history)"
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def wizard(tmp_path):
-    made = []
-
-    def make(**options):
-        options.setdefault("output_dir", tmp_path / "reports")
-        options.setdefault("plots", False)
-        options.setdefault("background", False)
-        w = GuidedSync(**options)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.close()
-
 
 @pytest.fixture
 def no_partner_keys(monkeypatch, tmp_path):

@@ -68,7 +68,7 @@ def _desired_checksum(spec: FieldSpec) -> str:
 
 
 def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: int,
-         out: Path) -> DiffResult:
+         out: Path, on_rows=None) -> DiffResult:
     """Diff ``projection`` against the ledger ``snapshot`` and write the operations to ``out``."""
     specs = projection.fields
     digest = projection.spec_digest()
@@ -124,7 +124,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_count = db.execute(
             "SELECT count(*) FROM (SELECT unnest(list_filter([" + ", ".join(everything)
             + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchall()[0][0]
-    rows, batches = _write_ordered(db, limit, out, sections)
+    rows, batches = _write_ordered(db, limit, out, sections, on_rows)
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches)
 
 
@@ -290,7 +290,7 @@ class _BackgroundWriter:
             self.pool.shutdown(wait=True)
 
 
-def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
+def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on_rows=None
                    ) -> tuple[int, pd.DataFrame]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
     the row count and one row per request (batch name, kind, start, stop, objects)."""
@@ -332,6 +332,8 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]]
                     "last_uid": chunk.column("uid").take(pa.array(stops - 1)).to_numpy(
                         zero_copy_only=False)}).set_index("index"))
                 rows += chunk.num_rows
+                if on_rows is not None:
+                    on_rows(chunk.num_rows)
     return rows, _batch_frame(parts)
 
 

@@ -46,6 +46,7 @@ PLAN_FORMAT = "engage-braze-plan"
 PLAN_FORMAT_VERSION = 2
 MAX_TRACK_OBJECTS = 75            # braze-api.md §1.6: per array per /users/track request
 SAMPLE_PAYLOADS = 3
+PROGRESS_FROM = 200_000           # profiles from which plan shows a progress bar by default
 OP_KINDS = ("attribute", "event", "cohort")
 _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 
@@ -156,7 +157,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
          alias_label: str | None = None, email_opt_in: bool = False, batch_size: int = 75,
          combined_limit: int | None = None, rate_limit: tuple[int, float] = (3000, 3.0),
          partner_api_key: str | None = None, client_secret: str | None = None,
-         event_time: "pd.Timestamp | datetime | str | None" = None) -> "Plan":
+         event_time: "pd.Timestamp | datetime | str | None" = None,
+         progress: bool | None = None) -> "Plan":
     """Plan what to send to Braze so it matches ``export`` under ``mapping``, given ``ledger``.
 
     ``workspace`` is the target: a `BrazeClient` or its ``.workspace`` text; the ledger defaults
@@ -164,7 +166,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     and can be inspected but not approved. Identifiers: external_id = user_id, else braze_id,
     else a user alias ``{alias_name: segment_id, alias_label}`` when ``alias_label`` is set, else
     email when ``email_opt_in``. Events are stamped ``event_time`` (default: the export's
-    snapshot time), so resending an uncertain batch sends the identical event.
+    snapshot time), so resending an uncertain batch sends the identical event. ``progress``
+    shows a bar (default: for exports of at least 200,000 profiles).
     """
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_TRACK_OBJECTS:
         raise PlanError(f"batch_size must be 1–{MAX_TRACK_OBJECTS}, not {batch_size!r}",
@@ -191,8 +194,13 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                         hint="pass an ISO-8601 time or a pandas Timestamp") from None
     mapping.validate(export)
     credentials = _partner_credentials(partner_api_key, client_secret, client)
+    from tqdm.auto import tqdm
+
+    show = progress if progress is not None else len(export.profiles) >= PROGRESS_FROM
+    bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
     projection = project(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
                          cohorts_available=credentials is not None)
+    bar.set_description(f"plan: diff of {projection.users:,} users")
     findings = projection.findings
     options = {"create_users": bool(create_users), "alias_label": alias_label,
                "email_opt_in": bool(email_opt_in), "batch_size": batch_size,
@@ -202,8 +210,12 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     ops_path = workdir / "plan.ops.parquet"
     snapshot = ledger.snapshot() if ledger is not None else None
     held = ledger.held_items() if ledger is not None else None
-    with engine.connect() as db:
-        result = diff(db, projection, snapshot, held, limit=limit, out=ops_path)
+    try:
+        with engine.connect() as db:
+            result = diff(db, projection, snapshot, held, limit=limit, out=ops_path,
+                          on_rows=bar.update)
+    finally:
+        bar.close()
     left_out = projection.left_out
     if len(result.conflicts):
         conflicts = result.conflicts
