@@ -110,9 +110,8 @@ def crash_campaign(kills: int) -> dict:
 
 def bad_inputs() -> tuple[int, int, list]:
     """(refused as required, total, failures) over the refused corpus and the plan edits."""
-    import json
-
     import test_bad_inputs as tb
+    from reliability_harness import write_plan_data
     from toolkit.errors import ToolkitError
     from toolkit.sandbox.server import BrazeSandbox
 
@@ -133,7 +132,7 @@ def bad_inputs() -> tuple[int, int, list]:
         with tempfile.TemporaryDirectory() as tmp, BrazeSandbox(seed=5) as sb:
             path, data = tb._approved_plan(Path(tmp), sb)
             edit(data)
-            path.write_text(json.dumps(data))
+            write_plan_data(path, data)
             client = tb.BrazeClient.for_sandbox(sb)
             _, error, _, _ = tb.bounded(lambda: tb.toolkit.apply(path, client, progress=False))
             client.close()
