@@ -88,9 +88,13 @@ def to_sql(filter: Filter, names: SqlNames) -> str:
 def evaluate_sql(filter: Filter, state: BrazeState) -> pd.Series:
     """``filter`` evaluated by DuckDB on ``state``: a boolean Series over ``state.users``.
 
-    Only what the filter reads is loaded (Arrow, zero-copy for typed columns): its attributes in
-    the value kinds it reads, events (properties as JSON text, kept to the properties the filter
-    compares) and cohorts. Raises `FilterError` where `to_sql` does, before loading anything."""
+    Only what the filter reads is loaded, as Arrow: its attributes in the value kinds it reads
+    (``filters.VALUE_VIEWS``, so both evaluators see the same values; typed columns convert
+    without Python objects, a time view of a text column is parsed once by pandas as the
+    reference parses it), events (properties as JSON text, written only for the properties a
+    filter compares, on the events its window can count) and cohorts. Raises `FilterError`
+    where `to_sql` does, before loading anything, and for event property values JSON cannot
+    carry exactly (Decimal, Fraction, complex)."""
     reads = _Reads.of(filter)
     names = SqlNames(as_of=state.as_of,
                      columns={name: {kind: _column(name, kind) for kind in kinds}
@@ -100,7 +104,7 @@ def evaluate_sql(filter: Filter, state: BrazeState) -> pd.Series:
         db.register(names.users, _users_table(state, reads.attributes))
         if reads.events:
             try:
-                events = _events_table(state, reads.properties)
+                events = _events_table(state, reads.properties, reads.property_days)
             except _InexactProperty as exc:
                 raise _refusal(filter, str(exc)) from None
             db.register(names.events, events)
@@ -122,6 +126,7 @@ def evaluate_sql(filter: Filter, state: BrazeState) -> pd.Series:
 class _Reads:
     attributes: dict[str, set[str]] = field(default_factory=dict)  # name → value kinds
     properties: dict[str, set[str]] = field(default_factory=dict)  # event name → property names
+    property_days: dict[str, int] = field(default_factory=dict)  # event name → widest window
     events: bool = False
     cohorts: bool = False
 
@@ -141,6 +146,7 @@ class _Reads:
             self.events = True
             if isinstance(f, CustomEventPropertyCount):
                 self.properties.setdefault(f.event, set()).add(f.property)
+                self.property_days[f.event] = max(f.days, self.property_days.get(f.event, 0))
         else:
             for cls, kind in _ATTRIBUTE_KINDS.items():
                 if isinstance(f, cls):
@@ -167,22 +173,27 @@ def _users_table(state: BrazeState, attributes: dict[str, set[str]]) -> pa.Table
     return pa.table(columns)
 
 
-def _events_table(state: BrazeState, properties: dict[str, set[str]]) -> pa.Table:
+def _events_table(state: BrazeState, properties: dict[str, set[str]],
+                  days: dict[str, int]) -> pa.Table:
     events = state.events
     columns = {"uid": _text(events["user"]), "name": _text(events["name"]),
                "time": pa.array(events["time"])}
     if properties:
-        columns["properties"] = _property_texts(events, properties)
+        columns["properties"] = _property_texts(state, properties, days)
     return pa.table(columns)
 
 
-def _property_texts(events: pd.DataFrame, wanted: dict[str, set[str]]) -> pa.Array:
-    """JSON text of the properties a filter compares, on the events it reads them from (NULL elsewhere)."""
+def _property_texts(state: BrazeState, wanted: dict[str, set[str]], days: dict[str, int]) -> pa.Array:
+    """JSON text of the properties filters compare, on the events of their name inside their
+    widest window (NULL elsewhere: no property filter counts those events)."""
+    events = state.events
     texts = np.full(len(events), None, dtype=object)
-    names = events["name"]
     properties = events["properties"].to_numpy(dtype=object)
+    time = events["time"]
     for event, keys in wanted.items():
-        rows = np.flatnonzero((names == event).fillna(False).to_numpy(dtype=bool))
+        counted = (events["name"] == event) & (time >= _window_start(state.as_of, days[event])) \
+            & (time <= state.as_of)
+        rows = np.flatnonzero(counted.fillna(False).to_numpy(dtype=bool))
         texts[rows] = [_json_properties(p, keys) for p in properties[rows]]
     return pa.array(texts, type=pa.string())
 
@@ -218,10 +229,6 @@ _JSON = json.JSONEncoder(default=_json_value, ensure_ascii=False)
 
 def _refusal(f: Filter, message: str) -> FilterError:
     return FilterError(message, hint=_FALLBACK_HINT, filter=str(f))
-
-
-def _string(value: str) -> str:
-    return engine.literal(value)
 
 
 def _double(value: float) -> str:
@@ -269,13 +276,14 @@ def _(f: StringAttribute, names: SqlNames) -> str:
         except UnsupportedPattern as exc:
             raise _refusal(f, f"DuckDB's regex engine cannot run this pattern as Braze's "
                               f"reference does: {exc}") from None
-        hit = f"coalesce(regexp_matches({text}, {_string(pattern)}), false)"
+        hit = f"coalesce(regexp_matches({text}, {engine.literal(pattern)}), false)"
         return hit if f.op == "matches_regex" else f"({text} IS NOT NULL AND NOT {hit})"
     if f.op in ("is_any_of", "is_none_of"):
-        hit = f"coalesce({text} IN ({', '.join(_string(v) for v in f.value)}), false)"
+        hit = f"coalesce({text} IN ({', '.join(engine.literal(v) for v in f.value)}), false)"
         return hit if f.op == "is_any_of" else f"NOT {hit}"
     if f.op in ("contains_any_of", "does_not_contain_any_of"):
-        hit = "coalesce(" + " OR ".join(f"contains({text}, {_string(v)})" for v in f.value) + ", false)"
+        found = " OR ".join(f"contains({text}, {engine.literal(v)})" for v in f.value)
+        hit = f"coalesce({found}, false)"
         return hit if f.op == "contains_any_of" else f"NOT {hit}"
     if f.op == "is_blank":
         return f"({text} IS NULL)"
@@ -287,7 +295,8 @@ def _(f: BooleanAttribute, names: SqlNames) -> str:
     b = _attribute(names, f.name, "boolean")
     return {
         "is_true": f"coalesce({b}, false)", "is_false": f"coalesce(NOT {b}, false)",
-        "is_true_or_not_set": f"coalesce({b}, true)", "is_false_or_not_set": f"coalesce(NOT {b}, true)",
+        "is_true_or_not_set": f"coalesce({b}, true)",
+        "is_false_or_not_set": f"coalesce(NOT {b}, true)",
         "is_blank": f"({b} IS NULL)", "is_not_blank": f"({b} IS NOT NULL)",
     }[f.op]
 
@@ -301,7 +310,8 @@ def _(f: NumberAttribute, names: SqlNames) -> str:
         return f"({x} IS NOT NULL)"
     v = _double(f.value)
     if f.op == "exactly":  # "'Exactly 0' and 'Less Than' filters include users with NULL fields"
-        return f"(coalesce({x} = {v}, false) OR {x} IS NULL)" if f.value == 0 else f"coalesce({x} = {v}, false)"
+        equal = f"coalesce({x} = {v}, false)"
+        return f"({equal} OR {x} IS NULL)" if f.value == 0 else equal
     if f.op == "less_than":
         return f"coalesce({x} < {v}, true)"
     if f.op == "more_than":
@@ -341,13 +351,16 @@ def _event_rows(names: SqlNames, event: str, days: int | None) -> str:
     calendar days (§5.3: today so far plus ``days`` whole UTC days before it)."""
     window = f"time <= {_instant(names.as_of)}"
     if days is not None:
-        start = names.as_of.normalize() - pd.Timedelta(days=int(days))
-        window = f"time >= {_instant(start)} AND {window}"
-    return f"name = {_string(event)} AND {window} AND uid IS NOT NULL"
+        window = f"time >= {_instant(_window_start(names.as_of, days))} AND {window}"
+    return f"name = {engine.literal(event)} AND {window} AND uid IS NOT NULL"
+
+
+def _window_start(as_of: pd.Timestamp, days: int) -> pd.Timestamp:
+    return as_of.normalize() - pd.Timedelta(days=int(days))
 
 
 def _count_condition(names: SqlNames, rows: str, op: str, n: int) -> str:
-    """Users whose count of ``rows`` is more than / less than / exactly ``n`` (0 when they have none)."""
+    """Users whose count of ``rows`` is more than / less than / exactly ``n`` (0 if they have none)."""
     doers = f"SELECT uid FROM {engine.quote(names.events)} WHERE {rows}"
     if op == "more_than":
         return _users_in(names, f"{doers} GROUP BY uid HAVING count(*) > {n}")
@@ -374,14 +387,14 @@ def _(f: CustomEventPropertyCount, names: SqlNames) -> str:
 def _property_equals(f: CustomEventPropertyCount) -> str:
     """The event's property equals the filter value as the reference compares them (as JSON sees
     it): true is not 1, 1 is 1.0, text is case sensitive, anything else equals nothing."""
-    pointer = _string("/" + f.property.replace("~", "~0").replace("/", "~1"))  # RFC 6901
+    pointer = engine.literal("/" + f.property.replace("~", "~0").replace("/", "~1"))  # RFC 6901
     kind = f"json_type(properties, {pointer})"
     text = f"json_extract_string(properties, {pointer})"
     want = f.value
     if isinstance(want, bool):
-        return f"({kind} = 'BOOLEAN' AND {text} = {_string('true' if want else 'false')})"
+        return f"({kind} = 'BOOLEAN' AND {text} = {engine.literal('true' if want else 'false')})"
     if isinstance(want, str):
-        return f"({kind} = 'VARCHAR' AND {text} = {_string(want)})"
+        return f"({kind} = 'VARCHAR' AND {text} = {engine.literal(want)})"
     if not abs(want) < _EXACT_INTEGER_LIMIT:  # also false for NaN
         raise _refusal(f, f"the property value {want!r} is not a finite number below 2**63 in "
                           "magnitude, which event properties (JSON) compare exactly")
@@ -392,7 +405,8 @@ def _property_equals(f: CustomEventPropertyCount) -> str:
     if float(want) == want:
         same.append(f"({kind} = 'DOUBLE' AND CAST({text} AS DOUBLE) = {_double(want)})")
     if float(want).is_integer():
-        same.append(f"({kind} IN ('BIGINT', 'UBIGINT') AND {text} = {_string(str(int(want)))})")
+        digits = engine.literal(str(int(want)))
+        same.append(f"({kind} IN ('BIGINT', 'UBIGINT') AND {text} = {digits})")
     return "(" + " OR ".join(same) + ")"
 
 
@@ -411,14 +425,14 @@ def _(f: CustomEventTime, names: SqlNames) -> str:
         else:
             condition = f"{stamp} > {_instant(when)}"
     # Users who never did the event have no first/last time and are never selected.
-    return _users_in(names, f"SELECT uid FROM {engine.quote(names.events)} "
-                            f"WHERE {_event_rows(names, f.event, None)} GROUP BY uid HAVING {condition}")
+    return _users_in(names, f"SELECT uid FROM {engine.quote(names.events)} WHERE "
+                            f"{_event_rows(names, f.event, None)} GROUP BY uid HAVING {condition}")
 
 
 @_compile.register
 def _(f: SegmentCohort, names: SqlNames) -> str:
     inside = _users_in(names, f"SELECT uid FROM {engine.quote(names.cohorts)} "
-                              f"WHERE cohort = {_string(f.name)}")
+                              f"WHERE cohort = {engine.literal(f.name)}")
     return inside if f.includes else f"NOT {inside}"
 
 

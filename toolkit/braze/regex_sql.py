@@ -189,10 +189,11 @@ def _character_set(python_class: str, ignore_case: bool) -> str:
             ranges.append((start, stop - 1))
     if not ranges:
         return r"[^\x{0}-\x{10ffff}]"  # a set nothing is in (e.g. [^\s\S])
-    body = "".join(
-        f"\\x{{{_code_point(lo):x}}}" if lo == hi else f"\\x{{{_code_point(lo):x}}}-\\x{{{_code_point(hi):x}}}"
-        for lo, hi in ranges)
-    return f"[{body}]"
+    return "[" + "".join(_re2_range(_code_point(lo), _code_point(hi)) for lo, hi in ranges) + "]"
+
+
+def _re2_range(low: int, high: int) -> str:
+    return f"\\x{{{low:x}}}" if low == high else f"\\x{{{low:x}}}-\\x{{{high:x}}}"
 
 
 @lru_cache(maxsize=1024)
