@@ -33,6 +33,9 @@ def _selected(f: Filter, state: BrazeState) -> set[str]:
 
 
 STRING_STATE = _state(fav=pd.array(TEXT, dtype="string"))
+# pandas' default `str` dtype (NaN for missing) and plain Python objects must give the same answer
+STRING_STATES = [STRING_STATE] + [_state(fav=pd.Series(TEXT, dtype=dtype, index=USERS))
+                                  for dtype in ("str", object)]
 
 STRING_CASES = [
     # §5.2: regex is partial (unanchored) and case-insensitive (/gi).
@@ -61,10 +64,8 @@ STRING_CASES = [
 @pytest.mark.parametrize("op,value,expected", STRING_CASES)
 def test_string_attribute_operators(op, value, expected):
     f = StringAttribute("fav", op, value)
-    assert _selected(f, STRING_STATE) == expected
-    # pandas' default `str` dtype (NaN for missing) and plain Python objects give the same answer
-    for dtype in ("str", object):
-        assert _selected(f, _state(fav=pd.Series(TEXT, dtype=dtype, index=USERS))) == expected
+    for state in STRING_STATES:
+        assert _selected(f, state) == expected
 
 
 BOOL_STATE = BrazeState(pd.DataFrame({"vip": pd.array([True, False, None], dtype="boolean")},
@@ -82,10 +83,14 @@ def test_boolean_attribute_operators(op, expected):
     assert _selected(BooleanAttribute("vip", op), BOOL_STATE) == expected
 
 
-def test_boolean_filter_on_a_user_without_the_attribute_column_at_all():
-    state = BrazeState(pd.DataFrame(index=pd.Index(["a", "b"], name="user")), as_of=AS_OF)
-    assert _selected(BooleanAttribute("vip", "is_true"), state) == set()
-    assert _selected(BooleanAttribute("vip", "is_false_or_not_set"), state) == {"a", "b"}
+NO_COLUMN_STATE = BrazeState(pd.DataFrame(index=pd.Index(["a", "b"], name="user")), as_of=AS_OF)
+NO_COLUMN_CASES = [(BooleanAttribute("vip", "is_true"), set()),
+                   (BooleanAttribute("vip", "is_false_or_not_set"), {"a", "b"})]
+
+
+@pytest.mark.parametrize("f,expected", NO_COLUMN_CASES, ids=str)
+def test_boolean_filter_on_a_user_without_the_attribute_column_at_all(f, expected):
+    assert _selected(f, NO_COLUMN_STATE) == expected
 
 
 NUM_STATE = BrazeState(pd.DataFrame(
@@ -204,19 +209,27 @@ COHORT_STATE = BrazeState(pd.DataFrame(index=pd.Index(["a", "b", "c"], name="use
                           as_of=AS_OF)
 
 
-def test_segment_cohort_includes_and_excludes():  # §5.4
-    assert _selected(SegmentCohort("vip"), COHORT_STATE) == {"a"}
-    assert _selected(SegmentCohort("vip", includes=False), COHORT_STATE) == {"b", "c"}
+COHORT_CASES = [(SegmentCohort("vip"), {"a"}),  # §5.4
+                (SegmentCohort("vip", includes=False), {"b", "c"})]
+
+
+@pytest.mark.parametrize("f,expected", COHORT_CASES, ids=str)
+def test_segment_cohort_includes_and_excludes(f, expected):
+    assert _selected(f, COHORT_STATE) == expected
+
+
+_SHOES = StringAttribute("fav", "matches_regex", "shoes")
+_LOWER = StringAttribute("fav", "is_any_of", "shoes")
+_HATS = StringAttribute("fav", "is_any_of", "Hats")
+GROUP_CASES = [(_SHOES & _LOWER, {"shoes_lower"}), (_LOWER | _HATS, {"shoes_lower", "hats"}),
+               ((_SHOES & _LOWER) | _HATS, {"shoes_lower", "hats"})]
 
 
 def test_and_or_groups():
-    vip = StringAttribute("fav", "matches_regex", "shoes")
-    lower = StringAttribute("fav", "is_any_of", "shoes")
-    hats = StringAttribute("fav", "is_any_of", "Hats")
-    assert _selected(vip & lower, STRING_STATE) == {"shoes_lower"}
-    assert _selected(lower | hats, STRING_STATE) == {"shoes_lower", "hats"}
+    vip, lower, hats = _SHOES, _LOWER, _HATS
+    for f, expected in GROUP_CASES:
+        assert _selected(f, STRING_STATE) == expected
     group = (vip & lower) | hats
-    assert _selected(group, STRING_STATE) == {"shoes_lower", "hats"}
     assert isinstance(vip & lower & hats, AllOf) and len((vip & lower & hats).filters) == 3
     assert str(group) == ("(Custom Attribute `fav` matches regex `shoes` AND Custom Attribute "
                           "`fav` is any of `shoes`) OR Custom Attribute `fav` is any of `Hats`")
@@ -313,16 +326,45 @@ def test_invalid_filters_raise_filter_error(build, message):
     assert info.value.hint  # every refusal says how to fix it
 
 
-def test_filters_of_another_type_see_no_values():
-    # Braze only offers the operators of the attribute's data type; a number filter on a text
-    # attribute therefore selects as if the attribute were blank.
-    assert _selected(NumberAttribute("fav", "more_than", 0), STRING_STATE) == set()
-    assert _selected(NumberAttribute("fav", "is_blank"), STRING_STATE) == set(USERS)
+# Braze only offers the operators of the attribute's data type; a number filter on a text
+# attribute therefore selects as if the attribute were blank.
+OTHER_TYPE_CASES = [(NumberAttribute("fav", "more_than", 0), set()),
+                    (NumberAttribute("fav", "is_blank"), set(USERS))]
+
+
+@pytest.mark.parametrize("f,expected", OTHER_TYPE_CASES, ids=str)
+def test_filters_of_another_type_see_no_values(f, expected):
+    assert _selected(f, STRING_STATE) == expected
+
+
+def many_rows_state() -> BrazeState:
+    values = pd.array(["Shoes", "Hats", None, "shoe box"] * 50_000, dtype="string")
+    return BrazeState(pd.DataFrame({"fav": values}, index=pd.RangeIndex(200_000).astype(str)),
+                      as_of=AS_OF)
+
+
+MANY_ROWS_COUNTS = [(StringAttribute("fav", "matches_regex", "SHOE"), 100_000),
+                    (StringAttribute("fav", "does_not_match_regex", "SHOE"), 50_000)]
 
 
 def test_regex_on_many_rows_is_evaluated_per_distinct_value():
-    values = pd.array(["Shoes", "Hats", None, "shoe box"] * 50_000, dtype="string")
-    state = BrazeState(pd.DataFrame({"fav": values}, index=pd.RangeIndex(200_000).astype(str)),
-                       as_of=AS_OF)
-    assert StringAttribute("fav", "matches_regex", "SHOE").count(state) == 100_000
-    assert StringAttribute("fav", "does_not_match_regex", "SHOE").count(state) == 50_000
+    state = many_rows_state()
+    for f, count in MANY_ROWS_COUNTS:
+        assert f.count(state) == count
+
+
+# Every (filter, state, selected users) checked above, so other evaluators (filters_sql) are
+# held to the same expectations.
+EVALUATION_CASES = (
+    [(StringAttribute("fav", op, value), state, expected)
+     for op, value, expected in STRING_CASES for state in STRING_STATES]
+    + [(BooleanAttribute("vip", op), BOOL_STATE, expected) for op, expected in BOOL_CASES]
+    + [(f, NO_COLUMN_STATE, expected) for f, expected in NO_COLUMN_CASES]
+    + [(NumberAttribute("revenue", op, value), NUM_STATE, expected)
+       for op, value, expected in NUM_CASES]
+    + [(DateAttribute("last_order_at", op, value), DATE_STATE, expected)
+       for op, value, expected in DATE_CASES]
+    + [(f, EVENT_STATE, expected) for f, expected in EVENT_CASES]
+    + [(f, COHORT_STATE, expected) for f, expected in COHORT_CASES]
+    + [(f, STRING_STATE, expected) for f, expected in GROUP_CASES + OTHER_TYPE_CASES]
+)

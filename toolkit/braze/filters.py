@@ -183,6 +183,11 @@ def _as_time(col: pd.Series) -> pd.Series:
     return pd.Series(pd.NaT, index=col.index, dtype="datetime64[ns, UTC]")
 
 
+# How the attribute filters of each value kind see a column (values of another type are blank).
+# `toolkit.braze.filters_sql` loads these same views into SQL, so both evaluators read one value.
+VALUE_VIEWS = {"text": _as_text, "number": _as_number, "boolean": _as_bool, "time": _as_time}
+
+
 def _mask(values: pd.Series) -> pd.Series:
     """A nullable boolean result with NA (blank) counted as not selected."""
     return values.fillna(False).astype(bool)
