@@ -107,8 +107,9 @@ class SettleReport:
     landed`` or ``undecided``), ``by`` (``read-back`` or ``hand``), ``events``, ``users`` (every
     Braze user of the batch), ``evidence`` (one sentence), ``sent_at``, ``event_time`` and
     ``decide_after`` (when a "not landed" decision becomes possible). ``evidence`` has one dict
-    per event read back: ``plan``, ``batch``, ``braze_user``, ``event``, ``seen`` (present,
-    absent, no profile, unclear) and Braze's ``first``/``last``/``count``."""
+    per event read back: ``plan``, ``batch``, ``braze_user``, ``event``, ``field`` (the ledger
+    field it changes, e.g. ``member:vip``), ``seen`` (present, absent, no profile, unclear) and
+    Braze's ``first``/``last``/``count``."""
 
     workspace: str
     ledger: str
@@ -147,7 +148,8 @@ class SettleReport:
 
     def evidence_frame(self) -> pd.DataFrame:
         """One row per event read back: what Braze showed for it."""
-        cols = ["plan", "batch", "braze_user", "event", "seen", "first", "last", "count"]
+        cols = ["plan", "batch", "braze_user", "event", "field", "seen", "first", "last",
+                "count"]
         return pd.DataFrame(self.evidence, columns=cols)
 
     def summary(self) -> dict[str, int]:
@@ -174,7 +176,8 @@ class SettleReport:
                 for e in self.evidence:
                     if (e["plan"], e["batch"]) == (d["plan"], d["batch"]) and \
                             e["seen"] != "present":
-                        out.append(f"    {e['braze_user']} {e['event']!r}: {e['seen']}"
+                        out.append(f"    {e['braze_user']} {e['event']!r} ({e['field']}): "
+                                   f"{e['seen']}"
                                    + (f" (first {e['first']}, last {e['last']}, count "
                                       f"{e['count']})" if e["first"] else ""))
                 out.append(f"    settle by hand after checking Braze: python -m toolkit settle "
@@ -313,8 +316,8 @@ def _decide(batch: dict, rows: list[dict], stamp: datetime | None, *, now: datet
             return ("undecided", f"none of the {n:,} events is visible yet; Braze can take up "
                     f"to {wait.total_seconds():g} s to show a write, so run settle again after "
                     f"{when}", decide_after)
-        missing = (f"{count['absent']:,} users lack the event"
-                   + (f", {count['no profile']:,} are not in Braze" if count["no profile"]
+        missing = (f"{count['absent']:,} missing"
+                   + (f", {count['no profile']:,} for users not in Braze" if count["no profile"]
                       else ""))
         return ("not landed", f"none of the {n:,} events is in Braze "
                 f"{(now - quiet_since).total_seconds():.0f} s after the batch was last in "
@@ -415,6 +418,7 @@ def _settle_locked(ledger, client, wait: timedelta, now: datetime, landed: list[
             for uid, name, _field in b["events"]:
                 seen = _seen(profiles.get(uid, "unclear"), name, stamp)
                 row = {"plan": b["plan"], "batch": b["batch"], "braze_user": uid, "event": name,
+                       "field": _field,
                        **{k: seen.get(k) for k in ("seen", "first", "last", "count")}}
                 rows.append(row)
         report.evidence += rows
