@@ -74,15 +74,14 @@ def test_command_line_sync_with_faults_settles_to_every_event_exactly_once(tmp_p
                 assert "UNDECIDED" in out and "users:" in out and "run settle again after" in out
             # the sandbox's delay is known (1 s), so a shorter wait is safe here; settle again
             # until no batch awaits a decision
-            for attempt in range(10):
-                if code == 0:
-                    break
+            attempts = 0
+            while code != 0:
+                attempts += 1
+                assert attempts <= 10, f"settle never decided: {out}"
                 time.sleep(0.5)
                 code, out = _cli(capsys, "settle", "--wait", WAIT, *target)
                 figures["settle runs"] += 1
                 assert code in (0, 3), out
-            else:
-                raise AssertionError(f"settle never decided: {out}")
             code, out = _cli(capsys, "plan", str(SAMPLE), "--mapping", "mapping.yml",
                              "--create-users", "--batch-size", "25",
                              "--out", f"plan-{rounds + 1}.json", *target)

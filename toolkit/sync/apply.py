@@ -530,7 +530,7 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
     if counts["batches_unknown"] and counts["objects_unknown"]:
         notes.append(f"{counts['objects_unknown']:,} attribute object(s) had an unknown outcome; "
                      "applying the plan again resends them (setting a value twice is harmless).")
-    awaiting = len(ledger.uncertain_events())
+    awaiting = ledger.awaiting_settle()[0]
     if awaiting:
         notes.append(f"{awaiting:,} event batch(es) with an unknown outcome await settling: run "
                      "`python -m toolkit settle` (toolkit.settle(ledger, client)), then plan "

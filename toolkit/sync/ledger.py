@@ -837,6 +837,14 @@ class Ledger:
         return pd.DataFrame(out, columns=["plan", "batch", "status", "objects", "items",
                                           "sent_at"])
 
+    def awaiting_settle(self) -> tuple[int, int]:
+        """(batches, events) of event batches whose outcome is unknown: what `toolkit.settle`
+        has to decide before their events can be planned again."""
+        batches, events = self._query(
+            "SELECT count(*), coalesce(sum(objects), 0) FROM batches WHERE kind = 'events' AND "
+            "status IN ('sent', 'unknown')")[0]
+        return int(batches), int(events)
+
     def held_items(self) -> pa.Table:
         """``(field, uid)`` of every event held by an uncertain event batch."""
         pairs = [(f, u) for items in self.uncertain_events()["items"]

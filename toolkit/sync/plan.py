@@ -224,9 +224,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             code="type_conflict",
             reason="value type differs from the type Braze holds for this attribute")],
             ignore_index=True)
-    uncertain = (ledger.uncertain_events() if ledger is not None else
-                 pd.DataFrame({"objects": []}))
-    waiting_batches, waiting_events = len(uncertain), int(uncertain["objects"].sum())
+    waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
     if waiting_batches:
         held_text = (f"; {result.held:,} event(s) this plan would send to the same users for the "
                      "same audiences or traits are held back until then" if result.held else "")
