@@ -153,6 +153,13 @@ def test_a_ledger_labelled_by_its_key_is_relabelled_and_moved_when_opened_with_i
 def test_a_ledger_labelled_by_another_key_explains_how_to_relabel_it(tmp_path):
     with BrazeSandbox(seed=7) as sb:
         client = BrazeClient.for_sandbox(sb)
+        # a given file labelled by this client's own key is re-labelled where it is
+        mine = tmp_path / "mine.sqlite"
+        Ledger(path=mine, workspace=client.legacy_workspace).close()
+        with Ledger(path=mine, workspace=client) as ledger:
+            assert ledger.path == mine and ledger.workspace == client.workspace
+        with Ledger(path=mine) as ledger:
+            assert ledger.workspace == client.workspace
         path = tmp_path / "ledger.sqlite"
         Ledger(path=path, workspace=f"{sb.url}#0badc0de").close()
         with pytest.raises(LedgerError) as err:
