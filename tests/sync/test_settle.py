@@ -14,15 +14,13 @@ import pytest
 
 import toolkit
 from .builders import make_export
-from toolkit.braze.client import BrazeClient
 from toolkit.cli import main
 from toolkit.errors import LedgerError, LedgerMoved
 from toolkit.mapping import Mapping
-from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.apply import apply
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import plan
-from toolkit.sync.settle import SettleError, SettleReport, parse_wait, settle
+from toolkit.sync.settle import SettleError, parse_wait, settle
 
 LATER = timedelta(minutes=6)     # past the default 5-minute read-after-write wait
 FORMATTED = Path(__file__).resolve().parents[2] / "data" / "samples" / "audience_csv" / "formatted"
@@ -268,6 +266,7 @@ def test_a_plan_made_while_events_are_uncertain_says_so(sandbox, client, ledger,
     waiting = later.awaiting_settle                        # ... but it is not "in sync"
     assert waiting["batches"] == len(report.uncertain) and waiting["events"] > 0
     assert later.held_events == waiting["events"]
+    assert "await settling" in ledger._repr_html_()
     assert "Nothing can be sent yet" in later.headline()
     assert "python -m toolkit settle" in later.headline()
     assert "await settling" in repr(later)

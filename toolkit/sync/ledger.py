@@ -959,8 +959,12 @@ class Ledger:
         fields = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>"
                          for k, v in sorted(s["fields"].items()))
         batches = ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(s["batches"].items()))
+        waiting, events = self.awaiting_settle()
+        settle = (f"<p><b>{events:,} event(s) in {waiting:,} batch(es) await settling</b>: run "
+                  "<code>python -m toolkit settle</code> (or <code>toolkit.settle(ledger, "
+                  "client)</code>).</p>" if waiting else "")
         return (f"<div class='toolkit-ledger'><b>Sync ledger</b> for "
                 f"<code>{escape(str(s['workspace']))}</code> · version {s['version']:,}<br>"
                 f"<small>{escape(s['path'])}</small>"
                 f"<table><tr><th>field</th><th>users</th></tr>{fields}</table>"
-                f"<p>Batches: {batches or 'none'}</p></div>")
+                f"<p>Batches: {batches or 'none'}</p>{settle}</div>")

@@ -181,7 +181,8 @@ class SettleReport:
                                    + (f" (first {e['first']}, last {e['last']}, count "
                                       f"{e['count']})" if e["first"] else ""))
                 out.append(f"    settle by hand after checking Braze: python -m toolkit settle "
-                           f"--landed {name}   (or --not-landed {name})")
+                           f"--landed {name}   (or --not-landed {name}), with the same target "
+                           "options")
         return out
 
     def __repr__(self) -> str:
