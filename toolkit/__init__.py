@@ -30,6 +30,8 @@ _PUBLIC: dict[str, str] = {
     "SyncReport": "toolkit.sync.apply",
     "verify": "toolkit.sync.verify",
     "VerifyReport": "toolkit.sync.verify",
+    "settle": "toolkit.sync.settle",
+    "SettleReport": "toolkit.sync.settle",
     # Braze side
     "BrazeClient": "toolkit.braze.client",
     "BrazeSandbox": "toolkit.sandbox.server",

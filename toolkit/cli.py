@@ -2,7 +2,7 @@
 
 Each command lives next to the code it drives and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this module only routes. Exit codes: 0 success, 1 partial rejects,
-2 refused or failed.
+2 refused or failed, 3 event batches with an unknown outcome await `settle`.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "approve": ("toolkit.sync.cli:approve", "approve a saved plan"),
     "apply": ("toolkit.sync.cli:apply", "apply an approved plan to Braze"),
     "verify": ("toolkit.sync.cli:verify", "read back a sample of a sync report from Braze"),
+    "settle": ("toolkit.sync.cli:settle",
+               "decide event batches whose outcome is unknown, from Braze's read-back"),
     "demo": ("toolkit.sync.cli:demo", "the whole flow on the bundled sample against the sandbox"),
 }
 

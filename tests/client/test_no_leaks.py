@@ -49,7 +49,9 @@ def test_key_stays_out_of_everything(fake, make_client, caplog):
     for text in texts:
         assert API_KEY not in text
     fingerprint = key_fingerprint(API_KEY)
-    assert fingerprint in client.workspace and fingerprint in str(seen_errors[0])
+    # the key shows as its fingerprint; the workspace identity does not depend on the key
+    assert fingerprint in repr(client) and fingerprint in str(seen_errors[0])
+    assert fingerprint not in client.workspace and client.legacy_workspace.endswith(fingerprint)
     assert "REDACTED" in seen_errors[0].request.headers["Authorization"]
     assert "<redacted sha256:" in seen_errors[0].body["message"]
 

@@ -17,6 +17,7 @@ KEY = "9d1c0e6a-3b2f-4c5d-8e7f-0a1b2c3d4e5f"
 def clean_env(monkeypatch):
     monkeypatch.delenv("BRAZE_API_KEY", raising=False)
     monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
+    monkeypatch.delenv("BRAZE_WORKSPACE", raising=False)
 
 
 def test_fingerprint_is_a_short_sha256_prefix():
@@ -108,9 +109,11 @@ def test_non_tty_stdin_means_no_prompt(monkeypatch):
 
 def test_client_reads_key_from_env_file(tmp_path):
     env = tmp_path / ".env"
-    env.write_text(f"BRAZE_REST_ENDPOINT=US-05\nBRAZE_API_KEY='{KEY}'  # workspace A\n")
+    env.write_text(f"BRAZE_REST_ENDPOINT=US-05\nBRAZE_API_KEY='{KEY}'  # workspace A\n"
+                   "BRAZE_WORKSPACE=workspace-a\n")
     with BrazeClient(env_file=str(env)) as client:
-        assert client.workspace == f"https://rest.iad-05.braze.com#{key_fingerprint(KEY)}"
+        assert client.key_fingerprint == key_fingerprint(KEY)
+        assert client.workspace == "workspace-a@https://rest.iad-05.braze.com"
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "two words", "tab\there", 42])
@@ -121,7 +124,7 @@ def test_unusable_keys_are_config_errors(bad):
 
 def test_surrounding_whitespace_is_stripped():
     with BrazeClient("US-01", f"  {KEY}\n", env_file=None) as client:
-        assert client.workspace.endswith(key_fingerprint(KEY))
+        assert client.key_fingerprint == key_fingerprint(KEY)
 
 
 def test_secret_never_shows_itself():

@@ -106,6 +106,7 @@ class Settlement:
     resolved_landed: int = 0
     resolved_not_landed: int = 0
     uncertain_reported: int = 0
+    undecided_answers: int = 0      # read-back answers "not yet" (within the wait)
 
     @property
     def requests(self) -> int:
@@ -138,11 +139,42 @@ def decide_uncertain(sb, ledger, plans: dict, settlement: Settlement) -> None:
                                  f"{sum(present)} of {len(present)} events")
 
 
+def settle_by_read_back(sb, client, ledger, plans: dict, settlement: Settlement, *,
+                        wait_s: float) -> None:
+    """Decide the uncertain batches with `toolkit.settle` (Braze's read-back, ``wait_s`` as the
+    read-after-write wait), and check every decision it makes against what the sandbox really
+    stored; batches it leaves undecided are asked again until decided."""
+    from toolkit.sync.settle import settle as read_back
+
+    deadline = time.monotonic() + 30
+    while len(ledger.uncertain_events()):
+        report = read_back(ledger, client, wait=wait_s)
+        counts = sandbox_event_counts(sb)      # what really happened, looked at afterwards
+        for d in report.decisions:
+            if d["decision"] != "undecided":
+                present = [counts[k] > 0 for k in batch_events(plans[d["plan"]], d["batch"])]
+                real = ("landed" if all(present) else "not landed" if not any(present)
+                        else "partly")
+                assert d["decision"] == real, (d, real)
+                if real == "landed":
+                    settlement.resolved_landed += 1
+                else:
+                    settlement.resolved_not_landed += 1
+            else:
+                settlement.undecided_answers += 1
+        if report.undecided:
+            assert time.monotonic() < deadline, f"settle never decided: {report.lines()}"
+            time.sleep(0.2)
+
+
 def settle(sb, client, ledger, export, mapping, *, first_plan, quiet_s: float = 0.0,
-           max_rounds: int = 12, apply_options: dict | None = None) -> Settlement:
+           max_rounds: int = 12, apply_options: dict | None = None,
+           read_back_wait_s: float | None = None) -> Settlement:
     """Apply ``first_plan`` (approved), then re-plan, decide uncertain batches and apply until
     the plan is empty and nothing is uncertain. ``quiet_s``: how long to wait before looking at
-    the sandbox, so requests the client gave up on (slow answers) have landed."""
+    the sandbox, so requests the client gave up on (slow answers) have landed. With
+    ``read_back_wait_s``, `toolkit.settle` decides instead of the all-seeing operator (each of
+    its decisions is checked against the sandbox)."""
     from toolkit.sync.apply import apply
 
     apply_options = {"progress": False, **(apply_options or {})}
@@ -153,9 +185,12 @@ def settle(sb, client, ledger, export, mapping, *, first_plan, quiet_s: float = 
     out.uncertain_reported += len(report.uncertain)
     for _ in range(max_rounds):
         out.rounds += 1
-        if quiet_s:
-            time.sleep(quiet_s)
-        decide_uncertain(sb, ledger, plans, out)
+        if read_back_wait_s is not None:
+            settle_by_read_back(sb, client, ledger, plans, out, wait_s=read_back_wait_s)
+        else:
+            if quiet_s:
+                time.sleep(quiet_s)
+            decide_uncertain(sb, ledger, plans, out)
         p = make_plan(export, mapping, ledger, client, **_plan_options(first_plan))
         if p.is_empty and not len(ledger.uncertain_events()):
             return out
@@ -265,9 +300,11 @@ class CellResult:
 
 
 def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float = 0.4,
-             slow_seconds: float = 0.8, batch_size: int = 75) -> CellResult:
+             slow_seconds: float = 0.8, batch_size: int = 75,
+             read_back: bool = False) -> CellResult:
     """A full sync of the sample shop against a sandbox injecting ``mix`` at ``rate``, settled
-    by the operator, with every invariant checked."""
+    by the operator (or, with ``read_back``, by `toolkit.settle`, each decision checked against
+    the sandbox), with every invariant checked."""
     from toolkit.braze.client import BrazeClient
     from toolkit.sandbox.server import BrazeSandbox
     from toolkit.sync.ledger import Ledger
@@ -284,7 +321,10 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
             first.approve(by="reliability", expires_in="1h")
             # answers the client gave up on land later: wait for them before looking
             quiet = slow_seconds + 0.2 if FAULT_MIXES[mix].get("rate_slow") and rate else 0.0
-            s = settle(sb, client, ledger, export, mapping, first_plan=first, quiet_s=quiet)
+            # toolkit.settle's wait: past the moment an answer the client gave up on lands
+            wait = (slow_seconds + 0.3) if read_back else None
+            s = settle(sb, client, ledger, export, mapping, first_plan=first, quiet_s=quiet,
+                       read_back_wait_s=wait)
             if quiet:
                 time.sleep(quiet)
             check = check_state(sb, ledger, first)

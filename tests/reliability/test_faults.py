@@ -32,6 +32,25 @@ def test_full_sync_survives_faults(mix, rate, tmp_path):
     assert result.requests > 0
 
 
+READ_BACK_CELLS = [("everything", 0.30), ("slow > timeout", 0.30)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix,rate", READ_BACK_CELLS,
+                         ids=[f"{m}@{r:.0%}" for m, r in READ_BACK_CELLS])
+def test_settle_decides_what_the_operator_would(mix, rate, tmp_path):
+    """The same campaign, settled by `toolkit.settle` from Braze's read-back alone instead of an
+    operator who can see the sandbox: every decision it makes is what really happened (checked
+    in the harness), and the end state is the same — every event exactly once."""
+    result = run_cell(mix, rate, seed=7, tmpdir=tmp_path, read_back=True)
+    print(f"\n{mix}@{rate:.0%} settled by read-back: {result.uncertain} uncertain, "
+          f"{result.landed} landed, {result.not_landed} not landed, {result.rounds} rounds, "
+          f"{result.duplicated} duplicated")
+    assert result.uncertain > 0 and result.landed + result.not_landed >= result.uncertain
+    assert result.mismatches == 0, result.examples
+    assert result.duplicated == 0
+
+
 def test_uncertain_event_batches_are_reported_not_resent(tmp_path):
     """Every request dropped after Braze applied it: attribute batches are resent (harmless),
     event batches are reported as uncertain and not resent — neither by the client's retries,

@@ -216,7 +216,7 @@ def test_unknown_event_outcomes_are_held_for_a_decision(export, sandbox, client,
     sandbox.set_faults(rate_drop_after=1.0, endpoints=("/users/track",))
     client.max_retries = 1
     p, report = _sync(export, mapping, client, ledger, batch_size=40)
-    assert report.status == "partial" and report.exit_code == 1
+    assert report.status == "partial" and report.exit_code == 3   # uncertain events: settle
     events = [b for b in p.batches() if b.kind == "events"]
     assert {r["batch"] for r in report.uncertain} == {b.id for b in events}
     planned = _planned_events(p)
@@ -242,7 +242,7 @@ def test_resend_uncertain_events_is_an_explicit_choice(export, sandbox, client, 
     sandbox.set_faults(rate_drop_before=1.0, endpoints=("/users/track",))
     client.max_retries = 0
     p, report = _sync(export, mapping, client, ledger)
-    assert report.uncertain and report.status == "partial" and report.exit_code == 1
+    assert report.uncertain and report.status == "partial" and report.exit_code == 3
     assert _event_counts(sandbox).empty, "dropped before Braze applied anything"
     sandbox.set_faults(None)
     # dropped *before* applying: nothing landed, so the analyst opts in to resend

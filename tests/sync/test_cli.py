@@ -75,3 +75,44 @@ def test_demo_runs_the_whole_flow(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "Demo finished" in out and "nothing to send" in out
     assert "VerifyReport" in out and "OK" in out
+
+
+def test_the_readme_cli_example_runs_as_written(cli_env, sandbox, client, sample, capsys):
+    """README's scheduled-run block, line by line, against the sandbox (plus --sandbox), which
+    already knows the shop's users as a real workspace would (the plan updates users only)."""
+    from pathlib import Path
+
+    from toolkit.engage.readers import load
+    from toolkit.mapping import Mapping
+
+    users = load(sample).profiles["user_id"].dropna().unique().tolist()
+    for start in range(0, len(users), 75):
+        client.track(attributes=[{"external_id": u, "known_to_braze": True}
+                                 for u in users[start:start + 75]])
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("The CLI does the same for scheduled runs:", 1)[1].split("```")[1]
+    lines = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
+    assert [words[3] for words in lines] == ["plan", "approve", "apply", "verify", "settle"]
+    Mapping.from_export(load(sample)).set("vip_customer", send_as="both").save("mapping.yml")
+    for words in lines:
+        assert words[:3] == ["python", "-m", "toolkit"]
+        argv = [sample if w == "EXPORT" else "Ana" if w == "NAME" else w for w in words[3:]]
+        if argv[0] != "approve":
+            argv.append("--sandbox")
+        code = main(argv)
+        out = capsys.readouterr().out
+        assert code == 0, (argv, out)
+    assert "Nothing to settle" in out
+    table = readme.split("Exit codes:", 1)[1].split("\n\n", 2)[1]
+    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == ["0", "1", "2", "3"]
+
+
+def test_apply_writes_its_report_next_to_the_plan(cli_env, sandbox, sample, capsys):
+    assert main(["plan", sample, "--sandbox", "--create-users", "--out", "daily.json"]) == 0
+    assert main(["approve", "daily.json", "--by", "Ana"]) == 0
+    assert main(["apply", "daily.json", "--sandbox", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (cli_env / "daily.report.json").exists()
+    assert "python -m toolkit verify daily.report.json" in out
+    assert main(["verify", "daily.report.json", "--sandbox"]) == 0

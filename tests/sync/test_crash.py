@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import toolkit
+
 from .builders import AUDIENCES, make_export
 from toolkit.braze.client import BrazeClient
 from toolkit.mapping import Mapping
@@ -131,18 +133,23 @@ def test_killed_during_events_never_duplicates_an_event(crash_setup):
         _assert_attributes_match(sb, p)
         held = {r["batch"] for r in report.uncertain}
         # batches in flight at the kill: their fate is unknown, so they were not resent
-        assert held and report.exit_code == 1
+        assert held and report.exit_code == 3       # awaiting settle
         counts = _braze_events(sb).reindex(planned.index, fill_value=0)
         assert (counts <= planned).all(), "no event was sent twice"
-        # the analyst's decision: look each uncertain batch up in Braze and settle it
+        # what really happened to each batch in flight, seen in the sandbox's event log
         by_id = {b.id: b for b in p.batches()}
+        truth = {}
         for row in led.uncertain_events().itertuples():
             b = by_id[row.batch]
             ops = p.operations.iloc[b.start:b.stop]
             keys = list(zip(ops["uid"].str.split(":", n=1).str[1], ops["name"]))
             landed = all(counts.get(k, 0) >= 1 for k in keys)
             assert landed or not any(counts.get(k, 0) for k in keys), "a batch lands whole"
-            led.resolve(row.plan, row.batch, landed=landed)
+            truth[row.batch] = "landed" if landed else "not landed"
+        # settle decides each from Braze's read-back (no read delay here, so no wait)
+        settled = toolkit.settle(led, client, wait=0)
+        assert {d["batch"]: d["decision"] for d in settled.decisions} == truth
+        assert settled.exit_code == 0 and led.uncertain_events().empty
         # what did not land is planned again, once; what landed is not
         follow_up = plan(export, mapping, led, workspace=client, create_users=True)
         assert set(follow_up.operations["op"]) <= {"event"}

@@ -20,6 +20,13 @@ flaky Braze prints no line per retry — the totals are in `stats` (``retries``,
 
 The API key never leaves the client except in the Authorization header: repr, logs, exceptions and
 `stats` show only `key_fingerprint(key)`.
+
+Workspace identity: `BrazeClient.workspace` is ``"<name>@<endpoint>"`` — the instance and a
+workspace name the user gives once (``workspace=``, ``BRAZE_WORKSPACE`` in the environment or
+``.env``; loopback endpoints, i.e. the sandbox, default to ``"sandbox"``). It names the sync
+ledger, plans and reports, and does not depend on the API key, so a rotated key keeps the
+ledger. `legacy_workspace` is the identity earlier versions used (``"<endpoint>#<key
+fingerprint>"``), kept so an old ledger can be recognised and re-labelled.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -50,7 +58,8 @@ from toolkit.secrets import Secret, key_fingerprint, read_env_file, redact, reso
 __all__ = [
     "BrazeClient", "CohortClient", "TrackResult", "ClientStats", "RequestInfo", "ResponseInfo",
     "EncodedTrack",
-    "BrazeBadRequest", "BrazeServerError", "key_fingerprint", "OUTCOMES",
+    "BrazeBadRequest", "BrazeServerError", "key_fingerprint", "OUTCOMES", "workspace_identity",
+    "check_workspace_name", "SANDBOX_WORKSPACE",
 ]
 
 log = logging.getLogger("toolkit.braze")
@@ -63,8 +72,25 @@ DEFAULT_EXPORT_FIELDS = ("external_id", "user_aliases", "braze_id", "email", "cu
                          "custom_events")
 _USER_AGENT = "engage-braze-toolkit/0.1.0"
 _REDACTED = "REDACTED"
+SANDBOX_WORKSPACE = "sandbox"     # the workspace name of a loopback endpoint nobody named
+_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _PERMISSIONS = {"/users/track": "users.track", "/users/export/ids": "users.export.ids",
                 "/custom_attributes": "custom_attributes.get", "/events/list": "events.list"}
+
+
+def check_workspace_name(name: str, *, source: str = "workspace") -> str:
+    """A workspace name as given (spaces trimmed), or `ConfigError` naming what is allowed."""
+    text = name.strip() if isinstance(name, str) else ""
+    if not _WORKSPACE_NAME.fullmatch(text):
+        raise ConfigError(f"{source} {name!r} is not a usable workspace name", field=source,
+                          hint="use 1-64 letters, digits, spaces, '.', '_' or '-', starting with "
+                               "a letter or digit, e.g. BRAZE_WORKSPACE=marketing-prod")
+    return text
+
+
+def workspace_identity(name: str, endpoint: str) -> str:
+    """``"<name>@<endpoint>"``: one Braze workspace, whatever key is used to reach it."""
+    return f"{name}@{endpoint}"
 
 
 class BrazeBadRequest(BrazeAPIError):
@@ -205,7 +231,9 @@ class BrazeClient:
 
     ``rate_limit`` is the ``/users/track`` budget (requests, seconds); ``rate_limits`` overrides
     other endpoints' budgets (None = no client-side limit). ``seed`` makes retry jitter
-    reproducible. ``backoff`` is (first delay, longest delay) in seconds."""
+    reproducible. ``backoff`` is (first delay, longest delay) in seconds. ``workspace`` names the
+    Braze workspace the key belongs to (default ``BRAZE_WORKSPACE``; ``"sandbox"`` for a
+    loopback endpoint): the sync ledger belongs to that name and the instance, not to the key."""
 
     # A 429 or exhausted budget that resets further away than this fails instead of sleeping.
     MAX_PAUSE_S = 900.0
@@ -216,13 +244,24 @@ class BrazeClient:
                  max_workers: int = 4, timeout: float | tuple[float, float] = 30,
                  max_retries: int = 6, backoff: tuple[float, float] = (0.5, 30.0),
                  env_file: str | None = ".env", interactive: bool | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, workspace: str | None = None) -> None:
         if endpoint is None:
             endpoint = os.environ.get("BRAZE_REST_ENDPOINT") or (
                 read_env_file(env_file).get("BRAZE_REST_ENDPOINT") if env_file else None)
         self.endpoint = resolve_endpoint(endpoint or "")
         self._key = resolve_secret(api_key, name="Braze REST API key", env_var="BRAZE_API_KEY",
                                    env_file=env_file, interactive=interactive)
+        if workspace is not None:
+            self.workspace_name: str | None = check_workspace_name(workspace)
+        else:
+            named = os.environ.get("BRAZE_WORKSPACE") or (
+                read_env_file(env_file).get("BRAZE_WORKSPACE") if env_file else None)
+            if named:
+                self.workspace_name = check_workspace_name(named, source="BRAZE_WORKSPACE")
+            elif is_loopback(urlsplit(self.endpoint).hostname):
+                self.workspace_name = SANDBOX_WORKSPACE
+            else:
+                self.workspace_name = None
         if int(max_workers) < 1:
             raise ConfigError("max_workers must be at least 1", field="max_workers")
         if int(max_retries) < 0:
@@ -260,6 +299,7 @@ class BrazeClient:
     def for_sandbox(cls, sb: Any, **options: Any) -> "BrazeClient":
         """A client for a running `toolkit.sandbox.BrazeSandbox` (its URL, key and partner keys)."""
         options.setdefault("env_file", None)
+        options.setdefault("workspace", getattr(sb, "workspace", None) or SANDBOX_WORKSPACE)
         client = cls(sb.url, sb.api_key, **options)
         for name in ("partner_api_key", "client_secret"):
             value = getattr(sb, name, None)
@@ -269,8 +309,37 @@ class BrazeClient:
 
     @property
     def workspace(self) -> str:
-        """``"<endpoint>#<key fingerprint>"``: names the target workspace without the key."""
+        """``"<workspace name>@<endpoint>"``: the Braze workspace this client targets, independent
+        of the API key (a rotated key keeps the same identity, ledger and approvals). Raises
+        `ConfigError` when no name was given for a Braze endpoint."""
+        if self.workspace_name is None:
+            raise ConfigError(
+                f"name the Braze workspace behind {self.endpoint}: the sync ledger belongs to "
+                "the workspace (instance + name), not to the API key, so a rotated key keeps "
+                "what was already sent", field="BRAZE_WORKSPACE",
+                hint="add BRAZE_WORKSPACE=<name> (e.g. marketing-prod) to .env or the "
+                     "environment, pass --workspace NAME on the command line, or "
+                     "BrazeClient(..., workspace='marketing-prod'); a ledger made before "
+                     "workspaces were named is re-labelled the first time it is opened with "
+                     "its key")
+        return workspace_identity(self.workspace_name, self.endpoint)
+
+    @property
+    def legacy_workspace(self) -> str:
+        """The identity earlier versions gave this client, ``"<endpoint>#<key fingerprint>"``:
+        only used to recognise (and re-label) a ledger made before workspaces were named."""
         return f"{self.endpoint}#{self._key.fingerprint}"
+
+    @property
+    def key_fingerprint(self) -> str:
+        """The API key's short sha256 fingerprint (safe to show; the key itself never is)."""
+        return self._key.fingerprint
+
+    def _label(self) -> str:
+        """The workspace identity, or the endpoint while the workspace has no name (for logs
+        and stats, which must never fail)."""
+        return (workspace_identity(self.workspace_name, self.endpoint)
+                if self.workspace_name is not None else self.endpoint)
 
     @property
     def instance(self) -> str | None:
@@ -280,7 +349,7 @@ class BrazeClient:
     def stats(self) -> ClientStats:
         values = self._counters.snapshot()
         ints = {k: int(v) for k, v in values.items() if k != "rate_limit_wait_s"}
-        return ClientStats(workspace=self.workspace, **ints,
+        return ClientStats(workspace=self._label(), **ints,
                            rate_limit_wait_s=round(values.get("rate_limit_wait_s", 0.0), 3))
 
     def rate_limit_for(self, path: str) -> tuple[int, float] | None:
@@ -299,7 +368,9 @@ class BrazeClient:
 
     def __repr__(self) -> str:
         where = f" ({self.instance})" if self.instance else ""
-        return f"BrazeClient({self.endpoint}{where}, key sha256:{self._key.fingerprint})"
+        name = (f"workspace {self.workspace_name!r}, " if self.workspace_name is not None
+                else "workspace not named, ")
+        return f"BrazeClient({self.endpoint}{where}, {name}key sha256:{self._key.fingerprint})"
 
     __str__ = __repr__
 
@@ -308,6 +379,8 @@ class BrazeClient:
         limit = f"{track[0]:,} requests / {track[1]:g} s" if track else "not limited"
         stats = self.stats
         rows = [("endpoint", self.endpoint + (f" ({self.instance})" if self.instance else "")),
+                ("workspace", self.workspace_name if self.workspace_name is not None else
+                 "not named (set BRAZE_WORKSPACE)"),
                 ("API key", f"sha256:{self._key.fingerprint} (from {self._key.source})"),
                 ("/users/track rate limit", limit), ("workers", self.max_workers),
                 ("requests sent", stats.requests), ("retries", stats.retries),
@@ -408,29 +481,45 @@ class BrazeClient:
 
     # ----------------------------------------------------------------------------- reading
     def export_ids(self, external_ids: Iterable[str] = (), user_aliases: Iterable[dict] = (), *,
-                   fields_to_export: Iterable[str] | None = DEFAULT_EXPORT_FIELDS) -> dict:
+                   fields_to_export: Iterable[str] | None = DEFAULT_EXPORT_FIELDS,
+                   braze_ids: Iterable[str] = (), email_addresses: Iterable[str] = ()) -> dict:
         """Profiles by external id and/or alias via ``/users/export/ids``, 50 identifiers per
-        request; returns ``{"users": [...], "invalid_user_ids": [...], "requests": n}``."""
+        request; returns ``{"users": [...], "invalid_user_ids": [...], "requests": n}``.
+        ``braze_ids`` and ``email_addresses`` take one request each (Braze accepts one of them
+        per request); ``"by_lookup"`` maps each of those to the users its request returned."""
         items = [("external_ids", str(x)) for x in external_ids]
         items += [("user_aliases", dict(a)) for a in user_aliases]
-        if not items:
+        singles = [("braze_id", str(x)) for x in braze_ids]
+        singles += [("email_address", str(x)) for x in email_addresses]
+        if not items and not singles:
             raise ConfigError("export_ids needs at least one external id or user alias")
         users: list[dict] = []
         invalid: list[Any] = []
+        by_lookup: dict[tuple[str, str], list[dict]] = {}
         requests_made = 0
+        bodies: list[tuple[tuple | None, dict]] = []
         for start in range(0, len(items), EXPORT_IDS_PER_REQUEST):
             body: dict[str, Any] = {}
             for key, value in items[start:start + EXPORT_IDS_PER_REQUEST]:
                 body.setdefault(key, []).append(value)
+            bodies.append((None, body))
+        bodies += [((key, value), {key: value}) for key, value in singles]
+        for lookup, body in bodies:
             if fields_to_export is not None:
                 body["fields_to_export"] = list(fields_to_export)
             reply = self._request("POST", "/users/export/ids", payload=body)
             requests_made += 1
             data = reply.body if isinstance(reply.body, dict) else {}
-            users.extend(data.get("users") or [])
+            found = list(data.get("users") or [])
+            users.extend(found)
             invalid.extend(data.get("invalid_user_ids") or [])
-        return {"message": "success", "users": users, "invalid_user_ids": invalid,
-                "requests": requests_made}
+            if lookup is not None:
+                by_lookup[lookup] = found
+        out = {"message": "success", "users": users, "invalid_user_ids": invalid,
+               "requests": requests_made}
+        if singles:
+            out["by_lookup"] = by_lookup
+        return out
 
     def custom_attributes(self) -> list[dict]:
         """Every custom attribute of the workspace (``/custom_attributes``, following the
@@ -685,7 +774,7 @@ class BrazeClient:
         causes.append(why)
         log.debug("%s %s: %s; retrying in %.2fs (attempt %d of %d%s) [%s]", method, path, why,
                   delay, attempt + 1, self.max_retries + 1,
-                  f", batch {batch}" if batch is not None else "", self.workspace)
+                  f", batch {batch}" if batch is not None else "", self._label())
 
     def _retried(self, method: str, path: str, attempts: int, causes: list[str],
                  batch: int | None, *, ok: bool) -> None:

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slow-seconds", type=float, default=2.0, help="delay of a slow fault")
     parser.add_argument("--fault-endpoint", action="append", default=None, metavar="PATH",
                         help="inject faults only on this endpoint (repeatable; default: all)")
+    parser.add_argument("--read-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="show stored events in /users/export/ids only this long after they "
+                             "arrived (Braze's read-after-write delay; default 0)")
     parser.add_argument("--partner-api-key", default=None, help="cohort partner key to accept")
     parser.add_argument("--client-secret", default=None, help="cohort client secret to accept")
 
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                            max_objects_per_array=args.max_objects,
                            combined_limit=args.combined_limit,
                            rate_limits=_rate_limits(args.rate_limit), faults=_faults(args),
-                           partner_api_key=args.partner_api_key, client_secret=args.client_secret)
+                           partner_api_key=args.partner_api_key, client_secret=args.client_secret,
+                           read_delay=args.read_delay)
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -107,7 +107,11 @@ class BrazeSandbox:
     ``with BrazeSandbox() as sb:`` starts it on a free loopback port (``sb.url``, ``sb.api_key``)
     and stops it on exit. Inspect what Braze would hold with :meth:`profiles`, :meth:`events`,
     :meth:`cohorts`, :meth:`request_log` and :attr:`data_points`; inject faults with
-    :meth:`set_faults`; tune budgets with :meth:`set_rate_limit`.
+    :meth:`set_faults`; tune budgets with :meth:`set_rate_limit`. ``read_delay`` (seconds, also
+    :meth:`set_read_delay`) makes a stored event show in ``/users/export/ids`` only that long
+    after it arrived, as Braze's eventual consistency does (attributes show at once);
+    :meth:`rotate_api_key` replaces the accepted REST key, as revoking a key and creating a new
+    one in Braze's dashboard does.
     """
 
     def __init__(self, api_key: str | None = None, *, port: int = 0, seed: int = 0,
@@ -115,7 +119,7 @@ class BrazeSandbox:
                  rate_limits: Mapping[str, tuple[int | None, float] | None] | None = None,
                  faults: Faults | Mapping[str, Any] | None = None,
                  partner_api_key: str | None = None, client_secret: str | None = None,
-                 array_length_limit: int = 500) -> None:
+                 array_length_limit: int = 500, read_delay: float = 0.0) -> None:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise SandboxError("api_key must be a non-empty string or None (generated)")
         if not isinstance(max_objects_per_array, int) or max_objects_per_array < 1:
@@ -130,7 +134,8 @@ class BrazeSandbox:
         self.seed = seed
         self._auth = f"Bearer {self.api_key}"
         self._store = Store(seed=seed, max_objects_per_array=max_objects_per_array,
-                            combined_limit=combined_limit, array_length_limit=array_length_limit)
+                            combined_limit=combined_limit, array_length_limit=array_length_limit,
+                            read_delay=_checked_delay(read_delay))
         self._rate_limits = dict(rate_limits or {})
         for endpoint in self._rate_limits:
             _check_endpoint(endpoint)
@@ -202,6 +207,26 @@ class BrazeSandbox:
         _check_endpoint(endpoint)
         self._limiter.set(endpoint, limit, period_s)
         self._rate_limits[endpoint] = (limit, period_s)
+
+    @property
+    def read_delay(self) -> float:
+        """Seconds before a stored event shows in ``/users/export/ids``."""
+        return self._store.read_delay
+
+    def set_read_delay(self, seconds: float) -> None:
+        """Show stored events in ``/users/export/ids`` only ``seconds`` after they arrived
+        (0: at once). Braze asks for up to 5 minutes between a write and a dependent read."""
+        self._store.read_delay = _checked_delay(seconds)
+
+    def rotate_api_key(self, new_key: str | None = None) -> str:
+        """Accept ``new_key`` (default: a new generated one) instead of the current REST API
+        key, which is refused from now on with 401, as after revoking it in Braze. Returns the
+        new key. The workspace and everything it holds stay as they are."""
+        if new_key is not None and (not isinstance(new_key, str) or not new_key.strip()):
+            raise SandboxError("new_key must be a non-empty string or None (generated)")
+        self.api_key = new_key or f"sandbox-{secrets.token_hex(12)}"
+        self._auth = f"Bearer {self.api_key}"
+        return self.api_key
 
     def reset(self) -> None:
         """Forget every user, event, cohort, log entry and fault counter; keep the settings."""
@@ -449,6 +474,14 @@ def _check_endpoint(endpoint: str) -> None:
     if endpoint not in _ROUTES and endpoint != "*":
         raise SandboxError(f"unknown endpoint {endpoint!r}",
                            hint=f"use one of {', '.join(sorted(_ROUTES))} (or '*' for any other)")
+
+
+def _checked_delay(seconds: Any) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < 86400):
+        raise SandboxError(f"read_delay must be seconds from 0 to 86400, got {seconds!r}",
+                           hint="Braze suggests allowing up to 300 s between a write and a read")
+    return float(seconds)
 
 
 def _checked(faults: Faults) -> Faults:

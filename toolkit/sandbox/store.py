@@ -15,6 +15,7 @@ import json
 import math
 import re
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -78,7 +79,7 @@ _TYPE_LABEL = {"string": "String", "number": "Number", "boolean": "Boolean", "ti
 
 class _User:
     __slots__ = ("braze_id", "external_id", "aliases", "email", "phone", "fields", "attrs",
-                 "events", "purchases", "created_at", "touched")
+                 "events", "purchases", "created_at", "touched", "arrivals")
 
     def __init__(self, braze_id: str, created_at: datetime, touched: int) -> None:
         self.braze_id = braze_id
@@ -89,6 +90,7 @@ class _User:
         self.fields: dict[str, Any] = {}
         self.attrs: dict[str, Any] = {}
         self.events: dict[str, list] = {}      # name -> [first, last, count]
+        self.arrivals: list[tuple] = []        # (arrived, name, time) per event, for read_delay
         self.purchases: dict[str, list] = {}   # product_id -> [first, last, count]
         self.created_at = created_at
         self.touched = touched                 # update sequence: "most recently updated" (§1.1)
@@ -102,8 +104,12 @@ class Store:
     """One Braze workspace in memory, guarded by a single short lock."""
 
     def __init__(self, *, seed: int = 0, max_objects_per_array: int = 75,
-                 combined_limit: int | None = None, array_length_limit: int = 500) -> None:
+                 combined_limit: int | None = None, array_length_limit: int = 500,
+                 read_delay: float = 0.0) -> None:
         self.seed = seed
+        # seconds before a stored event shows in /users/export/ids (Braze's eventual
+        # consistency, braze-api.md §6: "allow for a 5-minute delay"); attributes show at once
+        self.read_delay = float(read_delay)
         self.max_objects_per_array = max_objects_per_array
         self.combined_limit = combined_limit
         self.array_length_limit = array_length_limit
@@ -588,6 +594,7 @@ class Store:
         self.event_names.setdefault(name, None)
         self.event_log.append((user, name, when, props, app_id))
         _count(user.events, name, when)
+        user.arrivals.append((time.monotonic(), name, when))
         self._touch(user)
         return 1, 0
 
@@ -673,14 +680,26 @@ class Store:
                     invalid.append(label)
                 elif id(user) not in seen:
                     seen.add(id(user))
-                    users.append(self._export_user(user, fields))
+                    users.append(self._export_user(user, fields, self.read_delay))
         response: dict[str, Any] = {"users": users, "message": "success"}
         if invalid:
             response["invalid_user_ids"] = invalid
         return 201, response, {"objects": len(lookups)}
 
     @staticmethod
-    def _export_user(user: _User, fields: list[str]) -> dict:
+    def _visible_events(user: _User, read_delay: float) -> dict:
+        """The user's event counters as a reader sees them ``read_delay`` seconds late."""
+        if read_delay <= 0:
+            return user.events
+        cutoff = time.monotonic() - read_delay
+        counters: dict[str, list] = {}
+        for arrived, name, when in user.arrivals:
+            if arrived <= cutoff:
+                _count(counters, name, when)
+        return counters
+
+    @staticmethod
+    def _export_user(user: _User, fields: list[str], read_delay: float = 0.0) -> dict:
         out: dict[str, Any] = {}
         for f in fields:
             if f == "external_id":
@@ -702,7 +721,8 @@ class Store:
             elif f == "custom_attributes":
                 out[f] = json.loads(json.dumps(user.attrs))  # a copy the caller cannot alias
             elif f in ("custom_events", "purchases"):
-                counters = user.events if f == "custom_events" else user.purchases
+                counters = (Store._visible_events(user, read_delay) if f == "custom_events"
+                            else user.purchases)
                 out[f] = [{"name": n, "first": format_time(c[0]), "last": format_time(c[1]),
                            "count": c[2]} for n, c in counters.items()]
             elif f in user.fields:

@@ -1,1 +1,1 @@
-"""Sync: plan (diff, cost, fingerprint, approval), ledger (SQLite), apply and verify."""
+"""Sync: plan (diff, cost, fingerprint, approval), ledger (SQLite), apply, verify and settle."""

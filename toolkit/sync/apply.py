@@ -71,12 +71,19 @@ class SyncReport:
     expected: list = field(default_factory=list)      # sample of planned values, for verify
     error: str | None = None
     notes: list = field(default_factory=list)
+    awaiting_settle: int = 0     # uncertain event batches in the ledger after this apply
 
     # -- outcome -------------------------------------------------------------------------
     @property
     def exit_code(self) -> int:
-        """0 complete, 1 partial (rejects or uncertain events to decide), 2 failed."""
-        return {"complete": 0, "partial": 1}.get(self.status, 2)
+        """0 complete; 1 partial (objects rejected); 2 failed; 3 event batches with an unknown
+        outcome await `settle` (this apply's, or earlier ones still in the ledger) — failed wins
+        over 3, and 3 over 1."""
+        if self.status not in ("complete", "partial"):
+            return 2
+        if self.uncertain or self.awaiting_settle:
+            return 3
+        return 0 if self.status == "complete" else 1
 
     @property
     def ok(self) -> bool:
@@ -134,12 +141,15 @@ class SyncReport:
         if self.rejected:
             parts.append("<h5>Rejected by Braze</h5>"
                          + self.rejected_frame().head(20).to_html(index=False))
-        if self.uncertain:
+        if self.uncertain or self.awaiting_settle:
             parts.append("<h5>Events with an unknown outcome (not resent)</h5>"
-                         + self.uncertain_frame().to_html(index=False)
-                         + "<p>Check these users in Braze, then settle each batch with "
-                           "<code>ledger.resolve(plan, batch, landed=…)</code>, or apply again "
-                           "with <code>resend_uncertain_events=True</code>.</p>")
+                         + (self.uncertain_frame().to_html(index=False) if self.uncertain else
+                            f"<p>{self.awaiting_settle:,} batch(es) from earlier applies.</p>")
+                         + "<p>Braze never answered for these event batches, so they may or may "
+                           "not be in Braze. Settle them with <code>python -m toolkit settle"
+                           "</code> (or <code>toolkit.settle(ledger, client)</code>): it reads "
+                           "their users back from Braze and records each batch as landed or "
+                           "not; the next plan sends what did not land.</p>")
         for note in self.notes:
             parts.append(f"<p><small>{escape(note)}</small></p>")
         return "".join(parts) + "</div>"
@@ -202,15 +212,17 @@ def _open_ledger(plan: Plan, client, ledger) -> Ledger:
     if isinstance(ledger, Ledger):
         out = ledger
     elif ledger is not None:
-        out = Ledger(path=ledger, workspace=client.workspace)
+        out = Ledger(path=ledger, workspace=client)
     elif plan.ledger_path and Path(plan.ledger_path).exists():
-        out = Ledger(path=plan.ledger_path, workspace=client.workspace)
+        out = Ledger(path=plan.ledger_path, workspace=client)
     else:
         out = Ledger(client)
     if out.workspace != client.workspace:
-        raise LedgerError(f"the ledger belongs to workspace {out.workspace!r}, the client targets "
-                          f"{client.workspace!r}; nothing was sent", file=str(out.path),
-                          hint="use the ledger of the workspace you apply to")
+        from toolkit.sync.ledger import describe_workspace
+
+        raise LedgerError(f"the ledger belongs to {describe_workspace(out.workspace)}, the client "
+                          f"targets {describe_workspace(client.workspace)}; nothing was sent",
+                          file=str(out.path), hint="use the ledger of the workspace you apply to")
     return out
 
 
@@ -223,6 +235,42 @@ def _check_ledger(plan: Plan, ledger: Ledger) -> None:
         raise LedgerMoved(f"the ledger moved since this plan was made: {what}; nothing was sent",
                           file=str(ledger.path),
                           hint="plan again from the current ledger and approve the new plan")
+    if not any(b.kind == "events" for b in plan.batches()):
+        return
+    owner = ledger.event_time_owner(plan.options["event_time"])
+    if owner not in (None, plan.id):
+        raise LedgerMoved(f"plan {owner} already sent events stamped "
+                          f"{plan.options['event_time'][:19]}Z to this workspace; a plan's events "
+                          "need a time of their own so `settle` can tell them apart; nothing was "
+                          "sent", file=str(ledger.path),
+                          hint="plan again from this ledger (it picks a free time) and approve "
+                               "the new plan")
+    clash = _held_by_others(plan, ledger)
+    if clash:
+        raise LedgerMoved(
+            f"{clash:,} event(s) of this plan may already be in Braze: another apply sent them "
+            "after this plan was made and never got Braze's answer; nothing was sent",
+            file=str(ledger.path),
+            hint="settle those batches (`python -m toolkit settle`), then plan again and "
+                 "approve the new plan")
+
+
+def _held_by_others(plan: Plan, ledger: Ledger) -> int:
+    """Events of ``plan`` for a (user, field) that an uncertain batch of another plan holds."""
+    waiting = ledger.uncertain_events()
+    held = [(f, u) for p, items in zip(waiting["plan"], waiting["items"]) if p != plan.id
+            for f, u, _ in json.loads(items)]
+    if not held:
+        return 0
+    from toolkit import engine
+
+    with engine.connect() as db:
+        db.register("held_raw", pa.table({"field": pa.array([h[0] for h in held], pa.string()),
+                                          "uid": pa.array([h[1] for h in held], pa.string())}))
+        return int(db.execute(
+            "SELECT count(*) FROM read_parquet(?) o WHERE o.op = 'event' AND EXISTS (SELECT 1 "
+            "FROM held_raw h WHERE h.field = o.field AND h.uid = o.uid)",
+            [str(plan.ops_path)]).fetchall()[0][0])
 
 
 class _Run:
@@ -482,6 +530,11 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
     if counts["batches_unknown"] and counts["objects_unknown"]:
         notes.append(f"{counts['objects_unknown']:,} attribute object(s) had an unknown outcome; "
                      "applying the plan again resends them (setting a value twice is harmless).")
+    awaiting = ledger.awaiting_settle()[0]
+    if awaiting:
+        notes.append(f"{awaiting:,} event batch(es) with an unknown outcome await settling: run "
+                     "`python -m toolkit settle` (toolkit.settle(ledger, client)), then plan "
+                     "again.")
     report = SyncReport(
         plan_id=plan.id, fingerprint=plan.fingerprint, workspace=client.workspace, status=status,
         started_at=started_at, finished_at=_now(), elapsed_s=round(elapsed, 4), counts=counts,
@@ -489,7 +542,8 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
         batches=run.rows, rejected=run.rejected, uncertain=run.uncertain,
         throughput=run.timeline, timings={"checks_s": round(checks_s, 4), **{
             f"{k}_s": v for k, v in phases.items()}, "total_s": round(elapsed, 4)},
-        expected=_expected_sample(plan, run), error=run.abort, notes=notes)
+        expected=_expected_sample(plan, run), error=run.abort, notes=notes,
+        awaiting_settle=awaiting)
     return report
 
 

@@ -1,15 +1,19 @@
-"""`python -m toolkit plan|approve|apply|verify|demo`: the sync steps for scheduled runs and the demo.
+"""`python -m toolkit plan|approve|apply|verify|settle|demo`: the sync steps for scheduled runs.
 
     python -m toolkit plan EXPORT --mapping M.yml --endpoint US-03 --out plan.json
     python -m toolkit approve plan.json --by "Ana" --expires 24h
     python -m toolkit apply plan.json --endpoint US-03 --report report.json
     python -m toolkit verify report.json --endpoint US-03
+    python -m toolkit settle --endpoint US-03          # only when apply or plan exits 3
     python -m toolkit demo
 
 API keys come from the environment or ``.env`` (``BRAZE_API_KEY``, ``BRAZE_PARTNER_API_KEY``,
-``BRAZE_DATA_IMPORT_KEY``), never from a flag, and are never printed. ``--sandbox [URL]`` targets
-a sandbox started with ``python -m toolkit sandbox`` (URL and key from ``SANDBOX_URL`` /
-``SANDBOX_API_KEY``). Exit codes: 0 success, 1 partial rejects, 2 refused or failed.
+``BRAZE_DATA_IMPORT_KEY``), never from a flag, and are never printed; the workspace name from
+``BRAZE_WORKSPACE`` or ``--workspace`` (the ledger belongs to the instance and that name, not to
+the key). ``--sandbox [URL]`` targets a sandbox started with ``python -m toolkit sandbox`` (URL
+and key from ``SANDBOX_URL`` / ``SANDBOX_API_KEY``; workspace name "sandbox"). Exit codes: 0
+success, 1 partial rejects, 2 refused or failed, 3 event batches with an unknown outcome await
+``settle``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from types import SimpleNamespace
 
 from toolkit.errors import ConfigError
 
-__all__ = ["plan", "approve", "apply", "verify", "demo"]
+__all__ = ["plan", "approve", "apply", "verify", "settle", "demo", "EXIT_SETTLE"]
+
+EXIT_SETTLE = 3     # event batches with an unknown outcome await `python -m toolkit settle`
 
 
 def _out(text: str = "") -> None:
@@ -37,13 +43,16 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sandbox", nargs="?", const="", default=None, metavar="URL",
                        help="a local sandbox (`python -m toolkit sandbox`); URL default "
                             "$SANDBOX_URL, key from $SANDBOX_API_KEY")
+    parser.add_argument("--workspace", default=None, metavar="NAME",
+                        help="the Braze workspace's name (default $BRAZE_WORKSPACE; 'sandbox' "
+                             "with --sandbox); the ledger belongs to it, not to the API key")
     parser.add_argument("--env-file", default=".env", help="file of KEY=VALUE settings")
     parser.add_argument("--ledger", default=None, help="ledger file (default: "
                         ".toolkit/ledger-<workspace>.sqlite)")
 
 
 def _client(args: argparse.Namespace, *, workers: int = 4):
-    from toolkit.braze.client import BrazeClient
+    from toolkit.braze.client import SANDBOX_WORKSPACE, BrazeClient
 
     if args.sandbox is not None:
         url = args.sandbox or os.environ.get("SANDBOX_URL")
@@ -52,9 +61,9 @@ def _client(args: argparse.Namespace, *, workers: int = 4):
                               hint="pass --sandbox http://127.0.0.1:PORT or set SANDBOX_URL")
         key = os.environ.get("SANDBOX_API_KEY") or None
         return BrazeClient(url, key, env_file=args.env_file, interactive=False,
-                           max_workers=workers)
+                           max_workers=workers, workspace=args.workspace or SANDBOX_WORKSPACE)
     return BrazeClient(args.endpoint, env_file=args.env_file, interactive=False,
-                       max_workers=workers)
+                       max_workers=workers, workspace=args.workspace)
 
 
 def _partner_keys(args: argparse.Namespace) -> dict:
@@ -70,7 +79,8 @@ def _print_plan(p) -> None:
     c = p.cost()
     _out(f"Plan {p.id} for {p.workspace} (ledger version {p.ledger_version})")
     if p.is_empty:
-        _out("  nothing to send: Braze already holds every value")
+        headline = p.headline()
+        _out("  " + headline[:1].lower() + headline[1:])
     else:
         for row in p.summary().itertuples(index=False):
             _out(f"  {row.rule:<28} {row.op:<9} {row.change:<7} {row.name:<28} "
@@ -79,6 +89,11 @@ def _print_plan(p) -> None:
          f"· {c['data_points']:,} data points · about {c['estimated_seconds']:.1f}s")
     for f in p.findings:
         _out(f"  {f}")
+    waiting = p.awaiting_settle
+    if waiting["batches"]:
+        _out(f"  AWAITING SETTLE: {waiting['events']:,} event(s) in {waiting['batches']:,} batch(es) "
+             "have an unknown outcome; run `python -m toolkit settle` (same target options), "
+             f"then plan again (exit code {EXIT_SETTLE})")
 
 
 def _print_report(r) -> None:
@@ -91,12 +106,15 @@ def _print_report(r) -> None:
     for row in r.rejected[:10]:
         _out(f"  rejected {row['braze_user']} ({row['fields']}): {row['reason']}")
     for row in r.uncertain:
-        _out(f"  UNCERTAIN {row['batch']} ({row['objects']} events, {row['users']}): "
+        _out(f"  UNCERTAIN {r.plan_id}/{row['batch']} ({row['objects']} events, {row['users']}): "
              f"{row['reason']}")
     if r.error:
         _out(f"  stopped: {r.error}")
     for note in r.notes:
         _out(f"  note: {note}")
+    if r.exit_code == EXIT_SETTLE:
+        _out(f"  AWAITING SETTLE: run `python -m toolkit settle` (same target options); it reads "
+             f"those users back from Braze and decides each batch (exit code {EXIT_SETTLE})")
 
 
 def _print_verify(v) -> None:
@@ -141,7 +159,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     p.save(args.out)
     _print_plan(p)
     _out(f"written to {args.out}; approve it with: python -m toolkit approve {args.out} --by NAME")
-    return 0
+    return EXIT_SETTLE if p.awaiting_settle["batches"] else 0
 
 
 # -- approve -------------------------------------------------------------------------------
@@ -168,7 +186,9 @@ def _run_approve(args: argparse.Namespace) -> int:
 def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", help="approved plan file")
     _target_arguments(parser)
-    parser.add_argument("--report", default=None, help="write the sync report (JSON) here")
+    parser.add_argument("--report", default=None,
+                        help="write the sync report (JSON) here (default: <plan>.report.json "
+                             "next to the plan)")
     parser.add_argument("--resend-uncertain-events", action="store_true",
                         help="resend event batches whose outcome is unknown (may double-count)")
     parser.add_argument("--workers", type=int, default=4, help="concurrent requests")
@@ -182,15 +202,22 @@ def _run_apply(args: argparse.Namespace) -> int:
     report = run_apply(args.plan, client, args.ledger,
                        resend_uncertain_events=args.resend_uncertain_events,
                        progress=not args.no_progress, **_partner_keys(args))
-    if args.report:
-        report.save(args.report)
+    path = report.save(args.report or default_report_path(args.plan))
     _print_report(report)
+    _out(f"report written to {path}; read a sample back with: python -m toolkit verify {path}")
     return report.exit_code
+
+
+def default_report_path(plan_path: str) -> Path:
+    """``<plan stem>.report.json`` beside the plan file (plan.json → plan.report.json)."""
+    path = Path(plan_path)
+    stem = path.name[:-5] if path.name.endswith(".json") else path.name
+    return path.with_name(stem + ".report.json")
 
 
 # -- verify --------------------------------------------------------------------------------
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("report", help="sync report file written by `apply --report`")
+    parser.add_argument("report", help="sync report file written by `apply` (plan.report.json by default)")
     _target_arguments(parser)
     parser.add_argument("--sample", type=int, default=50, help="users to read back")
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait first")
@@ -202,6 +229,40 @@ def _run_verify(args: argparse.Namespace) -> int:
     v = run_verify(args.report, _client(args), sample=args.sample, wait=args.wait)
     _print_verify(v)
     return 0 if v.ok else 1
+
+
+# -- settle --------------------------------------------------------------------------------
+def _settle_arguments(parser: argparse.ArgumentParser) -> None:
+    _target_arguments(parser)
+    parser.add_argument("--landed", action="append", default=[], metavar="BATCH",
+                        help="settle by hand: this batch's events are in Braze (PLAN/BATCH as "
+                             "settle prints it, or a batch name when unique; repeatable)")
+    parser.add_argument("--not-landed", action="append", default=[], metavar="BATCH",
+                        help="settle by hand: this batch's events are not in Braze (the next "
+                             "plan sends them; repeatable)")
+    parser.add_argument("--wait", default="5m",
+                        help="Braze's read-after-write delay: 'did not land' is decided only "
+                             "this long after the batch was sent (default 5m)")
+
+
+def _run_settle(args: argparse.Namespace) -> int:
+    from toolkit.sync.settle import parse_wait, settle as run_settle
+
+    wait = parse_wait(args.wait)
+    client = _client(args)
+    try:
+        report = run_settle(args.ledger, client, wait=wait, landed=args.landed,
+                            not_landed=args.not_landed)
+    finally:
+        client.close()
+    for line in report.lines():
+        _out(line)
+    if report.undecided:
+        _out(f"{len(report.undecided):,} batch(es) still await a decision (exit code "
+             f"{EXIT_SETTLE}); their events are held back from every plan until settled")
+    elif report.decisions:
+        _out("Every batch is settled: plan again to send what did not land.")
+    return report.exit_code
 
 
 # -- demo ----------------------------------------------------------------------------------
@@ -272,4 +333,6 @@ plan = _command(_plan_arguments, _run_plan, "plan a sync of an export with a map
 approve = _command(_approve_arguments, _run_approve, "approve a saved plan")
 apply = _command(_apply_arguments, _run_apply, "apply an approved plan to Braze")
 verify = _command(_verify_arguments, _run_verify, "read back a sample of a sync report")
+settle = _command(_settle_arguments, _run_settle,
+                  "decide event batches whose outcome is unknown, from Braze's read-back")
 demo = _command(_demo_arguments, _run_demo, "the whole flow on the bundled sample")

@@ -22,7 +22,19 @@ journal transaction — so the send loop never waits on per-user writes, and a c
 loses nothing Braze acknowledged. A ledger written by schema 1 (state as SQLite rows) is
 migrated on open.
 
-The ledger never stores secrets: identities, values, statuses and Braze's error texts only.
+**Whose ledger.** A ledger belongs to one Braze workspace — the instance and a workspace name
+(``"<name>@<endpoint>"``, see `BrazeClient.workspace`), recorded in the journal — never to an API
+key: a rotated key opens the same ledger, and a client for another instance or workspace name is
+refused with the fix. A ledger made before workspaces were named (labelled ``"<endpoint>#<key
+fingerprint>"``) opens with the key it was made with and is re-labelled (and, at its default
+place, renamed) on the way.
+
+**Event times.** Every plan stamps its events with one ``event_time``, and the ledger hands out
+each whole second once (`reserve_event_time`), so the time Braze reports for an event
+(``custom_events[].first/last``) names the plan that sent it; `toolkit.settle` relies on this.
+
+The ledger never stores secrets: identities, values, statuses, key fingerprints and Braze's error
+texts only.
 """
 from __future__ import annotations
 
@@ -33,7 +45,7 @@ import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from html import escape
 from pathlib import Path
 from dataclasses import dataclass
@@ -48,7 +60,8 @@ from toolkit import engine
 from toolkit.engine import literal, quote
 from toolkit.errors import LedgerError
 
-__all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES"]
+__all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES",
+           "describe_workspace", "LEGACY_WORKSPACE"]
 
 SCHEMA_VERSION = 2
 BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "failed", "resolved")
@@ -73,7 +86,14 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS plans (
     plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
     recorded_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS event_times (
+    second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
 """
+# columns added to ``plans`` after schema 2 was first released (added on open when missing)
+_PLAN_COLUMNS = {"event_time": "TEXT", "create_users": "INTEGER"}
+# "<endpoint>#<8 hex digits of the key's sha256>": how workspaces were named before they had names
+LEGACY_WORKSPACE = re.compile(r"(?P<endpoint>.+)#(?P<key>[0-9a-f]{8})")
+_NAMED_WORKSPACE = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9 ._-]{0,63})@(?P<endpoint>\w+://.+)")
 # (``state`` is schema 1's per-row state; it stays empty after the migration to snapshots.)
 
 
@@ -136,6 +156,89 @@ def _try_lock(handle) -> bool:
     return True
 
 
+def describe_workspace(identity: str | None) -> str:
+    """A workspace identity as a person reads it: "workspace 'prod' on https://…" or, for a
+    ledger made before workspaces were named, "the workspace of key sha256:… on https://…"."""
+    if identity is None:
+        return "no workspace"
+    named = _NAMED_WORKSPACE.fullmatch(identity)
+    if named:
+        return f"workspace {named['name']!r} on {named['endpoint']}"
+    legacy = LEGACY_WORKSPACE.fullmatch(identity)
+    if legacy:
+        return f"the workspace of API key sha256:{legacy['key']} on {legacy['endpoint']}"
+    return f"workspace {identity!r}"
+
+
+def _endpoint_of(identity: str | None) -> str | None:
+    for pattern in (_NAMED_WORKSPACE, LEGACY_WORKSPACE):
+        m = pattern.fullmatch(identity or "")
+        if m:
+            return m["endpoint"]
+    return None
+
+
+def _mismatch(stored: str, wanted: str, path: Path) -> LedgerError:
+    """The refusal of a ledger opened for another workspace, with the fix for each case."""
+    here, there = _endpoint_of(stored), _endpoint_of(wanted)
+    named_stored = _NAMED_WORKSPACE.fullmatch(stored)
+    named_wanted = _NAMED_WORKSPACE.fullmatch(wanted)
+    message = (f"this ledger belongs to {describe_workspace(stored)} ({stored!r}), not to "
+               f"{describe_workspace(wanted)} ({wanted!r}); nothing was read or sent")
+    if here and there and here != there:
+        hint = ("a ledger records what one workspace holds, so it cannot serve another instance: "
+                "check BRAZE_REST_ENDPOINT / --endpoint, or use the ledger of the workspace you "
+                f"target (default {default_ledger_path(wanted).relative_to(Path.cwd())})")
+    elif named_stored and named_wanted:
+        hint = (f"if both names mean the same workspace, set BRAZE_WORKSPACE={named_stored['name']}"
+                f" (or --workspace {named_stored['name']!r}); if they are different workspaces, "
+                "use the ledger of the one you target (pass no --ledger to get its default "
+                "ledger)")
+    elif LEGACY_WORKSPACE.fullmatch(stored) and named_wanted:
+        hint = ("this ledger was made before workspaces were named, with another API key. If you "
+                "rotated the key, open the ledger once with the old key: run `python -m toolkit "
+                "plan …` with the old key in BRAZE_API_KEY and BRAZE_WORKSPACE="
+                f"{named_wanted['name']} (nothing is sent to Braze; a revoked key works); the "
+                "ledger is then re-labelled to the workspace name and works with any of its keys")
+    else:
+        hint = "use the ledger of the workspace you target (Ledger(client)), or another path"
+    return LedgerError(message, file=str(path), hint=hint)
+
+
+def _relocate(old: Path, new: Path) -> Path:
+    """Move a ledger made before workspaces were named from its old default name to its new
+    one: only the journal file moves (checkpointed first, under the ledger's lock); its state
+    snapshot and plan copies keep their names, which the journal refers to. Returns where the
+    ledger is now (its old place when it could not be moved: it opens from there)."""
+    lock_path = old.with_name(old.name + ".lock")
+    try:
+        handle = open(lock_path, "a+")
+    except OSError:
+        return old
+    try:
+        if not _try_lock(handle):
+            raise LedgerError("the ledger is in use by another process; it is moved to its new "
+                              "name the next time it is free", file=str(old),
+                              hint="wait for the other apply to finish, then run again")
+        conn = sqlite3.connect(old, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('previous_name', ?)", (old.name,))
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            side = old.with_name(old.name + suffix)
+            if side.exists():
+                os.replace(side, new.with_name(new.name + suffix))
+        os.replace(old, new)
+    except (sqlite3.DatabaseError, OSError):
+        return old if old.exists() else new   # opening it reports what is wrong, where it is
+    finally:
+        handle.close()
+    lock_path.unlink(missing_ok=True)
+    return new
+
+
 def default_ledger_path(workspace: str, directory: "str | os.PathLike[str] | None" = None) -> Path:
     """``<directory or cwd>/.toolkit/ledger-<safe workspace>.sqlite``."""
     base = Path(directory) if directory is not None else Path.cwd()
@@ -148,29 +251,42 @@ class Ledger:
 
     ``Ledger(client_or_workspace)`` opens the default file for that workspace under
     ``./.toolkit/``; ``Ledger(path="x.sqlite", workspace=…)`` or ``Ledger("x.sqlite")`` opens a
-    given file. Opening a file made for another workspace raises `LedgerError`.
+    given file (``workspace`` is the identity text or the `BrazeClient`). Opening a file made for
+    another workspace raises `LedgerError`; one made before workspaces were named is re-labelled
+    when opened with the client (same key) it was made with.
     """
 
     def __init__(self, target: Any = None, *, path: "str | os.PathLike[str] | None" = None,
-                 workspace: str | None = None, directory: "str | os.PathLike[str] | None" = None,
+                 workspace: Any = None, directory: "str | os.PathLike[str] | None" = None,
                  timeout: float = 10.0) -> None:
+        client = None
         if target is not None:
             if hasattr(target, "workspace") and not isinstance(target, (str, os.PathLike)):
-                workspace = workspace or target.workspace
+                client = target
             elif isinstance(target, os.PathLike) or str(target).endswith((".sqlite", ".db")):
                 path = path or target
             else:
                 workspace = workspace or str(target)
+        if workspace is not None and not isinstance(workspace, str):
+            client = workspace
+            workspace = None
+        if client is not None:
+            workspace = workspace or client.workspace
+        legacy = getattr(client, "legacy_workspace", None)
         if path is None:
             if workspace is None:
                 raise LedgerError("a ledger needs a Braze workspace or a file path",
                                   hint="pass the BrazeClient, its .workspace, or path=…")
             path = default_ledger_path(workspace, directory)
+            old = default_ledger_path(legacy, directory) if legacy else None
+            if old is not None and old != path and old.exists() and not path.exists():
+                path = _relocate(old, path)
         self.path = Path(path)
         self._closed = False
         self._lock = threading.RLock()
         self._conn = self._open(timeout)
-        self.workspace = self._claim(workspace)
+        self.relabelled_from: str | None = None
+        self.workspace = self._claim(workspace, legacy)
 
     # -- opening -----------------------------------------------------------------------
     def _error(self, exc: BaseException, action: str) -> LedgerError:
@@ -199,22 +315,32 @@ class Ledger:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
             if "batch_index" not in columns:  # schema 1
                 conn.execute("ALTER TABLE batches ADD COLUMN batch_index INTEGER")
+            have = {r[1] for r in conn.execute("PRAGMA table_info(plans)")}
+            for column, kind in _PLAN_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE plans ADD COLUMN {column} {kind}")
             conn.execute("PRAGMA quick_check(1)").fetchone()
         except sqlite3.DatabaseError as exc:
             raise self._error(exc, "opened") from None
         return conn
 
-    def _claim(self, workspace: str | None) -> str | None:
+    def _claim(self, workspace: str | None, legacy: str | None = None) -> str | None:
         meta = dict(self._query("SELECT key, value FROM meta"))
         if "schema" in meta and int(meta["schema"]) > SCHEMA_VERSION:
             raise LedgerError(f"the ledger was written by a newer toolkit (schema {meta['schema']})",
                               file=str(self.path), hint="upgrade the toolkit")
         stored = meta.get("workspace")
         if stored is not None and workspace is not None and stored != workspace:
-            raise LedgerError(
-                f"this ledger belongs to workspace {stored!r}, not {workspace!r}",
-                file=str(self.path),
-                hint="use the ledger of the workspace you target (Ledger(client)), or another path")
+            if legacy is None or stored != legacy:
+                raise _mismatch(stored, workspace, self.path)
+            # made before workspaces were named, opened with the key it was made with: from now
+            # on it belongs to the workspace, whatever key reaches it
+            self._write(lambda c: c.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("workspace", workspace), ("previous_workspace", stored),
+                 ("relabelled_at", _now())]))
+            self.relabelled_from = stored
+            stored = workspace
         if stored is None and workspace is not None:
             self._write(lambda c: c.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -480,9 +606,11 @@ class Ledger:
     def _remove_stale_files(self) -> None:
         """Snapshots other than the current one, and plan copies nothing refers to any more."""
         current = self._meta("state_file")
-        for path in self.path.parent.glob(self.path.name + ".state-*"):
-            if path.name != current:
-                path.unlink(missing_ok=True)
+        prefixes = [self.path.name, self._meta("previous_name")]
+        for prefix in filter(None, prefixes):
+            for path in self.path.parent.glob(prefix + ".state-*"):
+                if path.name != current:
+                    path.unlink(missing_ok=True)
         needed = {r[0] for r in self._query(
             "SELECT DISTINCT plan FROM batches WHERE pending IS NOT NULL OR (kind = 'events' AND "
             "status IN ('sent', 'unknown')) OR status IN ('pending', 'sent', 'unknown', 'failed')")}
@@ -490,6 +618,12 @@ class Ledger:
             if plan not in needed:
                 (self.path.parent / file).unlink(missing_ok=True)
                 self._write(lambda c, p=plan: c.execute("DELETE FROM plans WHERE plan = ?", (p,)))
+        previous = self._meta("previous_name")
+        if previous:
+            try:  # the plan copies of a ledger renamed from its old name, once all are gone
+                self.path.with_name(previous + ".plans").rmdir()
+            except OSError:
+                pass
 
     def _migrate(self) -> None:
         """Schema 1 kept state as SQLite rows: move them into a snapshot (no checksums yet:
@@ -525,10 +659,55 @@ class Ledger:
             with self._lock:
                 self._conn.execute("VACUUM")
 
+    # -- event times -----------------------------------------------------------------------
+    @staticmethod
+    def _second(when: datetime) -> str:
+        return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def reserve_event_time(self, base: datetime) -> datetime:
+        """A time for a new plan's events: ``base``, or the latest earlier time whose whole
+        second no other plan of this ledger was given — so the time Braze reports for an event
+        names the plan that sent it (see `toolkit.settle`). Earlier, never later: Braze records
+        an event stamped in the future at the time it arrives, which would hide the stamp."""
+        if base.tzinfo is None:
+            base = base.replace(tzinfo=timezone.utc)
+
+        def pick(conn: sqlite3.Connection) -> datetime:
+            when = base
+            while conn.execute("SELECT 1 FROM event_times WHERE second = ?",
+                               (self._second(when),)).fetchone():
+                when -= timedelta(seconds=1)
+            conn.execute("INSERT INTO event_times (second, reserved_at) VALUES (?, ?)",
+                         (self._second(when), _now()))
+            return when
+
+        return self._write(pick)
+
+    def event_time_owner(self, event_time: str) -> str | None:
+        """The plan already applied with events stamped in ``event_time``'s second, if any."""
+        try:
+            when = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+        except (TypeError, ValueError):
+            return None
+        rows = self._query("SELECT plan FROM event_times WHERE second = ? AND plan IS NOT NULL",
+                           (self._second(when),))
+        return rows[0][0] if rows else None
+
+    def note_key(self, fingerprint: str) -> str | None:
+        """Record the fingerprint of the API key now used with this ledger; returns the one
+        used before when it differs (a rotated key — or a key of another workspace given the
+        same name), else None. Fingerprints only: the key itself is never stored."""
+        previous = self._meta("key_fingerprint")
+        if previous != fingerprint:
+            self._write(lambda c: c.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('key_fingerprint', ?)", (fingerprint,)))
+        return previous if previous not in (None, fingerprint) else None
+
     # -- plans and batches ---------------------------------------------------------------
     def record_plan(self, plan) -> None:
         """Keep a copy of ``plan``'s operations beside the ledger (acknowledged batches refer
-        to its rows) and make its fields the ones per-user checksums are computed over."""
+        to its rows) and make its fields the ones per-user checksums are computed over. Its
+        event time and update mode are kept with it (`toolkit.settle` reads them)."""
         directory = self._sidecar(".plans")
         name = f"{directory.name}/{plan.id}.parquet"
         target = self.path.parent / name
@@ -538,12 +717,24 @@ class Ledger:
             shutil.copyfile(plan.ops_path, tmp)
             os.replace(tmp, target)
         fields = json.dumps(sorted(plan.fields))
-        self._write(lambda c: (
-            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?)",
-                      (plan.id, name, fields, plan.field_digest or "", _now())),
+        event_time = plan.options.get("event_time")
+        has_events = any(b.kind == "events" for b in plan.batches())
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO plans (plan, file, fields, digest, recorded_at, "
+                      "event_time, create_users) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (plan.id, name, fields, plan.field_digest or "", _now(), event_time,
+                       int(bool(plan.options.get("create_users")))))
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                           [("checksum_fields", fields),
-                           ("checksum_digest", plan.field_digest or "")])))
+                           ("checksum_digest", plan.field_digest or "")])
+            if has_events and event_time:
+                second = self._second(datetime.fromisoformat(event_time.replace("Z", "+00:00")))
+                c.execute("INSERT INTO event_times (second, reserved_at, plan) VALUES (?, ?, ?) "
+                          "ON CONFLICT (second) DO UPDATE SET plan = excluded.plan "
+                          "WHERE plan IS NULL", (second, _now(), plan.id))
+
+        self._write(write)
 
     def record_batches(self, plan: str, batches: Iterable[tuple]) -> None:
         """Register a plan's batches as pending (``(batch, kind, objects, items_json[, index])``,
@@ -646,6 +837,14 @@ class Ledger:
         return pd.DataFrame(out, columns=["plan", "batch", "status", "objects", "items",
                                           "sent_at"])
 
+    def awaiting_settle(self) -> tuple[int, int]:
+        """(batches, events) of event batches whose outcome is unknown: what `toolkit.settle`
+        has to decide before their events can be planned again."""
+        batches, events = self._query(
+            "SELECT count(*), coalesce(sum(objects), 0) FROM batches WHERE kind = 'events' AND "
+            "status IN ('sent', 'unknown')")[0]
+        return int(batches), int(events)
+
     def held_items(self) -> pa.Table:
         """``(field, uid)`` of every event held by an uncertain event batch."""
         pairs = [(f, u) for items in self.uncertain_events()["items"]
@@ -658,19 +857,78 @@ class Ledger:
         held = self.held_items()
         return set(zip(held.column("field").to_pylist(), held.column("uid").to_pylist()))
 
-    def resolve(self, plan: str, batch: str, *, landed: bool) -> None:
+    def uncertain_batches(self) -> list[dict]:
+        """Each uncertain event batch with what `toolkit.settle` needs to decide it: ``plan``,
+        ``batch``, ``status``, ``objects``, ``sent_at``, the plan's ``event_time`` and
+        ``create_users`` (None when the ledger did not keep them), and ``events``: one
+        ``(braze user, event name, field)`` per event (empty when the ledger holds only the
+        batch's item list, which has no event names)."""
+        rows = self._query(
+            "SELECT b.plan, b.batch, b.status, b.objects, b.items, b.sent_at, b.batch_index, "
+            "p.file, p.event_time, p.create_users FROM batches b LEFT JOIN plans p "
+            "ON p.plan = b.plan WHERE b.kind = 'events' AND b.status IN ('sent', 'unknown') "
+            "ORDER BY b.plan, b.batch")
+        out = []
+        for plan, batch, status, objects, items, sent_at, index, file, event_time, create in rows:
+            events: list[tuple[str, str, str]] = []
+            if not items and file and index is not None:
+                with engine.connect() as db:
+                    events = [tuple(r) for r in db.execute(
+                        "SELECT uid, name, field FROM read_parquet(?) WHERE batch = ?",
+                        [str(self.path.parent / file), int(index)]).fetchall()]
+            out.append({"plan": plan, "batch": batch, "status": status, "objects": int(objects),
+                        "sent_at": sent_at, "event_time": event_time,
+                        "create_users": None if create is None else bool(create),
+                        "events": events})
+        return out
+
+    def find_uncertain(self, spec: str) -> tuple[str, str]:
+        """``(plan, batch)`` of the uncertain event batch named ``spec``: ``PLAN/BATCH`` (the
+        plan's id and the batch's name, as `settle` prints them) or a batch name alone when
+        only one uncertain batch has it."""
+        plan, _, batch = spec.strip().rpartition("/")
+        rows = self._query("SELECT plan, batch FROM batches WHERE kind = 'events' AND status IN "
+                           "('sent', 'unknown') AND batch = ?" + (" AND plan = ?" if plan else ""),
+                           (batch, plan) if plan else (batch,))
+        if len(rows) == 1:
+            return rows[0][0], rows[0][1]
+        waiting = [f"{p}/{b}" for p, b in self._query(
+            "SELECT plan, batch FROM batches WHERE kind = 'events' AND status IN "
+            "('sent', 'unknown') ORDER BY plan, batch")]
+        listed = ", ".join(waiting[:10]) + (f" … (+{len(waiting) - 10})" if len(waiting) > 10
+                                            else "")
+        if rows:
+            raise LedgerError(f"{len(rows)} uncertain event batches are named {batch!r}",
+                              batch=spec, file=str(self.path),
+                              hint="name it with its plan: " + ", ".join(
+                                  f"{p}/{b}" for p, b in rows))
+        raise LedgerError("no uncertain event batch with that name", batch=spec,
+                          file=str(self.path),
+                          hint=(f"the batches awaiting a decision are: {listed}" if waiting else
+                                "no event batch awaits a decision: nothing to settle"))
+
+    def resolve(self, plan: Any, batch: str, *, landed: bool, reason: str | None = None) -> None:
         """Settle an uncertain event batch after checking Braze: ``landed=True`` records its
         state as acknowledged (nothing will resend it); ``landed=False`` forgets it, so the
-        next plan includes those events again. ``plan`` is the plan's id (or the Plan)."""
+        next plan includes those events again. ``plan`` is the plan's id or the `Plan`;
+        ``reason`` is kept with the batch (default: "settled by hand: …")."""
         plan = getattr(plan, "id", plan)
+        if not isinstance(plan, str):
+            raise LedgerError(f"resolve() takes a plan id or a Plan, not {type(plan).__name__}",
+                              batch=batch, hint="pass plan.id, or the id shown by settle")
         rows = self._query("SELECT kind, status, items, batch_index FROM batches "
                            "WHERE plan = ? AND batch = ?", (plan, batch))
         if not rows or rows[0][1] not in ("sent", "unknown"):
-            raise LedgerError("no uncertain batch with that name", batch=batch, plan=plan,
-                              hint="see ledger.uncertain_events() for the batches to settle")
+            state = (f"it is {rows[0][1]}" if rows else "the ledger has no batch of that name "
+                                                         "in that plan")
+            raise LedgerError(f"no uncertain batch {plan}/{batch}: {state}", batch=batch,
+                              plan=plan, file=str(self.path),
+                              hint="`python -m toolkit settle` lists the batches awaiting a "
+                                   "decision (ledger.uncertain_events() in code)")
         items = self._items(plan, rows[0][2], rows[0][3]) if landed else []
         self.finish(plan, batch, "resolved" if landed else "failed", state=items,
-                    reason="settled by hand: " + ("landed" if landed else "did not land"))
+                    reason=reason or ("settled by hand: " + ("landed" if landed
+                                                              else "did not land")))
 
     # -- display -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -701,8 +959,12 @@ class Ledger:
         fields = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>"
                          for k, v in sorted(s["fields"].items()))
         batches = ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(s["batches"].items()))
+        waiting, events = self.awaiting_settle()
+        settle = (f"<p><b>{events:,} event(s) in {waiting:,} batch(es) await settling</b>: run "
+                  "<code>python -m toolkit settle</code> (or <code>toolkit.settle(ledger, "
+                  "client)</code>).</p>" if waiting else "")
         return (f"<div class='toolkit-ledger'><b>Sync ledger</b> for "
                 f"<code>{escape(str(s['workspace']))}</code> · version {s['version']:,}<br>"
                 f"<small>{escape(s['path'])}</small>"
                 f"<table><tr><th>field</th><th>users</th></tr>{fields}</table>"
-                f"<p>Batches: {batches or 'none'}</p></div>")
+                f"<p>Batches: {batches or 'none'}</p>{settle}</div>")

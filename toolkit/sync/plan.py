@@ -115,14 +115,20 @@ def _resolve_target(workspace, ledger):
             raise PlanError("workspace must be a BrazeClient or its .workspace text",
                             field="workspace")
     if isinstance(ledger, (str, os.PathLike)):
-        ledger = Ledger(path=ledger, workspace=workspace)
+        ledger = Ledger(path=ledger, workspace=client if client is not None else workspace)
     if ledger is not None:
         if workspace is None:
             workspace = ledger.workspace
         elif ledger.workspace not in (None, workspace):
-            raise PlanError(f"the ledger belongs to workspace {ledger.workspace!r}, not "
-                            f"{workspace!r}", field="ledger",
-                            hint="pass the ledger of the workspace you target, or none")
+            from toolkit.sync.ledger import describe_workspace
+
+            raise PlanError(f"the ledger belongs to {describe_workspace(ledger.workspace)}, not "
+                            f"to {describe_workspace(workspace)}", field="ledger",
+                            file=str(ledger.path),
+                            hint="pass the ledger of the workspace you target, or none (its "
+                                 "default ledger is used)")
+    elif client is not None:
+        ledger = Ledger(client)
     elif workspace is not None:
         ledger = Ledger(workspace=workspace)
     return workspace, ledger
@@ -166,8 +172,10 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     and can be inspected but not approved. Identifiers: external_id = user_id, else braze_id,
     else a user alias ``{alias_name: segment_id, alias_label}`` when ``alias_label`` is set, else
     email when ``email_opt_in``. Events are stamped ``event_time`` (default: the export's
-    snapshot time), so resending an uncertain batch sends the identical event. ``progress``
-    shows a bar (default: for exports of at least 200,000 profiles).
+    snapshot time), so resending an uncertain batch sends the identical event; when an earlier
+    plan of the same ledger already used that second, the latest free second before it — each
+    plan's events carry a time of their own, which `toolkit.settle` reads back from Braze.
+    ``progress`` shows a bar (default: for exports of at least 200,000 profiles).
     """
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_TRACK_OBJECTS:
         raise PlanError(f"batch_size must be 1–{MAX_TRACK_OBJECTS}, not {batch_size!r}",
@@ -228,13 +236,40 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             code="type_conflict",
             reason="value type differs from the type Braze holds for this attribute")],
             ignore_index=True)
-    if result.held:
+    waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
+    if waiting_batches:
+        held_text = (f"; {result.held:,} event(s) this plan would send to the same users for the "
+                     "same audiences or traits are held back until then" if result.held else "")
         findings.add(
             "warning", "uncertain_events_held",
-            f"{result.held:,} event(s) were left out: an earlier apply sent them but never got "
-            "Braze's answer, so sending them again could count them twice", fix=(
-                "check those users in Braze, then ledger.resolve(plan_id, batch, landed=True|False)"
-                ", or re-apply that plan with resend_uncertain_events=True"))
+            f"{waiting_events:,} event(s) in {waiting_batches:,} batch(es) sent by an earlier "
+            "apply have an unknown outcome (Braze never answered), so they are not sent again "
+            "until settled — resending could count them twice" + held_text, fix=(
+                "run `python -m toolkit settle` (toolkit.settle(ledger, client) in code): it "
+                "reads those users back from Braze and records each batch as landed or not; "
+                "the next plan then sends what did not land. A batch it cannot decide is "
+                "settled by hand: settle --landed PLAN/BATCH or --not-landed PLAN/BATCH"))
+    if client is not None and ledger is not None and hasattr(client, "key_fingerprint"):
+        previous = ledger.note_key(client.key_fingerprint)
+        if previous is not None:
+            findings.add(
+                "info", "api_key_changed",
+                f"the API key changed since this ledger was last used (sha256:{previous} → "
+                f"sha256:{client.key_fingerprint}); the ledger of {workspace} is kept because "
+                "the workspace (instance and name) is the same", fix=(
+                    "nothing to do after a key rotation; if the new key belongs to another "
+                    "workspace, stop and give that workspace its own name (BRAZE_WORKSPACE)"))
+    has_events = bool(len(result.batches)) and bool((result.batches["kind"] == "events").any())
+    if has_events and ledger is not None:
+        # each plan's events carry a second of their own, so Braze's read-back names the plan
+        reserved = _utc_iso(ledger.reserve_event_time(pd.Timestamp(event_iso).to_pydatetime()))
+        if reserved != event_iso and event_time is not None:
+            findings.add("info", "event_time_moved",
+                         f"events are stamped {reserved}, not {event_iso}: an earlier plan of "
+                         "this ledger already used that second, and each plan's events need a "
+                         "time of their own so `settle` can tell them apart in Braze",
+                         fix="nothing to do")
+        event_iso = options["event_time"] = reserved
     left_path = workdir / "plan.left_out.parquet"
     _write_left_out(left_out, left_path)
     manifest = {
@@ -248,6 +283,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         "field_digest": projection.spec_digest(),
         "profiles": projection.profiles, "users": projection.users,
         "changed_users": result.changed_users, "held_events": result.held,
+        "awaiting_settle": {"batches": waiting_batches, "events": waiting_events},
         "rows": result.rows, "approval": None,
     }
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
@@ -560,7 +596,43 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
+        """No operations to send. Not the same as "in sync": see `awaiting_settle`."""
         return self.rows == 0
+
+    @property
+    def awaiting_settle(self) -> dict:
+        """``{"batches", "events"}`` of event batches sent by earlier applies whose outcome is
+        unknown when this plan was made; until they are settled (`toolkit.settle`) their users'
+        events for the same audiences or traits are held back (``held_events``)."""
+        waiting = self.manifest.get("awaiting_settle") or {}
+        return {"batches": int(waiting.get("batches") or 0),
+                "events": int(waiting.get("events") or 0)}
+
+    @property
+    def held_events(self) -> int:
+        """Events this plan leaves out until an uncertain batch holding them is settled."""
+        return int(self.manifest.get("held_events") or 0)
+
+    def headline(self) -> str:
+        """One sentence on what the plan does, which never says "nothing to send" while events
+        await settling: what a CLI, the wizard or a notebook shows first."""
+        c = self.cost()
+        waiting = self.awaiting_settle
+        settle = ""
+        if waiting["batches"]:
+            settle = (f"{waiting['events']:,} event(s) in {waiting['batches']:,} batch(es) from an "
+                      "earlier apply have an unknown outcome and are not resent"
+                      + (f" ({self.held_events:,} planned event(s) held back with them)"
+                         if self.held_events else "")
+                      + "; settle them with `python -m toolkit settle` (toolkit.settle(ledger, "
+                        "client)), then plan again")
+        if self.is_empty and settle:
+            return "Nothing can be sent yet: " + settle + "."
+        if self.is_empty:
+            return "Nothing to send: Braze already holds every value."
+        text = (f"{c['operations']:,} operations for {c['users']:,} users in {c['requests']:,} "
+                f"requests ({c['data_points']:,} data points).")
+        return text + (" Also: " + settle + "." if settle else "")
 
     def _compute_cost(self) -> dict[str, Any]:
         with engine.connect() as db:
@@ -657,24 +729,38 @@ class Plan:
     def __repr__(self) -> str:
         c = self.cost()
         state = ("approved by " + self.approval["by"]) if self.approval else "not approved"
+        waiting = self.awaiting_settle
+        settle = (f", {waiting['events']:,} uncertain event(s) in {waiting['batches']:,} "
+                  "batch(es) await settling (python -m toolkit settle)" if waiting["batches"]
+                  else "")
         return (f"<Plan {self.id} for {self.workspace or '(no workspace)'}: "
                 f"{c['operations']:,} operations, {c['users']:,} users, {c['requests']:,} "
                 f"requests, {c['data_points']:,} data points, ~{c['estimated_seconds']:.1f}s, "
-                f"{len(self.findings)} findings, {state}>")
+                f"{len(self.findings)} findings, {state}{settle}>")
 
     def _repr_html_(self) -> str:
         c = self.cost()
         approval = (f"approved by <b>{escape(self.approval['by'])}</b> until "
                     f"{escape(self.approval['expires_at'])}" if self.approval
                     else "<b>not approved</b>")
-        held = int(self.manifest.get("held_events") or 0)
-        if self.is_empty and held:
-            body = (f"<p><b>Nothing can be sent yet</b>: {held:,} event(s) are held back until "
-                    "their earlier batch is settled (see the findings).</p>")
+        waiting = self.awaiting_settle
+        settle = ""
+        if waiting["batches"]:
+            held = (f" {self.held_events:,} event(s) of this plan are held back with them."
+                    if self.held_events else "")
+            settle = (f"<p style='border-left:4px solid #e67e22;padding:2px 6px'><b>"
+                      f"{waiting['events']:,} event(s) in {waiting['batches']:,} batch(es) "
+                      "await settling</b>: an earlier apply sent them but Braze never answered, "
+                      f"so they are not resent (Braze would count them twice).{held} Settle them "
+                      "with <code>python -m toolkit settle</code> (or <code>toolkit.settle(ledger,"
+                      " client)</code>): it reads those users back from Braze and decides each "
+                      "batch; then plan again.</p>")
+        if self.is_empty and waiting["batches"]:
+            body = "<p><b>Nothing can be sent yet.</b></p>" + settle
         elif self.is_empty:
             body = "<p><b>Nothing to send</b>: Braze already holds every value.</p>"
         else:
-            body = self.summary().to_html(index=False)
+            body = self.summary().to_html(index=False) + settle
         samples = json.dumps(self.sample_payloads(1), indent=1, ensure_ascii=False)[:3000]
         findings = self.findings._repr_html_() if len(self.findings) else "<p>No findings.</p>"
         return (
