@@ -646,10 +646,12 @@ class GuidedSyncState:
             out.append(("Settle the events whose outcome is unknown",
                         f"{len(report.uncertain):,} event batch(es) ({batches}) were sent but "
                         f"Braze's answer never came, so they are not resent (Braze would count "
-                        f"those events twice). Look those users up in Braze, then record what "
-                        f"happened: ledger.resolve('{report.plan_id}', BATCH, landed=True) if "
-                        f"the events are there, landed=False if not. The next plan then "
-                        f"includes what did not land."))
+                        f"those events twice). Settle them from Braze's read-back: "
+                        f"toolkit.settle(ledger, client) in a cell, or `python -m toolkit "
+                        f"settle` in a terminal (it decides only on unambiguous evidence, after "
+                        f"Braze's read-after-write delay, and lists what needs a person with "
+                        f"the --landed / --not-landed command). The next plan then includes "
+                        f"what did not land."))
         if report is not None and report.rejected:
             out.append(("Fix the rejected objects",
                         f"Braze rejected {len(report.rejected):,} object(s); the rejected CSV "
@@ -1586,7 +1588,7 @@ class GuidedSync:
                 ("estimated time", _duration(c["estimated_seconds"])
                  + " at the workspace rate limit"),
                 ("fingerprint", p.fingerprint[:16] + "…")])
-            body = ("<p><b>Nothing to send:</b> Braze already holds every value.</p>"
+            body = (f"<p><b>{html.escape(p.headline())}</b></p>"
                     if p.is_empty else views.frame_html(p.summary()))
             n = len(p.findings)
             findings = (f"<details><summary><b>Findings ({n:,})</b> — profiles or values left "
