@@ -328,7 +328,7 @@ def test_uncertain_events_end_with_how_to_settle_them(wizard):
         _go_to(w, "next")
         text = _text(w.next_html.value)
         assert "Settle the events whose outcome is unknown" in text
-        assert f"ledger.resolve('{report.plan_id}', BATCH, landed=True)" in text
+        assert "toolkit.settle(ledger, client)" in text and "python -m toolkit settle" in text
         assert report.uncertain[0]["batch"] in text
 
 

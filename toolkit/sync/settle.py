@@ -38,7 +38,6 @@ the very same second would look like ours) and that Braze reports an event's own
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape
@@ -62,18 +61,13 @@ class SettleError(ToolkitError):
 
 def parse_wait(value: "timedelta | int | float | str") -> timedelta:
     """``timedelta``, seconds, or text like ``"90s"``, ``"5m"``, ``"1h"`` (zero allowed)."""
-    if isinstance(value, timedelta):
-        out = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        out = timedelta(seconds=float(value))
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value.lower())
-        if not m:
+    from toolkit.sync.plan import read_duration
+
+    out = read_duration(value)
+    if out is None:
+        if isinstance(value, str):
             raise ConfigError(f"cannot read the wait {value!r}", field="wait",
                               hint="write a number with a unit: 300s, 5m or 1h")
-        out = timedelta(seconds=float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600,
-                                                     "d": 86400}[m.group(2)])
-    else:
         raise ConfigError(f"wait must be a duration, not {type(value).__name__}", field="wait")
     if out < timedelta(0):
         raise ConfigError("the wait cannot be negative", field="wait")
