@@ -1,7 +1,6 @@
 """Packaging rules: environment.yml and pyproject agree; every public name is documented."""
 from __future__ import annotations
 
-import importlib
 import re
 import tomllib
 from pathlib import Path

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 import toolkit
 from toolkit.engage.validation import MAX_ROW_FINDINGS

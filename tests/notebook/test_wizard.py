@@ -5,7 +5,6 @@ import json
 
 import ipywidgets as widgets
 import pandas as pd
-import pytest
 
 import toolkit
 from toolkit.braze.client import BrazeClient

@@ -24,7 +24,7 @@ import pytest
 import toolkit
 from toolkit.braze.client import BrazeClient
 from toolkit.errors import (ExportFormatError, MappingError, PlanAltered, PlanError,
-                            PlanExpired, PlanNotApproved, ToolkitError)
+                            PlanNotApproved, ToolkitError)
 from toolkit.mapping import Mapping
 from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.ledger import Ledger
