@@ -43,6 +43,8 @@ REASONS = {
     "other": "not explained by the rules above",
 }
 
+PROGRESS_FROM = 200_000   # profiles from which the preview shows a progress bar
+
 _FRAME_COLUMNS = ["key", "kind", "send_as", "check", "recommended", "braze_filter",
                   "engage_members", "braze_can_hold", "filter_selects", "matched", "dropped",
                   "extra", *REASONS, "note"]
@@ -482,7 +484,11 @@ class _Builder:
 
         rows, filters, reasons = [], {}, {}
         positions = np.flatnonzero(self.has_key)
-        for rule in mapping:
+        from tqdm.auto import tqdm
+
+        # evaluating the filters is the long part at scale: a bar from 200,000 profiles on
+        for rule in tqdm(list(mapping), desc="preview: Braze filters", unit="rule",
+                         disable=self.n < PROGRESS_FROM, leave=False):
             value_type = mapping.value_type(export, rule.key)
             checks = self._checks(rule, value_type, shared)
             filters[rule.key] = [c.filter for c in checks if c.recommended]
