@@ -12,6 +12,7 @@ the request (``batch``) each operation belongs to already assigned:
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class DiffResult:
     held: int                      # operations held back: their event batch's fate is unknown
     conflicts: pd.DataFrame        # (segment_id, uid, rule) of values whose type Braze locked
     batches: pd.DataFrame          # batch, kind, start, stop, objects, name, change
+    digests: dict                  # column -> ColumnDigest bytes of the file as written
 
 
 def _kind(expr: str) -> str:
@@ -124,8 +126,9 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_count = db.execute(
             "SELECT count(*) FROM (SELECT unnest(list_filter([" + ", ".join(everything)
             + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchall()[0][0]
-    rows, batches = _write_ordered(db, limit, out, sections, on_rows)
-    return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches)
+    rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows)
+    return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
+                      digests)
 
 
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
@@ -264,6 +267,38 @@ def _section_query(structs: list[str], order: int) -> str:
     return f"SELECT * FROM ({query}) ORDER BY name, change, pos" if order == 2 else query
 
 
+class ColumnDigest:
+    """sha256 of one column of a plan's operations: its value lengths (-1 for null) and its
+    bytes, hashed apart so the digest does not depend on how the column is cut into chunks."""
+
+    def __init__(self) -> None:
+        self.lengths = hashlib.sha256()
+        self.data = hashlib.sha256()
+
+    def update(self, arr) -> None:
+        if isinstance(arr, pa.ChunkedArray):
+            for chunk in arr.chunks:
+                self.update(chunk)
+            return
+        if pa.types.is_integer(arr.type):
+            self.data.update(np.asarray(arr.fill_null(-1).to_numpy(zero_copy_only=False),
+                                        dtype="<i8").tobytes())
+            return
+        arr = arr.cast(pa.large_binary())
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
+            arr.offset:arr.offset + len(arr) + 1]
+        lengths = np.diff(offsets)
+        if arr.null_count:
+            lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
+        self.lengths.update(lengths.astype("<i8").tobytes())
+        data = arr.buffers()[2]
+        if data is not None and offsets[-1] > offsets[0]:
+            self.data.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.lengths.digest() + self.data.digest()).digest()
+
+
 class _BackgroundWriter:
     """Writes tables to a Parquet writer on another thread, so compressing one chunk overlaps
     with the engine producing the next (both release the GIL)."""
@@ -272,12 +307,18 @@ class _BackgroundWriter:
         self.sink = sink
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
         self.pending: list = []
+        self.digests = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+
+    def _write(self, table: pa.Table, options: dict) -> None:
+        self.sink.write_table(table, **options)
+        for c, digest in self.digests.items():  # in write order: one thread
+            digest.update(table.column(c))
 
     def write_table(self, table: pa.Table, **options) -> None:
         # bounded: at most two chunks wait in memory; a failed write raises here
         while self.pending and (self.pending[0].done() or len(self.pending) >= 2):
             self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self.sink.write_table, table, **options))
+        self.pending.append(self.pool.submit(self._write, table, options))
 
     def __enter__(self) -> "_BackgroundWriter":
         return self
@@ -291,7 +332,7 @@ class _BackgroundWriter:
 
 
 def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on_rows=None
-                   ) -> tuple[int, pd.DataFrame]:
+                   ) -> tuple[int, pd.DataFrame, dict[str, bytes]]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
     the row count and one row per request (batch name, kind, start, stop, objects)."""
     per_user = 1
@@ -334,7 +375,7 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on
                 rows += chunk.num_rows
                 if on_rows is not None:
                     on_rows(chunk.num_rows)
-    return rows, _batch_frame(parts)
+    return rows, _batch_frame(parts), {c: d.digest() for c, d in writer.digests.items()}
 
 
 def _batch_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:

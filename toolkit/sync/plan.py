@@ -37,7 +37,7 @@ from toolkit import engine
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
-from toolkit.sync.diff import OPERATION_COLUMNS, diff
+from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff
 from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, project
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
@@ -294,7 +294,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         "rows": result.rows, "approval": None,
     }
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
-               owned_dir=workdir)
+               owned_dir=workdir, column_digests=(result.digests, result.rows))
     out.manifest["cost"] = out._compute_cost()
     out.manifest["summary"] = out._compute_summary()
     return out
@@ -305,26 +305,6 @@ def _write_left_out(frame: pd.DataFrame, path: Path) -> None:
                                   else np.full(len(frame), None, dtype=object), pa.string())
                       for c in LEFT_OUT_COLUMNS})
     pq.write_table(table, path, compression="zstd")
-
-
-def _digest_column(h, arr: pa.Array) -> None:
-    """Feed one column chunk to ``h``: value lengths (-1 for null), then the bytes; independent
-    of how the column is cut into chunks."""
-    if pa.types.is_integer(arr.type):
-        h.update(np.asarray(arr.fill_null(-1).to_numpy(zero_copy_only=False),
-                            dtype="<i8").tobytes())
-        return
-    arr = arr.cast(pa.large_binary())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    lengths = np.diff(offsets)
-    if arr.null_count:
-        lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
-    h.update(lengths.astype("<i8").tobytes())
-    data = arr.buffers()[2]
-    if data is not None and offsets[-1] > offsets[0]:
-        h.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
 
 
 class _OpsReader:
@@ -374,12 +354,16 @@ class Plan:
 
     def __init__(self, manifest: dict, ops_path: Path, left_path: Path | None = None, *,
                  findings: Findings | None = None, batches: pd.DataFrame | None = None,
-                 owned_dir: Path | None = None) -> None:
+                 owned_dir: Path | None = None,
+                 column_digests: "tuple[dict[str, bytes], int] | None" = None) -> None:
         self.manifest = manifest
         self.ops_path = Path(ops_path)
         self.left_path = Path(left_path) if left_path is not None else None
         self.findings = findings if findings is not None else Findings()
         self._batch_frame = batches
+        # digests taken while the file was written (its first fingerprint needs no re-read);
+        # check_approval drops them and reads the file again
+        self._column_digests = column_digests
         self._batches: list[Batch] | None = None
         self._fingerprint: str | None = None
         self._reader: _OpsReader | None = None
@@ -444,25 +428,32 @@ class Plan:
                 "ledger_version": m["ledger_version"], "options": m["options"],
                 "cohorts": m["cohorts"], "fields": m.get("fields", []),
                 "columns": list(OPERATION_COLUMNS), "rows": m["rows"], "cost": m.get("cost")}
-        per_column = {c: hashlib.sha256() for c in OPERATION_COLUMNS}
+        digests, rows = self._column_digests or (None, None)
+        if digests is None:
+            digests, rows = self._digest_file()
+        h = hashlib.sha256(_dumps(head).encode())
+        h.update(str(rows).encode())
+        for c in OPERATION_COLUMNS:
+            h.update(digests[c])
+        return h.hexdigest()
+
+    def _digest_file(self) -> tuple[dict[str, bytes], int]:
+        """Per-column digests of the operations file, streamed."""
+        per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
         rows = 0
         try:
             file = pq.ParquetFile(self.ops_path)
             for batch in file.iter_batches(batch_size=131_072, columns=list(OPERATION_COLUMNS)):
                 rows += batch.num_rows
                 for c in OPERATION_COLUMNS:
-                    _digest_column(per_column[c], batch.column(c))
+                    per_column[c].update(batch.column(c))
             file.close()
         except (OSError, pa.ArrowException, KeyError) as exc:
             raise PlanAltered(f"the plan's operations file cannot be read: {exc}",
                               file=str(self.ops_path),
                               hint="the file was damaged or replaced; make and approve a new plan"
                               ) from None
-        h = hashlib.sha256(_dumps(head).encode())
-        h.update(str(rows).encode())
-        for c in OPERATION_COLUMNS:
-            h.update(per_column[c].digest())
-        return h.hexdigest()
+        return {c: d.digest() for c, d in per_column.items()}, rows
 
     @property
     def fingerprint(self) -> str:
@@ -708,6 +699,7 @@ class Plan:
             raise PlanExpired(f"the approval by {a.get('by')} expired at {a['expires_at']}; "
                               "nothing was sent", hint="re-plan and approve again")
         self._fingerprint = None
+        self._column_digests = None  # what is sent is what the file holds now
         actual = self.fingerprint
         if a.get("fingerprint") != actual or a.get("workspace") != self.workspace:
             raise PlanAltered("the plan changed after it was approved (fingerprint "
