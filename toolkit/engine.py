@@ -22,7 +22,7 @@ import duckdb
 
 from toolkit.errors import ConfigError
 
-__all__ = ["connect", "configure", "settings", "quote"]
+__all__ = ["connect", "configure", "settings", "quote", "literal"]
 
 _overrides: dict[str, str | None] = {}
 

@@ -32,15 +32,11 @@ def _titled_and_labelled(fig: Figure) -> None:
             assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
 
 
-@pytest.fixture(scope="module")
-def synced():
-    """A real preview, plan and sync report of the bundled sample against the sandbox."""
+def _sync_to_sandbox(export, mapping):
+    """(plan, report) of a whole sync of ``export`` under ``mapping`` to a fresh sandbox."""
     import toolkit
-    from toolkit.notebook.wizard import bundled_samples
     from toolkit.sandbox import BrazeSandbox
 
-    export = toolkit.load(next(iter(bundled_samples().values())))
-    mapping = toolkit.Mapping.from_export(export).set("vip_customer", send_as="both")
     with BrazeSandbox() as sb, tempfile.TemporaryDirectory() as tmp:
         client = toolkit.BrazeClient.for_sandbox(sb)
         ledger = toolkit.Ledger(client, directory=tmp)
@@ -49,6 +45,18 @@ def synced():
         report = toolkit.apply(plan, client, ledger, progress=False)
         ledger.close()
         client.close()
+    return plan, report
+
+
+@pytest.fixture(scope="module")
+def synced():
+    """A real preview, plan and sync report of the bundled sample against the sandbox."""
+    import toolkit
+    from toolkit.notebook.wizard import bundled_samples
+
+    export = toolkit.load(next(iter(bundled_samples().values())))
+    mapping = toolkit.Mapping.from_export(export).set("vip_customer", send_as="both")
+    plan, report = _sync_to_sandbox(export, mapping)
     return {"export": export, "preview": mapping.preview(export), "plan": plan,
             "report": report}
 
@@ -211,17 +219,9 @@ def test_sync_throughput_ends_at_the_report_totals_with_a_cohort(export):
     """The cohort phase can end between two timeline samples; the plot still shows the report's
     totals (issue 13: the plot left the cohort batch out)."""
     import toolkit
-    from toolkit.sandbox import BrazeSandbox
 
     mapping = toolkit.Mapping.from_export(export).set("vip_customer", send_as="cohort")
-    with BrazeSandbox() as sb, tempfile.TemporaryDirectory() as tmp:
-        client = toolkit.BrazeClient.for_sandbox(sb)
-        ledger = toolkit.Ledger(client, directory=tmp)
-        plan = toolkit.plan(export, mapping, ledger, workspace=client, create_users=True)
-        plan.approve(by="test")
-        report = toolkit.apply(plan, client, ledger, progress=False)
-        ledger.close()
-        client.close()
+    plan, report = _sync_to_sandbox(export, mapping)
     assert any(b.kind == "cohort" for b in plan.batches())
     calls = http_calls(report)
     assert calls["set-up calls"] == 1                  # the cohort is created once
