@@ -170,6 +170,40 @@ class EngageExport:
         self.computation(audience)
         return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
 
+    def sample(self, n: int = 1000, *, seed: int = 0) -> pd.DataFrame:
+        """``n`` profiles drawn at random (reproducibly, by ``seed``): a look at a large export
+        without displaying all of it."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            from toolkit.errors import ExportValidationError
+            raise ExportValidationError(f"n must be a non-negative integer, not {n!r}",
+                                        field="n", hint="export.sample(1000)")
+        return self.profiles.sample(min(n, len(self.profiles)), random_state=seed)
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run a SQL query on the data engine, where ``profiles``, ``computations`` and
+        ``events`` are this export's tables: counts and overlaps of a large export without
+        Python loops, e.g. ``export.sql("SELECT count(*) FROM profiles WHERE vip_customer")``."""
+        import duckdb
+
+        from toolkit import engine
+        from toolkit.errors import ExportValidationError
+
+        if not isinstance(query, str) or not query.strip():
+            raise ExportValidationError("the query is empty", field="query",
+                                        hint='export.sql("SELECT count(*) FROM profiles")')
+        # list columns (emails, anonymous_ids) and object traits go in as Arrow: no copies
+        with engine.connect() as db:
+            db.register("profiles", self.profiles)
+            db.register("computations", self.computations)
+            db.register("events", self.events)
+            try:
+                return db.execute(query).df()
+            except duckdb.Error as exc:
+                raise ExportValidationError(f"the query failed: {str(exc).splitlines()[0]}",
+                                            field="query",
+                                            hint="tables: profiles, computations, events; "
+                                                 "quote column names with \"…\"") from None
+
     def summary(self) -> pd.DataFrame:
         """One row per computation: kind, value type, profiles with a value, members or distinct values."""
         rows = []
