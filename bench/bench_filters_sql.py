@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +36,12 @@ from toolkit.braze.filters import (AllOf, BooleanAttribute, CustomEventCount,  #
 from toolkit.braze.filters_sql import SqlNames, evaluate_sql, to_sql  # noqa: E402
 from toolkit.braze.state import BrazeState  # noqa: E402
 
+from bench_preview import _best  # noqa: E402  (best of N runs, as the preview bench times)
+
 AS_OF = pd.Timestamp("2026-11-20T06:00:00Z")
 ITEMS = ["Trail Runner 2 Shoe", "Canvas Tote", "Camp Mug", "Down Vest", "trail runner 2 shoe"]
 ATTRIBUTE_TYPES = {"vip_customer": "boolean", "last_product_viewed_item": "text",
                    "total_revenue_180_days": "number", "last_order_at": "time"}
-
-
-def _best(fn, repeat: int):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def synthetic_state(users: int, events_per_user: float, seed: int = 0) -> BrazeState:

@@ -492,8 +492,8 @@ class Ledger:
 
     def materialize(self) -> int:
         """Fold acknowledged batches' state into a new snapshot (in change order, one pass on
-        the engine, switched to in one journal transaction); returns how many (field, user)
-        values were written."""
+        the engine, switched to in one journal transaction); returns how many users' values
+        changed."""
         with self._lock:
             rows = self._query(
                 "SELECT b.plan, b.batch, b.pending, c.version FROM batches b JOIN changes c "

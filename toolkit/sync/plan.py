@@ -715,11 +715,12 @@ class Plan:
     def to_frame(self, limit: int | None = None) -> pd.DataFrame:
         """One row per operation (the first ``limit``): who, which rule, what kind of change,
         what is sent."""
-        if limit is None:
+        if limit is None or not self.rows:
             ops = self.operations
         else:
-            ops = pq.ParquetFile(self.ops_path).read_row_groups([0]).slice(0, limit).to_pandas() \
-                if self.rows else self.operations
+            file = pq.ParquetFile(self.ops_path)
+            ops = next(file.iter_batches(batch_size=max(1, int(limit)))).to_pandas()
+            file.close()
         return pd.DataFrame({
             "segment_id": ops["segment_id"], "braze_user": ops["uid"], "rule": ops["rule"],
             "kind": ops["op"], "change": ops["change"], "name": ops["name"],
