@@ -78,8 +78,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     kinds = [(s.field, s.kind) for s in specs]
     by_field = {s.field: s for s in specs}
     desired_ck = checksum_sql(kinds, lambda f: _desired_checksum(by_field[f]), digest)
-    db.execute(f"CREATE TEMP TABLE desired AS SELECT *, {desired_ck} AS checksum FROM desired_raw")
-    db.unregister("desired_raw")
+    # a view: the projection is read once, by the comparison below, not copied first
+    db.execute(f"CREATE TEMP VIEW desired AS SELECT *, {desired_ck} AS checksum FROM desired_raw")
 
     have = snapshot.columns if snapshot is not None else set()
     held_cols = ""
@@ -113,7 +113,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
                f"{joins} ORDER BY c.pos")
     changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
     db.execute("DROP TABLE changed")
-    db.execute("DROP TABLE desired")
+    db.execute("DROP VIEW desired")
+    db.unregister("desired_raw")
 
     conflicts = _conflicts(db, specs)
     sections = {0: [], 1: [], 2: []}
