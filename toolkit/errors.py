@@ -6,6 +6,7 @@ traceback from pandas or requests.
 """
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "BrazeAuthError",
     "BrazeRateLimited",
     "BrazeConnectionError",
+    "TransportError",
+    "Outcome",
     "ConfigError",
     "SandboxError",
 ]
@@ -131,25 +134,44 @@ class LedgerMoved(LedgerError):
     """The ledger changed since the plan was made; re-plan before applying."""
 
 
+class Outcome(StrEnum):
+    """What Braze may have done with a request — the contract between client, apply and ledger.
+
+    A `StrEnum`, so reports and ledgers store the plain value (``"unknown"``)."""
+
+    ACKNOWLEDGED = "acknowledged"  # Braze answered 2xx (per-object rejects may still be listed)
+    REJECTED = "rejected"          # Braze refused the request (4xx): nothing applied, do not resend
+    NOT_APPLIED = "not_applied"    # nothing reached Braze, or it said so (429, 5xx): safe to resend
+    UNKNOWN = "unknown"            # may have been applied (dropped after sending, read timeout)
+
+
 class BrazeAPIError(ToolkitError):
-    """Braze answered with an error status; keeps the status, body, request and response."""
+    """Braze answered with an error status or not at all; keeps the status, body, request and
+    response, what Braze may have done with the request (`outcome`), the `attempts` made and the
+    objects Braze refused by ``(input_array, index)`` (`rejected`)."""
 
     def __init__(self, message: str, *, status: int | None = None, body: Any = None,
                  request: Any = None, response: Any = None, hint: str | None = None,
-                 **context: Any) -> None:
+                 outcome: "Outcome | str" = Outcome.UNKNOWN, attempts: int | None = None,
+                 rejected: "dict[tuple[str, int], str] | None" = None, **context: Any) -> None:
         self.status = status
         self.body = body
         self.request = request
         self.response = response
-        super().__init__(message, hint=hint, status=status, **context)
+        self.outcome = Outcome(outcome)
+        self.attempts = attempts
+        self.rejected = dict(rejected or {})
+        super().__init__(message, hint=hint, status=status, outcome=self.outcome.value,
+                         attempts=attempts, **context)
 
     def __reduce__(self):
+        context = {k: v for k, v in self.context.items() if k != "status"}
         return (_rebuild_api, (type(self), self.message, self.hint, self.status, self.body,
-                               {k: v for k, v in self.context.items() if k != "status"}))
+                               self.rejected, context))
 
 
-def _rebuild_api(cls, message, hint, status, body, context):
-    return cls(message, status=status, body=body, hint=hint, **context)
+def _rebuild_api(cls, message, hint, status, body, rejected, context):
+    return cls(message, status=status, body=body, hint=hint, rejected=rejected, **context)
 
 
 class BrazeAuthError(BrazeAPIError):
@@ -162,6 +184,24 @@ class BrazeRateLimited(BrazeAPIError):
 
 class BrazeConnectionError(BrazeAPIError):
     """Braze could not be reached or did not answer in time after every retry allowed."""
+
+
+class TransportError(ToolkitError):
+    """A transport got no answer to a request; `outcome` says whether Braze may have applied it."""
+
+    def __init__(self, message: str, *, outcome: "Outcome | str" = "unknown",
+                 kind: str = "connection", **context: Any) -> None:
+        self.outcome = Outcome(outcome)
+        self.kind = kind  # "timeout", "connection" (worth retrying) or "fatal" (never retried)
+        super().__init__(message, **context)
+
+    def __reduce__(self):
+        return (_rebuild_transport, (type(self), self.message, self.outcome, self.kind,
+                                     self.context))
+
+
+def _rebuild_transport(cls, message, outcome, kind, context):
+    return cls(message, outcome=outcome, kind=kind, **context)
 
 
 class ConfigError(ToolkitError):

@@ -1,16 +1,16 @@
-"""Fixtures of the client tests: a running fake Braze and a factory of clients pointed at it."""
+"""Fixtures of the client tests: a scripted Braze behind a `MockTransport`, and a factory of
+clients sending to it (no server, no sockets)."""
 from __future__ import annotations
 
 import pytest
 
-from .fakebraze import API_KEY, FakeBraze
+from .scripted import API_KEY, ScriptedBraze
 from toolkit.braze.client import BrazeClient
 
 
 @pytest.fixture
 def fake():
-    with FakeBraze() as server:
-        yield server
+    return ScriptedBraze()
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def make_client(fake, monkeypatch):
         options.setdefault("backoff", (0.01, 0.05))
         options.setdefault("timeout", 5)
         options.setdefault("seed", 7)
+        options.setdefault("transport", fake.transport)
         client = BrazeClient(options.pop("endpoint", fake.url), options.pop("api_key", API_KEY),
                              **options)
         clients.append(client)

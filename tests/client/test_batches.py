@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from .fakebraze import Step
+from .scripted import Step
 from toolkit.errors import BrazeAPIError, BrazeConnectionError
 
 

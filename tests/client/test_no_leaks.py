@@ -8,7 +8,7 @@ import traceback
 
 import pytest
 
-from .fakebraze import API_KEY, Step, closed_port
+from .scripted import API_KEY, ScriptedBraze, Step
 from toolkit.braze.client import key_fingerprint
 from toolkit.errors import BrazeAPIError
 
@@ -29,7 +29,9 @@ def test_key_stays_out_of_everything(fake, make_client, caplog):
                 Step(401, {"message": f"Invalid API key: {API_KEY}"}), Step(drop=True))
     fake.script("/users/export/ids", Step(403, {"message": "Access Denied"}))
     client = make_client()
-    refused = make_client(endpoint=f"http://127.0.0.1:{closed_port()}", max_retries=1)
+    nobody = ScriptedBraze()
+    nobody.default("/users/track", lambda seen: Step(refuse=True))
+    refused = make_client(transport=nobody.transport, max_retries=1)
     seen_errors = []
     with caplog.at_level(logging.DEBUG):
         for call in (lambda: client.track(attributes=[{"external_id": "u"}]),

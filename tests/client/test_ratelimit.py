@@ -181,3 +181,22 @@ def test_server_headers_slow_the_client_down_without_429s(fake, make_client):
     assert fake.answered_429 == 0 and client.stats.rate_limited == 0
     assert elapsed >= 3 * 0.4 - 0.05          # 16 requests need at least 4 windows
     assert client.rate_limit_for("/users/track")[0] == 5
+
+
+def test_the_sandbox_counts_with_the_same_limiter_in_fixed_windows():
+    from toolkit.braze.ratelimit import FixedWindow
+
+    wall = [1000.2]
+    limiter = RateLimiter({"/users/track": (2, 1.0), "/custom_attributes": None},
+                          meter=FixedWindow, wall=lambda: wall[0])
+    window = limiter.bucket("/users/track")
+    assert [window.take()[0] for _ in range(3)] == [True, True, False]
+    allowed, headers = window.take(consume=False)
+    assert dict(headers) == {"x-ratelimit-limit": "2", "x-ratelimit-remaining": "0",
+                             "x-ratelimit-reset": "1001"}      # the window opened on the second
+    wall[0] = 1001.0
+    assert window.take()[0]
+    assert limiter.bucket("/custom_attributes") is None
+    assert limiter.bucket("/events/list") is limiter.bucket("/custom_attributes")
+    limiter.set("/users/track", 5, 3.0)
+    assert limiter.limit_for("/users/track") == (5, 3.0)

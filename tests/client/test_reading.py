@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .fakebraze import API_KEY, Step
+from .scripted import API_KEY, Step
+from toolkit.braze.transport import SandboxTransport
+from toolkit.sandbox import BrazeSandbox
 from toolkit.braze.client import BrazeClient
 from toolkit.errors import BrazeAuthError, ConfigError
 
@@ -122,14 +124,10 @@ def test_cohort_rejects_unusable_members(make_client):
         make_client().cohort("p", "s").update_users("c", add=[42])
 
 
-def test_for_sandbox_takes_url_key_and_partner_keys(fake):
-    class FakeSandbox:
-        url = fake.url
-        api_key = API_KEY
-        partner_api_key = "pk-sb"
-        client_secret = "cs-sb"
-
-    with BrazeClient.for_sandbox(FakeSandbox(), max_workers=2) as client:
-        assert client.endpoint == fake.url and client.max_workers == 2
-        client.cohort().create("c", "n")
-    assert fake.seen[0].body["partner_api_key"] == "pk-sb"
+def test_for_sandbox_takes_url_key_and_partner_keys():
+    with BrazeSandbox(partner_api_key="pk-sb", client_secret="cs-sb") as sb:
+        with BrazeClient.for_sandbox(sb, max_workers=2) as client:
+            assert client.endpoint == sb.url and client.max_workers == 2
+            assert isinstance(client.transport, SandboxTransport)
+            client.cohort().create("c", "n")       # refused (401) unless both keys were taken
+        assert list(sb.cohorts()["cohort_id"]) == ["c"]

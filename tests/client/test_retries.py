@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .fakebraze import Step, closed_port
+from .scripted import Step
 from toolkit.braze.client import BrazeBadRequest, BrazeServerError
 from toolkit.errors import BrazeAuthError, BrazeConnectionError, BrazeRateLimited
 
@@ -143,8 +143,9 @@ def test_read_timeout_retried_for_attributes(fake, make_client):
     assert result.attempts == 2 and result.unknown_attempts == 1
 
 
-def test_connection_refused_is_not_applied_and_retried(make_client):
-    client = make_client(endpoint=f"http://127.0.0.1:{closed_port()}", max_retries=2)
+def test_connection_refused_is_not_applied_and_retried(fake, make_client):
+    fake.default("/users/track", lambda seen: Step(refuse=True))
+    client = make_client(max_retries=2)
     with pytest.raises(BrazeConnectionError) as info:
         client.track(events=EVENTS, retry_unknown=False)
     err = info.value

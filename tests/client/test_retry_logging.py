@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .fakebraze import Step
+from .scripted import Step
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTRS = [{"external_id": "u1", "vip": True}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .fakebraze import API_KEY, Step
+from .scripted import API_KEY, Step
 from toolkit.braze.client import BrazeBadRequest, TrackResult, key_fingerprint
 from toolkit.errors import ConfigError
 

@@ -214,19 +214,18 @@ def test_an_approval_does_not_travel_to_another_workspace(saved_plan, tmp_path):
 
 
 class Recorder:
-    """Wraps a client's HTTP session so every request body that leaves is kept."""
+    """Wraps a client's transport so every request body that leaves is kept."""
 
     def __init__(self, client: BrazeClient) -> None:
         self.bodies: list[dict] = []
-        session = client._session
-        original = session.request
+        original = client.transport.send
 
-        def request(method, url, data=None, **kw):
-            if url.endswith("/users/track") and data:
-                self.bodies.append(json.loads(data))
-            return original(method, url, data=data, **kw)
+        def send(request):
+            if request.path == "/users/track" and request.content:
+                self.bodies.append(json.loads(request.content))
+            return original(request)
 
-        session.request = request
+        client.transport.send = send
 
 
 def _objects(body: dict) -> list[str]:

@@ -1,9 +1,11 @@
 """`BrazeClient`: the one object that talks to Braze's REST API (and to the local sandbox).
 
-It owns one ``requests.Session``, bearer auth, a per-endpoint token-bucket rate limiter fed by
-``x-ratelimit-*`` headers, and retries with exponential backoff and jitter on 429, 5xx and
-connection failures — never on 400/401/403/404. Every failed request says what Braze may have done
-with it (`outcome`):
+It sends through a `toolkit.braze.transport.Transport` (HTTP by default, the sandbox in the same
+process for `for_sandbox`, any function in tests) with bearer auth, a per-endpoint token-bucket
+rate limiter fed by ``x-ratelimit-*`` headers (`toolkit.braze.ratelimit`), and retries with
+exponential backoff and jitter on 429, 5xx and connection failures — never on 400/401/403/404
+(`toolkit.braze.retries`). Every failed request says what Braze may have done with it
+(`outcome`, a `toolkit.errors.Outcome`):
 
 - ``"acknowledged"``  Braze answered 2xx (per-object rejects are listed in `TrackResult.rejected`);
 - ``"rejected"``      Braze refused the request (4xx); nothing was applied, resending will not help;
@@ -33,9 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
-import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -43,16 +43,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html import escape
 from typing import Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from toolkit.braze.instances import instance_of, is_loopback, resolve_endpoint
 from toolkit.braze.ratelimit import RateLimiter, TokenBucket, parse_rate_headers
+from toolkit.braze.retries import RetryPolicy, status_outcome
+from toolkit.braze.transport import (Request, RequestsTransport, Response, SandboxTransport,
+                                     Transport)
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, BrazeConnectionError, BrazeRateLimited,
-                            ConfigError)
+                            ConfigError, Outcome, TransportError)
 from toolkit.secrets import Secret, key_fingerprint, read_env_file, redact, resolve_secret
 
 __all__ = [
@@ -211,6 +212,25 @@ class _Reply:
     unknown_attempts: int
 
 
+@dataclass
+class _Tries:
+    """The attempts at one request so far: how many, how many had an unknown fate, and why
+    each retry happened (for the one-line summary)."""
+
+    method: str
+    path: str
+    batch: int | None
+    info: Callable[[], RequestInfo]
+    attempts: int = 0
+    unknown: int = 0
+    causes: list[str] = field(default_factory=list)
+    last: str | None = None  # why the final attempt failed
+
+    def outcome(self, this: Outcome) -> Outcome:
+        """The request's overall outcome: unknown if any attempt's fate was unknown."""
+        return Outcome.UNKNOWN if self.unknown else this
+
+
 class _Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -244,7 +264,8 @@ class BrazeClient:
                  max_workers: int = 4, timeout: float | tuple[float, float] = 30,
                  max_retries: int = 6, backoff: tuple[float, float] = (0.5, 30.0),
                  env_file: str | None = ".env", interactive: bool | None = None,
-                 seed: int | None = None, workspace: str | None = None) -> None:
+                 seed: int | None = None, workspace: str | None = None,
+                 transport: Transport | None = None) -> None:
         if endpoint is None:
             endpoint = os.environ.get("BRAZE_REST_ENDPOINT") or (
                 read_env_file(env_file).get("BRAZE_REST_ENDPOINT") if env_file else None)
@@ -264,40 +285,35 @@ class BrazeClient:
                 self.workspace_name = None
         if int(max_workers) < 1:
             raise ConfigError("max_workers must be at least 1", field="max_workers")
-        if int(max_retries) < 0:
-            raise ConfigError("max_retries cannot be negative", field="max_retries")
         self.max_workers = int(max_workers)
-        self.max_retries = int(max_retries)
+        self.retry = RetryPolicy(max_retries, backoff, seed)
         self.timeout = timeout
-        self._backoff = (float(backoff[0]), float(backoff[1]))
         self._env_file = env_file
         self._interactive = interactive
         limits = {"/users/track": rate_limit, **(rate_limits or {})}
         self._limiter = RateLimiter(limits)
-        self._rng = random.Random(seed)
-        self._rng_lock = threading.Lock()
         self._counters = _Counters()
         self._partner_defaults: dict[str, Any] = {}
-        self._session = requests.Session()
-        # urllib3 must not retry on its own: only this client knows whether a resend is safe.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(self.max_workers, 4),
-                              max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        # trust_env would let a ~/.netrc entry replace the bearer header; proxies and CA bundles
-        # from the environment are still honoured, explicitly, for remote hosts.
-        self._session.trust_env = False
-        if not is_loopback(urlsplit(self.endpoint).hostname):
-            self._session.proxies.update(requests.utils.get_environ_proxies(self.endpoint))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            self._session.verify = bundle
+        self.transport: Transport = (transport if transport is not None else
+                                     RequestsTransport(self.endpoint, pool_size=self.max_workers))
         self._closed = False
+
+    @property
+    def max_retries(self) -> int:
+        return self.retry.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self.retry = RetryPolicy(value, self.retry.backoff)
 
     # ----------------------------------------------------------------- identity and lifecycle
     @classmethod
-    def for_sandbox(cls, sb: Any, **options: Any) -> "BrazeClient":
-        """A client for a running `toolkit.sandbox.BrazeSandbox` (its URL, key and partner keys)."""
+    def for_sandbox(cls, sb: Any, *, http: bool = False, **options: Any) -> BrazeClient:
+        """A client for a running `toolkit.sandbox.BrazeSandbox` (its URL, key and partner keys).
+        Requests go to the sandbox in this process (`SandboxTransport`, no sockets) unless
+        ``http`` is True or a ``transport`` is given: then over HTTP on loopback."""
+        if not http:
+            options.setdefault("transport", SandboxTransport(sb))
         options.setdefault("env_file", None)
         options.setdefault("workspace", getattr(sb, "workspace", None) or SANDBOX_WORKSPACE)
         client = cls(sb.url, sb.api_key, **options)
@@ -358,7 +374,7 @@ class BrazeClient:
 
     def close(self) -> None:
         self._closed = True
-        self._session.close()
+        self.transport.close()
 
     def __enter__(self) -> "BrazeClient":
         return self
@@ -588,16 +604,16 @@ class BrazeClient:
         key, secret = self.partner_credentials(partner_api_key, client_secret)
         return CohortClient(self, key, secret, partner=partner)
 
-    # ---------------------------------------------------------------------------- transport
+    # ------------------------------------------------------------------------------ sending
     def _request(self, method: str, path: str, *, payload: Any = None, data: bytes | None = None,
                  params: Mapping[str, Any] | None = None, retry_unknown: bool = True,
                  batch: int | None = None, bearer: bool = True,
                  body_secrets: tuple[Secret, ...] = ()) -> _Reply:
+        """Send one request through the transport, pacing, retrying and classifying as
+        `retries` says; returns the 2xx reply or raises a `BrazeAPIError` with its `Outcome`."""
         if self._closed:
             raise ConfigError("this BrazeClient is closed", hint="create a new client")
-        url = self.endpoint + path
-        bucket = self._limiter.bucket(path)
-        secrets = (self._key, *body_secrets)
+        url = self.endpoint + path + (f"?{_query(params)}" if params else "")
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "User-Agent": _USER_AGENT}
         if bearer:
@@ -605,126 +621,126 @@ class BrazeClient:
         if data is not None:  # already encoded: decoded again only to describe a failure
             payload = _LazyBody(data)
         elif payload is not None:
-            try:
-                data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{path}: the payload is not valid JSON ({exc})", batch=batch,
-                                  hint="send only str, int, float (not NaN/inf), bool, None, "
-                                       "lists and dicts; format dates as ISO-8601 strings"
-                                  ) from None
-        started = time.monotonic()
-        attempts = 0
-        unknown = 0
+            data = _encoded(path, payload, batch)
+        request = Request(method, url, headers, data or b"", self.timeout)
+        secrets = (self._key, *body_secrets)
 
         def info() -> RequestInfo:
             shown = dict(headers)
             if "Authorization" in shown:
                 shown["Authorization"] = f"Bearer {_REDACTED} (sha256:{self._key.fingerprint})"
             body = payload.decoded() if isinstance(payload, _LazyBody) else payload
-            return RequestInfo(method, url if not params else f"{url}?{_query(params)}", shown,
-                               redact(body, secrets))
+            return RequestInfo(method, url, shown, redact(body, secrets))
 
-        causes: list[str] = []  # why each retry happened, for the one-line summary
-        last: str | None = None  # why the final attempt failed
+        bucket = self._limiter.bucket(path)
+        tries = _Tries(method, path, batch, info)
+        started = time.monotonic()
         try:
             while True:
-                attempts += 1
+                tries.attempts += 1
                 if bucket is not None:
-                    self._wait_for(bucket, path, info, attempts, unknown, batch)
-                self._counters.add("requests")
-                sent_at = time.monotonic()
-                failure: requests.RequestException | None = None
+                    self._wait_for(bucket, tries)
                 try:
-                    response = self._session.request(method, url, data=data, params=params,
-                                                     headers=headers, timeout=self.timeout,
-                                                     allow_redirects=False)
-                except requests.RequestException as exc:
-                    failure = exc
-                finally:
-                    if bucket is not None:
-                        bucket.release()
-                if failure is not None:
-                    outcome, kind, cause = _classify(failure)
-                    self._counters.add("timeouts" if kind == "timeout" else "connection_errors")
-                    if outcome == "unknown":
-                        unknown += 1
-                        self._counters.add("unknown_outcomes")
-                    may_retry = kind != "fatal" and (outcome != "unknown" or retry_unknown)
-                    if may_retry and attempts <= self.max_retries:
-                        delay = self._backoff_delay(attempts)
-                        self._retrying(method, path, cause, delay, attempts, batch, causes)
-                        time.sleep(delay)
-                        continue
-                    overall = "unknown" if unknown else outcome
-                    last = cause
-                    why = ("" if may_retry or kind == "fatal" else
-                           " — not resent automatically because it holds events or purchases "
-                           "that Braze may already have recorded")
-                    raise BrazeConnectionError(
-                        f"{method} {path}: {cause} after {attempts} attempt(s){why}",
-                        request=info(), outcome=overall, attempts=attempts, endpoint=path,
-                        batch=batch,
-                        hint=("check the batch in Braze (e.g. /users/export/ids) before resending "
-                              "it" if overall == "unknown" else
-                              f"check that {self.endpoint} is reachable, then run again")) from None
-                elapsed = time.monotonic() - sent_at
-                self._counters.add("responses")
-                status = response.status_code
+                    response = self._send(request, bucket, tries)
+                except TransportError as failure:
+                    time.sleep(self._after_failure(failure, tries, retry_unknown))
+                    continue
                 # redacted like the body: a proxy or a faulty server may echo the key in a header
-                resp_headers = CaseInsensitiveDict(redact(dict(response.headers), secrets))
+                reply_headers = CaseInsensitiveDict(redact(dict(response.headers), secrets))
                 body = redact(_body_of(response), secrets)
-                if bucket is not None:
-                    self._observe(bucket, response.headers)
-                log.debug("%s %s -> %s in %.3fs (attempt %d, batch %s)", method, path, status,
-                          elapsed, attempts, batch)
-                if 200 <= status < 300:
-                    if causes:
-                        self._retried(method, path, attempts, causes, batch, ok=True)
-                    return _Reply(status, body, resp_headers, attempts,
-                                  time.monotonic() - started, unknown)
-                reply_info = ResponseInfo(status, resp_headers, body, elapsed)
-                if status == 429 or status >= 500 or status == 423:
-                    if status == 429:
-                        self._counters.add("rate_limited")
-                        delay = self._pause_after_429(bucket, response.headers, attempts)
-                    else:
-                        self._counters.add("server_errors")
-                        delay = self._backoff_delay(attempts)
-                    if attempts <= self.max_retries:
-                        self._retrying(method, path, f"HTTP {status}", delay, attempts, batch,
-                                       causes)
-                        if status != 429 or bucket is None:
-                            time.sleep(delay)
-                        continue
-                    cls = BrazeRateLimited if status == 429 else BrazeServerError
-                    last = f"HTTP {status}"
-                    raise cls(f"{method} {path}: Braze answered {status} ({_message(body)}) "
-                              f"{attempts} time(s)", status=status, body=body, request=info(),
-                              response=reply_info,
-                              outcome="unknown" if unknown else "not_applied",
-                              attempts=attempts, endpoint=path, batch=batch,
-                              hint="wait and run again; nothing from this request was applied"
-                              if not unknown else "an earlier attempt's fate is unknown; check "
-                                                  "the batch in Braze before resending it"
-                              ) from None
-                last = f"HTTP {status}"
-                raise self._rejection(method, path, status, body, info(), reply_info, attempts,
-                                      batch)
+                outcome, retryable = status_outcome(response.status)
+                if outcome is Outcome.ACKNOWLEDGED:
+                    if tries.causes:
+                        self._retried(tries, ok=True)
+                    return _Reply(response.status, body, reply_headers, tries.attempts,
+                                  time.monotonic() - started, tries.unknown)
+                answer = ResponseInfo(response.status, reply_headers, body, response.elapsed)
+                tries.last = f"HTTP {response.status}"
+                if not retryable:
+                    raise self._rejection(tries, answer)
+                delay = self._after_status(bucket, response, answer, tries)
+                if response.status != 429 or bucket is None:
+                    time.sleep(delay)
         except BaseException:
-            if causes:
-                self._retried(method, path, attempts, causes + [last] if last else causes,
-                              batch, ok=False)
+            if tries.causes:
+                self._retried(tries, ok=False)
             raise
 
-    def _wait_for(self, bucket: TokenBucket, path: str, info: Callable[[], RequestInfo],
-                  attempts: int, unknown: int, batch: int | None) -> None:
+    def _send(self, request: Request, bucket: TokenBucket | None, tries: _Tries) -> Response:
+        """One attempt through the transport; the answer's rate-limit headers feed the bucket."""
+        self._counters.add("requests")
+        try:
+            response = self.transport.send(request)
+        finally:
+            if bucket is not None:
+                bucket.release()
+        self._counters.add("responses")
+        if bucket is not None:
+            self._observe(bucket, response.headers)
+        log.debug("%s %s -> %s in %.3fs (attempt %d, batch %s)", tries.method, tries.path,
+                  response.status, response.elapsed, tries.attempts, tries.batch)
+        return response
+
+    def _after_failure(self, failure: TransportError, tries: _Tries,
+                       retry_unknown: bool) -> float:
+        """Seconds to wait before resending after no answer came, or the final error."""
+        self._counters.add("timeouts" if failure.kind == "timeout" else "connection_errors")
+        if failure.outcome is Outcome.UNKNOWN:
+            tries.unknown += 1
+            self._counters.add("unknown_outcomes")
+        may_resend = self.retry.may_resend(failure, retry_unknown)
+        if may_resend and self.retry.allows(tries.attempts):
+            delay = self.retry.delay(tries.attempts)
+            self._retrying(tries, failure.message, delay)
+            return delay
+        tries.last = failure.message
+        why = ("" if may_resend or failure.kind == "fatal" else
+               " — not resent automatically because it holds events or purchases "
+               "that Braze may already have recorded")
+        raise BrazeConnectionError(
+            f"{tries.method} {tries.path}: {failure.message} after {tries.attempts} attempt(s)"
+            f"{why}", request=tries.info(), outcome=tries.outcome(failure.outcome),
+            attempts=tries.attempts, endpoint=tries.path, batch=tries.batch,
+            hint=("check the batch in Braze (e.g. /users/export/ids) before resending it"
+                  if tries.unknown else
+                  f"check that {self.endpoint} is reachable, then run again")) from None
+
+    def _after_status(self, bucket: TokenBucket | None, response: Response,
+                      answer: ResponseInfo, tries: _Tries) -> float:
+        """Seconds to wait before resending after a 429, 423 or 5xx, or the final error."""
+        status = answer.status
+        if status == 429:
+            self._counters.add("rate_limited")
+            delay = self.retry.pause_after_429(
+                response.headers, tries.attempts,
+                bucket.seconds_until_reset if bucket is not None else None)
+            if bucket is not None:  # every worker on the bucket pauses, not only this one
+                bucket.pause_for(delay)
+        else:
+            self._counters.add("server_errors")
+            delay = self.retry.delay(tries.attempts)
+        if self.retry.allows(tries.attempts):
+            self._retrying(tries, f"HTTP {status}", delay)
+            return delay
+        cls = BrazeRateLimited if status == 429 else BrazeServerError
+        raise cls(f"{tries.method} {tries.path}: Braze answered {status} "
+                  f"({_message(answer.body)}) {tries.attempts} time(s)", status=status,
+                  body=answer.body, request=tries.info(), response=answer,
+                  outcome=tries.outcome(Outcome.NOT_APPLIED), attempts=tries.attempts,
+                  endpoint=tries.path, batch=tries.batch,
+                  hint="wait and run again; nothing from this request was applied"
+                  if not tries.unknown else "an earlier attempt's fate is unknown; check "
+                                            "the batch in Braze before resending it") from None
+
+    def _wait_for(self, bucket: TokenBucket, tries: _Tries) -> None:
         paused = bucket.paused_for()
         if paused > self.MAX_PAUSE_S:
             resets = datetime.fromtimestamp(time.time() + paused, tz=timezone.utc)
             raise BrazeRateLimited(
-                f"{path}: Braze's rate limit for this workspace is used up until "
-                f"{resets:%H:%M:%S} UTC", request=info(), attempts=attempts, endpoint=path,
-                batch=batch, outcome="unknown" if unknown else "not_applied",
+                f"{tries.path}: Braze's rate limit for this workspace is used up until "
+                f"{resets:%H:%M:%S} UTC", request=tries.info(), attempts=tries.attempts,
+                endpoint=tries.path, batch=tries.batch,
+                outcome=tries.outcome(Outcome.NOT_APPLIED),
                 hint="run again after the reset time, or lower the request volume")
         self._counters.add("rate_limit_wait_s", bucket.acquire())
 
@@ -734,64 +750,37 @@ class BrazeClient:
             return
         reset_in = bucket.seconds_until_reset(reset) if reset is not None else None
         if remaining is not None and remaining <= 0 and reset_in:
-            reset_in += self._jitter(min(1.0, 0.05 + 0.1 * reset_in))
+            reset_in += self.retry.jitter(min(1.0, 0.05 + 0.1 * reset_in))
         bucket.observe(limit, remaining, reset_in)
 
-    def _pause_after_429(self, bucket: TokenBucket | None, headers: Mapping[str, str],
-                         attempts: int) -> float:
-        """Seconds until sending may resume; every worker on the bucket pauses, not only this one."""
-        _, _, reset = parse_rate_headers(headers)
-        retry_after = _retry_after(headers)
-        if reset is not None and bucket is not None:
-            wait_s = bucket.seconds_until_reset(reset)
-        elif reset is not None:
-            wait_s = reset if reset < 1e9 else max(0.0, reset - time.time())
-        elif retry_after is not None:
-            wait_s = retry_after
-        else:
-            wait_s = self._backoff_delay(attempts)
-        wait_s += self._jitter(min(1.0, 0.05 + 0.1 * wait_s))
-        if bucket is not None:
-            bucket.pause_for(wait_s)
-        return wait_s
-
-    def _backoff_delay(self, attempt: int) -> float:
-        base, cap = self._backoff
-        delay = min(cap, base * (2 ** (attempt - 1)))
-        return delay / 2 + self._jitter(delay / 2)
-
-    def _jitter(self, upto: float) -> float:
-        with self._rng_lock:
-            return self._rng.uniform(0.0, max(0.0, upto))
-
-    def _retrying(self, method: str, path: str, why: str, delay: float, attempt: int,
-                  batch: int | None, causes: list[str]) -> None:
+    def _retrying(self, tries: _Tries, why: str, delay: float) -> None:
         """Count one retry and log its details at DEBUG: a faulty run must not print a line
         per retry (the request's summary is `_retried`, the totals are in `stats`)."""
         self._counters.add("retries")
-        if not causes:
+        if not tries.causes:
             self._counters.add("retried_requests")
-        causes.append(why)
-        log.debug("%s %s: %s; retrying in %.2fs (attempt %d of %d%s) [%s]", method, path, why,
-                  delay, attempt + 1, self.max_retries + 1,
-                  f", batch {batch}" if batch is not None else "", self._label())
+        tries.causes.append(why)
+        log.debug("%s %s: %s; retrying in %.2fs (attempt %d of %d%s) [%s]", tries.method,
+                  tries.path, why, delay, tries.attempts + 1, self.max_retries + 1,
+                  f", batch {tries.batch}" if tries.batch is not None else "", self._label())
 
-    def _retried(self, method: str, path: str, attempts: int, causes: list[str],
-                 batch: int | None, *, ok: bool) -> None:
+    def _retried(self, tries: _Tries, *, ok: bool) -> None:
         """One INFO line for a request that needed retries, once its fate is known."""
+        causes = tries.causes + [tries.last] if tries.last and not ok else tries.causes
         counts: dict[str, int] = {}
         for cause in causes:
             counts[cause] = counts.get(cause, 0) + 1
         why = ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in counts.items())
-        log.info("%s %s: %s after %d attempts (%s)%s", method, path,
-                 "succeeded" if ok else "failed", attempts, why,
-                 f" [batch {batch}]" if batch is not None else "")
+        log.info("%s %s: %s after %d attempts (%s)%s", tries.method, tries.path,
+                 "succeeded" if ok else "failed", tries.attempts, why,
+                 f" [batch {tries.batch}]" if tries.batch is not None else "")
 
-    def _rejection(self, method: str, path: str, status: int, body: Any, request: RequestInfo,
-                   response: ResponseInfo, attempts: int, batch: int | None) -> BrazeAPIError:
+    def _rejection(self, tries: _Tries, response: ResponseInfo) -> BrazeAPIError:
+        method, path, status, body = tries.method, tries.path, response.status, response.body
         message = _message(body)
-        common = dict(status=status, body=body, request=request, response=response,
-                      outcome="rejected", attempts=attempts, endpoint=path, batch=batch)
+        common = dict(status=status, body=body, request=tries.info(), response=response,
+                      outcome=Outcome.REJECTED, attempts=tries.attempts, endpoint=path,
+                      batch=tries.batch)
         partner = path.startswith("/partners/")
         if status == 401 and not partner:
             where = f"{self.endpoint} ({self.instance})" if self.instance else self.endpoint
@@ -828,12 +817,10 @@ class BrazeClient:
             return BrazeBadRequest(f"{method} {path}: Braze answered 404 ({message})",
                                    hint=f"check the endpoint {self.endpoint}: it must be the "
                                         f"REST endpoint of your instance", **common)
-        error = BrazeBadRequest(f"{method} {path}: Braze refused the request with {status} "
-                                f"({message})",
-                                hint="fix the request; sending it again unchanged will fail "
-                                     "the same way", **common)
-        error.rejected = _rejected_of(_errors_of(body))
-        return error
+        return BrazeBadRequest(f"{method} {path}: Braze refused the request with {status} "
+                               f"({message})", rejected=_rejected_of(_errors_of(body)),
+                               hint="fix the request; sending it again unchanged will fail the "
+                                    "same way", **common)
 
 
 class CohortClient:
@@ -910,53 +897,22 @@ def _cohort_id_kind(user: Any) -> tuple[str, Any]:
                       hint="use an external id string or {'alias_name': …, 'alias_label': …}")
 
 
-def _classify(exc: requests.RequestException) -> tuple[str, str, str]:
-    """(outcome, kind, description) of a transport failure; kind is timeout|connection|fatal."""
-    name = type(exc).__name__
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "not_applied", "fatal", "TLS handshake failed (certificate or protocol)"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "not_applied", "connection", "connecting timed out"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "unknown", "timeout", "no answer within the timeout (the request was sent)"
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader,
-                        requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
-        return "not_applied", "fatal", f"invalid request ({name})"
-    if isinstance(exc, requests.exceptions.ConnectionError) and _failed_before_sending(exc):
-        return "not_applied", "connection", "could not connect (refused or unreachable)"
-    return "unknown", "connection", "the connection dropped before Braze answered"
+def _encoded(path: str, payload: Any, batch: int | None) -> bytes:
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: the payload is not valid JSON ({exc})", batch=batch,
+                          hint="send only str, int, float (not NaN/inf), bool, None, "
+                               "lists and dicts; format dates as ISO-8601 strings") from None
 
 
-def _failed_before_sending(exc: BaseException) -> bool:
-    import urllib3.exceptions as u3
-
-    early = (u3.NewConnectionError, u3.ConnectTimeoutError, ConnectionRefusedError,
-             socket.gaierror)
-    name_error = getattr(u3, "NameResolutionError", None)
-    if name_error is not None:
-        early += (name_error,)
-    stack: list[Any] = [exc]
-    seen: set[int] = set()
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, early):
-            return True
-        if isinstance(item, BaseException):
-            stack.extend([getattr(item, "reason", None), item.__cause__, item.__context__,
-                          *[a for a in item.args if isinstance(a, BaseException)]])
-    return False
-
-
-def _body_of(response: requests.Response) -> Any:
+def _body_of(response: Response) -> Any:
     if not response.content:
         return None
     try:
         return response.json()
     except ValueError:
-        return response.text[:2000]
+        return response.content[:2000].decode("utf-8", "replace")
 
 
 def _message(body: Any) -> str:
@@ -985,16 +941,6 @@ def _rejected_of(errors: list[dict]) -> dict[tuple[str, int], str]:
     return rejected
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for key, value in headers.items():
-        if str(key).lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
-
-
 def _next_cursor(headers: Mapping[str, str]) -> str | None:
     """The ``cursor`` of the ``rel="next"`` Link; only the cursor is used, never the link's host,
     so a Link can never send the API key elsewhere."""
@@ -1012,6 +958,4 @@ def _next_cursor(headers: Mapping[str, str]) -> str | None:
 
 
 def _query(params: Mapping[str, Any]) -> str:
-    from urllib.parse import urlencode
-
     return urlencode({k: v for k, v in params.items() if v is not None})

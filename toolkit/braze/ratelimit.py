@@ -1,4 +1,8 @@
-"""Client-side rate limiting for Braze: thread-safe token buckets, one per rate-limit budget.
+"""Rate limiting for Braze, both sides: which budget each endpoint draws from, and a meter per budget.
+
+One `RateLimiter` maps endpoints to budgets (limits below, shared budgets) and keeps one meter per
+budget: a `TokenBucket` on the client, which paces sending, or a `FixedWindow` in the sandbox,
+which counts requests the way Braze does and writes the ``x-ratelimit-*`` headers.
 
 Braze limits are per workspace and per endpoint group (reference/braze-api.md §1.7, §6):
 ``/users/track`` 3,000 requests / 3 s; ``/users/export/ids`` 250 / min; ``/custom_attributes``,
@@ -14,13 +18,14 @@ the refill rate: remaining/reset already pace the sender window by window.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from toolkit.errors import ConfigError
 
-__all__ = ["TokenBucket", "RateLimiter", "DEFAULT_LIMITS", "parse_rate_headers"]
+__all__ = ["TokenBucket", "FixedWindow", "RateLimiter", "DEFAULT_LIMITS", "parse_rate_headers"]
 
 DEFAULT_LIMITS: dict[str, tuple[int, float]] = {
     "/users/track": (3000, 3.0),
@@ -157,33 +162,85 @@ def parse_rate_headers(headers: Mapping[str, str]) -> tuple[int | None, int | No
             number("x-ratelimit-reset", float))
 
 
+class FixedWindow:
+    """Braze's own count of one budget (what the sandbox enforces): at most ``limit`` requests per
+    fixed window of ``period`` seconds, answered with ``x-ratelimit-*`` headers (braze-api.md §1.7)."""
+
+    def __init__(self, limit: int, period: float, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if int(limit) < 1 or float(period) <= 0:
+            raise ConfigError(f"a rate limit needs limit >= 1 and period > 0, got {limit}/{period}")
+        self.limit, self.period = int(limit), float(period)
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._start, self._used = 0.0, 0
+
+    def take(self, *, consume: bool = True) -> tuple[bool, list[tuple[str, str]]]:
+        """Spend one request (unless ``consume`` is False): (allowed, x-ratelimit-* headers)."""
+        now = self._wall()
+        with self._lock:
+            if now >= self._start + self.period:
+                # A window opens on a whole second (or on a multiple of a sub-second period), so
+                # it ends exactly at the whole UTC second x-ratelimit-reset names (braze-api.md
+                # §1.7); a window opened mid-second would make clients that honour the header
+                # wait up to 1 s longer than needed.
+                grain = min(1.0, self.period)
+                self._start, self._used = now - (now % grain), 0
+            allowed = self._used < self.limit
+            if allowed and consume:
+                self._used += 1
+            remaining = self.limit - self._used
+            reset = math.ceil(self._start + self.period)
+        return allowed, [("x-ratelimit-limit", str(self.limit)),
+                         ("x-ratelimit-remaining", str(max(remaining, 0))),
+                         ("x-ratelimit-reset", str(reset))]
+
+    def exhausted_headers(self) -> list[tuple[str, str]]:
+        """Headers for an injected 429: the window looks spent."""
+        _, headers = self.take(consume=False)
+        return [(k, "0" if k == "x-ratelimit-remaining" else v) for k, v in headers]
+
+    def __repr__(self) -> str:
+        return f"FixedWindow({self.limit}/{self.period:g}s)"
+
+
 class RateLimiter:
-    """The buckets of one client (one workspace): one per endpoint budget, created on first use.
+    """The budgets of one workspace: one meter per endpoint budget, created on first use.
 
     ``limits`` maps an endpoint path (or ``"*"`` for the rest) to ``(limit, period_s)``, or to
-    None to not limit it client-side at all."""
+    None to not limit it at all. ``meter`` is `TokenBucket` (a client pacing itself) or
+    `FixedWindow` (the sandbox counting like Braze)."""
 
     def __init__(self, limits: "Mapping[str, tuple[int, float] | None] | None" = None, *,
-                 clock: Callable[[], float] = time.monotonic,
+                 meter: type = TokenBucket, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         merged: dict[str, tuple[int, float] | None] = dict(DEFAULT_LIMITS)
         for path, value in (limits or {}).items():
             merged[_budget(path) if path != "*" else "*"] = _checked(path, value)
         self._limits = merged
+        self._meter = meter
         self._clock = clock
         self._wall = wall
-        self._buckets: dict[str, TokenBucket | None] = {}
+        self._buckets: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def bucket(self, path: str) -> TokenBucket | None:
-        """The bucket an endpoint draws from (None when that endpoint is unlimited)."""
+    def bucket(self, path: str) -> Any:
+        """The meter an endpoint draws from (None when that endpoint is unlimited)."""
         budget = _budget(path)
         with self._lock:
             if budget not in self._buckets:
                 limit = self._limits.get(budget, self._limits["*"])
-                self._buckets[budget] = (TokenBucket(*limit, clock=self._clock, wall=self._wall)
+                self._buckets[budget] = (self._meter(*limit, clock=self._clock, wall=self._wall)
                                          if limit else None)
             return self._buckets[budget]
+
+    def set(self, path: str, limit: int | None, period_s: float = 1.0) -> None:
+        """Replace the budget an endpoint draws from (``limit`` None: unlimited); it restarts."""
+        budget = _budget(path) if path != "*" else "*"
+        value = _checked(path, None if limit is None else (limit, period_s))
+        with self._lock:
+            self._limits[budget] = value
+            self._buckets.pop(budget, None)
 
     def limit_for(self, path: str) -> tuple[int, float] | None:
         bucket = self.bucket(path)

@@ -1,21 +1,19 @@
-"""Deterministic fault injection and per-endpoint rate limiting for the sandbox.
+"""Deterministic fault injection for the sandbox.
 
 A request's fate is drawn from ``hash(seed, endpoint, n)`` where ``n`` counts that endpoint's
-requests, never from the clock, so a seed replays the same sequence of faults. Rate limits use
-fixed windows with Braze's ``x-ratelimit-*`` headers (braze-api.md §1.7).
+requests, never from the clock, so a seed replays the same sequence of faults. Rate limits are
+`toolkit.braze.ratelimit.RateLimiter` with `FixedWindow` meters, as Braze counts them.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
-import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from toolkit.errors import SandboxError
 
-__all__ = ["Faults", "FaultPlan", "RateLimiter", "DEFAULT_RATE_LIMITS", "ENDPOINT_BUCKETS"]
+__all__ = ["Faults", "FaultPlan"]
 
 # Order matters: a request's uniform draw falls into the first band whose cumulative rate covers it.
 FAULT_KINDS = ("429", "500", "502", "503", "slow", "drop_before", "drop_after")
@@ -116,87 +114,3 @@ def fate(seed: int, endpoint: str, n: int, bands: list[tuple[float, str]]) -> st
         if u < bound:
             return kind
     return None
-
-
-# Braze's documented defaults (§1.7, §4.1, §6): limit, period in seconds.
-DEFAULT_RATE_LIMITS: dict[str, tuple[int, float]] = {
-    "/users/track": (3000, 3.0),                 # "3,000 requests per three seconds"
-    "/users/export/ids": (250, 60.0),            # workspaces onboarded on/after 2024-08-22
-    "/custom_attributes": (1000, 3600.0),        # 1,000/h shared with /events/list (RL-INC)
-    "/events/list": (1000, 3600.0),
-    "/partners/segment/cohorts": (250_000, 3600.0),
-    "/partners/segment/cohorts/users": (250_000, 3600.0),
-    "*": (250_000, 3600.0),                      # default for unlisted endpoints (LIMITS)
-}
-# Endpoints sharing one budget (Braze counts them together).
-ENDPOINT_BUCKETS = {
-    "/custom_attributes": "listing",
-    "/events/list": "listing",
-    "/partners/segment/cohorts": "cohorts",
-    "/partners/segment/cohorts/users": "cohorts",
-}
-
-
-class _Window:
-    __slots__ = ("limit", "period", "start", "used")
-
-    def __init__(self, limit: int | None, period: float) -> None:
-        self.limit, self.period, self.start, self.used = limit, period, 0.0, 0
-
-
-class RateLimiter:
-    """Fixed-window request budgets per endpoint (or shared bucket)."""
-
-    def __init__(self, limits: Mapping[str, Any] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._windows: dict[str, _Window] = {}
-        for endpoint, (limit, period) in DEFAULT_RATE_LIMITS.items():
-            self.set(endpoint, limit, period)
-        for endpoint, value in (limits or {}).items():
-            if value is None:
-                self.set(endpoint, None, 1.0)
-            else:
-                self.set(endpoint, *value)
-
-    @staticmethod
-    def bucket(endpoint: str) -> str:
-        return ENDPOINT_BUCKETS.get(endpoint, endpoint)
-
-    def set(self, endpoint: str, limit: int | None, period_s: float) -> None:
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise SandboxError(f"rate limit for {endpoint} must be a positive integer or None, "
-                               f"got {limit!r}")
-        if not isinstance(period_s, (int, float)) or period_s <= 0:
-            raise SandboxError(f"rate-limit period for {endpoint} must be positive seconds, got "
-                               f"{period_s!r}")
-        with self._lock:
-            self._windows[self.bucket(endpoint)] = _Window(limit, float(period_s))
-
-    def take(self, endpoint: str, *, consume: bool = True) -> tuple[bool, list[tuple[str, str]]]:
-        """Spend one request; (allowed, x-ratelimit-* headers)."""
-        key = self.bucket(endpoint)
-        now = time.time()
-        with self._lock:
-            w = self._windows.get(key) or self._windows["*"]
-            if w.limit is None:
-                return True, []
-            if now >= w.start + w.period:
-                # A window opens on a whole second (or on a multiple of a sub-second period), so
-                # it ends exactly at the whole UTC second x-ratelimit-reset names (braze-api.md
-                # §1.7); a window opened mid-second would make clients that honour the header
-                # wait up to 1 s longer than needed.
-                grain = min(1.0, w.period)
-                w.start, w.used = now - (now % grain), 0
-            allowed = w.used < w.limit
-            if allowed and consume:
-                w.used += 1
-            remaining = w.limit - w.used
-            reset = math.ceil(w.start + w.period)
-        return allowed, [("x-ratelimit-limit", str(w.limit)),
-                         ("x-ratelimit-remaining", str(max(remaining, 0))),
-                         ("x-ratelimit-reset", str(reset))]
-
-    def exhausted_headers(self, endpoint: str) -> list[tuple[str, str]]:
-        """Headers for an injected 429: the window looks spent."""
-        _, headers = self.take(endpoint, consume=False)
-        return [(k, "0" if k == "x-ratelimit-remaining" else v) for k, v in headers]

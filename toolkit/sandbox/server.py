@@ -3,8 +3,10 @@
 Endpoints: ``POST /users/track``, ``POST /users/export/ids``, ``GET /custom_attributes``,
 ``GET /events/list``, ``POST /partners/segment/cohorts`` and ``POST /partners/segment/cohorts/users``.
 Stdlib only on the request path (http.server + json); pandas is used only by the inspection methods.
-Braze semantics live in :mod:`toolkit.sandbox.store`; faults and rate limits in
-:mod:`toolkit.sandbox.faults`.
+`BrazeSandbox.respond` answers one request whatever carried it: the HTTP server here, or
+`toolkit.braze.transport.SandboxTransport` in the same process (no sockets). Braze semantics live
+in :mod:`toolkit.sandbox.store`; faults in :mod:`toolkit.sandbox.faults`; rate limits are
+:mod:`toolkit.braze.ratelimit`'s, with fixed windows as Braze counts them.
 """
 from __future__ import annotations
 
@@ -15,16 +17,18 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 from urllib.parse import parse_qs
 
+from toolkit.braze.ratelimit import FixedWindow, RateLimiter
 from toolkit.errors import SandboxError
-from toolkit.sandbox.faults import Faults, FaultPlan, RateLimiter
+from toolkit.sandbox.faults import Faults, FaultPlan
 from toolkit.sandbox.store import Store
 
-__all__ = ["BrazeSandbox", "Faults"]
+__all__ = ["BrazeSandbox", "Faults", "Answer"]
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests",
@@ -47,6 +51,22 @@ _ROUTES = {
     "/partners/segment/cohorts": "POST",
     "/partners/segment/cohorts/users": "POST",
 }
+
+
+@dataclass
+class Answer:
+    """The sandbox's answer to one request: status (None: the connection is dropped without an
+    answer), JSON body, headers, the injected fault, and whether the caller's read timeout
+    passed first."""
+
+    status: int | None
+    body: Any
+    headers: list[tuple[str, str]]
+    fault: str | None = None
+    timed_out: bool = False
+
+    def content(self) -> bytes:
+        return b"" if self.body is None else json.dumps(self.body, separators=(",", ":")).encode()
 
 
 def _fingerprint(key: str) -> str:
@@ -89,16 +109,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        self.server.sandbox._handle(self, "POST")
+        self.server.sandbox._serve(self, "POST")
 
     def do_GET(self) -> None:
-        self.server.sandbox._handle(self, "GET")
+        self.server.sandbox._serve(self, "GET")
 
     def do_PUT(self) -> None:
-        self.server.sandbox._handle(self, "PUT")
+        self.server.sandbox._serve(self, "PUT")
 
     def do_DELETE(self) -> None:
-        self.server.sandbox._handle(self, "DELETE")
+        self.server.sandbox._serve(self, "DELETE")
 
 
 class BrazeSandbox:
@@ -139,7 +159,7 @@ class BrazeSandbox:
         self._rate_limits = dict(rate_limits or {})
         for endpoint in self._rate_limits:
             _check_endpoint(endpoint)
-        self._limiter = RateLimiter(self._rate_limits)
+        self._limiter = self._new_limiter()
         self._faults = FaultPlan(seed, _checked(Faults.coerce(faults)))
         self._log: collections.deque = collections.deque(maxlen=_LOG_LIMIT)
         self._log_lock = threading.Lock()
@@ -205,8 +225,9 @@ class BrazeSandbox:
         endpoints, as in Braze.
         """
         _check_endpoint(endpoint)
+        _checked_limit(endpoint, limit, period_s)
         self._limiter.set(endpoint, limit, period_s)
-        self._rate_limits[endpoint] = (limit, period_s)
+        self._rate_limits[endpoint] = (limit, period_s) if limit is not None else None
 
     @property
     def read_delay(self) -> float:
@@ -235,7 +256,15 @@ class BrazeSandbox:
         with self._log_lock:
             self._log.clear()
         self._faults.reset()
-        self._limiter = RateLimiter(self._rate_limits)
+        self._limiter = self._new_limiter()
+
+    def _new_limiter(self) -> RateLimiter:
+        limits = {}
+        for endpoint, value in self._rate_limits.items():
+            limit, period = value if value is not None else (None, 1.0)
+            _checked_limit(endpoint, limit, period)
+            limits[endpoint] = None if limit is None else (limit, period)
+        return RateLimiter(limits, meter=FixedWindow)
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -324,51 +353,61 @@ class BrazeSandbox:
         return f"<div><b>Braze sandbox</b><table>{body}</table></div>"
 
     # ------------------------------------------------------------------ request path
-    def _handle(self, h: _Handler, method: str) -> None:
-        path, _, query = h.path.partition("?")
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def respond(self, method: str, path: str, query: str, headers: Mapping[str, str],
+                raw: bytes, *, read_timeout: float | None = None) -> Answer:
+        """Answer one request as Braze would, whatever carried it (the HTTP server here, or
+        `toolkit.braze.transport.SandboxTransport` in the same process), and log it.
+        ``read_timeout`` is how long the caller waits: a slower answer is applied all the same
+        but comes back ``timed_out``, as a client that gave up would see it."""
         endpoint = path.rstrip("/") or "/"
-        raw = self._read_body(h)
-        if raw is None:
-            return
         expected = _ROUTES.get(endpoint)
         if expected is None or expected != method:
             # §1.9: "404 Not Found: Invalid URL."
-            _, headers = self._limiter.take("*")
-            return self._answer(h, endpoint, 404, {"message": f"Invalid URL: {method} {endpoint} "
-                                                              f"is not a Braze sandbox endpoint"},
-                                headers)
+            return self._answer(endpoint, 404, {"message": f"Invalid URL: {method} {endpoint} "
+                                                           f"is not a Braze sandbox endpoint"},
+                                self._take("*"))
+        if len(raw) > _MAX_BODY:
+            return self._answer(endpoint, 413, {"message": f"Bad Request: Content-Length must "
+                                                           f"be 0..{_MAX_BODY}"}, [])
         partner = endpoint in _PARTNER
-        if not partner and not self._authorized(h.headers.get("Authorization")):
+        if not partner and not self._authorized(headers.get("Authorization")):
             # §1.9: "401 Unauthorized: Invalid API key." (also a quoted key or wrong instance)
-            _, headers = self._limiter.take(endpoint, consume=False)
-            return self._answer(h, endpoint, 401, {"message": "Invalid API key"}, headers)
-        allowed, headers = self._limiter.take(endpoint)
+            return self._answer(endpoint, 401, {"message": "Invalid API key"},
+                                self._take(endpoint, consume=False))
+        window = self._limiter.bucket(endpoint)
+        allowed, limit_headers = window.take() if window is not None else (True, [])
         if not allowed:
-            return self._answer(h, endpoint, 429, {"message": "Rate Limited"}, headers)
+            return self._answer(endpoint, 429, {"message": "Rate Limited"}, limit_headers)
         fault = self._faults.draw(endpoint)
-        if fault is not None:
-            if fault in _FAULT_BODIES:
-                # 5xx and 429: "no messages will be sent" (§1.9), so nothing is applied.
-                status, body = _FAULT_BODIES[fault]
-                if fault == "429":
-                    headers = self._limiter.exhausted_headers(endpoint)
-                return self._answer(h, endpoint, status, body, headers, fault=fault)
-            if fault == "slow":
-                time.sleep(self.faults.slow_seconds)
-            elif fault == "drop_before":
-                return self._drop(h, endpoint, fault)
+        timed_out = False
+        if fault in _FAULT_BODIES:
+            # 5xx and 429: "no messages will be sent" (§1.9), so nothing is applied.
+            status, body = _FAULT_BODIES[fault]
+            if fault == "429" and window is not None:
+                limit_headers = window.exhausted_headers()
+            return self._answer(endpoint, status, body, limit_headers, fault=fault)
+        if fault == "slow":
+            slow = self.faults.slow_seconds
+            timed_out = read_timeout is not None and slow > read_timeout
+            time.sleep(min(slow, read_timeout) if timed_out else slow)
+        elif fault == "drop_before":
+            return self._answer(endpoint, None, None, [], fault=fault)
         if method == "POST":
-            ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if ctype != "application/json":
-                return self._answer(h, endpoint, 400, {
+                return self._answer(endpoint, 400, {
                     "message": "Bad Request: send 'Content-Type: application/json' (§1.1)"},
-                    headers, fault=fault)
+                    limit_headers, fault=fault)
             try:
                 body = json.loads(raw)
             except (ValueError, RecursionError) as exc:
-                return self._answer(h, endpoint, 400, {"message": f"Bad syntax: the body is not "
-                                                                  f"valid JSON ({exc})"},
-                                    headers, fault=fault)
+                return self._answer(endpoint, 400, {"message": f"Bad syntax: the body is not "
+                                                               f"valid JSON ({exc})"},
+                                    limit_headers, fault=fault)
         else:
             body = None
         try:
@@ -377,11 +416,47 @@ class BrazeSandbox:
             status, response, stats = 500, {"message": f"sandbox internal error: "
                                                        f"{type(exc).__name__}: {exc}"}, {}
         if fault == "drop_after":
-            return self._drop(h, endpoint, fault, status, stats)
+            stats = {**stats, "note": f"dropped after applying (would have answered {status}); "
+                                      + stats.get("note", "")}
+            return self._answer(endpoint, None, None, [], fault=fault, stats=stats)
         link = stats.get("link")
         if link:
-            headers = [*headers, ("Link", link)]
-        self._answer(h, endpoint, status, response, headers, fault=fault, stats=stats)
+            limit_headers = [*limit_headers, ("Link", link)]
+        answer = self._answer(endpoint, status, response, limit_headers, fault=fault, stats=stats)
+        answer.timed_out = timed_out
+        return answer
+
+    def _take(self, endpoint: str, *, consume: bool = True) -> list[tuple[str, str]]:
+        window = self._limiter.bucket(endpoint)
+        return window.take(consume=consume)[1] if window is not None else []
+
+    def _answer(self, endpoint: str, status: int | None, body: dict | None,
+                headers: list[tuple[str, str]], *, fault: str | None = None,
+                stats: Mapping[str, Any] | None = None) -> Answer:
+        """Log the request, then return its answer (status None: the connection is dropped).
+        Logged first: a client that reads the answer must find the request in the log."""
+        stats = dict(stats or {})
+        if status is None and fault == "drop_before":
+            stats["note"] = "dropped before applying; " + stats.get("note", "")
+        self._record(endpoint, status, fault, stats)
+        return Answer(status, body, headers, fault)
+
+    def _serve(self, h: _Handler, method: str) -> None:
+        """The HTTP side of `respond`: read the request off the socket, write the answer back
+        (or drop the connection)."""
+        path, _, query = h.path.partition("?")
+        raw = self._read_body(h)
+        if raw is None:
+            return
+        answer = self.respond(method, path, query, h.headers, raw)
+        if answer.status is None:
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self._write(h, answer.status, answer.content(), answer.headers)
 
     def _authorized(self, header: str | None) -> bool:
         if header == self._auth:
@@ -414,10 +489,10 @@ class BrazeSandbox:
         return store.events_list((params.get("page") or [None])[0])
 
     def _read_body(self, h: _Handler) -> bytes | None:
+        """The request body, or None after answering 400/413 to a body we will not read."""
         if h.headers.get("Transfer-Encoding"):
-            self._answer(h, "-", 400, {"message": "Bad Request: chunked bodies are not accepted; "
-                                                  "send Content-Length"}, [], close=True)
-            return None
+            return self._refuse(h, 400, "Bad Request: chunked bodies are not accepted; send "
+                                        "Content-Length")
         length = h.headers.get("Content-Length")
         if not length:
             return b""
@@ -426,40 +501,24 @@ class BrazeSandbox:
         except ValueError:
             n = -1
         if n < 0 or n > _MAX_BODY:
-            self._answer(h, "-", 413 if n > 0 else 400,
-                         {"message": f"Bad Request: Content-Length must be 0..{_MAX_BODY}"}, [],
-                         close=True)
-            return None
+            return self._refuse(h, 413 if n > 0 else 400,
+                                f"Bad Request: Content-Length must be 0..{_MAX_BODY}")
         return h.rfile.read(n)
 
-    def _answer(self, h: _Handler, endpoint: str, status: int, body: dict,
-                headers: list[tuple[str, str]], *, fault: str | None = None,
-                stats: Mapping[str, Any] | None = None, close: bool = False) -> None:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    def _refuse(self, h: _Handler, status: int, message: str) -> None:
+        self._record("-", status, None, {})
+        h.close_connection = True
+        self._write(h, status, json.dumps({"message": message}).encode(), [])
+
+    @staticmethod
+    def _write(h: _Handler, status: int, payload: bytes, headers: list[tuple[str, str]]) -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
                 "Content-Type: application/json; charset=utf-8",
                 f"Content-Length: {len(payload)}"]
         head += [f"{k}: {v}" for k, v in headers]
-        if close or h.close_connection:
+        if h.close_connection:
             head.append("Connection: close")
-            h.close_connection = True
-        # Record first: a client that reads the answer must find the request in the log.
-        self._record(endpoint, status, fault, stats or {})
         h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-
-    def _drop(self, h: _Handler, endpoint: str, fault: str, status: int | None = None,
-              stats: Mapping[str, Any] | None = None) -> None:
-        """Close the connection without an answer (after or before applying the request)."""
-        h.close_connection = True
-        stats = dict(stats or {})
-        stats["note"] = (f"dropped after applying (would have answered {status}); "
-                         if fault == "drop_after" else "dropped before applying; ") + \
-            stats.get("note", "")
-        self._record(endpoint, None, fault, stats)
-        try:
-            h.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _record(self, endpoint: str, status: int | None, fault: str | None,
                 stats: Mapping[str, Any]) -> None:
@@ -474,6 +533,16 @@ def _check_endpoint(endpoint: str) -> None:
     if endpoint not in _ROUTES and endpoint != "*":
         raise SandboxError(f"unknown endpoint {endpoint!r}",
                            hint=f"use one of {', '.join(sorted(_ROUTES))} (or '*' for any other)")
+
+
+def _checked_limit(endpoint: str, limit: Any, period_s: Any) -> None:
+    """Braze budgets are whole requests per positive seconds (or None: unlimited)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SandboxError(f"rate limit for {endpoint} must be a positive integer or None, "
+                           f"got {limit!r}")
+    if isinstance(period_s, bool) or not isinstance(period_s, (int, float)) or period_s <= 0:
+        raise SandboxError(f"rate-limit period for {endpoint} must be positive seconds, got "
+                           f"{period_s!r}")
 
 
 def _checked_delay(seconds: Any) -> float:
