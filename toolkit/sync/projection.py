@@ -30,10 +30,17 @@ from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
-__all__ = ["Projection", "FieldSpec", "project", "owners", "json_texts", "LEFT_OUT_COLUMNS"]
+__all__ = ["Projection", "FieldSpec", "project", "owners", "json_texts", "input_digest",
+           "LEFT_OUT_COLUMNS"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
+# The profile columns the projection reads besides the mapped computations.
+IDENTITY_COLUMNS = ("segment_id", "user_id", "braze_id", "email", "anonymous_id")
+# Raise when the projection's output for the same input changes: stored input digests (the
+# ledger's record of an export it has converged to) then stop matching, and plans take the
+# full path once.
+PROJECTION_VERSION = 1
 
 
 def dumps(value: Any) -> str:
@@ -79,6 +86,53 @@ def _disagreements(profiles: pd.DataFrame, keys: pd.Series, shadowed: np.ndarray
 
 def _show(value: Any) -> str:
     return "blank" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+
+
+# --------------------------------------------------------------------------------------------
+# the input digest
+
+def _hashable(column: pd.Series) -> pa.Array:
+    """A column as an Arrow array the engine can hash (lists and dicts as their JSON text)."""
+    if column.dtype == object:
+        return pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                         else json.dumps(v, sort_keys=True, default=repr) for v in column],
+                        pa.large_string())
+    return pa.array(column)
+
+
+def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+                 cohorts_available: bool = True) -> str:
+    """A digest of everything `project` reads: the identifier and mapped columns row by row (in
+    order: the last row wins a shared identifier), their types, the mapped computations, the
+    mapping and the options. Equal digests mean equal projections, so a ledger that recorded
+    convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
+    the diff. Hashed on the engine, two independent 64-bit hashes per row folded with XOR."""
+    import hashlib
+
+    from toolkit import __version__, engine
+
+    profiles = export.profiles
+    keys = [r.key for r in mapping.rules]
+    columns = list(dict.fromkeys(
+        [c for c in IDENTITY_COLUMNS if c in profiles.columns]
+        + [k for k in keys if k in profiles.columns]))
+    arrays = {f"c{i}": _hashable(profiles[c]) for i, c in enumerate(columns)}
+    arrays["pos"] = pa.array(np.arange(len(profiles), dtype=np.int64))
+    values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
+    with engine.connect() as db:
+        db.register("digest_input", pa.table(arrays))
+        row = db.execute(f"SELECT bit_xor(hash(pos, {values})), bit_xor(hash('b', {values}, pos)),"
+                         " count(*) FROM digest_input").fetchall()[0]
+    comps = export.computations
+    comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
+    head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
+            "columns": [[c, str(profiles[c].dtype)] for c in columns],
+            "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
+            "mapping": mapping.to_dict(),
+            "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
+                        "cohorts_available": bool(cohorts_available)},
+            "rows": [int(row[2]), str(row[0]), str(row[1])]}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
