@@ -219,48 +219,50 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     workdir = Path(tempfile.mkdtemp(prefix="toolkit-plan-"))
     ops_path = workdir / "plan.ops.parquet"
     left_path = workdir / "plan.left_out.parquet"
-    digest = input_digest(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                          cohorts_available=credentials is not None)
-    stored = ledger.converged(digest) if ledger is not None else None
-    if stored is not None:
-        # the ledger already holds everything this very input asks for: nothing to send, and
-        # the findings and left-out profiles are the ones its earlier plan found
-        result = empty_result(ops_path)
-        findings = Findings()
-        findings.extend([Finding(**f) for f in stored["findings"]])
-        shutil.copyfile(stored["left_out"], left_path)
-        about = {k: stored[k] for k in ("fields", "field_digest", "profiles", "users", "cohorts")}
-        about["converged"] = stored["plan"]
-    else:
-        bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
-        projection = project(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                             cohorts_available=credentials is not None)
-        bar.set_description(f"plan: diff of {projection.users:,} users")
-        findings = projection.findings
-        snapshot = ledger.snapshot() if ledger is not None else None
-        held = ledger.held_items() if ledger is not None else None
-        try:
-            with engine.connect() as db:
+    with engine.connect() as db:   # one connection for the whole plan
+        digest = input_digest(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                              cohorts_available=credentials is not None, db=db)
+        stored = ledger.converged(digest) if ledger is not None else None
+        if stored is not None:
+            # the ledger already holds everything this very input asks for: nothing to send, and
+            # the findings and left-out profiles are the ones its earlier plan found
+            result = empty_result(ops_path)
+            findings = Findings()
+            findings.extend([Finding(**f) for f in stored["findings"]])
+            shutil.copyfile(stored["left_out"], left_path)
+            about = {k: stored[k] for k in ("fields", "field_digest", "profiles", "users",
+                                            "cohorts")}
+            about["converged"] = stored["plan"]
+        else:
+            bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
+            projection = project(export, mapping, email_opt_in=email_opt_in,
+                                 alias_label=alias_label,
+                                 cohorts_available=credentials is not None, db=db)
+            bar.set_description(f"plan: diff of {projection.users:,} users")
+            findings = projection.findings
+            snapshot = ledger.snapshot() if ledger is not None else None
+            held = ledger.held_items() if ledger is not None else None
+            try:
                 result = diff(db, projection, snapshot, held, limit=limit, out=ops_path,
                               on_rows=bar.update)
-        finally:
-            bar.close()
-        left_out = projection.left_out
-        if len(result.conflicts):
-            conflicts = result.conflicts
-            for rule, group in conflicts.groupby("rule", sort=False):
-                findings.add("error", "type_conflict",
-                             f"{len(group):,} value(s) of {rule!r} change type from what Braze "
-                             "holds; Braze refuses them", column=rule,
-                             fix="keep the attribute's type, or send to a new attribute name")
-            left_out = pd.concat([left_out, conflicts.assign(
-                code="type_conflict",
-                reason="value type differs from the type Braze holds for this attribute")],
-                ignore_index=True)
-        _write_left_out(left_out, left_path)
-        about = {"fields": [[f.field, f.kind] for f in projection.fields],
-                 "field_digest": projection.spec_digest(), "profiles": projection.profiles,
-                 "users": projection.users, "cohorts": projection.cohorts}
+            finally:
+                bar.close()
+            left_out = projection.left_out
+            if len(result.conflicts):
+                conflicts = result.conflicts
+                for rule, group in conflicts.groupby("rule", sort=False):
+                    findings.add("error", "type_conflict",
+                                 f"{len(group):,} value(s) of {rule!r} change type from what "
+                                 "Braze holds; Braze refuses them", column=rule,
+                                 fix="keep the attribute's type, or send to a new attribute name")
+                left_out = pd.concat([left_out, conflicts.assign(
+                    code="type_conflict",
+                    reason="value type differs from the type Braze holds for this attribute")],
+                    ignore_index=True)
+            _write_left_out(left_out, left_path)
+            about = {"fields": [[f.field, f.kind] for f in projection.fields],
+                     "field_digest": projection.spec_digest(), "profiles": projection.profiles,
+                     "users": projection.users, "cohorts": projection.cohorts}
     waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
     if waiting_batches:
         held_text = (f"; {result.held:,} event(s) this plan would send to the same users for the "

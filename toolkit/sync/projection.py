@@ -52,7 +52,7 @@ def dumps(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # identity
 
-def owners(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def owners(keys: pd.Series, db=None) -> tuple[np.ndarray, np.ndarray]:
     """The one rule for profiles that resolve to the same Braze user: the **last** row wins.
 
     Returns (owner, shadowed): ``owner`` is a boolean mask of the profiles whose values Braze
@@ -64,13 +64,14 @@ def owners(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     shadowed = np.zeros(len(arr), dtype=bool)
     # on the engine (a hash aggregate on two threads): shared keys are rare, so only the rows
     # that lose come back
-    with engine.connect() as db:
-        db.register("owner_keys", pa.table({"k": arr, "p": np.arange(len(arr), dtype=np.int64)}))
-        lose = db.execute(
+    with engine.using(db) as conn:
+        conn.register("owner_keys", pa.table({"k": arr, "p": np.arange(len(arr), dtype=np.int64)}))
+        lose = conn.execute(
             "WITH shared AS (SELECT k, max(p) AS last FROM owner_keys WHERE k IS NOT NULL "
             "GROUP BY k HAVING count(*) > 1) "
             "SELECT o.p FROM owner_keys o JOIN shared s ON o.k = s.k WHERE o.p <> s.last"
         ).fetchnumpy()["p"]
+        conn.unregister("owner_keys")
     shadowed[np.asarray(lose, dtype=np.int64)] = True
     return has & ~shadowed, shadowed
 
@@ -107,14 +108,14 @@ def _show(value: Any) -> str:
 def _hashable(column: pd.Series) -> pa.Array:
     """A column as an Arrow array the engine can hash (lists and dicts as their JSON text)."""
     if column.dtype == object:
-        return pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+        return pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
                          else json.dumps(v, sort_keys=True, default=repr) for v in column],
                         pa.large_string())
     return pa.array(column)
 
 
 def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-                 cohorts_available: bool = True) -> str:
+                 cohorts_available: bool = True, db=None) -> str:
     """A digest of everything `project` reads: the identifier and mapped columns row by row (in
     order: the last row wins a shared identifier), their types, the mapped computations, the
     mapping and the options. Equal digests mean equal projections, so a ledger that recorded
@@ -132,10 +133,11 @@ def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: st
     arrays = {f"c{i}": _hashable(profiles[c]) for i, c in enumerate(columns)}
     arrays["pos"] = pa.array(np.arange(len(profiles), dtype=np.int64))
     values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
-    with engine.connect() as db:
-        db.register("digest_input", pa.table(arrays))
-        row = db.execute(f"SELECT bit_xor(hash(pos, {values})), bit_xor(hash('b', {values}, pos)),"
-                         " count(*) FROM digest_input").fetchall()[0]
+    with engine.using(db) as conn:
+        conn.register("digest_input", pa.table(arrays))
+        row = conn.execute(f"SELECT bit_xor(hash(pos, {values})), bit_xor(hash('b', {values}, "
+                           "pos)), count(*) FROM digest_input").fetchall()[0]
+        conn.unregister("digest_input")
     comps = export.computations
     comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
     head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
@@ -343,11 +345,12 @@ class _Collect:
 
 
 def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-            cohorts_available: bool = True) -> Projection:
-    """The desired Braze state of ``export`` under ``mapping`` (see the module docstring)."""
+            cohorts_available: bool = True, db=None) -> Projection:
+    """The desired Braze state of ``export`` under ``mapping`` (see the module docstring);
+    ``db``: an engine connection to use (default: a fresh one)."""
     profiles = export.profiles
     keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-    owner, shadowed = owners(keys)
+    owner, shadowed = owners(keys, db)
     c = _Collect(profiles, keys, owner)
     _report_unsyncable(c, keys.notna().to_numpy(dtype=bool), email_opt_in, alias_label)
     if shadowed.any():
