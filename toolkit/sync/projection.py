@@ -30,8 +30,8 @@ from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
-__all__ = ["Projection", "FieldSpec", "project", "owners", "json_texts", "input_digest",
-           "LEFT_OUT_COLUMNS"]
+__all__ = ["Projection", "FieldSpec", "project", "owners", "shared_keys", "json_texts",
+           "input_digest", "LEFT_OUT_COLUMNS"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
@@ -57,23 +57,36 @@ def owners(keys: pd.Series, db=None) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (owner, shadowed): ``owner`` is a boolean mask of the profiles whose values Braze
     receives (one per key), ``shadowed`` the masks of profiles that lose to a later row."""
+    arr = _key_array(keys)
+    lose, _ = shared_keys(arr, db)
+    shadowed = np.zeros(len(arr), dtype=bool)
+    shadowed[lose] = True
+    has = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return has & ~shadowed, shadowed
+
+
+def _key_array(keys) -> pa.Array:
+    arr = pa.array(keys.array) if isinstance(keys, pd.Series) else pa.array(keys)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the rows that lose to a later row with the same key, the winning row's
+    position for each). Computed on the engine (a hash aggregate on every core): shared keys
+    are rare, so only those rows come back."""
     from toolkit import engine
 
-    arr = pa.array(keys.array) if isinstance(keys, pd.Series) else pa.array(keys)
-    has = pc.is_valid(arr).to_numpy(zero_copy_only=False)
-    shadowed = np.zeros(len(arr), dtype=bool)
-    # on the engine (a hash aggregate on two threads): shared keys are rare, so only the rows
-    # that lose come back
+    arr = _key_array(keys)
     with engine.using(db) as conn:
         conn.register("owner_keys", pa.table({"k": arr, "p": np.arange(len(arr), dtype=np.int64)}))
-        lose = conn.execute(
+        found = conn.execute(
             "WITH shared AS (SELECT k, max(p) AS last FROM owner_keys WHERE k IS NOT NULL "
             "GROUP BY k HAVING count(*) > 1) "
-            "SELECT o.p FROM owner_keys o JOIN shared s ON o.k = s.k WHERE o.p <> s.last"
-        ).fetchnumpy()["p"]
+            "SELECT o.p, s.last FROM owner_keys o JOIN shared s ON o.k = s.k WHERE o.p <> s.last "
+            "ORDER BY o.p").fetchnumpy()
         conn.unregister("owner_keys")
-    shadowed[np.asarray(lose, dtype=np.int64)] = True
-    return has & ~shadowed, shadowed
+    return (np.asarray(found["p"], dtype=np.int64),
+            np.asarray(found["last"], dtype=np.int64))
 
 
 def _disagreements(profiles: pd.DataFrame, keys: pd.Series, shadowed: np.ndarray,
