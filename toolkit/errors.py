@@ -2,7 +2,37 @@
 
 Errors carry their context (file, line/row, column, field, batch, request) as attributes and
 print it readably, papermill-style, so an analyst sees *where* and *how to fix* without a
-traceback from pandas or requests.
+traceback from pandas or requests. The tree (catch the parent to catch its children)::
+
+    ToolkitError
+    ├── ExportFormatError          an export file cannot be read
+    ├── ExportValidationError      an export holds values the toolkit cannot use
+    ├── ProfileAPIError            Segment's Profile API refused or failed
+    ├── MappingError               a mapping rule is invalid
+    ├── FilterError                a Braze segment filter is invalid
+    ├── PlanError                  a plan cannot be built, saved or loaded
+    │   └── PlanNotApproved        no (valid) approval
+    │       ├── PlanExpired
+    │       ├── PlanAltered
+    │       └── PlanWorkspaceMismatch
+    ├── LedgerError                the sync ledger cannot be used
+    │   └── LedgerMoved            the ledger changed since the plan was made
+    ├── BrazeAPIError              Braze answered an error, or not at all (.outcome, .attempts)
+    │   ├── BrazeAuthError         401/403
+    │   ├── BrazeBadRequest        other 3xx/4xx: fix the request
+    │   ├── BrazeRateLimited       429 after every retry
+    │   ├── BrazeServerError       5xx/423 after every retry
+    │   └── BrazeConnectionError   no answer after every retry
+    ├── TransportError             a transport got no answer (the client turns it into the above)
+    ├── ReportError                a sync report cannot be written or read
+    ├── SettleError                a batch cannot be settled as asked
+    ├── ConfigError                a setting is missing or invalid
+    ├── SandboxError               the local Braze sandbox was used wrongly
+    ├── PlotInputError             a plot was asked for data it cannot draw
+    └── ApprovalRefused, PushInProgress, StepNotDone   the wizard's refusals
+
+`Outcome` is what Braze may have done with a request: acknowledged, rejected, not applied or
+unknown.
 """
 from __future__ import annotations
 
@@ -27,8 +57,16 @@ __all__ = [
     "BrazeAuthError",
     "BrazeRateLimited",
     "BrazeConnectionError",
+    "BrazeBadRequest",
+    "BrazeServerError",
     "TransportError",
     "Outcome",
+    "ReportError",
+    "SettleError",
+    "PlotInputError",
+    "ApprovalRefused",
+    "PushInProgress",
+    "StepNotDone",
     "ConfigError",
     "SandboxError",
 ]
@@ -186,6 +224,14 @@ class BrazeConnectionError(BrazeAPIError):
     """Braze could not be reached or did not answer in time after every retry allowed."""
 
 
+class BrazeBadRequest(BrazeAPIError):
+    """Braze refused the request itself (400, 404, 413 …); fix it before sending it again."""
+
+
+class BrazeServerError(BrazeAPIError):
+    """Braze kept failing with 5xx (or 423) after every retry allowed."""
+
+
 class TransportError(ToolkitError):
     """A transport got no answer to a request; `outcome` says whether Braze may have applied it."""
 
@@ -210,3 +256,27 @@ class ConfigError(ToolkitError):
 
 class SandboxError(ToolkitError):
     """The local Braze sandbox could not start or was used wrongly."""
+
+
+class ReportError(ToolkitError):
+    """A sync report file cannot be written or read back."""
+
+
+class SettleError(ToolkitError):
+    """A batch cannot be settled as asked (unknown batch name, contradictory options)."""
+
+
+class PlotInputError(ToolkitError):
+    """A plot was asked for data it cannot draw (wrong object, unknown key, nothing to show)."""
+
+
+class ApprovalRefused(ToolkitError):
+    """The approval was not given: no name, the box not ticked, or the wrong workspace typed."""
+
+
+class PushInProgress(ToolkitError):
+    """The wizard is still pushing; wait for the push to finish before changing steps."""
+
+
+class StepNotDone(ToolkitError):
+    """Next was pressed before the current step was done."""

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from toolkit.braze.limits import LIMITS
 from toolkit.braze import rules as braze_rules
-from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribute,
+from toolkit.braze.filters import (AllOf, AnyOf, BooleanAttribute,
                                    CustomEventCount, CustomEventPropertyCount, DateAttribute,
                                    Filter, NumberAttribute, SegmentCohort, StringAttribute)
 from toolkit.braze.state import BrazeState, braze_user_keys
@@ -107,7 +108,7 @@ def _anchored_literal(value: str) -> str:
 
 def _membership(count, rule: "Rule", max_entries: int) -> Filter:
     """Current members from enter/exit counts: one more entry than exits (see recommended_filters)."""
-    k_max = max(1, min(int(max_entries), MAX_EVENT_COUNT))
+    k_max = max(1, min(int(max_entries), LIMITS.event_count))
     if k_max == 1:
         return AllOf(count(rule.enter_event, "more_than", 0), count(rule.exit_event, "exactly", 0))
     return AnyOf(*[AllOf(count(rule.enter_event, "exactly", k), count(rule.exit_event, "exactly", k - 1))
@@ -408,7 +409,7 @@ class _Builder:
             values = distinct.field("values")
             length = pc.utf8_length(values)
             usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
-                                          pc.less_equal(length, 255)), False)
+                                          pc.less_equal(length, LIMITS.string_length)), False)
             counts = pd.Series(pc.filter(distinct.field("counts"), usable).to_numpy(),
                                index=pc.filter(values, usable).to_pylist(),
                                dtype="int64").sort_values(ascending=False)  # as value_counts
@@ -487,7 +488,7 @@ class _Builder:
                 start = (self.as_of.normalize() - pd.Timedelta(days=days)).tz_localize(None)
                 fe = self.first_event[rule.key]
                 assign("outside_lookback", ~np.isnat(fe) & (fe < start.to_datetime64()))
-            assign("reentered_after_exit", self.entries[rule.key] > MAX_EVENT_COUNT)
+            assign("reentered_after_exit", self.entries[rule.key] > LIMITS.event_count)
         assign("shared_identifier", self.shadowed)
         if not check.recommended:  # only the bare count on a shared event name is not recommended
             assign("shared_event_name", left)

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from .scripted import Step
-from toolkit.braze.client import BrazeBadRequest, BrazeServerError
-from toolkit.errors import BrazeAuthError, BrazeConnectionError, BrazeRateLimited
+from toolkit.errors import BrazeAuthError, BrazeBadRequest, BrazeServerError, BrazeConnectionError, BrazeRateLimited
 
 ATTRS = [{"external_id": "u1", "vip": True}]
 EVENTS = [{"external_id": "u1", "name": "Audience Entered", "time": "2026-01-01T00:00:00Z"}]

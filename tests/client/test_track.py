@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from .scripted import API_KEY, Step
-from toolkit.braze.client import BrazeBadRequest, TrackResult, key_fingerprint
+from toolkit.braze.client import TrackResult, key_fingerprint
+from toolkit.errors import BrazeBadRequest
 from toolkit.errors import ConfigError
 
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from toolkit.notebook import plots
-from toolkit.notebook.plots import PlotInputError
+from toolkit.errors import PlotInputError
 from toolkit.notebook.terms import http_calls, planned_totals
 
 

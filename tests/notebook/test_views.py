@@ -12,7 +12,7 @@ from toolkit.errors import BrazeAPIError, ToolkitError
 from toolkit.notebook import views
 from toolkit.notebook.progress import SyncProgress
 from toolkit.notebook.terms import TERMS, UNITS, legend_html
-from toolkit.notebook.wizard import ApprovalRefused
+from toolkit.errors import ApprovalRefused
 
 
 @pytest.mark.parametrize("value, text", [

@@ -9,7 +9,8 @@ import pandas as pd
 import toolkit
 from toolkit.braze.client import BrazeClient
 from toolkit.notebook.terms import planned_totals
-from toolkit.notebook.wizard import STEPS, ApprovalRefused, GuidedSync, bundled_samples
+from toolkit.errors import ApprovalRefused
+from toolkit.notebook.wizard import STEPS, GuidedSync, bundled_samples
 from toolkit.sandbox import BrazeSandbox
 
 SAMPLE = next(iter(bundled_samples()))  # the Profiles Sync sample: every audience and trait

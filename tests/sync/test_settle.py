@@ -20,7 +20,8 @@ from toolkit.mapping import Mapping
 from toolkit.sync.apply import apply
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import plan
-from toolkit.sync.settle import SettleError, parse_wait, settle
+from toolkit.errors import SettleError
+from toolkit.sync.settle import parse_wait, settle
 
 LATER = timedelta(minutes=6)     # past the default 5-minute read-after-write wait
 FORMATTED = Path(__file__).resolve().parents[2] / "data" / "samples" / "audience_csv" / "formatted"

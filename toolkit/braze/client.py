@@ -47,28 +47,27 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
+from toolkit.braze.limits import LIMITS
 from toolkit.braze.instances import instance_of, is_loopback, resolve_endpoint
 from toolkit.braze.ratelimit import RateLimiter, TokenBucket, parse_rate_headers
 from toolkit.braze.retries import RetryPolicy, status_outcome
 from toolkit.braze.transport import (Request, RequestsTransport, Response, SandboxTransport,
                                      Transport)
-from toolkit.errors import (BrazeAPIError, BrazeAuthError, BrazeConnectionError, BrazeRateLimited,
-                            ConfigError, Outcome, TransportError)
+from toolkit.errors import (BrazeAPIError, BrazeAuthError, BrazeBadRequest, BrazeConnectionError,
+                            BrazeRateLimited, BrazeServerError, ConfigError, Outcome,
+                            TransportError)
 from toolkit.secrets import Secret, key_fingerprint, read_env_file, redact, resolve_secret
 
 __all__ = [
     "BrazeClient", "CohortClient", "TrackResult", "ClientStats", "RequestInfo", "ResponseInfo",
     "EncodedTrack",
-    "BrazeBadRequest", "BrazeServerError", "key_fingerprint", "OUTCOMES", "workspace_identity",
+    "key_fingerprint", "workspace_identity",
     "check_workspace_name", "SANDBOX_WORKSPACE",
 ]
 
 log = logging.getLogger("toolkit.braze")
 
-OUTCOMES = ("acknowledged", "rejected", "not_applied", "unknown")
 TRACK_ARRAYS = ("attributes", "events", "purchases")
-EXPORT_IDS_PER_REQUEST = 50
-COHORT_IDS_PER_REQUEST = 1000
 DEFAULT_EXPORT_FIELDS = ("external_id", "user_aliases", "braze_id", "email", "custom_attributes",
                          "custom_events")
 _USER_AGENT = "engage-braze-toolkit/0.1.0"
@@ -92,14 +91,6 @@ def check_workspace_name(name: str, *, source: str = "workspace") -> str:
 def workspace_identity(name: str, endpoint: str) -> str:
     """``"<name>@<endpoint>"``: one Braze workspace, whatever key is used to reach it."""
     return f"{name}@{endpoint}"
-
-
-class BrazeBadRequest(BrazeAPIError):
-    """Braze refused the request itself (400, 404, 413 …); fix it before sending it again."""
-
-
-class BrazeServerError(BrazeAPIError):
-    """Braze kept failing with 5xx (or 423) after every retry allowed."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +139,7 @@ class TrackResult:
     attempts: int = 1
     elapsed: float = 0.0
     unknown_attempts: int = 0
-    outcome: str = "acknowledged"
+    outcome: Outcome = Outcome.ACKNOWLEDGED
 
     @property
     def ok(self) -> bool:
@@ -514,9 +505,9 @@ class BrazeClient:
         by_lookup: dict[tuple[str, str], list[dict]] = {}
         requests_made = 0
         bodies: list[tuple[tuple | None, dict]] = []
-        for start in range(0, len(items), EXPORT_IDS_PER_REQUEST):
+        for start in range(0, len(items), LIMITS.export_ids_per_request):
             body: dict[str, Any] = {}
-            for key, value in items[start:start + EXPORT_IDS_PER_REQUEST]:
+            for key, value in items[start:start + LIMITS.export_ids_per_request]:
                 body.setdefault(key, []).append(value)
             bodies.append((None, body))
         bodies += [((key, value), {key: value}) for key, value in singles]
@@ -869,11 +860,11 @@ class CohortClient:
         items = [(False, _cohort_id_kind(u)) for u in add]
         items += [(True, _cohort_id_kind(u)) for u in remove]
         requests_made = 0
-        for start in range(0, len(items), COHORT_IDS_PER_REQUEST):
+        for start in range(0, len(items), LIMITS.cohort_ids_per_request):
             changes = []
             for should_remove in (False, True):
                 change: dict[str, Any] = {}
-                for removing, (kind, value) in items[start:start + COHORT_IDS_PER_REQUEST]:
+                for removing, (kind, value) in items[start:start + LIMITS.cohort_ids_per_request]:
                     if removing == should_remove:
                         change.setdefault(kind, []).append(value)
                 if change:

@@ -17,22 +17,16 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from toolkit.braze.rules import MAX_STRING_LENGTH, PROFILE_FIELDS, name_violations
+from toolkit.braze.limits import LIMITS
+from toolkit.braze.rules import PROFILE_FIELDS, name_violations
 from toolkit.braze.state import BrazeState
 from toolkit.errors import FilterError
 
 __all__ = [
     "Filter", "StringAttribute", "BooleanAttribute", "NumberAttribute", "DateAttribute",
     "CustomEventCount", "CustomEventPropertyCount", "CustomEventTime", "SegmentCohort",
-    "AllOf", "AnyOf", "MAX_EVENT_COUNT", "MAX_EVENT_DAYS", "MAX_REGEX_LENGTH", "MAX_VALUES",
+    "AllOf", "AnyOf",
 ]
-
-# §5.3: "between 0 and 50 times in the last specified number of calendar days between 1 and 30".
-MAX_EVENT_COUNT = 50
-MAX_EVENT_DAYS = 30
-# §5.1/§5.2: regex "maximum of 32,764 characters"; multi-value operators take "≤256 strings".
-MAX_REGEX_LENGTH = 32_764
-MAX_VALUES = 256
 
 # Python-only regex syntax a PCRE/JavaScript engine (§5.2: the server engine is PCRE-like, the
 # dashboard debugger is JavaScript) would refuse; Braze would not save such a filter.
@@ -229,15 +223,15 @@ class StringAttribute(Filter):
                 values = tuple(self.value)
             else:
                 values = ()
-            _require(0 < len(values) <= MAX_VALUES,
-                     f"{self.OPS[op]!r} needs 1 to {MAX_VALUES} values, got {len(values)}",
+            _require(0 < len(values) <= LIMITS.filter_values,
+                     f"{self.OPS[op]!r} needs 1 to {LIMITS.filter_values} values, got {len(values)}",
                      "pass one string or a list of at most 256 strings", field="value")
             for v in values:
                 _require(isinstance(v, str), f"{self.OPS[op]!r} compares text, got {v!r}",
                          "quote the value", field="value")
-                _require(len(v) <= MAX_STRING_LENGTH,
+                _require(len(v) <= LIMITS.string_length,
                          f"a value has {len(v)} characters; Braze filters take up to "
-                         f"{MAX_STRING_LENGTH}", "shorten the value", field="value")
+                         f"{LIMITS.string_length}", "shorten the value", field="value")
             object.__setattr__(self, "value", values)
 
     def evaluate(self, state: BrazeState) -> pd.Series:
@@ -285,8 +279,8 @@ def _validate_regex(pattern: object) -> None:
     _require(isinstance(pattern, str) and pattern != "",
              "a regex filter needs a non-empty pattern", "type the pattern to match", field="value")
     assert isinstance(pattern, str)
-    _require(len(pattern) <= MAX_REGEX_LENGTH,
-             f"the pattern has {len(pattern):,} characters; Braze accepts at most {MAX_REGEX_LENGTH:,}",
+    _require(len(pattern) <= LIMITS.regex_length,
+             f"the pattern has {len(pattern):,} characters; Braze accepts at most {LIMITS.regex_length:,}",
              "shorten the pattern", field="value")
     for probe, what, fix in _FOREIGN_REGEX:
         _require(not probe.search(pattern), f"Braze's regex engine does not accept {what}: {pattern!r}",
@@ -487,17 +481,17 @@ def _check_count(op: str, count: object, days: object, *, days_required: bool = 
     _require(isinstance(count, (int, np.integer)) and not isinstance(count, bool),
              f"the count must be a whole number, got {count!r}", "pass an integer 0–50",
              field="count")
-    _require(0 <= int(count) <= MAX_EVENT_COUNT,  # type: ignore[arg-type]
-             f"the count must be between 0 and {MAX_EVENT_COUNT}, got {count}",
-             f"Braze event-count filters accept at most {MAX_EVENT_COUNT} (§5.3); use a custom "
+    _require(0 <= int(count) <= LIMITS.event_count,  # type: ignore[arg-type]
+             f"the count must be between 0 and {LIMITS.event_count}, got {count}",
+             f"Braze event-count filters accept at most {LIMITS.event_count} (§5.3); use a custom "
              "attribute for larger thresholds", field="count")
     if days is None:
         _require(not days_required, "an event property filter needs a number of days (1–30)",
                  "pass days=30 (Braze keeps event property history for 30 days)", field="days")
         return
     _require(isinstance(days, (int, np.integer)) and not isinstance(days, bool)
-             and 1 <= int(days) <= MAX_EVENT_DAYS,  # type: ignore[arg-type]
-             f"days must be a whole number of calendar days from 1 to {MAX_EVENT_DAYS}, got {days!r}",
+             and 1 <= int(days) <= LIMITS.event_days,  # type: ignore[arg-type]
+             f"days must be a whole number of calendar days from 1 to {LIMITS.event_days}, got {days!r}",
              "Braze counts events over the last 1–30 calendar days (§5.3)", field="days")
 
 
@@ -564,7 +558,7 @@ class CustomEventPropertyCount(Filter):
     value: Any
     op: str
     count: int
-    days: int = MAX_EVENT_DAYS
+    days: int = LIMITS.event_days
 
     type: ClassVar[str] = "custom_event_property_count"
 

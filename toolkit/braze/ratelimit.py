@@ -23,17 +23,13 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from toolkit.braze.limits import LIMITS
 from toolkit.errors import ConfigError
 
 __all__ = ["TokenBucket", "FixedWindow", "RateLimiter", "DEFAULT_LIMITS", "parse_rate_headers"]
 
-DEFAULT_LIMITS: dict[str, tuple[int, float]] = {
-    "/users/track": (3000, 3.0),
-    "/users/export/ids": (250, 60.0),
-    "/custom_attributes": (1000, 3600.0),
-    "/partners/segment/cohorts": (250_000, 3600.0),
-    "*": (250_000, 3600.0),
-}
+# Braze's budgets (braze-api.md §1.7, §6), as `BrazeLimits` holds them
+DEFAULT_LIMITS: Mapping[str, tuple[int, float]] = LIMITS.rate_limits
 
 # endpoints that draw from another endpoint's budget
 _SHARED_WITH: dict[str, str] = {

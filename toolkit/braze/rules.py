@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from toolkit.braze.limits import LIMITS
 from toolkit.errors import MappingError
 
 __all__ = [
-    "MAX_NAME_LENGTH", "MAX_STRING_LENGTH", "PROFILE_FIELDS", "CONTROL_KEYS", "RESERVED_NAMES",
+    "PROFILE_FIELDS", "CONTROL_KEYS", "RESERVED_NAMES",
     "WRITABLE_PROFILE_FIELDS", "RESERVED_EVENT_PROPERTIES", "STANDARD_TRAITS", "GENDER_CODES",
     "Violation", "name_violations", "attribute_name_violations", "event_name_violations",
     "property_name_violations", "string_value_violation", "require_attribute_name",
@@ -24,10 +25,6 @@ __all__ = [
     "to_json_values", "json_type",
 ]
 
-# §2.1 / §2.3: "Limited to 255 characters in length, cannot begin with a $".
-MAX_NAME_LENGTH = 255
-# §2.2: String "Text; 255 characters or fewer".
-MAX_STRING_LENGTH = 255
 
 # §1.3: Braze profile-field names in the attributes object; they are profile fields, never custom
 # attributes. `image_url` appears in the older table only, `bio` "will not be processed as a custom
@@ -112,9 +109,9 @@ def name_violations(name: object, *, what: str = "custom attribute") -> list[Vio
     if not name.strip():
         out.append(Violation("name_empty", label, f"a {what} name cannot be empty",
                              f"give the {what} a name"))
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) > LIMITS.name_length:
         out.append(Violation("name_too_long", label, f"{what} name has {len(name)} characters; "
-                             f"Braze allows at most {MAX_NAME_LENGTH}", "shorten the name"))
+                             f"Braze allows at most {LIMITS.name_length}", "shorten the name"))
     if name.startswith("$"):
         out.append(Violation("leading_dollar", label, f"a {what} name cannot begin with '$'",
                              "drop the leading '$'"))
@@ -161,9 +158,9 @@ def property_name_violations(name: object) -> list[Violation]:
 
 def string_value_violation(value: str, *, field: str) -> Violation | None:
     """The violation of a string value longer than 255 characters (§2.2), or None."""
-    if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+    if isinstance(value, str) and len(value) > LIMITS.string_length:
         return Violation("string_too_long", field, f"value has {len(value)} characters; Braze "
-                         f"strings hold at most {MAX_STRING_LENGTH}", "shorten or drop the value")
+                         f"strings hold at most {LIMITS.string_length}", "shorten or drop the value")
     return None
 
 
@@ -282,7 +279,7 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
     if column.dtype == object or value_type in ("list", "object"):
         return _convert_mixed(column.astype(object), default=kind)
     text = column.astype("string")
-    bad = text.str.len().fillna(0) > MAX_STRING_LENGTH
+    bad = text.str.len().fillna(0) > LIMITS.string_length
     return Conversion(text.where(~bad), "string", bad.astype(bool), no.copy())
 
 
@@ -308,7 +305,7 @@ def _convert_mixed(column: pd.Series, *, default: str = "string") -> Conversion:
     values = column.where(~conflict)
     if locked == "string":
         text = values.astype("string")
-        bad = (text.str.len().fillna(0) > MAX_STRING_LENGTH).astype(bool)
+        bad = (text.str.len().fillna(0) > LIMITS.string_length).astype(bool)
         return Conversion(text.where(~bad), "string", bad, conflict.astype(bool))
     if locked == "number":
         numbers = pd.to_numeric(values, errors="coerce").astype("Float64")

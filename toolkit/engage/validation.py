@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from toolkit.braze.limits import LIMITS
 from toolkit.engage.frames import (LISTED, as_text, formula_positions, has_duplicates,
                                    is_formula_like, long_values, row_of)
 
@@ -48,10 +49,9 @@ if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
     from toolkit.engage.model import EngageExport, Findings
 
-__all__ = ["check", "MAX_ROW_FINDINGS", "BRAZE_MAX_STRING", "row_findings"]
+__all__ = ["check", "MAX_ROW_FINDINGS", "row_findings"]
 
 MAX_ROW_FINDINGS = LISTED  # readers keep the first LISTED odd values of each kind, and a total
-BRAZE_MAX_STRING = 255
 
 
 def row_findings(findings: "Findings", severity: str, code: str, items: list[tuple[int, str]], *,
@@ -92,11 +92,11 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
     sid = p["segment_id"]
 
     for key in export.computations["key"]:
-        if len(key) > 255 or key.startswith("$"):
+        if len(key) > LIMITS.name_length or key.startswith("$"):
             f.add("error", "invalid_key",
                   f"key {key[:40]!r}{'…' if len(key) > 40 else ''} is not a valid Braze attribute "
-                  f"name ({'over 255 characters' if len(key) > 255 else 'starts with $'})",
-                  column=key[:255], fix="rename the attribute in the mapping (Rule.attribute)")
+                  f"name ({'over 255 characters' if len(key) > LIMITS.name_length else 'starts with $'})",
+                  column=key[:LIMITS.name_length], fix="rename the attribute in the mapping (Rule.attribute)")
 
     hashed = pc.fill_null(pc.starts_with(as_text(sid), "sha256:"), False)
     present = {c: p[c].notna().to_numpy() for c in ("user_id", "braze_id", "email",
@@ -144,7 +144,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
             f.add("warning", "formula_text",
                   f"the column name {key[:60]!r} starts like a spreadsheet formula; it is used as "
                   "it is (a Braze attribute or property name), but a spreadsheet opening a CSV "
-                  "of it would run it", column=key[:255], fix=_FORMULA_FIX)
+                  "of it would run it", column=key[:LIMITS.name_length], fix=_FORMULA_FIX)
     all_rows = rows
     for key, t in typed.items():
         rows = t.rows if t.rows is not None else all_rows
@@ -202,15 +202,15 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
             text = as_text(p[key])
-            long, chars = long_values(text, BRAZE_MAX_STRING)
+            long, chars = long_values(text, LIMITS.string_length)
             if len(long):
                 row_findings(f, "warning", "long_string",
                              [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
-                                       f"{BRAZE_MAX_STRING}")
+                                       f"{LIMITS.string_length}")
                               for i, n in zip(long[:MAX_ROW_FINDINGS], chars)], total=len(long),
                              column=key, segment_ids=sid, rows=rows,
-                             summary=f"strings over {BRAZE_MAX_STRING} characters in {key!r}",
-                             fix=f"shorten the value to {BRAZE_MAX_STRING} characters or fewer")
+                             summary=f"strings over {LIMITS.string_length} characters in {key!r}",
+                             fix=f"shorten the value to {LIMITS.string_length} characters or fewer")
             formulas = formula_positions(text)
             if len(formulas):
                 message = (f"{key!r} value starts like a spreadsheet formula (=, +, -, @): it is "

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import PlotInputError
 
 __all__ = [
     "audience_sizes",
@@ -38,10 +38,6 @@ MUTED = "#999999"      # missing / unchanged
 ACCENT = "#CC79A7"     # retries
 
 _TITLE_SIZE = 13
-
-
-class PlotInputError(ToolkitError):
-    """A plot was asked for data it cannot draw (wrong object, unknown key, nothing to show)."""
 
 
 def _figure(width: float, height: float) -> Figure:

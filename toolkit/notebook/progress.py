@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from html import escape
 from typing import Any, Callable
 
-from toolkit.errors import BrazeAPIError
+from toolkit.errors import BrazeAPIError, Outcome
 
 __all__ = ["SyncProgress"]
 
@@ -74,8 +74,8 @@ class SyncProgress:
             self.requests_done += 1
             if isinstance(result, BrazeAPIError):
                 self.requests_failed += 1
-                self.retries += max(int(result.context.get("attempts", 1) or 1) - 1, 0)
-                if result.context.get("outcome") == "rejected":
+                self.retries += max((result.attempts or 1) - 1, 0)
+                if result.outcome is Outcome.REJECTED:
                     self.objects_rejected += objects
             else:
                 rejected = len(result.rejected or {})

@@ -31,12 +31,12 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ApprovalRefused, PushInProgress, StepNotDone, ToolkitError
 from toolkit.notebook import views
 from toolkit.notebook.progress import SyncProgress
 from toolkit.notebook.terms import http_calls, legend_html, planned_totals, totals_frame
 
-__all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress", "ApprovalRefused", "StepNotDone",
+__all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress",
            "Step", "STEP_DEFINITIONS", "STEPS", "APPROVAL_DURATIONS", "bundled_samples",
            "spreadsheet_safe"]
 
@@ -57,18 +57,6 @@ _SAMPLE_CHOICES = (
     ("Sample shop — audience CSVs (unformatted)", "audience_csv/unformatted"),
 )
 _DATA_URI_LIMIT = 5_000_000  # bytes; larger files are linked as paths only
-
-
-class ApprovalRefused(ToolkitError):
-    """The approval was not given: no name, the box not ticked, or the wrong workspace typed."""
-
-
-class PushInProgress(ToolkitError):
-    """The wizard is still pushing; wait for the push to finish before changing steps."""
-
-
-class StepNotDone(ToolkitError):
-    """Next was pressed before the current step was done."""
 
 
 def bundled_samples(directory: str | os.PathLike | None = None) -> dict[str, Path]:

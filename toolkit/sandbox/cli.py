@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from toolkit.braze.limits import LIMITS
 from toolkit.errors import SandboxError
 
 _FAULT_FLAGS = ("429", "500", "502", "503", "slow", "drop-before", "drop-after")
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-limit", action="append", default=[], metavar="[ENDPOINT=]N/SECONDS",
                         help="request budget, e.g. 3000/3 for /users/track or "
                              "/users/export/ids=250/60 (repeatable)")
-    parser.add_argument("--max-objects", type=int, default=75,
+    parser.add_argument("--max-objects", type=int, default=LIMITS.objects_per_array,
                         help="objects per /users/track array (Braze: 75)")
     parser.add_argument("--combined-limit", type=int, default=None,
                         help="objects per request across arrays (50 for CY 24-25 MAU contracts)")

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 from urllib.parse import parse_qs
 
+from toolkit.braze.limits import LIMITS
 from toolkit.braze.ratelimit import FixedWindow, RateLimiter
 from toolkit.errors import SandboxError
 from toolkit.sandbox.faults import Faults, FaultPlan
@@ -135,11 +136,12 @@ class BrazeSandbox:
     """
 
     def __init__(self, api_key: str | None = None, *, port: int = 0, seed: int = 0,
-                 max_objects_per_array: int = 75, combined_limit: int | None = None,
+                 max_objects_per_array: int = LIMITS.objects_per_array,
+                 combined_limit: int | None = LIMITS.combined_objects,
                  rate_limits: Mapping[str, tuple[int | None, float] | None] | None = None,
                  faults: Faults | Mapping[str, Any] | None = None,
                  partner_api_key: str | None = None, client_secret: str | None = None,
-                 array_length_limit: int = 500, read_delay: float = 0.0) -> None:
+                 array_length_limit: int = LIMITS.array_length, read_delay: float = 0.0) -> None:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise SandboxError("api_key must be a non-empty string or None (generated)")
         if not isinstance(max_objects_per_array, int) or max_objects_per_array < 1:

@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from toolkit.braze.limits import LIMITS
 from toolkit.sandbox.timeparse import format_time, parse_time
 
 __all__ = ["Store", "STRICT"]
@@ -51,13 +52,6 @@ _PURCHASE_KEYS = frozenset({*_IDENTIFIERS, "app_id", "product_id", "currency", "
 _EVENT_RESERVED = frozenset({"time", "event_name"})
 _PURCHASE_RESERVED = frozenset({"time", "product_id", "quantity", "event_name", "price", "currency"})
 
-_MAX_KEY = 255
-_MAX_STRING = 255
-_MAX_PROPERTIES = 256                 # §1.4: only the first 256 properties are captured
-_MAX_PROPERTY_PAYLOAD = 100 * 1024    # §1.4: with array or object values
-_MAX_OBJECT_BYTES = 100 * 1024        # §2.2 nested custom attribute
-_MAX_EXPORT_IDS = 50                  # §1.9 / §6
-_MAX_COHORT_IDS = 1000                # §4.1
 
 NO_IDENTIFIER = "'external_id', 'braze_id', 'user_alias', 'email' or 'phone' is required"
 NO_VALID_DATA = "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
@@ -103,8 +97,9 @@ class _ObjectError(Exception):
 class Store:
     """One Braze workspace in memory, guarded by a single short lock."""
 
-    def __init__(self, *, seed: int = 0, max_objects_per_array: int = 75,
-                 combined_limit: int | None = None, array_length_limit: int = 500,
+    def __init__(self, *, seed: int = 0, max_objects_per_array: int = LIMITS.objects_per_array,
+                 combined_limit: int | None = LIMITS.combined_objects,
+                 array_length_limit: int = LIMITS.array_length,
                  read_delay: float = 0.0) -> None:
         self.seed = seed
         # seconds before a stored event shows in /users/export/ids (Braze's eventual
@@ -171,8 +166,8 @@ class Store:
             return key, (value["alias_name"], value["alias_label"])
         if type(value) is not str or not value:
             raise _ObjectError(f"'{key}' must be a non-empty string")
-        if len(value) > _MAX_STRING:
-            raise _ObjectError(f"'{key}' is longer than {_MAX_STRING} characters {STRICT}")
+        if len(value) > LIMITS.string_length:
+            raise _ObjectError(f"'{key}' is longer than {LIMITS.string_length} characters {STRICT}")
         return key, value
 
     def _find(self, key: str, value: Any) -> _User | None:
@@ -244,8 +239,8 @@ class Store:
     def _check_key(key: Any, what: str) -> None:
         if type(key) is not str or not key:
             raise _ObjectError(f"{what} key must be a non-empty string")
-        if len(key) > _MAX_KEY:
-            raise _ObjectError(f"{what} key '{key[:40]}…' is longer than {_MAX_KEY} characters")
+        if len(key) > LIMITS.name_length:
+            raise _ObjectError(f"{what} key '{key[:40]}…' is longer than {LIMITS.name_length} characters")
         if key[0] == "$":
             raise _ObjectError(f"{what} key '{key}' cannot begin with '$'")
 
@@ -264,8 +259,8 @@ class Store:
                 raise _ObjectError(f"attribute '{name}' is not a finite number")
             return "number"
         if t is str:
-            if len(value) > _MAX_STRING:
-                raise _ObjectError(f"attribute '{name}' string value is longer than {_MAX_STRING} "
+            if len(value) > LIMITS.string_length:
+                raise _ObjectError(f"attribute '{name}' string value is longer than {LIMITS.string_length} "
                                    f"characters")
             return "time" if self._is_time(value) else "string"
         if t is list:
@@ -273,13 +268,13 @@ class Store:
                 if type(item) is not str:
                     raise _ObjectError(f"attribute '{name}' array items must be strings (arrays of "
                                        f"objects are not modelled by the sandbox)")
-                if len(item) > _MAX_STRING:
-                    raise _ObjectError(f"attribute '{name}' array item is longer than {_MAX_STRING} "
+                if len(item) > LIMITS.string_length:
+                    raise _ObjectError(f"attribute '{name}' array item is longer than {LIMITS.string_length} "
                                        f"characters")
             return "array"
         if t is dict:
             self._check_nested(name, value)
-            if len(json.dumps(value)) > _MAX_OBJECT_BYTES:
+            if len(json.dumps(value)) > LIMITS.object_bytes:
                 raise _ObjectError(f"attribute '{name}' object is larger than 100 KB")
             return "object"
         raise _ObjectError(f"attribute '{name}' has an unsupported value type")
@@ -288,15 +283,15 @@ class Store:
         # Nested custom attributes: keys ≤255, no spaces, no '.' or '$' (§2.1).
         if type(value) is dict:
             for k, v in value.items():
-                if (not k or len(k) > _MAX_KEY or " " in k or "." in k or "$" in k):
+                if (not k or len(k) > LIMITS.name_length or " " in k or "." in k or "$" in k):
                     raise _ObjectError(f"attribute '{name}' has an invalid nested key '{k[:40]}': "
                                        f"keys are ≤255 characters without spaces, '.' or '$'")
                 self._check_nested(name, v)
         elif type(value) is list:
             for v in value:
                 self._check_nested(name, v)
-        elif type(value) is str and len(value) > _MAX_STRING:
-            raise _ObjectError(f"attribute '{name}' nested string is longer than {_MAX_STRING} "
+        elif type(value) is str and len(value) > LIMITS.string_length:
+            raise _ObjectError(f"attribute '{name}' nested string is longer than {LIMITS.string_length} "
                                f"characters")
 
     def _lock_type(self, name: str, kind: str, pending: dict[str, str]) -> None:
@@ -338,8 +333,8 @@ class Store:
             if type(value) is not bool:
                 raise _ObjectError(f"'{name}' must be a boolean")
         else:
-            if type(value) is not str or len(value) > _MAX_STRING:
-                raise _ObjectError(f"'{name}' must be a string of at most {_MAX_STRING} characters")
+            if type(value) is not str or len(value) > LIMITS.string_length:
+                raise _ObjectError(f"'{name}' must be a string of at most {LIMITS.string_length} characters")
         return value
 
     def _check_properties(self, props: Any, reserved: frozenset) -> dict:
@@ -349,25 +344,25 @@ class Store:
             raise _ObjectError(f"{INVALID_PROPERTIES}: 'properties' must be an object")
         nested = False
         for k, v in props.items():
-            if not k or len(k) > _MAX_KEY or k[0] == "$":
+            if not k or len(k) > LIMITS.name_length or k[0] == "$":
                 raise _ObjectError(f"{INVALID_PROPERTIES}: property key '{k[:40]}' must be "
                                    f"non-empty, ≤255 characters and not begin with '$'")
             if k in reserved:
                 raise _ObjectError(f"{INVALID_PROPERTIES}: '{k}' is a reserved property key")
             t = type(v)
             if t is str:
-                if len(v) > _MAX_STRING:
+                if len(v) > LIMITS.string_length:
                     raise _ObjectError(f"{INVALID_PROPERTIES}: property '{k}' string is longer than "
-                                       f"{_MAX_STRING} characters")
+                                       f"{LIMITS.string_length} characters")
             elif t is list or t is dict:
                 nested = True
             elif v is not None and t not in (int, float, bool):
                 raise _ObjectError(f"{INVALID_PROPERTIES}: property '{k}' has an unsupported type")
-        if nested and len(json.dumps(props)) > _MAX_PROPERTY_PAYLOAD:
+        if nested and len(json.dumps(props)) > LIMITS.property_payload_bytes:
             raise _ObjectError(f"{INVALID_PROPERTIES}: properties with arrays or objects are larger "
                                f"than 100 KB")
-        if len(props) > _MAX_PROPERTIES:
-            props = dict(itertools.islice(props.items(), _MAX_PROPERTIES))
+        if len(props) > LIMITS.event_properties:
+            props = dict(itertools.islice(props.items(), LIMITS.event_properties))
         return props
 
     @staticmethod
@@ -455,7 +450,7 @@ class Store:
 
     def _apply_attributes(self, obj: dict, now: datetime) -> tuple[int, int]:
         ext = obj.get("external_id")
-        if (type(ext) is str and 0 < len(ext) <= _MAX_STRING and "user_alias" not in obj
+        if (type(ext) is str and 0 < len(ext) <= LIMITS.string_length and "user_alias" not in obj
                 and "braze_id" not in obj):
             key, ident = "external_id", ext   # the common case, as _pick_identifier decides it
         else:
@@ -476,8 +471,8 @@ class Store:
             # Fast path for the common case (a plain custom attribute with a scalar value); the
             # rules are the same as _check_key/_classify/_lock_type below.
             if ((t is bool or t is int or (t is float and math.isfinite(value))
-                    or (t is str and len(value) <= _MAX_STRING))
-                    and name and len(name) <= _MAX_KEY and name[0] != "$"
+                    or (t is str and len(value) <= LIMITS.string_length))
+                    and name and len(name) <= LIMITS.name_length and name[0] != "$"
                     and name not in _SPECIAL_KEYS):
                 kind = ("boolean" if t is bool else "number" if t is not str else
                         "time" if value[:1].isdigit() and self._is_time(value) else "string")
@@ -604,7 +599,7 @@ class Store:
             raise _ObjectError(f"unknown purchase field(s) {sorted(unknown)} {STRICT}")
         key, ident = self._pick_identifier(obj, allow_profile_email=False)
         product = obj.get("product_id")
-        if type(product) is not str or not product or len(product) > _MAX_STRING:
+        if type(product) is not str or not product or len(product) > LIMITS.string_length:
             raise _ObjectError("'product_id' is required as a string of at most 255 characters")
         currency = obj.get("currency")
         if type(currency) is not str or len(currency) != 3 or not currency.isalpha() \
@@ -643,7 +638,7 @@ class Store:
                 type(a) is dict and type(a.get("alias_name")) is str
                 and type(a.get("alias_label")) is str for a in aliases):
             return 400, {"message": "'user_aliases' must be an array of {alias_name, alias_label}"}, {}
-        if len(external_ids) + len(aliases) > _MAX_EXPORT_IDS:
+        if len(external_ids) + len(aliases) > LIMITS.export_ids_per_request:
             # §1.9: "Caused by calling more than 50 external IDs."
             return 400, {"message": "The max number of external_ids and aliases per request was "
                                     "exceeded"}, {"objects": len(external_ids) + len(aliases)}
@@ -805,7 +800,7 @@ class Store:
                 return 400, {"message": shape}, {}
             total += len(ids) + len(devices) + len(aliases)
             parsed.append((ids, devices, aliases, remove))
-        if total > _MAX_COHORT_IDS:
+        if total > LIMITS.cohort_ids_per_request:
             return 400, {"message": "Only 1,000 `user_ids`, `device_ids`, and `aliases` are "
                                     "allowed per request"}, {"objects": total}
         matched = 0

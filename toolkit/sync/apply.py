@@ -28,20 +28,16 @@ import pandas as pd
 import pyarrow as pa
 
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
-                            ToolkitError)
+                            Outcome, ReportError)
 from toolkit.sync.ledger import Ledger, Rows
 from toolkit.sync.plan import Batch, Plan
 
-__all__ = ["apply", "SyncReport", "ReportError"]
+__all__ = ["apply", "SyncReport"]
 
 REPORT_FORMAT = "engage-braze-sync-report"
 EXPECTED_SAMPLE = 1000          # users whose planned values the report keeps for `verify`
 _STAT_KEYS = ("requests", "retries", "rate_limited", "server_errors", "connection_errors",
               "timeouts", "unknown_outcomes")
-
-
-class ReportError(ToolkitError):
-    """A sync report file cannot be written or read back."""
 
 
 def _now() -> str:
@@ -393,12 +389,12 @@ class _Run:
                  reason=reason)
         self.bar.update(batch.objects)
 
-    def fail(self, batch: Batch, exc: BrazeAPIError, *, outcome: str | None = None) -> None:
-        outcome = outcome or exc.context.get("outcome", "unknown")
-        attempts = int(exc.context.get("attempts", 0) or 0)
+    def fail(self, batch: Batch, exc: BrazeAPIError, *, outcome: Outcome | None = None) -> None:
+        outcome = outcome or exc.outcome
+        attempts = exc.attempts or 0
         ops = self.ops(batch)
-        if outcome == "rejected" and not isinstance(exc, BrazeAuthError):
-            rejected = getattr(exc, "rejected", None) or {}
+        if outcome is Outcome.REJECTED and not isinstance(exc, BrazeAuthError):
+            rejected = exc.rejected
             array = "events" if batch.kind == "events" else "attributes"
             per_object = {i: why for (a, i), why in rejected.items() if a == array}
             if not per_object:
@@ -409,7 +405,7 @@ class _Run:
             self.counts["objects_rejected"] += batch.objects
             self.row(batch, "rejected", rejected=batch.objects, attempts=attempts,
                      reason=exc.message)
-        elif outcome == "unknown":
+        elif outcome is Outcome.UNKNOWN:
             self.finish(batch, "unknown", reason=exc.message[:500])
             self.counts["batches_unknown"] += 1
             if batch.kind == "events":
@@ -647,8 +643,8 @@ def _send_cohorts(run: _Run, client, batches: list[Batch], before: dict, partner
             run.acknowledge(b, {})
         else:
             # Cohort membership is a set: resending an uncertain change cannot double-count.
-            outcome = error.context.get("outcome")
-            run.fail(b, error, outcome="not_applied" if outcome == "unknown" else outcome)
+            run.fail(b, error, outcome=Outcome.NOT_APPLIED
+                     if error.outcome is Outcome.UNKNOWN else error.outcome)
         run.tick(client, before)
 
 

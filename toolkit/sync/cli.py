@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from toolkit.braze.limits import LIMITS
 from toolkit.errors import ConfigError
 
 __all__ = ["plan", "approve", "apply", "verify", "settle", "demo", "EXIT_SETTLE"]
@@ -137,7 +138,8 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address profiles without user_id by alias {segment_id, LABEL}")
     parser.add_argument("--email-opt-in", action="store_true",
                         help="address profiles without user_id by email")
-    parser.add_argument("--batch-size", type=int, default=75, help="objects per array (≤75)")
+    parser.add_argument("--batch-size", type=int, default=LIMITS.objects_per_array,
+                        help=f"objects per array (≤{LIMITS.objects_per_array})")
     parser.add_argument("--combined-limit", type=int, default=None,
                         help="objects per request across arrays (50 on MAU contracts)")
     _target_arguments(parser)

@@ -24,17 +24,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from toolkit.braze.limits import LIMITS
 from toolkit.engine import literal, quote
 from toolkit.sync.projection import FieldSpec, Projection
 
-__all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "MAX_COHORT_IDS", "checksum_sql"]
+__all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "checksum_sql"]
 
 # The operations table, in canonical column order (the fingerprint hashes these columns).
 OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value", "field",
                      "after", "batch")
 OPERATIONS_SCHEMA = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
                                for c in OPERATION_COLUMNS])
-MAX_COHORT_IDS = 1000             # braze-api.md §4.1: user ids per cohort request
 ROW_GROUP = 122_880
 
 
@@ -249,7 +249,7 @@ class _Cutter:
                 self.base, self.units = self.next_base, 0
                 new_uid[a] = True
             if order[a] == 2:
-                local = (self.units + np.arange(z - a)) // MAX_COHORT_IDS
+                local = (self.units + np.arange(z - a)) // LIMITS.cohort_ids_per_request
                 self.units += z - a
             else:
                 users = self.units + np.cumsum(new_uid[a:z]) - 1

@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toolkit.braze.limits import LIMITS
 from toolkit import engine
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
@@ -44,7 +45,6 @@ __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
 PLAN_FORMAT = "engage-braze-plan"
 PLAN_FORMAT_VERSION = 2
-MAX_TRACK_OBJECTS = 75            # braze-api.md §1.6: per array per /users/track request
 SAMPLE_PAYLOADS = 3
 PROGRESS_FROM = 200_000           # profiles from which plan shows a progress bar by default
 OP_KINDS = ("attribute", "event", "cohort")
@@ -167,7 +167,7 @@ def _partner_credentials(partner_api_key, client_secret, client=None):
 
 
 def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = False,
-         alias_label: str | None = None, email_opt_in: bool = False, batch_size: int = 75,
+         alias_label: str | None = None, email_opt_in: bool = False, batch_size: int = LIMITS.objects_per_array,
          combined_limit: int | None = None, rate_limit: tuple[int, float] = (3000, 3.0),
          partner_api_key: str | None = None, client_secret: str | None = None,
          event_time: "pd.Timestamp | datetime | str | None" = None,
@@ -184,8 +184,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     plan's events carry a time of their own, which `toolkit.settle` reads back from Braze.
     ``progress`` shows a bar (default: for exports of at least 200,000 profiles).
     """
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_TRACK_OBJECTS:
-        raise PlanError(f"batch_size must be 1–{MAX_TRACK_OBJECTS}, not {batch_size!r}",
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= LIMITS.objects_per_array:
+        raise PlanError(f"batch_size must be 1–{LIMITS.objects_per_array}, not {batch_size!r}",
                         field="batch_size", hint="Braze takes at most 75 objects per array")
     if combined_limit is not None and (not isinstance(combined_limit, int) or combined_limit < 1):
         raise PlanError(f"combined_limit must be a positive integer or None, not "
@@ -881,7 +881,7 @@ def _check_manifest(data: Any, file: str) -> Findings:
     options = data.get("options")
     if not isinstance(options, dict):
         raise _bad(file, "options", "must be an object")
-    for key, check in (("batch_size", lambda v: isinstance(v, int) and 1 <= v <= 75),
+    for key, check in (("batch_size", lambda v: isinstance(v, int) and 1 <= v <= LIMITS.objects_per_array),
                        ("combined_limit", lambda v: v is None or (isinstance(v, int) and v > 0)),
                        ("rate_limit", lambda v: isinstance(v, list) and len(v) == 2 and all(
                            isinstance(x, (int, float)) and x > 0 for x in v)),

@@ -45,18 +45,14 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from toolkit.errors import ConfigError, ToolkitError
+from toolkit.errors import ConfigError, SettleError
 
-__all__ = ["settle", "SettleReport", "SettleError", "DEFAULT_WAIT", "parse_wait"]
+__all__ = ["settle", "SettleReport", "DEFAULT_WAIT", "parse_wait"]
 
 DEFAULT_WAIT = timedelta(minutes=5)     # braze-api.md §6: "allow for a 5-minute delay"
 VISIBLE_DAYS = 89                       # /users/export/ids reports the last 90 days of events
 READ_FIELDS = ("external_id", "user_aliases", "braze_id", "email", "custom_events")
 DECISIONS = ("landed", "not landed", "undecided")
-
-
-class SettleError(ToolkitError):
-    """A batch cannot be settled as asked (unknown batch name, contradictory options)."""
 
 
 def parse_wait(value: "timedelta | int | float | str") -> timedelta:
