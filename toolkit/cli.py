@@ -16,13 +16,13 @@ from toolkit.errors import ToolkitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("toolkit.engage.inspect", "print an Engage export's summary and findings"),
     "sandbox": ("toolkit.sandbox.cli", "run the local Braze-compatible sandbox server"),
-    "plan": ("toolkit.sync.cli:plan", "plan a sync of an export with a mapping"),
-    "approve": ("toolkit.sync.cli:approve", "approve a saved plan"),
-    "apply": ("toolkit.sync.cli:apply", "apply an approved plan to Braze"),
-    "verify": ("toolkit.sync.cli:verify", "read back a sample of a sync report from Braze"),
-    "settle": ("toolkit.sync.cli:settle",
+    "plan": ("toolkit.sync.cli:plan_command", "plan a sync of an export with a mapping"),
+    "approve": ("toolkit.sync.cli:approve_command", "approve a saved plan"),
+    "apply": ("toolkit.sync.cli:apply_command", "apply an approved plan to Braze"),
+    "verify": ("toolkit.sync.cli:verify_command", "read back a sample of a sync report from Braze"),
+    "settle": ("toolkit.sync.cli:settle_command",
                "decide event batches whose outcome is unknown, from Braze's read-back"),
-    "demo": ("toolkit.sync.cli:demo", "the whole flow on the bundled sample against the sandbox"),
+    "demo": ("toolkit.sync.cli:demo_command", "the whole flow on the bundled sample against the sandbox"),
 }
 
 

@@ -4,7 +4,7 @@ A `Mapping` holds one `Rule` per computation key. Defaults come from the export 
 computation → custom attribute); each choice can be overridden with ``mapping.set(key, …)``,
 saved to a small YAML file and loaded back so scheduled runs reuse exactly what the analyst
 approved. Payload rules (names, reserved fields, standard traits, value conversion) live in
-`toolkit.braze.rules`.
+`toolkit.braze.payload_rules`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from toolkit.braze import rules as braze_rules
+from toolkit.braze import payload_rules
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import MappingError
 
@@ -75,10 +75,10 @@ class Rule:
             raise MappingError("only audiences can be sent as a Braze cohort", rule=key,
                                field="send_as", hint="send the trait as 'attribute' or 'event'")
         if self.attribute is None:
-            default = braze_rules.standard_field(key) if self.kind == "trait" else None
+            default = payload_rules.standard_field(key) if self.kind == "trait" else None
             object.__setattr__(self, "attribute", default or key)
         if self.sends_attribute:
-            braze_rules.require_attribute_name(self.attribute, rule=key,
+            payload_rules.require_attribute_name(self.attribute, rule=key,
                                                allow_profile_field=self.kind == "trait")
         if self.exit_value is not False and self.exit_value is not None:
             raise MappingError(f"exit_value must be false or null, not {self.exit_value!r}",
@@ -86,18 +86,18 @@ class Rule:
                                hint="false keeps the attribute as false; null removes it")
         if self.sends_event:
             # The computation key travels as an event property ({audience_key, <key>: value}).
-            problems = braze_rules.property_name_violations(key)
+            problems = payload_rules.property_name_violations(key)
             if problems:
                 raise MappingError(problems[0].message, rule=key, field="key", hint=problems[0].fix)
             if self.kind == "audience":
-                braze_rules.require_event_name(self.enter_event, rule=key, field="enter_event")
-                braze_rules.require_event_name(self.exit_event, rule=key, field="exit_event")
+                payload_rules.require_event_name(self.enter_event, rule=key, field="enter_event")
+                payload_rules.require_event_name(self.exit_event, rule=key, field="exit_event")
                 if self.enter_event == self.exit_event:
                     raise MappingError(f"enter and exit events are both {self.enter_event!r}",
                                        rule=key, field="exit_event",
                                        hint="give entering and leaving different event names")
             else:
-                braze_rules.require_event_name(self.trait_event, rule=key, field="trait_event")
+                payload_rules.require_event_name(self.trait_event, rule=key, field="trait_event")
         if self.send_as == "cohort":
             if self.cohort_name is None:
                 object.__setattr__(self, "cohort_name", key)
@@ -324,7 +324,7 @@ class Mapping:
                                    rule=rule.key, field="key",
                                    hint="reload the export; every computation needs a column")
             target = rule.attribute
-            if rule.sends_attribute and target in braze_rules.PROFILE_FIELDS:
+            if rule.sends_attribute and target in payload_rules.PROFILE_FIELDS:
                 allowed = _FIELD_TYPES.get(target, {"string"})  # type: ignore[arg-type]
                 if comp["value_type"] not in allowed:
                     raise MappingError(
@@ -336,21 +336,21 @@ class Mapping:
     def value_type(self, export: EngageExport, key: str) -> str:
         return str(export.computation(key)["value_type"])
 
-    def converted(self, export: EngageExport, rule: Rule) -> braze_rules.Conversion:
+    def converted(self, export: EngageExport, rule: Rule) -> payload_rules.Conversion:
         """The rule's column converted to Braze values (typed), with invalid/conflict masks."""
         return self.convert(rule, export.profiles[rule.key], self.value_type(export, rule.key))
 
     @staticmethod
-    def convert(rule: Rule, column: pd.Series, value_type: str) -> braze_rules.Conversion:
+    def convert(rule: Rule, column: pd.Series, value_type: str) -> payload_rules.Conversion:
         """`converted` for one column (or a chunk of it) of a computation of ``value_type``."""
         if rule.kind == "audience":
             b = column.astype("boolean")
             if rule.exit_value is None:
                 b = b.where(b != False)  # noqa: E712 - exits remove the attribute
             no = pd.Series(False, index=column.index)
-            return braze_rules.Conversion(b, "boolean", no, no.copy())
-        field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
-        return braze_rules.convert(column, value_type, field=field)
+            return payload_rules.Conversion(b, "boolean", no, no.copy())
+        field = rule.attribute if rule.attribute in payload_rules.PROFILE_FIELDS else None
+        return payload_rules.convert(column, value_type, field=field)
 
     def attribute_values(self, export: EngageExport) -> pd.DataFrame:
         """Per profile, the value of every Braze attribute exactly as it goes into JSON.
@@ -377,8 +377,8 @@ class Mapping:
                 data[rule.attribute] = out  # type: ignore[index]
                 continue
             conv = self.converted(export, rule)
-            field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
-            data[rule.attribute] = braze_rules.to_json_values(conv, field=field)  # type: ignore[index]
+            field = rule.attribute if rule.attribute in payload_rules.PROFILE_FIELDS else None
+            data[rule.attribute] = payload_rules.to_json_values(conv, field=field)  # type: ignore[index]
         # Explicit object dtype: pandas would otherwise infer `str`/bool columns and turn
         # pd.NA/None into NaN, losing the "send null" vs "send nothing" distinction.
         return pd.DataFrame({name: pd.Series(values, index=export.profiles.index, dtype=object)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from toolkit.braze.limits import LIMITS
-from toolkit.braze import rules as braze_rules
+from toolkit.braze import payload_rules
 from toolkit.braze.filters import (AllOf, AnyOf, BooleanAttribute,
                                    CustomEventCount, CustomEventPropertyCount, DateAttribute,
                                    Filter, NumberAttribute, SegmentCohort, StringAttribute)
@@ -252,7 +252,7 @@ class _Builder:
             candidates = [t for t in (self.snapshot, last_event) if t is not None]
             self.as_of = max(candidates) if candidates else pd.Timestamp.now(tz="UTC")
         self.last_event = last_event
-        self.conversions: dict[str, braze_rules.Conversion] = {}
+        self.conversions: dict[str, payload_rules.Conversion] = {}
         self._idents: dict[str, np.ndarray] = {}
         self._masks: dict[tuple[str, str], np.ndarray] = {}
         self.exits: dict[str, np.ndarray] = {}
@@ -308,7 +308,7 @@ class _Builder:
                     frame = frame[frame["value"].map(lambda v: isinstance(v, (bool, np.bool_)))]
                 else:  # §1.4: property strings over 255 characters are refused with the event
                     frame = frame[frame["value"].map(
-                        lambda v: not (isinstance(v, str) and len(v) > braze_rules.MAX_STRING_LENGTH))]
+                        lambda v: not (isinstance(v, str) and len(v) > payload_rules.MAX_STRING_LENGTH))]
                 frame = frame.sort_values(["pos", "time"], kind="stable")
                 # Engage re-sends unchanged values (new identifier, re-sync); the planner sends
                 # changes only, so only transitions become Braze events.
@@ -325,7 +325,7 @@ class _Builder:
             snap_values = np.full(int(snap.sum()), True, dtype=object)
         else:
             conv = self.mapping.converted(self.export, rule)
-            json = braze_rules.to_json_values(conv)
+            json = payload_rules.to_json_values(conv)
             snap = ~pd.isna(json) & ~covered
             snap_values = json[snap]
         when = self.snapshot if self.snapshot is not None else self.as_of

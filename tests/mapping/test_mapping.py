@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from .conftest import make_export
-from toolkit.braze import rules
+from toolkit.braze import payload_rules
 from toolkit.errors import MappingError
 from toolkit.mapping import Mapping, Rule
 
@@ -222,7 +222,7 @@ def test_shared_event_names_and_html_repr(shop):
     assert "vip (audience) → events VIP In/VIP Out" in repr(renamed)
 
 
-# -- toolkit.braze.rules -----------------------------------------------------------------------
+# -- toolkit.braze.payload_rules ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name,codes", [
     ("dormant_shopper", []),
@@ -235,7 +235,7 @@ def test_shared_event_names_and_html_repr(shop):
     (12, ["name_not_text"]),
 ])
 def test_name_violations(name, codes):
-    assert [v.code for v in rules.name_violations(name)] == codes
+    assert [v.code for v in payload_rules.name_violations(name)] == codes
 
 
 @pytest.mark.parametrize("name,allow,codes", [
@@ -248,15 +248,15 @@ def test_name_violations(name, codes):
     ("engage_email", False, []),
 ])
 def test_reserved_braze_fields(name, allow, codes):
-    found = rules.attribute_name_violations(name, allow_profile_field=allow)
+    found = payload_rules.attribute_name_violations(name, allow_profile_field=allow)
     assert [v.code for v in found] == codes
 
 
 def test_event_property_rules_and_string_values():
-    assert [v.code for v in rules.property_name_violations("event_name")] == ["reserved_property"]
-    assert rules.property_name_violations("audience_key") == []
-    assert rules.string_value_violation("x" * 255, field="f") is None
-    assert rules.string_value_violation("x" * 256, field="f").code == "string_too_long"
+    assert [v.code for v in payload_rules.property_name_violations("event_name")] == ["reserved_property"]
+    assert payload_rules.property_name_violations("audience_key") == []
+    assert payload_rules.string_value_violation("x" * 255, field="f") is None
+    assert payload_rules.string_value_violation("x" * 256, field="f").code == "string_too_long"
 
 
 @pytest.mark.parametrize("trait,field", [
@@ -266,19 +266,19 @@ def test_event_property_rules_and_string_values():
     ("favourite_colour", None),
 ])
 def test_standard_trait_mapping(trait, field):
-    assert rules.standard_field(trait) == field
+    assert payload_rules.standard_field(trait) == field
 
 
 def test_gender_normalisation_like_segment():
     raw = pd.Series(["man", "Male", "m", "woman", "F", "w", "other", "not applicable",
                      "prefer not to say", "u", "robot", None])
-    assert rules.normalize_gender(raw).tolist() == [
+    assert payload_rules.normalize_gender(raw).tolist() == [
         "M", "M", "M", "F", "F", "F", "O", "N", "P", "U", "robot", pd.NA]
 
 
 def test_mixed_object_column_locks_the_first_type():
     col = pd.Series([None, "a", 3, "b", True], dtype=object)
-    conv = rules.convert(col, "string")
+    conv = payload_rules.convert(col, "string")
     assert conv.json_type == "string"
     assert conv.conflict.tolist() == [False, False, True, False, True]
     assert conv.values.tolist()[:4] == [pd.NA, "a", pd.NA, "b"]

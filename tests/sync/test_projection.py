@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .builders import make_export
-from toolkit.braze import rules as braze_rules
+from toolkit.braze import payload_rules
 from toolkit.mapping import Mapping
 from toolkit.sync.projection import json_texts, owners, project
 
 
 def _reference(conv, field=None) -> list:
-    values = braze_rules.to_json_values(conv, field=field)
+    values = payload_rules.to_json_values(conv, field=field)
     return [None if pd.isna(v) else json.dumps(v, separators=(",", ":"), sort_keys=True,
                                                ensure_ascii=False) for v in values]
 
@@ -26,14 +26,14 @@ def _reference(conv, field=None) -> list:
 @given(st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
                           st.integers(-2 ** 60, 2 ** 60).map(float)), max_size=40))
 def test_number_texts_match_json_dumps(values):
-    conv = braze_rules.convert(pd.Series(values, dtype="Float64"), "number")
+    conv = payload_rules.convert(pd.Series(values, dtype="Float64"), "number")
     assert json_texts(conv).to_pylist() == _reference(conv)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.text(max_size=30)), max_size=40))
 def test_string_texts_match_json_dumps(values):
-    conv = braze_rules.convert(pd.Series(values, dtype="string"), "string")
+    conv = payload_rules.convert(pd.Series(values, dtype="string"), "string")
     assert json_texts(conv).to_pylist() == _reference(conv)
 
 
@@ -56,14 +56,14 @@ def test_string_texts_of_a_slice_escape_the_right_values(values, start):
        st.sampled_from([None, "dob"]))
 def test_time_texts_match_json_dumps(nanos, field):
     times = pd.Series(pd.to_datetime(pd.array(nanos, dtype="Int64"), utc=True))
-    conv = braze_rules.convert(times, "datetime", field=field)
+    conv = payload_rules.convert(times, "datetime", field=field)
     assert json_texts(conv, field=field).to_pylist() == _reference(conv, field)
 
 
 def test_boolean_and_mixed_texts_match_json_dumps():
-    conv = braze_rules.convert(pd.Series([True, False, None], dtype="boolean"), "boolean")
+    conv = payload_rules.convert(pd.Series([True, False, None], dtype="boolean"), "boolean")
     assert json_texts(conv).to_pylist() == ["true", "false", None]
-    mixed = braze_rules.convert(pd.Series([1, "a", None, 2.5], dtype=object), "string")
+    mixed = payload_rules.convert(pd.Series([1, "a", None, 2.5], dtype=object), "string")
     assert json_texts(mixed).to_pylist() == _reference(mixed)
 
 

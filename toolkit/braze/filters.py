@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.braze.limits import LIMITS
-from toolkit.braze.rules import PROFILE_FIELDS, name_violations
+from toolkit.braze.payload_rules import PROFILE_FIELDS, name_violations
 from toolkit.braze.state import BrazeState
 from toolkit.errors import FilterError
 

@@ -567,7 +567,7 @@ _NON_FINITE_KINDS = ("NaN", "+inf", "-inf")
 def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:
     """(`numbers` with NaN made null, the positions of NaN, +inf and -inf by kind), vectorised:
     one ``is_finite`` pass, and positions only when some value is not finite. Infinities stay:
-    a number Braze cannot store is left out downstream (`braze.rules.convert` marks it
+    a number Braze cannot store is left out downstream (`braze.payload_rules.convert` marks it
     invalid, so the plan keeps what Braze holds), while NaN means no value."""
     if numbers.type != pa.float64():
         numbers = pc.cast(numbers, pa.float64())

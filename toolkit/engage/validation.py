@@ -27,7 +27,7 @@ What is sent for a value that does not fit its column — the column keeps its t
     *read as blank*, exactly like an empty cell (pd.NA in `profiles`; `Mapping.attribute_values`
     sends nothing for it, and a sync treats it as an empty cell);
   * +inf / -inf: *left out* — kept as the number it is, which Braze cannot store, so nothing is
-    sent for it and the plan keeps whatever Braze already holds (`braze.rules.convert` marks
+    sent for it and the plan keeps whatever Braze already holds (`braze.payload_rules.convert` marks
     it invalid).
 Each finding's message says which. Formula-like text is data: it is sent verbatim.
 Per-row findings are capped at `MAX_ROW_FINDINGS` per code and column; past the cap one summary
@@ -225,7 +225,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
 # What the toolkit does with a value that does not fit its column: the same as with an empty
 # cell (pd.NA in `profiles`; `Mapping.attribute_values` sends nothing for it).
 READ_AS_BLANK = "read as blank, like an empty cell"
-# An infinity stays in its number column; `braze.rules.convert` marks it invalid, so
+# An infinity stays in its number column; `braze.payload_rules.convert` marks it invalid, so
 # `attribute_values` sends nothing for it and the plan leaves the profile's value out (unlike
 # an empty cell, it never removes a value Braze holds).
 LEFT_OUT = "left out: nothing is sent for it, and a value Braze already holds is kept"

@@ -260,7 +260,7 @@ def _draw_trait(ax, series: pd.Series, value_type: str, *, top: int, bins: int) 
 def computed_traits(export) -> list[str]:
     """The export's traits except Segment standard traits that land in Braze profile fields
     (firstName → first_name, …): those are profile data, not computations."""
-    from toolkit.braze.rules import WRITABLE_PROFILE_FIELDS, standard_field
+    from toolkit.braze.payload_rules import WRITABLE_PROFILE_FIELDS, standard_field
 
     return [k for k in export.traits
             if standard_field(k) is None and k not in WRITABLE_PROFILE_FIELDS]

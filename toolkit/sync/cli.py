@@ -26,7 +26,8 @@ from types import SimpleNamespace
 from toolkit.braze.limits import LIMITS
 from toolkit.errors import ConfigError
 
-__all__ = ["plan", "approve", "apply", "verify", "settle", "demo", "EXIT_SETTLE"]
+__all__ = ["plan_command", "approve_command", "apply_command", "verify_command", "settle_command",
+           "demo_command", "EXIT_SETTLE"]
 
 EXIT_SETTLE = 3     # event batches with an unknown outcome await `python -m toolkit settle`
 
@@ -328,13 +329,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _command(add, run, doc):
+    """A command for `toolkit.cli`: its ``add_arguments(parser)`` and ``run(args)``; named
+    ``<verb>_command`` so it is never mistaken for the function it runs (`toolkit.plan` …)."""
     return SimpleNamespace(add_arguments=add, run=run, __doc__=doc)
 
 
-plan = _command(_plan_arguments, _run_plan, "plan a sync of an export with a mapping")
-approve = _command(_approve_arguments, _run_approve, "approve a saved plan")
-apply = _command(_apply_arguments, _run_apply, "apply an approved plan to Braze")
-verify = _command(_verify_arguments, _run_verify, "read back a sample of a sync report")
-settle = _command(_settle_arguments, _run_settle,
+plan_command = _command(_plan_arguments, _run_plan, "plan a sync of an export with a mapping")
+approve_command = _command(_approve_arguments, _run_approve, "approve a saved plan")
+apply_command = _command(_apply_arguments, _run_apply, "apply an approved plan to Braze")
+verify_command = _command(_verify_arguments, _run_verify, "read back a sample of a sync report")
+settle_command = _command(_settle_arguments, _run_settle,
                   "decide event batches whose outcome is unknown, from Braze's read-back")
-demo = _command(_demo_arguments, _run_demo, "the whole flow on the bundled sample")
+demo_command = _command(_demo_arguments, _run_demo, "the whole flow on the bundled sample")

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit.braze import rules as braze_rules
+from toolkit.braze import payload_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
@@ -222,7 +222,7 @@ def _put(target: pa.Array, idx: np.ndarray, values: pa.Array) -> pa.Array:
 
 
 def _number_texts(values: pd.Series) -> pa.Array:
-    """JSON numbers as `braze_rules.to_json_values` makes them: integral values as integers,
+    """JSON numbers as `payload_rules.to_json_values` makes them: integral values as integers,
     the rest as Python's repr of the float."""
     arr = values.to_numpy(dtype="float64", na_value=np.nan)
     present = ~np.isnan(arr)
@@ -255,7 +255,7 @@ def _time_texts(values: pd.Series, *, date_only: bool) -> pa.Array:
     return text.cast(pa.large_string())
 
 
-def json_texts(conv: braze_rules.Conversion, *, field: str | None = None) -> pa.Array:
+def json_texts(conv: payload_rules.Conversion, *, field: str | None = None) -> pa.Array:
     """The JSON text of every converted value (null where nothing is sent), column-wise."""
     vals = conv.values
     if conv.json_type == "boolean":
@@ -269,7 +269,7 @@ def json_texts(conv: braze_rules.Conversion, *, field: str | None = None) -> pa.
         return _time_texts(vals, date_only=field == "dob")
     if conv.json_type == "string" and not vals.dtype == object:
         return _string_texts(pa.array(vals.astype("string"), pa.large_string()))
-    objs = braze_rules.to_json_values(conv, field=field)
+    objs = payload_rules.to_json_values(conv, field=field)
     present = ~pd.isna(objs)
     out = np.full(len(objs), None, dtype=object)
     if present.any():
@@ -526,15 +526,15 @@ def _rule_violations(rule) -> list:
     """Name violations that make a whole rule unsendable (payload rules, braze-api.md §2)."""
     out = []
     if rule.send_as in ("attribute", "both"):
-        out += braze_rules.attribute_name_violations(
+        out += payload_rules.attribute_name_violations(
             rule.attribute, allow_profile_field=rule.kind == "trait"
-            and rule.attribute in braze_rules.WRITABLE_PROFILE_FIELDS)
+            and rule.attribute in payload_rules.WRITABLE_PROFILE_FIELDS)
     if rule.send_as in ("event", "both"):
         names = ([rule.enter_event, rule.exit_event] if rule.kind == "audience"
                  else [rule.trait_event])
         for name in names:
-            out += braze_rules.event_name_violations(name)
-        out += braze_rules.property_name_violations(rule.key)
+            out += payload_rules.event_name_violations(name)
+        out += payload_rules.property_name_violations(rule.key)
     return out
 
 
@@ -639,7 +639,7 @@ def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns) -> No
         return
     if rule.send_as in ("attribute", "both"):
         conv = mapping.convert(rule, c.profiles[rule.key], c.value_types[rule.key])
-        prof_field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
+        prof_field = rule.attribute if rule.attribute in payload_rules.PROFILE_FIELDS else None
         refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
         c.refuse(refused, rule=rule.key, code="invalid_value",
                  reason=f"a value Braze would refuse for {rule.attribute!r}",
@@ -653,7 +653,7 @@ def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns) -> No
                                refused=f"x{len(specs)}", name=str(rule.attribute)))
     if rule.send_as in ("event", "both"):
         comp = export.computation(rule.key) if hasattr(export, "computation") else {}
-        conv = braze_rules.convert(c.profiles[rule.key], comp.get("value_type", "string"))
+        conv = payload_rules.convert(c.profiles[rule.key], comp.get("value_type", "string"))
         refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
         c.refuse(refused, rule=rule.key, code="invalid_value",
                  reason=f"a {rule.trait_event!r} property value Braze would refuse",
