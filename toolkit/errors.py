@@ -37,6 +37,7 @@ unknown.
 from __future__ import annotations
 
 from enum import StrEnum
+from html import escape
 from typing import Any
 
 __all__ = [
@@ -107,8 +108,6 @@ class ToolkitError(Exception):
         return (_rebuild, (type(self), self.message, self.hint, self.context))
 
     def _repr_html_(self) -> str:
-        from html import escape
-
         rows = "".join(
             f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
             for k, v in self.context.items()

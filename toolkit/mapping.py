@@ -23,6 +23,7 @@ import yaml
 from toolkit.braze import payload_rules
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import MappingError
+from toolkit.preview import Preview, recommended_filters, shared_event_warnings
 
 if TYPE_CHECKING:
     from toolkit.braze.filters import Filter
@@ -408,15 +409,11 @@ class Mapping:
     def preview(self, export: EngageExport, *, email_opt_in: bool = False,
                 alias_label: str | None = None, as_of: Any = None) -> "Preview":
         """How each audience and trait lands in Braze, with the filters to build and their counts."""
-        from toolkit.preview import Preview
-
         return Preview.build(self, export, email_opt_in=email_opt_in, alias_label=alias_label,
                              as_of=as_of)
 
     def filters_for(self, rule: Rule, value_type: str | None = None) -> list["Filter"]:
         """The Braze filter(s) an analyst builds to select rule's members (no export needed)."""
-        from toolkit.preview import recommended_filters
-
         return [f for _, _, f in recommended_filters(rule, value_type, self.shared_events())]
 
     # -- display -----------------------------------------------------------------------------
@@ -445,7 +442,7 @@ class Mapping:
                         f"<td>{r.send_as}</td><td>{target}</td><td>{exit_}</td>"
                         f"<td>{filters}</td></tr>")
         shared = "".join(f"<p style='color:#b9770e'>⚠ {escape(w)}</p>"
-                         for w in _shared_warnings(self.shared_events()))
+                         for w in shared_event_warnings(self.shared_events()))
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
                 f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
@@ -485,11 +482,3 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 def _short(value: Any) -> str:
     """A short repr of a value from a mapping file, safe on deeply nested or huge values."""
     return _REPR.repr(value)
-
-
-def _shared_warnings(shared: dict[str, list[str]]) -> list[str]:
-    return [f"event {name!r} is sent by {len(keys)} computations ({', '.join(keys)}): a bare "
-            f"event-count filter on it counts all of them. Rename the event per computation "
-            f"(mapping.set(key, enter_event=…)) or filter on the event property "
-            f"audience_key/trait_key (property filters look back at most 30 days)."
-            for name, keys in shared.items()]

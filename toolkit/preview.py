@@ -506,7 +506,7 @@ class _Builder:
 
         rows, filters, reasons = [], {}, {}
         positions = np.flatnonzero(self.has_key)
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
 
         # evaluating the filters is the long part at scale: a bar from 200,000 profiles on
         for rule in tqdm(list(mapping), desc="preview: Braze filters", unit="rule",
@@ -550,9 +550,7 @@ class _Builder:
                         pd.Categorical.from_codes(code, categories=list(REASONS)),
                         index=self.p.index)
         frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
-        from toolkit.mapping import _shared_warnings
-
-        warnings = _shared_warnings(shared)
+        warnings = shared_event_warnings(shared)
         return Preview(mapping=mapping, export=export, state=state, frame=frame,
                        filters=filters, warnings=warnings, freshness=self._freshness(),
                        reasons=reasons)
@@ -584,3 +582,10 @@ def _lookback_days(f: Filter) -> int | None:
     return None
 
 
+def shared_event_warnings(shared: dict[str, list[str]]) -> list[str]:
+    """One warning per event name that several computations send (``{event: [keys]}``)."""
+    return [f"event {name!r} is sent by {len(keys)} computations ({', '.join(keys)}): a bare "
+            f"event-count filter on it counts all of them. Rename the event per computation "
+            f"(mapping.set(key, enter_event=…)) or filter on the event property "
+            f"audience_key/trait_key (property filters look back at most 30 days)."
+            for name, keys in shared.items()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from getpass import getpass as ask_hidden
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -138,7 +139,7 @@ def resolve_secret(value: "str | Secret | None", *, name: str, env_var: str,
         interactive = bool(getattr(sys.stdin, "isatty", lambda: False)())
     if interactive:
         if getpass is None:
-            from getpass import getpass
+            getpass = ask_hidden
         try:
             typed = getpass(prompt or f"{name} (input hidden): ")
         except (EOFError, KeyboardInterrupt):

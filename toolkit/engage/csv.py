@@ -47,16 +47,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
+from toolkit.engage.assemble import assemble
+from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
                                    merge_report, rows_text, sample_kind, type_python_values,
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import ExportFormatError
+from toolkit.engage.store import StoredExport, cache_path, shifted, store_settings
 
-__all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS"]
+__all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS", "CsvHeader",
+           "read_csv_table"]
 
 CSV_KINDS = ("csv_formatted", "csv_unformatted", "csv_legacy", "csv_hashed", "trait_csv")
 
@@ -91,7 +95,7 @@ def key_from_path(path: str | os.PathLike) -> str:
 
 # -- raw reading -------------------------------------------------------------------------------
 
-class _Header:
+class CsvHeader:
     """The first line of a CSV file: encoding checked, delimiter sniffed, columns split."""
 
     def __init__(self, path: Path):
@@ -174,7 +178,7 @@ def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = 
                                 quoted_strings_can_be_null=True)
 
 
-def _predicted_types(header: _Header, columns: list[str]) -> dict[str, pa.DataType]:
+def _predicted_types(header: CsvHeader, columns: list[str]) -> dict[str, pa.DataType]:
     """Number and datetime columns among `columns`, judged as `type_string_column` would from
     the rows in the header's first megabyte, so that pyarrow's parallel reader parses them
     rather than a later single-threaded pass over their text. Columns whose first
@@ -204,7 +208,7 @@ def _predicted_types(header: _Header, columns: list[str]) -> dict[str, pa.DataTy
 _PARSED = {"number": pa.float64(), "datetime": pa.timestamp("ns", tz="UTC")}
 
 
-def _read_table(header: _Header, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None) -> pa.Table:
     """Every column as text, except `types` (parsed when every value fits, else read as text
     too); empty cells are null. A quoted value that is never closed is an error: pyarrow
     would take the rest of the file as that value."""
@@ -218,7 +222,7 @@ def _read_table(header: _Header, types: dict[str, pa.DataType] | None = None) ->
     return table
 
 
-def _parse_table(header: _Header, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None) -> pa.Table:
     path = header.path
     # 4 MB blocks: fewer chunks to walk afterwards, still enough blocks for every core
     opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
@@ -261,7 +265,7 @@ def _odd_quote_count(path: Path) -> bool:
         del data
 
 
-def _unclosed_quote(header: _Header) -> ExportFormatError | None:
+def _unclosed_quote(header: CsvHeader) -> ExportFormatError | None:
     """The error for a quoted value that opens and is never closed, naming the line where it
     opened; None when every quote closes (a stray quote inside a value is data). Streams the
     file through Python's csv module: only run when something is already wrong."""
@@ -295,7 +299,7 @@ def _unclosed_quote(header: _Header) -> ExportFormatError | None:
     return _unclosed_error(header, start, len(fields) - 1, "the end of the file")
 
 
-def _unclosed_error(header: _Header, line: int, field: int, ran_to: str) -> ExportFormatError:
+def _unclosed_error(header: CsvHeader, line: int, field: int, ran_to: str) -> ExportFormatError:
     column = header.columns[field] if 0 <= field < len(header.columns) else field + 1
     return ExportFormatError(
         f"a quote opened on line {line} (column {column!r}) is never closed: the reader would "
@@ -305,7 +309,7 @@ def _unclosed_error(header: _Header, line: int, field: int, ran_to: str) -> Expo
              'written as two quotes (""); if the file was cut off, download it again')
 
 
-def _explain_arrow_error(path: Path, header: _Header, exc: Exception) -> ExportFormatError:
+def _explain_arrow_error(path: Path, header: CsvHeader, exc: Exception) -> ExportFormatError:
     """Turn a pyarrow CSV error into one that names the line and says what was expected."""
     text = str(exc)
     if "UTF8" not in text and "utf8" not in text.lower():
@@ -344,10 +348,10 @@ def _explain_arrow_error(path: Path, header: _Header, exc: Exception) -> ExportF
 
 def detect_csv_kind(path: str | os.PathLike) -> str:
     """The CSV shape of `path`, judged from its header and first rows."""
-    return _detect(_Header(Path(path)))
+    return _detect(CsvHeader(Path(path)))
 
 
-def _detect(header: _Header) -> str:
+def _detect(header: CsvHeader) -> str:
     cols = header.lower
     if "key" in cols and "value" in cols:
         return "trait_csv"
@@ -409,7 +413,7 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     ``store``: keep the profiles on disk and read them in chunks (`toolkit.engage.store`);
     default: for a formatted audience CSV from ``TOOLKIT_STORE_FROM`` bytes."""
     path = Path(path)
-    header = _Header(path)
+    header = CsvHeader(path)
     kind = kind or _detect(header)
     if kind not in CSV_KINDS:
         raise ExportFormatError(f"unknown CSV kind {kind!r}", file=str(path),
@@ -433,8 +437,6 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                                                                "value", key)
                                           and id_column_type(c.lower()) is None])
     if store is None:
-        from toolkit.engage.store import store_settings
-
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
     if store:
         if kind != "csv_formatted":
@@ -442,7 +444,7 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                                     f"{kind}", file=str(path),
                                     hint="load it with store=False")
         return _read_stored(path, header, kind, key, computation_id, findings, types)
-    table = _read_table(header, types)
+    table = read_csv_table(header, types)
     if table.num_rows == 0:
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
@@ -453,7 +455,7 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                   kind=kind)
 
 
-def _stream(header: _Header, types: dict[str, pa.DataType], rows: int) -> Iterator[pa.Table]:
+def _stream(header: CsvHeader, types: dict[str, pa.DataType], rows: int) -> Iterator[pa.Table]:
     """The CSV ``rows`` at a time (text, except ``types``), with bounded memory."""
     opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
                              block_size=1 << 24)
@@ -475,15 +477,12 @@ def _stream(header: _Header, types: dict[str, pa.DataType], rows: int) -> Iterat
         yield pa.Table.from_batches(pending)
 
 
-def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_id: str | None,
+def _read_stored(path: Path, header: CsvHeader, kind: str, key: str, computation_id: str | None,
                  findings: Findings, types: dict[str, pa.DataType]) -> EngageExport:
     """A formatted audience CSV read chunk by chunk into the export cache (see
     `toolkit.engage.store`): each chunk normalised by the in-memory reader, appended to one
     Parquet file; findings keep the file's row numbers."""
-    import pyarrow.parquet as pq
-
-    from toolkit import engine
-    from toolkit.engage.store import StoredExport, cache_path, store_settings
+    from toolkit import engine  # lazy: DuckDB loads only for exports kept in the engine
 
     if _odd_quote_count(path):
         problem = _unclosed_quote(header)
@@ -521,13 +520,10 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
                         source=_source(path, kind), findings=findings)
 
 
-def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_id: str | None,
+def _write_chunks(path: Path, header: CsvHeader, kind: str, key: str, computation_id: str | None,
                   types: dict, chunk_rows: int, out: Path):
     """Normalise the CSV chunk by chunk into the Parquet file ``out``; returns the
     computations, the profile dtypes and the chunks' findings (file row numbers)."""
-    import pyarrow.parquet as pq
-
-    from toolkit.engage.store import shifted
 
     schema = comps = dtypes = writer = None
     rows = 0
@@ -561,7 +557,7 @@ def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_
     return comps, dtypes, chunk_findings
 
 
-def _typed_chunks(header: _Header, chunks: Iterator[pa.Table], types: dict):
+def _typed_chunks(header: CsvHeader, chunks: Iterator[pa.Table], types: dict):
     """``chunks``, or — when a value does not fit a column's predicted type — the whole file
     again as text from the start (the normalisation then types each chunk)."""
     try:
@@ -592,7 +588,7 @@ def _same_shape(path: Path, start: int, comps: pd.DataFrame, new: pd.DataFrame,
 
 
 def _progress(path: Path, what: str):
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
 
     return tqdm(unit="profile", desc=f"{what}: {path.name}", leave=False)
 

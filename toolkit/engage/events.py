@@ -40,7 +40,8 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
-from toolkit.engage.frames import (Typed, assemble, identifier_frame, python_kind, to_utc,
+from toolkit.engage.assemble import assemble
+from toolkit.engage.frames import (Typed, identifier_frame, python_kind, to_utc,
                                    type_python_values)
 from toolkit.engage.model import EVENT_COLUMNS, Findings
 from toolkit.engage.validation import row_findings

@@ -1,25 +1,25 @@
-"""Shared building blocks of the Engage readers: value typing, identifier columns, assembly.
+"""Shared building blocks of the Engage readers: value typing, identifier columns, frames.
 
-Every reader gathers raw identifiers and computation values its own way, then hands them to
-`assemble`, which types the columns per the `EngageExport` contract, builds the computations
-frame and runs the validation checks. Keeping that in one place is what makes the same shop read
-from different formats come out identical.
+Every reader gathers raw identifiers and computation values its own way, types them with these
+helpers, then hands them to `toolkit.engage.assemble.assemble`, which builds the `EngageExport`
+and runs the validation checks. Keeping that in one place is what makes the same shop read from
+different formats come out identical.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit.engage.model import (COMPUTATION_COLUMNS, EVENT_COLUMNS, IDENTIFIER_COLUMNS,
-                                  EngageExport, Findings)
+from toolkit.engage.model import COMPUTATION_COLUMNS, EVENT_COLUMNS
 
 # External id types Segment knows by default (docs: unify/identity-resolution/externalids), plus
 # braze_id, which the Braze destination treats as an external id. Formatted CSV columns with these
@@ -448,7 +448,6 @@ def _comparable(values: pd.Series) -> pd.Series:
     """Values that compare as the data do: JSON text for lists and dicts (unhashable)."""
     if values.dtype != object:
         return values
-    import json
     return pd.Series([None if v is None or v is pd.NA or isinstance(v, float) and np.isnan(v)
                       else json.dumps(v, sort_keys=True, default=str) for v in values],
                      dtype=object)
@@ -864,48 +863,6 @@ def identifier_frame(segment_id, user_id, email, anonymous_id, braze_id, emails,
     frame["emails"] = lists(emails, frame["email"])
     frame["anonymous_ids"] = lists(anonymous_ids, frame["anonymous_id"])
     return frame
-
-
-ID_LIST_COLUMNS = ("emails", "anonymous_ids")
-
-
-def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[dict], *,
-             events: pd.DataFrame | None, snapshot_at, source: str, findings: Findings,
-             rows: np.ndarray | None = None,
-             duplicate_user_ids: bool | Callable[[], bool] | None = None,
-             id_list_columns: Callable[[], dict[str, pd.Series]] | None = None) -> EngageExport:
-    """Build the `EngageExport` from an identifier frame and typed computation columns, then
-    record the validation findings. `rows` maps positions to 1-based source rows;
-    `duplicate_user_ids`: whether a user_id repeats (or a callable that tells, e.g. a pending
-    result), when the caller already knows. `id_list_columns`: when `ids` has no ``emails`` /
-    ``anonymous_ids`` yet, a callable returning them (e.g. pending results), called after the
-    validation, which does not read them, so that building them overlaps the checks."""
-    from toolkit.engage import validation
-
-    ids = ids.reset_index(drop=True)
-    lists = () if id_list_columns is not None else ID_LIST_COLUMNS
-    data = {c: ids[c] for c in (*IDENTIFIER_COLUMNS, *lists)}
-    for key, typed in columns.items():
-        values = typed.values.reset_index(drop=True)
-        data[key] = values
-    profiles = pd.DataFrame(data, copy=False)  # copy-on-write already guards the inputs
-    for comp in computations:
-        comp.setdefault("value_type", columns[comp["key"]].value_type if comp["key"] in columns
-                        else "boolean")
-        comp.setdefault("computation_id", None)
-        comp.setdefault("name", comp["key"])
-    comps = computations_frame(computations)
-    export = EngageExport(profiles=profiles, computations=comps,
-                          events=events if events is not None else empty_events(),
-                          snapshot_at=snapshot_at, source=source, findings=findings)
-    validation.check(export, columns, rows=rows, duplicate_user_ids=duplicate_user_ids)
-    if id_list_columns is not None:  # in their place after the identifiers (no copies)
-        built = id_list_columns()
-        ordered = {c: data[c] for c in IDENTIFIER_COLUMNS}
-        ordered.update({c: built[c].set_axis(profiles.index) for c in ID_LIST_COLUMNS})
-        ordered.update({c: v for c, v in data.items() if c not in IDENTIFIER_COLUMNS})
-        export.profiles = pd.DataFrame(ordered, copy=False)
-    return export
 
 
 def row_of(rows: np.ndarray | None, position: int) -> int:

@@ -13,6 +13,7 @@ __all__ = ["add_arguments", "run", "render"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.engage.readers import KINDS
 
     parser.add_argument("paths", nargs="+", metavar="FILE",
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.engage.readers import load
 
     source = args.paths[0] if len(args.paths) == 1 else list(args.paths)

@@ -40,6 +40,8 @@ from typing import Iterable, Iterator
 
 import pandas as pd
 
+from toolkit.errors import ExportValidationError
+
 __all__ = ["EngageExport", "Finding", "Findings", "IDENTIFIER_COLUMNS", "EVENT_COLUMNS",
            "COMPUTATION_COLUMNS"]
 
@@ -180,7 +182,6 @@ class EngageExport:
     def computation(self, key: str) -> dict:
         rows = self.computations[self.computations["key"] == key]
         if rows.empty:
-            from toolkit.errors import ExportValidationError
             raise ExportValidationError(
                 f"no computation named {key!r} in this export",
                 field=key, hint=f"use one of: {', '.join(self.computations['key'])}")
@@ -195,7 +196,6 @@ class EngageExport:
         """``n`` profiles drawn at random (reproducibly, by ``seed``): a look at a large export
         without displaying all of it."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            from toolkit.errors import ExportValidationError
             raise ExportValidationError(f"n must be a non-negative integer, not {n!r}",
                                         field="n", hint="export.sample(1000)")
         return self.profiles.sample(min(n, len(self.profiles)), random_state=seed)
@@ -204,10 +204,9 @@ class EngageExport:
         """Run a SQL query on the data engine, where ``profiles``, ``computations`` and
         ``events`` are this export's tables: counts and overlaps of a large export without
         Python loops, e.g. ``export.sql("SELECT count(*) FROM profiles WHERE vip_customer")``."""
-        import duckdb
+        import duckdb  # lazy: DuckDB loads only when an export is queried
 
-        from toolkit import engine
-        from toolkit.errors import ExportValidationError
+        from toolkit import engine  # lazy: DuckDB loads only when an export is queried
 
         if not isinstance(query, str) or not query.strip():
             raise ExportValidationError("the query is empty", field="query",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from html import escape
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote
 
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 import requests
 
-from toolkit.engage.frames import Typed, assemble, identifier_frame, type_python_values
+from toolkit.engage.assemble import assemble
+from toolkit.engage.frames import Typed, identifier_frame, type_python_values
 from toolkit.engage.model import Findings
 from toolkit.errors import ProfileAPIError
 
@@ -70,7 +72,6 @@ class ProfileAPI:
                 f"#{_fingerprint(self._token)}>")
 
     def _repr_html_(self) -> str:
-        from html import escape
         return (f"<p><b>Segment Profile API</b> space <code>{escape(self.space_id)}</code> at "
                 f"{escape(self.base_url)}, token #{_fingerprint(self._token)}; "
                 f"{self.stats['requests']} requests, {self.stats['429s']} rate-limited</p>")

@@ -19,7 +19,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toolkit.engage.frames import Typed, assemble, identifier_frame, merge_report, rows_text, \
+from toolkit.engage.assemble import assemble
+from toolkit.engage.csv import CsvHeader, read_csv_table
+from toolkit.engage.frames import Typed, identifier_frame, merge_report, rows_text, \
     type_python_values, type_string_column
 from toolkit.engage.model import Findings
 from toolkit.errors import ExportFormatError
@@ -65,12 +67,11 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
         except (pa.ArrowInvalid, OSError) as exc:
             raise ExportFormatError(f"not a readable parquet file ({str(exc).splitlines()[0]})",
                                     file=str(path), hint="export the table again") from None
-    from toolkit.engage.csv import _Header, _read_table
-    header = _Header(path)
+    header = CsvHeader(path)
     if not header.has_rows:
         raise ExportFormatError("the table has a header but no rows", file=str(path), line=2,
         hint="export the table again; it should hold one row per profile")
-    table = _read_table(header)
+    table = read_csv_table(header)
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get), True
 
 

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from toolkit.engage import csv as csv_reader
+from toolkit.engage import validation
+from toolkit.engage.assemble import assemble
 from toolkit.engage.events import read_events
-from toolkit.engage.frames import (ID_LIST_DTYPE, PANDAS_DTYPE, Typed, assemble,
-                                   computations_frame, derived_segment_id, empty_events,
-                                   identifier_frame, type_python_values, union_id_lists)
+from toolkit.engage.frames import (ID_LIST_DTYPE, PANDAS_DTYPE, Typed, computations_frame,
+                                   derived_segment_id, empty_events, identifier_frame,
+                                   type_python_values, union_id_lists)
 from toolkit.engage.model import IDENTIFIER_COLUMNS, EngageExport, Finding, Findings
 from toolkit.engage.profile_api import load_profile_api
 from toolkit.engage.profiles_sync import find_tables, read_profiles_sync
@@ -281,7 +283,6 @@ def merge(exports: Sequence[EngageExport]) -> EngageExport:
         source=f"{len(exports)} exports merged ({', '.join(kinds)})", findings=findings)
     # profile-level checks (shared user_ids, anonymous-only…) re-run on the merged whole
     merged.findings = Findings(f for f in findings if f.code not in _RECOMPUTED)
-    from toolkit.engage import validation
     validation.check(merged, {}, rows=False)
     return merged
 

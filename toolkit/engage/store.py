@@ -133,7 +133,7 @@ class StoredExport(EngageExport):
 
     def take(self, positions: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The profiles at ``positions`` (a few rows: read through the engine, not the file)."""
-        from toolkit import engine
+        from toolkit import engine  # lazy: DuckDB loads only for exports kept in the engine
 
         positions = np.unique(np.asarray(positions, dtype=np.int64))
         cols = ", ".join(engine.quote(c) for c in (columns or self.columns))
@@ -149,9 +149,9 @@ class StoredExport(EngageExport):
 
     # -- views computed on the engine ------------------------------------------------------
     def _query(self, query: str, params: list | None = None) -> pd.DataFrame:
-        import duckdb
+        import duckdb  # lazy: DuckDB loads only for exports kept in the engine
 
-        from toolkit import engine
+        from toolkit import engine  # lazy: DuckDB loads only for exports kept in the engine
 
         with engine.connect() as db:
             db.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet("
@@ -185,7 +185,7 @@ class StoredExport(EngageExport):
         return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
 
     def summary(self) -> pd.DataFrame:
-        from toolkit import engine
+        from toolkit import engine  # lazy: DuckDB loads only for exports kept in the engine
 
         rows = []
         for comp in self.computations.to_dict("records"):

@@ -15,7 +15,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from toolkit.braze.payload_rules import WRITABLE_PROFILE_FIELDS, standard_field
 from toolkit.errors import PlotInputError
+from toolkit.notebook.terms import http_calls, planned_totals
+from toolkit.preview import REASONS
 
 __all__ = [
     "audience_sizes",
@@ -260,8 +263,6 @@ def _draw_trait(ax, series: pd.Series, value_type: str, *, top: int, bins: int) 
 def computed_traits(export) -> list[str]:
     """The export's traits except Segment standard traits that land in Braze profile fields
     (firstName → first_name, …): those are profile data, not computations."""
-    from toolkit.braze.payload_rules import WRITABLE_PROFILE_FIELDS, standard_field
-
     return [k for k in export.traits
             if standard_field(k) is None and k not in WRITABLE_PROFILE_FIELDS]
 
@@ -306,7 +307,6 @@ def _preview_frame(preview) -> pd.DataFrame:
     if not callable(to_frame):
         raise PlotInputError(f"cannot draw preview sizes from a {type(preview).__name__}",
                              hint="pass the Preview returned by mapping.preview(export)")
-    from toolkit.preview import REASONS
 
     frame = to_frame()
     frame = frame[frame["recommended"].astype(bool)].drop_duplicates("key", keep="first")
@@ -351,7 +351,6 @@ def _sync_frame(report) -> tuple[pd.DataFrame, dict]:
             and callable(getattr(report, "summary", None))):
         raise PlotInputError(f"cannot draw sync throughput from a {type(report).__name__}",
                              hint="pass the SyncReport returned by toolkit.apply(plan, client)")
-    from toolkit.notebook.terms import http_calls
 
     c = report.counts
     calls = http_calls(report)
@@ -449,8 +448,6 @@ def plan_composition(plan) -> Figure:
     total = int(frame["count"].sum())
     title = f"Plan composition: {total:,} operations"
     if not isinstance(plan, pd.DataFrame):
-        from toolkit.notebook.terms import planned_totals
-
         t = planned_totals(plan)
         title += f" → {t['objects']:,} objects in {t['requests']:,} requests"
     fig.suptitle(title, fontsize=_TITLE_SIZE)

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any, Callable
 
 from toolkit.errors import BrazeAPIError, Outcome
+from toolkit.notebook.terms import planned_totals
 
 __all__ = ["SyncProgress"]
 
@@ -58,8 +59,6 @@ class SyncProgress:
     # -- updates ---------------------------------------------------------------------------
     def start(self, plan) -> None:
         """Totals from the plan about to be pushed."""
-        from toolkit.notebook.terms import planned_totals
-
         totals = planned_totals(plan)
         with self._lock:
             self.requests_total = totals["requests"]
@@ -124,6 +123,7 @@ class SyncProgress:
     def tqdm(self, **kwargs: Any):
         """A tqdm bar (``tqdm.auto``: a widget in Jupyter, text elsewhere) that follows this
         progress until it finishes; extra keyword arguments go to tqdm (e.g. ``file=``)."""
+        # lazy: tqdm.auto imports IPython when it is installed
         from tqdm.auto import tqdm
 
         options = {"desc": "push", "unit": "request", "leave": True, **kwargs}

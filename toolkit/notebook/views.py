@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from toolkit.braze.filters import AnyOf, CustomEventCount, CustomEventPropertyCount
+
 __all__ = ["cell", "readable", "table", "frame_html", "readable_time", "age", "freshness",
            "freshness_html", "filter_html", "error_title", "error_html", "findings_table",
            "findings_html", "WIZARD_FIXES", "STYLE", "event_staleness",
@@ -381,8 +383,6 @@ def _walk(f) -> list:
 
 
 def _event_filter(filters: list):
-    from toolkit.braze.filters import CustomEventCount, CustomEventPropertyCount
-
     for f in filters:
         leaves = _walk(f)
         if leaves and all(isinstance(x, (CustomEventCount, CustomEventPropertyCount))
@@ -397,8 +397,6 @@ def event_staleness(preview) -> list[dict[str, Any]]:
 
     Returns dicts with ``key``, ``when`` (what goes wrong, with dates), ``why`` and ``instead``.
     """
-    from toolkit.braze.filters import AnyOf, CustomEventPropertyCount
-
     mapping, frame = preview.mapping, preview.to_frame()
     shared = mapping.shared_events()
     as_of = _utc(preview.as_of)

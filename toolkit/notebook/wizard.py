@@ -31,10 +31,22 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from toolkit.errors import ApprovalRefused, PushInProgress, StepNotDone, ToolkitError
+from toolkit import mapping
+from toolkit.braze.client import BrazeClient
+from toolkit.engage.model import Findings
+from toolkit.engage.readers import load
+from toolkit.errors import (ApprovalRefused, ConfigError, PlanNotApproved, PushInProgress,
+                            StepNotDone, ToolkitError)
 from toolkit.notebook import views
 from toolkit.notebook.progress import SyncProgress
 from toolkit.notebook.terms import http_calls, legend_html, planned_totals, totals_frame
+from toolkit.preview import REASONS
+from toolkit.sandbox.server import BrazeSandbox
+from toolkit.secrets import read_env_file
+from toolkit.sync.apply import apply
+from toolkit.sync.ledger import Ledger
+from toolkit.sync.plan import parse_duration, plan
+from toolkit.sync.verify import verify
 
 __all__ = ["GuidedSync", "GuidedSyncState", "SyncProgress",
            "Step", "STEP_DEFINITIONS", "STEPS", "APPROVAL_DURATIONS", "bundled_samples",
@@ -137,8 +149,6 @@ def _png_width(data: bytes) -> int | None:
 
 def partner_keys_configured() -> bool:
     """Whether Braze partner cohort keys are set in the environment or ./.env."""
-    from toolkit.secrets import read_env_file
-
     try:
         settings = {**read_env_file(".env"), **os.environ}
     except ToolkitError:
@@ -216,8 +226,6 @@ class GuidedSyncState:
         previous = self.source if self.export is not None else None
 
         def action():
-            from toolkit.engage.readers import load
-
             self._reset(after=-1)
             self.unloaded = previous
             text = str(source).strip()
@@ -285,7 +293,6 @@ class GuidedSyncState:
     def value_findings(self):
         """Values the current mapping leaves out because Braze would refuse them, one each."""
         if self.mapping is None:
-            from toolkit.engage.model import Findings
             return Findings()
         if self._value_findings is None or self._value_findings[0] is not self.mapping:
             self._value_findings = (self.mapping, self.mapping.value_findings(self.export))
@@ -401,13 +408,9 @@ class GuidedSyncState:
     def _connect(self) -> None:
         if self.client is not None:
             return
-        from toolkit.braze.client import BrazeClient
-        from toolkit.sync.ledger import Ledger
 
         if self.target == "sandbox":
             if self._sandbox is None:
-                from toolkit.sandbox.server import BrazeSandbox
-
                 self._sandbox = BrazeSandbox()
                 self._owns_sandbox = True
             client = BrazeClient.for_sandbox(self._sandbox)
@@ -417,9 +420,6 @@ class GuidedSyncState:
                 self._tmp = tempfile.mkdtemp(prefix="guided-sync-")
             directory = self._tmp
         else:
-            from toolkit.errors import ConfigError
-            from toolkit.secrets import read_env_file
-
             settings = {**read_env_file(".env"), **os.environ}
             missing = [v for v in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not settings.get(v)]
             if missing:
@@ -446,8 +446,6 @@ class GuidedSyncState:
     def build_plan(self) -> bool:
         """Diff the export against what this workspace acknowledged: only changes are planned."""
         def action():
-            from toolkit.sync.plan import plan
-
             self._require("mapping", "choose an export first")
             self._require_valid_rules()
             self._connect()
@@ -478,8 +476,6 @@ class GuidedSyncState:
     def set_approval_duration(self, expires_in: str) -> bool:
         """How long the approval lasts: '1h', '8h', '24h', '7d' (see APPROVAL_DURATIONS)."""
         def action():
-            from toolkit.sync.plan import parse_duration
-
             parse_duration(expires_in)
             self.expires_in = expires_in
         return self._attempt(action)
@@ -533,12 +529,8 @@ class GuidedSyncState:
             progress.tqdm()
 
         def action():
-            from toolkit.sync.apply import apply
-
             self._require("plan", "build the plan first (step 5)")
             if not self.approved:
-                from toolkit.errors import PlanNotApproved
-
                 raise PlanNotApproved("the plan is not approved; nothing was sent",
                                       hint="approve it in step 6")
             progress.start(self.plan)
@@ -555,8 +547,6 @@ class GuidedSyncState:
     def verify(self) -> bool:
         """Read a sample back from Braze, then save the files again with the verification."""
         def action():
-            from toolkit.sync.verify import verify
-
             self._require("report", "push the plan first (step 7)")
             self.verification = verify(self.report, self.client, sample=self.verify_sample)
             self.saved = self.save_files(self.output_dir)
@@ -805,8 +795,6 @@ def _mkdir(path: Path) -> None:
 
 
 def _default_mapping(export):
-    from toolkit import mapping
-
     return mapping.Mapping.from_export(export)
 
 
@@ -835,7 +823,7 @@ def _shutdown(state: dict, everything: bool = True) -> None:
 
 def _in_kernel() -> bool:
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # lazy: IPython only inside a kernel
     except ImportError:
         return False
     shell = get_ipython()
@@ -943,7 +931,7 @@ class GuidedSync:
                  output_dir: str | os.PathLike = "sync-reports",
                  samples_dir: str | os.PathLike | None = None, background: bool | None = None,
                  verify_sample: int = 50, plots: bool = True) -> None:
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: ipywidgets only when the wizard is displayed
 
         self.state = GuidedSyncState(target=target, sandbox=sandbox, output_dir=output_dir,
                                      samples_dir=samples_dir, verify_sample=verify_sample)
@@ -1305,6 +1293,7 @@ class GuidedSync:
 
     # step 2 ---------------------------------------------------------------------------------
     def _step_review(self) -> list:
+        # lazy: matplotlib only when a chart is drawn
         from toolkit.notebook import plots
 
         s = self.state
@@ -1390,6 +1379,7 @@ class GuidedSync:
         return [intro, identity, self.rules_box, self.values_html, save]
 
     def _identity_text(self) -> str:
+        # lazy: matplotlib only when a chart is drawn
         from toolkit.notebook import plots
 
         s = self.state
@@ -1505,6 +1495,7 @@ class GuidedSync:
 
     # step 4 ---------------------------------------------------------------------------------
     def _step_preview(self) -> list:
+        # lazy: matplotlib only when a chart is drawn
         from toolkit.notebook import plots
 
         s = self.state
@@ -1517,8 +1508,6 @@ class GuidedSync:
                 self.preview_image, self.preview_html]
 
     def _preview_text(self) -> str:
-        from toolkit.preview import REASONS
-
         s = self.state
         p = s.preview
         frame = p.to_frame()
@@ -1550,6 +1539,7 @@ class GuidedSync:
 
     # step 5 ---------------------------------------------------------------------------------
     def _step_plan(self) -> list:
+        # lazy: matplotlib only when a chart is drawn
         from toolkit.notebook import plots
 
         s = self.state
@@ -1665,6 +1655,7 @@ class GuidedSync:
 
     # step 8 ---------------------------------------------------------------------------------
     def _step_verify(self) -> list:
+        # lazy: matplotlib only when a chart is drawn
         from toolkit.notebook import plots
 
         s = self.state

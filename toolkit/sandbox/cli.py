@@ -13,6 +13,7 @@ import threading
 
 from toolkit.braze.limits import LIMITS
 from toolkit.errors import SandboxError
+from toolkit.sandbox.server import BrazeSandbox
 
 _FAULT_FLAGS = ("429", "500", "502", "503", "slow", "drop-before", "drop-after")
 
@@ -77,8 +78,6 @@ def _faults(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from toolkit.sandbox.server import BrazeSandbox
-
     stop = threading.Event()
     sandbox = BrazeSandbox(args.api_key, port=args.port, seed=args.seed,
                            max_objects_per_array=args.max_objects,

@@ -15,6 +15,7 @@ import hashlib
 import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -83,7 +84,6 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         # A client that vanishes mid-request (a killed apply, a dropped keep-alive) is part of
         # what the sandbox exists to exercise, not a server fault: no traceback for it.
-        import sys
 
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
@@ -276,7 +276,7 @@ class BrazeSandbox:
 
     def profiles(self):
         """One row per user: identifiers, profile fields, then custom attributes."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
             users = list(self._store.users)
@@ -287,7 +287,7 @@ class BrazeSandbox:
 
     def events(self):
         """One row per stored custom event: user identifiers, name, time, properties, app_id."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
             rows = [self._user_columns(u) | {"name": n, "time": t, "properties": p, "app_id": a}
@@ -298,7 +298,7 @@ class BrazeSandbox:
 
     def purchases(self):
         """One row per stored purchase."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
             rows = [self._user_columns(u) | {"product_id": pid, "currency": c, "price": pr,
@@ -311,7 +311,7 @@ class BrazeSandbox:
 
     def cohorts(self):
         """One row per partner cohort: id, name, created_at, size and member user keys."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
             rows = [{"cohort_id": cid, "name": c.get("name"), "created_at": c["created_at"],
@@ -324,7 +324,7 @@ class BrazeSandbox:
 
     def request_log(self):
         """One row per request: time, endpoint, status, objects, data_points, fault, skipped, note."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._log_lock:
             entries = list(self._log)

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from toolkit import engine
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
                             Outcome, ReportError)
-from toolkit.sync.ledger import Ledger, Rows
+from toolkit.sync.ledger import Ledger, Rows, describe_workspace
 from toolkit.sync.plan import Batch, Plan
 
 __all__ = ["apply", "SyncReport"]
@@ -214,8 +215,6 @@ def _open_ledger(plan: Plan, client, ledger) -> Ledger:
     else:
         out = Ledger(client)
     if out.workspace != client.workspace:
-        from toolkit.sync.ledger import describe_workspace
-
         raise LedgerError(f"the ledger belongs to {describe_workspace(out.workspace)}, the client "
                           f"targets {describe_workspace(client.workspace)}; nothing was sent",
                           file=str(out.path), hint="use the ledger of the workspace you apply to")
@@ -258,7 +257,6 @@ def _held_by_others(plan: Plan, ledger: Ledger) -> int:
             for f, u, _ in json.loads(items)]
     if not held:
         return 0
-    from toolkit import engine
 
     with engine.connect() as db:
         db.register("held_raw", pa.table({"field": pa.array([h[0] for h in held], pa.string()),
@@ -275,7 +273,7 @@ class _Run:
     flight, so memory stays bounded whatever the plan's size."""
 
     def __init__(self, plan: Plan, ledger: Ledger, progress: bool, total: int) -> None:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
 
         self.plan = plan
         self.on_batch: "Callable[[int, Any], None] | None" = None
@@ -653,7 +651,6 @@ def _expected_sample(plan: Plan, run: _Run) -> list[dict]:
     hash of the user key), for `verify`; read from the plan's file on the engine."""
     if not run.acked:
         return []
-    from toolkit import engine
 
     with engine.connect() as db:
         db.register("acked_raw", pa.table({"batch": pa.array(sorted(set(run.acked)), pa.int64())}))

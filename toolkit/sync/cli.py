@@ -54,6 +54,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, *, workers: int = 4):
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.braze.client import SANDBOX_WORKSPACE, BrazeClient
 
     if args.sandbox is not None:
@@ -147,6 +148,7 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.engage.readers import load
     from toolkit.mapping import Mapping
     from toolkit.sync.plan import plan as make_plan
@@ -175,6 +177,7 @@ def _approve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_approve(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.plan import Plan
 
     p = Plan.load(args.plan).approve(by=args.by, expires_in=args.expires)
@@ -199,6 +202,7 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_apply(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.apply import apply as run_apply
 
     client = _client(args, workers=args.workers)
@@ -227,6 +231,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.verify import verify as run_verify
 
     v = run_verify(args.report, _client(args), sample=args.sample, wait=args.wait)
@@ -249,6 +254,7 @@ def _settle_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_settle(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.settle import parse_wait, settle as run_settle
 
     wait = parse_wait(args.wait)
@@ -286,6 +292,7 @@ def sample_export_path() -> Path:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.braze.client import BrazeClient
     from toolkit.engage.readers import load
     from toolkit.mapping import Mapping

@@ -28,7 +28,7 @@ from toolkit.braze.limits import LIMITS
 from toolkit.engine import literal, quote
 from toolkit.sync.projection import FieldSpec, Projection
 
-__all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "checksum_sql"]
+__all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "checksum_sql", "name_batches"]
 
 # The operations table, in canonical column order (the fingerprint hashes these columns).
 OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value", "field",
@@ -406,10 +406,10 @@ def _batch_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
                                      users=("users", "sum"))
     agg = agg.assign(stop=agg["stop"] + 1,
                      objects=np.where(agg["op"] == "attribute", agg["users"], agg["rows"]))
-    return _name_batches(agg.reset_index(drop=True))
+    return name_batches(agg.reset_index(drop=True))
 
 
-def _name_batches(frame: pd.DataFrame) -> pd.DataFrame:
+def name_batches(frame: pd.DataFrame) -> pd.DataFrame:
     """Stable request names: attributes-00001, events-00001, cohort-<id>-<change>-00001."""
     kinds = frame["op"].map({"attribute": "attributes", "event": "events", "cohort": "cohort"})
     names = []

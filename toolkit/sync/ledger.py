@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 from toolkit import engine
 from toolkit.engine import literal, quote
 from toolkit.errors import LedgerError
+from toolkit.sync.diff import checksum_sql
 
 __all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES",
            "describe_workspace", "LEGACY_WORKSPACE"]
@@ -144,9 +145,9 @@ def _safe_name(workspace: str) -> str:
 def _try_lock(handle) -> bool:
     """Take an exclusive, non-blocking OS lock on an open file; False when another has it."""
     try:
-        import fcntl
+        import fcntl  # lazy: platform-specific (POSIX)
     except ImportError:  # Windows
-        import msvcrt
+        import msvcrt  # lazy: platform-specific (Windows)
         try:
             msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
         except OSError:
@@ -591,7 +592,6 @@ class Ledger:
                     "(SELECT NULL::VARCHAR AS uid WHERE false)")
             db.execute(f"CREATE TEMP VIEW merged AS SELECT coalesce(s.uid, u.uid) AS uid, "
                        f"{', '.join(cols)} FROM {base} s FULL OUTER JOIN upd u ON s.uid = u.uid")
-            from toolkit.sync.diff import checksum_sql
 
             have = set(all_fields)
             checksum = (checksum_sql([tuple(k) for k in kinds],

@@ -33,12 +33,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toolkit.braze.limits import LIMITS
 from toolkit import engine
+from toolkit.braze.client import EncodedTrack
+from toolkit.braze.limits import LIMITS
 from toolkit.engage.model import Finding, Findings
-from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
+from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
-from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result
+from toolkit.secrets import resolve_secret
+from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result, name_batches
+from toolkit.sync.ledger import Ledger, describe_workspace
 from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, input_digest, project
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
@@ -112,8 +115,6 @@ class Batch:
 
 def _resolve_target(workspace, ledger):
     """(workspace identity, ledger) from what the caller passed."""
-    from toolkit.sync.ledger import Ledger
-
     client = None
     if workspace is not None and not isinstance(workspace, str):
         client = workspace
@@ -127,8 +128,6 @@ def _resolve_target(workspace, ledger):
         if workspace is None:
             workspace = ledger.workspace
         elif ledger.workspace not in (None, workspace):
-            from toolkit.sync.ledger import describe_workspace
-
             raise PlanError(f"the ledger belongs to {describe_workspace(ledger.workspace)}, not "
                             f"to {describe_workspace(workspace)}", field="ledger",
                             file=str(ledger.path),
@@ -153,8 +152,6 @@ def _partner_credentials(partner_api_key, client_secret, client=None):
     then the sandbox a client was made for — never by prompting."""
     if hasattr(client, "partner_credentials"):
         return client.partner_credentials(partner_api_key, client_secret, required=False)
-    from toolkit.errors import ConfigError
-    from toolkit.secrets import resolve_secret
 
     try:
         key = resolve_secret(partner_api_key, name="partner API key",
@@ -209,7 +206,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                         hint="pass an ISO-8601 time or a pandas Timestamp") from None
     mapping.validate(export)
     credentials = _partner_credentials(partner_api_key, client_secret, client)
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
 
     show = progress if progress is not None else export.profile_count >= PROGRESS_FROM
     options = {"create_users": bool(create_users), "alias_label": alias_label,
@@ -563,8 +560,6 @@ class Plan:
     def encoded_payload(self, batch: Batch, rows: dict | None = None):
         """`payload` of an attributes or events batch as JSON bytes, assembled from the
         operations' JSON texts without decoding them (what apply sends)."""
-        from toolkit.braze.client import EncodedTrack
-
         rows = rows if rows is not None else self.rows_of(batch)
         uid, names, values = rows["uid"], rows["name"], rows["value"]
         flag = "false" if self.options.get("create_users", False) else "true"
@@ -955,8 +950,6 @@ def _check_operations(path: Path, rows: int) -> None:
 
 
 def _read_batches(path: Path) -> pd.DataFrame:
-    from toolkit.sync.diff import _name_batches
-
     with engine.connect() as db:
         frame = db.execute(
             "WITH o AS (SELECT *, row_number() OVER () AS rn FROM read_parquet(?)) "
@@ -964,4 +957,4 @@ def _read_batches(path: Path) -> pd.DataFrame:
             "CASE WHEN any_value(op) = 'attribute' THEN count(DISTINCT uid) ELSE count(*) END "
             "AS objects, any_value(name) AS name, any_value(change) AS change "
             "FROM o GROUP BY batch ORDER BY batch", [str(path)]).df()
-    return _name_batches(frame)
+    return name_batches(frame)

@@ -17,7 +17,9 @@ to, so they compare equal to what earlier ledgers stored.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from toolkit.braze import payload_rules
 from toolkit.braze.state import braze_user_keys
@@ -75,7 +78,7 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
     """(positions of the rows that lose to a later row with the same key, the winning row's
     position for each). Computed on the engine (a hash aggregate on every core): shared keys
     are rare, so only those rows come back."""
-    from toolkit import engine
+    from toolkit import engine  # lazy: DuckDB loads only when a projection runs
 
     arr = _key_array(keys)
     with engine.using(db) as conn:
@@ -136,9 +139,7 @@ def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: st
     mapping and the options. Equal digests mean equal projections, so a ledger that recorded
     convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
     the diff. Hashed on the engine, two independent 64-bit hashes per row folded with XOR."""
-    import hashlib
-
-    from toolkit import __version__, engine
+    from toolkit import __version__, engine  # lazy: DuckDB loads only when a projection runs
 
     keys = [r.key for r in mapping.rules]
     columns = list(dict.fromkeys(
@@ -326,8 +327,6 @@ class Projection:
 
     def spec_digest(self) -> str:
         """A digest of the fields and their kinds: checksums are comparable only under one."""
-        import hashlib
-
         text = dumps([[f.field, f.kind] for f in sorted(self.fields, key=lambda f: f.field)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -447,8 +446,6 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                 tables.append(table.table)
                 continue
             if writer is None:   # a second chunk: the projection goes to disk
-                import pyarrow.parquet as pq
-                import tempfile
 
                 folder = Path(spill) if spill is not None else Path(
                     tempfile.mkdtemp(prefix="toolkit-projection-"))

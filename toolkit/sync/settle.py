@@ -46,6 +46,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from toolkit.errors import ConfigError, SettleError
+from toolkit.sync.ledger import Ledger, describe_workspace
+from toolkit.sync.plan import read_duration
 
 __all__ = ["settle", "SettleReport", "DEFAULT_WAIT", "parse_wait"]
 
@@ -57,8 +59,6 @@ DECISIONS = ("landed", "not landed", "undecided")
 
 def parse_wait(value: "timedelta | int | float | str") -> timedelta:
     """``timedelta``, seconds, or text like ``"90s"``, ``"5m"``, ``"1h"`` (zero allowed)."""
-    from toolkit.sync.plan import read_duration
-
     out = read_duration(value)
     if out is None:
         if isinstance(value, str):
@@ -334,8 +334,6 @@ def settle(ledger=None, client=None, *, wait: "timedelta | int | float | str" = 
     the named batches by hand (``"PLAN/BATCH"``, or a batch name alone when unique) instead of
     reading Braze back; then ``client`` is only needed to find the default ledger.
     """
-    from toolkit.sync.ledger import Ledger, describe_workspace
-
     wait = parse_wait(wait)
     now = now or datetime.now(timezone.utc)
     if now.tzinfo is None:

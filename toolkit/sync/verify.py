@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from toolkit.errors import ConfigError, ReportError
+from toolkit.sync.apply import SyncReport
 
 __all__ = ["verify", "VerifyReport"]
 
@@ -94,8 +95,6 @@ def verify(report, client, sample: int = 50, wait: float = 0) -> VerifyReport:
     ``report`` is a `SyncReport` or the path of a saved one; ``wait`` seconds are slept first
     (Braze is eventually consistent: allow up to a few minutes on a real workspace).
     """
-    from toolkit.sync.apply import SyncReport
-
     if not isinstance(report, SyncReport):
         report = SyncReport.load(report)
     if report.workspace != client.workspace:
