@@ -124,3 +124,26 @@ def test_only_formatted_audience_csvs_are_kept_on_disk():
     with pytest.raises(ExportFormatError) as err:
         toolkit.load(unformatted, store=True)
     assert "store=False" in (err.value.hint or "")
+
+
+def _shared_identifier_file(tmp_path) -> Path:
+    """The dormant sample with its first user's id also on the last row (another chunk)."""
+    lines = (SAMPLES / "dormant_shopper.csv").read_text(encoding="utf-8").splitlines()
+    fields = lines[-1].split(",")
+    fields[1] = lines[1].split(",")[1]
+    lines[-1] = ",".join(fields)
+    path = tmp_path / "dormant_shopper.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_stored_export_previews_the_same_counts_chunk_by_chunk(shared, tmp_path):
+    path = _shared_identifier_file(tmp_path) if shared else SAMPLES / "dormant_shopper.csv"
+    stored, memory = _both(path)
+    mapping = Mapping.from_export(memory).set("dormant_shopper", send_as="both")
+    a, b = mapping.preview(stored), mapping.preview(memory)
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
+    assert a.user_count == b.user_count == len(b.state.users)
+    for key in ("dormant_shopper", "total_revenue_180_days"):
+        pd.testing.assert_frame_equal(a.dropped(key), b.dropped(key))
