@@ -11,8 +11,10 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,11 +31,84 @@ from toolkit.engage.profile_api import load_profile_api
 from toolkit.engage.profiles_sync import find_tables, read_profiles_sync
 from toolkit.errors import ExportFormatError
 
-__all__ = ["load", "detect_kind", "merge", "KINDS"]
+__all__ = ["load", "detect_kind", "merge", "KINDS", "Reader", "READERS", "register_reader"]
 
-KINDS = ("csv_formatted", "csv_unformatted", "csv_legacy", "csv_hashed", "trait_csv", "ndjson",
-         "profiles_sync", "profile_api", "dataframe")
 _USABLE = (".csv", ".tsv", ".txt", ".ndjson", ".jsonl", ".json", ".gz")
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How `load` reads one kind of export. ``sniff(path, head)`` says whether a file is of
+    this kind from its first 4 KB (decompressed), None for kinds never detected from a file;
+    ``read(path, options)`` reads it, ``options`` holding ``computation_key``,
+    ``computation_id``, ``store`` and ``audiences`` (a reader uses those it understands)."""
+
+    kind: str
+    read: Callable[[Any, dict[str, Any]], EngageExport]
+    sniff: Callable[[Path, bytes], bool] | None = None
+    description: str = ""
+
+
+READERS: dict[str, Reader] = {}   # kind -> reader; detection tries the sniffers in this order
+
+
+def register_reader(kind: str, read: Callable[[Any, dict[str, Any]], EngageExport], *,
+                    sniff: Callable[[Path, bytes], bool] | None = None, description: str = "",
+                    first: bool = True) -> Reader:
+    """Teach `load` a new kind of export (see docs/ARCHITECTURE.md, "Add a reader"). Its
+    sniffer is tried before the built-in ones (``first``): the CSV sniffers take any text."""
+    reader = Reader(kind, read, sniff, description)
+    others = [(k, r) for k, r in READERS.items() if k != kind]
+    READERS.clear()
+    READERS.update([(kind, reader), *others] if first else [*others, (kind, reader)])
+    return reader
+
+
+@lru_cache(maxsize=64)
+def _csv_kind(path: Path, mtime_ns: int, size: int) -> str:
+    """The CSV kind of a file, worked out once however many CSV sniffers ask."""
+    return csv_reader.detect_csv_kind(path)
+
+
+def _csv_sniffer(kind: str) -> Callable[[Path, bytes], bool]:
+    def sniff(path: Path, head: bytes) -> bool:
+        stat = path.stat()
+        return _csv_kind(path, stat.st_mtime_ns, stat.st_size) == kind
+    return sniff
+
+
+def _read_csv(kind: str) -> Callable[[Any, dict[str, Any]], EngageExport]:
+    def read(path: Any, options: dict[str, Any]) -> EngageExport:
+        return csv_reader.read_csv(path, kind, computation_key=options.get("computation_key"),
+                                   computation_id=options.get("computation_id"),
+                                   store=options.get("store"))
+    return read
+
+
+def _is_json(path: Path, head: bytes) -> bool:
+    return head.lstrip(b"\xef\xbb\xbf").lstrip().startswith((b"{", b"["))
+
+
+register_reader("ndjson", lambda path, options: read_events(path), sniff=_is_json,
+                description="NDJSON or JSON of identify and track calls (gzip too)", first=False)
+_CSV_DESCRIPTIONS = {"csv_formatted": "formatted audience CSV (one column per identifier)",
+                     "csv_unformatted": "unformatted audience CSV (id_type, id_value rows)",
+                     "csv_legacy": "legacy audience CSV", "csv_hashed": "hashed audience CSV",
+                     "trait_csv": "computed-trait CSV"}
+for _kind in csv_reader.CSV_KINDS:
+    register_reader(_kind, _read_csv(_kind), sniff=_csv_sniffer(_kind),
+                    description=_CSV_DESCRIPTIONS.get(_kind, _kind), first=False)
+register_reader("profiles_sync",
+                lambda path, options: read_profiles_sync(path, audiences=options.get("audiences")),
+                description="Profiles Sync tables (profile_traits + external_id_mapping)",
+                first=False)
+register_reader("profile_api",
+                lambda ids, options: load_profile_api(ids=ids, **options.get("profile_api", {})),
+                description="profiles looked up in Segment's Profile API", first=False)
+register_reader("dataframe",
+                lambda frame, options: from_frame(frame, audiences=options.get("audiences")),
+                description="a pandas DataFrame, one row per profile", first=False)
+KINDS = tuple(READERS)   # the built-in kinds
 
 
 def detect_kind(path: str | os.PathLike) -> str:
@@ -69,13 +144,14 @@ def detect_kind(path: str | os.PathLike) -> str:
     if not stripped:
         raise ExportFormatError("the file is empty; expected an Engage CSV or NDJSON export",
                                 file=str(path), line=1, hint="download the export again")
-    if stripped.startswith((b"{", b"[")):
-        return "ndjson"
-    if b"\x00" in head:
+    if b"\x00" in head and not _is_json(path, head):
         raise ExportFormatError("unknown format: the file is binary, not CSV or NDJSON",
                                 file=str(path), hint="load an Engage CSV, NDJSON or Profiles Sync "
                                                      "export")
-    return csv_reader.detect_csv_kind(path)
+    for reader in READERS.values():
+        if reader.sniff is not None and reader.sniff(path, head):
+            return reader.kind
+    return csv_reader.detect_csv_kind(path)  # raises, naming what the file lacks
 
 
 def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | None = None,
@@ -92,18 +168,20 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
     `store`: keep a formatted audience CSV's profiles on disk and read them in chunks (a
     `StoredExport`; default: from ``TOOLKIT_STORE_FROM`` bytes, see `toolkit.engage.store`).
     """
-    if kind is not None and kind not in KINDS:
-        raise ExportFormatError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+    if kind is not None and kind not in READERS:
+        raise ExportFormatError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(READERS)}")
     key = computation_key or audience
+    options = {"computation_key": key, "computation_id": computation_id, "store": store,
+               "audiences": audiences, "profile_api": profile_api}
     if kind == "profile_api":
-        return load_profile_api(ids=path_or_frame, **profile_api)
+        return READERS[kind].read(path_or_frame, options)
     if profile_api:
         raise TypeError(f"unexpected arguments {', '.join(profile_api)} (only for "
                         "kind='profile_api')")
     if isinstance(path_or_frame, EngageExport):
         return path_or_frame
     if isinstance(path_or_frame, pd.DataFrame):
-        return from_frame(path_or_frame, audiences=audiences)
+        return READERS["dataframe"].read(path_or_frame, options)
     if kind == "dataframe":
         raise ExportFormatError("kind='dataframe' needs a pandas DataFrame",
                                 hint="pass the DataFrame itself")
@@ -143,14 +221,9 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
                         store=store)
         return merge([load(p, kind) for p in files])
     kind = kind or detect_kind(path)
-    if kind == "ndjson":
-        return read_events(path)
-    if kind == "profiles_sync":
-        return read_profiles_sync(path, audiences=audiences)
-    if not path.exists():
+    if not path.exists() and kind != "profiles_sync":
         raise ExportFormatError("file not found", file=str(path), hint="check the path")
-    return csv_reader.read_csv(path, kind, computation_key=key, computation_id=computation_id,
-                               store=store)
+    return READERS[kind].read(path, options)
 
 
 def from_frame(frame: pd.DataFrame, *, audiences: Iterable[str] | None = None) -> EngageExport:
