@@ -22,6 +22,7 @@ import yaml
 
 from toolkit.braze import payload_rules
 from toolkit.engage.model import EngageExport, Findings
+from toolkit.documents import read_document
 from toolkit.errors import MappingError
 from toolkit.preview import Preview, recommended_filters, shared_event_warnings
 
@@ -231,31 +232,11 @@ class Mapping:
     def load(cls, path: str | Path) -> "Mapping":
         """Read a mapping saved by `save`; unknown or mistyped fields raise MappingError naming them."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            if _nesting_depth(text) > _MAX_DEPTH:
-                raise _too_deep(path)
-            doc = yaml.safe_load(text)
-        except FileNotFoundError:
-            raise MappingError("mapping file not found", file=str(path),
-                               hint="save one with mapping.save(path) first") from None
-        except IsADirectoryError:
-            raise MappingError("expected a mapping file, found a directory", file=str(path),
-                               hint="pass the YAML file itself") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
-                exc.strerror or type(exc).__name__
-            raise MappingError(f"cannot read the mapping file: {reason}", file=str(path),
-                               hint="save the mapping with mapping.save(path) (UTF-8 YAML)") \
-                from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise MappingError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
-                               line=mark.line + 1 if mark else None,
-                               hint="fix the YAML syntax") from None
-        except RecursionError:
-            # YAML (and JSON, which YAML reads) parses nested lists and mappings recursively
-            raise _too_deep(path) from None
+        doc = read_document(path, error=MappingError, what="mapping", format="YAML",
+                            missing_hint="save one with mapping.save(path) first",
+                            damaged_hint="fix the YAML, or write the file with mapping.save(path) "
+                                         "(UTF-8 YAML: 'version: 1' and a flat list of 'rules')",
+                            too_deep=lambda text: _nesting_depth(text) > _MAX_DEPTH)
         try:
             return cls.from_dict(doc, source=str(path))
         except RecursionError:

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from toolkit import engine
+from toolkit.documents import read_document
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
                             Outcome, ReportError)
 from toolkit.sync.ledger import Ledger, Rows, describe_workspace
@@ -167,16 +168,10 @@ class SyncReport:
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "SyncReport":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ReportError("no report file here", file=str(path),
-                               hint="write one with `python -m toolkit apply … --report FILE`") \
-                from None
-        except (OSError, ValueError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-            raise ReportError(f"cannot read the report: {reason}", file=str(path),
-                               hint="the file is damaged; re-run apply to get a new one") from None
+        data = read_document(path, error=ReportError, what="report",
+                             missing_hint="write one with `python -m toolkit apply … --report "
+                                          "FILE`",
+                             damaged_hint="the file is damaged; re-run apply to get a new one")
         if not isinstance(data, dict) or data.pop("format", None) != REPORT_FORMAT:
             raise ReportError("not a sync report", file=str(path), field="format",
                                hint="pass the file written by apply --report")

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from toolkit import engine
 from toolkit.braze.client import EncodedTrack
 from toolkit.braze.limits import LIMITS
+from toolkit.documents import read_document
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
@@ -833,19 +834,9 @@ class Plan:
         PlanError naming the field. (An edit that keeps the files well-formed is caught by the
         fingerprint at apply.)"""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PlanError("no plan file here", file=str(path),
-                            hint="make one with `python -m toolkit plan …`") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"cannot read the plan: {exc}", file=str(path)) from None
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno,
-                            hint="the plan file was damaged; make and approve a new plan") from None
-        except RecursionError:
-            raise PlanError("not valid JSON: nested too deeply to read", file=str(path),
-                            hint="the plan file was damaged; make and approve a new plan") from None
+        data = read_document(path, error=PlanError, what="plan",
+                             missing_hint="make one with `python -m toolkit plan …`",
+                             damaged_hint="the plan file was damaged; make and approve a new plan")
         findings = _check_manifest(data, str(path))
         ops_path = path.with_name(str(data["operations_file"]))
         left_path = path.with_name(str(data.get("left_out_file") or ""))
