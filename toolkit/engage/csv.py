@@ -525,10 +525,16 @@ def _write_chunks(path: Path, header: CsvHeader, kind: str, key: str, computatio
     """Normalise the CSV chunk by chunk into the Parquet file ``out``; returns the
     computations, the profile dtypes and the chunks' findings (file row numbers)."""
 
+    from concurrent.futures import ThreadPoolExecutor
+
     schema = comps = dtypes = writer = None
     rows = 0
     chunk_findings: list = []
     bar = _progress(path, "load")
+    # a chunk is compressed and written on another thread while the next one is normalised
+    # (both release the GIL); at most one chunk waits, so memory stays bounded
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+    pending = None
     try:
         for table in _typed_chunks(header, _stream(header, types, chunk_rows), types):
             part_findings = Findings()
@@ -544,11 +550,18 @@ def _write_chunks(path: Path, header: CsvHeader, kind: str, key: str, computatio
             else:
                 _same_shape(path, rows, comps, part.computations, dtypes, frame)
                 data = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            writer.write_table(data, row_group_size=min(len(frame), 131_072))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, data,
+                                  row_group_size=min(len(frame), 131_072))
+            del frame, part, data
             rows += table.num_rows
             bar.update(table.num_rows)
+        if pending is not None:
+            pending.result()
     finally:
         bar.close()
+        pool.shutdown(wait=True)
         if writer is not None:
             writer.close()
     if schema is None:

@@ -2,7 +2,7 @@
 
 `toolkit.load` of a large Engage CSV (from ``TOOLKIT_STORE_FROM`` bytes, default 400 MB — about
 2.5M profiles — or with ``store=True``) reads it in chunks of ``TOOLKIT_CHUNK_ROWS`` profiles
-(default 1,000,000), normalises each chunk exactly as the in-memory reader does (identifier
+(default 500,000), normalises each chunk exactly as the in-memory reader does (identifier
 lists, typed computations, findings) and appends it to a Parquet file in the export cache
 (``TOOLKIT_CACHE``, default ``./.toolkit/exports``; one file per source file, rewritten by
 each load). The result, a `StoredExport`, is an
@@ -35,7 +35,7 @@ from toolkit.errors import ExportTooLarge, ExportValidationError
 
 __all__ = ["StoredExport", "store_settings", "CHUNK_ROWS"]
 
-CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 500_000
 STORE_FROM_BYTES = 400_000_000
 PROFILES_LIMIT = 3_000_000
 

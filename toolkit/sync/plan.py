@@ -322,9 +322,10 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
 
 
 def _write_left_out(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.table({c: pa.array(frame[c].to_numpy(dtype=object, na_value=None) if c in frame
-                                  else np.full(len(frame), None, dtype=object), pa.string())
-                      for c in LEFT_OUT_COLUMNS})
+    table = pa.table({c: (pa.array(frame[c].array) if c in frame
+                          else pa.nulls(len(frame), pa.string())) for c in LEFT_OUT_COLUMNS})
+    table = pa.table({c: (table[c].combine_chunks() if isinstance(table[c], pa.ChunkedArray)
+                          else table[c]).cast(pa.string()) for c in LEFT_OUT_COLUMNS})
     pq.write_table(table, path, compression="zstd")
 
 

@@ -353,6 +353,27 @@ class _Notes:
         return out
 
 
+_LEFT_OUT_TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _repeated(value: str | None, n: int) -> pa.DictionaryArray:
+    indices = pa.nulls(n, pa.int32()) if value is None else pa.array(np.zeros(n, np.int32))
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value or ""], pa.string()))
+
+
+def _left_out_frame(parts: list[pa.Table]) -> pd.DataFrame:
+    """The left-out profiles as one frame, one reason after another (as an export read in one
+    piece lists them): strings stay in Arrow, reasons are categories."""
+    order: dict = {}
+    for part in parts:
+        order.setdefault((part["code"][0].as_py(), part["rule"][0].as_py()), len(order))
+    parts = sorted(parts, key=lambda t: order[(t["code"][0].as_py(), t["rule"][0].as_py())])
+    if not parts:
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS})
+    table = pa.concat_tables(parts)
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+
+
 class _Collect:
     def __init__(self, profiles: pd.DataFrame, keys: pd.Series, syncable: np.ndarray,
                  notes: _Notes, value_types: dict[str, str]) -> None:
@@ -367,17 +388,22 @@ class _Collect:
                             if "segment_id" in profiles.columns
                             else pa.nulls(len(profiles), pa.large_string()))
         self.uids = pa.array(keys.array).cast(pa.large_string())
-        self.left_out: list[pd.DataFrame] = []
+        self.left_out: list[pa.Table] = []
 
     def leave_out(self, mask: np.ndarray, *, rule: str | None, code: str, reason: str,
                   uid: bool = True) -> None:
         pos = np.flatnonzero(mask)
         if len(pos):
             take = pa.array(pos)
-            self.left_out.append(pd.DataFrame({
-                "segment_id": self.segment_ids.take(take).to_numpy(zero_copy_only=False),
-                "uid": self.uids.take(take).to_numpy(zero_copy_only=False) if uid else None,
-                "rule": rule, "code": code, "reason": reason}))
+            n = len(pos)
+            # Arrow, the repeated texts dictionary-encoded: a million left-out profiles of a
+            # large export stay a few megabytes
+            self.left_out.append(pa.table({
+                "segment_id": self.segment_ids.take(take).cast(pa.string()),
+                "uid": (self.uids.take(take).cast(pa.string()) if uid
+                        else pa.nulls(n, pa.string())),
+                "rule": _repeated(rule, n), "code": _repeated(code, n),
+                "reason": _repeated(reason, n)}))
 
     def owned(self, values: pa.Array) -> pa.Array:
         """The rows of the profiles Braze receives (a filter: cheaper than a take)."""
@@ -411,6 +437,7 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     keys = pa.chunked_array(key_parts, pa.string())
     lose, winner = shared_keys(keys, db)
     has_key = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+    del key_parts   # each chunk's keys are made again below: cheaper than holding them all
     owner = has_key.copy()
     owner[lose] = False
     shadowed = np.zeros(len(owner), dtype=bool)
@@ -421,10 +448,11 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
             f"{len(lose):,} profile(s) share a Braze identifier with a later profile; the last "
             "row in the export is sent, the others are left out. "
             + _disagreements(export, keys, lose, winner, mapped))
+    del keys
     value_types = {r.key: str(export.computation(r.key)["value_type"]) for r in mapping.rules
                    if r.key in export.columns}
     notes = _Notes()
-    left_out: list[pd.DataFrame] = []
+    left_out: list[pa.Table] = []
     tables: list[pa.Table] = []
     writer = None
     out_path = None
@@ -435,7 +463,8 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
         for i, chunk in enumerate(export.chunks(needed)):
             start = int(chunk.index[0]) if len(chunk) else 0
             part = slice(start, start + len(chunk))
-            chunk_keys = pd.Series(pd.array(key_parts[i], dtype="string"), index=chunk.index)
+            chunk_keys = braze_user_keys(chunk, email_opt_in=email_opt_in,
+                                         alias_label=alias_label)[0]
             table, specs, cohorts = _project_chunk(
                 chunk, chunk_keys, owner[part], has_key[part], shadowed[part], start, notes,
                 value_types, export, mapping, email_opt_in, alias_label, cohorts_available,
@@ -453,17 +482,12 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                 writer = pq.ParquetWriter(out_path, tables[0].schema, compression="zstd")
                 writer.write_table(tables.pop())
             writer.write_table(table.table.cast(writer.schema))
+            pa.default_memory_pool().release_unused()   # a chunk's memory back before the next
     finally:
         if writer is not None:
             writer.close()
     result = out_path if out_path is not None else (tables[0] if tables else pa.table({}))
-    # one reason after another, as an export read in one piece lists them
-    order = {}
-    for part in left_out:
-        order.setdefault((part["code"].iat[0], part["rule"].iat[0]), len(order))
-    left_out.sort(key=lambda part: order[(part["code"].iat[0], part["rule"].iat[0])])
-    frame = (pd.concat(left_out, ignore_index=True) if left_out else
-             pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS}))
+    frame = _left_out_frame(left_out)
     return Projection(result, specs, frame, notes.findings(), cohorts, export.profile_count,
                       user_count=users)
 
