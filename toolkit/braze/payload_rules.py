@@ -22,7 +22,7 @@ __all__ = [
     "Violation", "name_violations", "attribute_name_violations", "event_name_violations",
     "property_name_violations", "string_value_violation", "require_attribute_name",
     "require_event_name", "standard_field", "normalize_gender", "Conversion", "convert",
-    "to_json_values", "json_type",
+    "to_json_values", "json_type", "value_kind",
 ]
 
 
@@ -216,20 +216,22 @@ class Conversion:
     conflict: pd.Series
 
 
-def json_type(value: object) -> str | None:
-    """The Braze data type of one Python value as it would be sent, or None for null."""
+def value_kind(value: object, *, date_text: re.Pattern | str | None = None) -> str | None:
+    """The type of one value in the `EngageExport` vocabulary — boolean, number, string,
+    datetime, list, object — or None for null: the one classifier of readers and payloads.
+    ``date_text``: a pattern for text that counts as a datetime (JSON has no date type)."""
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, (bool, np.bool_)):
         return "boolean"
     if isinstance(value, (int, float, np.integer, np.floating)):
         return "number"
-    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "isoformat"):
-        return "time"
     if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
+        return "datetime" if date_text is not None and re.match(date_text, value) else "string"
+    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "isoformat"):
+        return "datetime"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "list"
     if isinstance(value, dict):
         return "object"
     return "string"
@@ -237,6 +239,12 @@ def json_type(value: object) -> str | None:
 
 _VALUE_TYPE_TO_JSON = {"boolean": "boolean", "number": "number", "string": "string",
                        "datetime": "time", "list": "array", "object": "object"}
+
+
+def json_type(value: object) -> str | None:
+    """The Braze data type of one Python value as it would be sent, or None for null."""
+    kind = value_kind(value)
+    return None if kind is None else _VALUE_TYPE_TO_JSON[kind]
 
 
 def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> Conversion:

@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -524,9 +525,6 @@ def _write_chunks(path: Path, header: CsvHeader, kind: str, key: str, computatio
                   types: dict, chunk_rows: int, out: Path):
     """Normalise the CSV chunk by chunk into the Parquet file ``out``; returns the
     computations, the profile dtypes and the chunks' findings (file row numbers)."""
-
-    from concurrent.futures import ThreadPoolExecutor
-
     schema = comps = dtypes = writer = None
     rows = 0
     chunk_findings: list = []

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from toolkit.braze.payload_rules import value_kind
 from toolkit.engage.model import COMPUTATION_COLUMNS, EVENT_COLUMNS
 
 # External id types Segment knows by default (docs: unify/identity-resolution/externalids), plus
@@ -38,6 +39,7 @@ _NAN_RE = r"(?i)^[+-]?nan$"
 DATE_RE = (r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?"
            r"(?:Z|[+-]\d{2}:?\d{2})?$")
 BOOL_STRINGS = {"true": True, "false": False}
+_DATE = re.compile(DATE_RE)
 
 # ``emails`` / ``anonymous_ids``: every value of a multi-valued identifier, as a pyarrow list
 # column (one Arrow buffer, not a Python tuple per row).
@@ -496,22 +498,9 @@ def rows_text(rows: list[int], limit: int = 10) -> str:
 # -- value typing ------------------------------------------------------------------------------
 
 def python_kind(value: Any) -> str | None:
-    """The Braze-relevant type of one JSON value; None for null."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return "boolean"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return "number"
-    if isinstance(value, str):
-        return "datetime" if re.match(DATE_RE, value) else "string"
-    if isinstance(value, (pd.Timestamp,)):
-        return "datetime"
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "string"
+    """The type of one JSON value, ISO dates in text counting as datetimes; None for null
+    (`toolkit.braze.payload_rules.value_kind`, the one classifier)."""
+    return value_kind(value, date_text=_DATE)
 
 
 class Typed:
