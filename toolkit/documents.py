@@ -1,4 +1,5 @@
-"""`read_document`: the one way a plan, a sync report or a mapping file is read from disk.
+"""`read_document` / `write_document`: the one way a plan, a sync report or a mapping file is
+read from disk, and a report or mapping written.
 
 Every failure — missing, a directory, unreadable, not UTF-8, malformed JSON/YAML (with its line),
 nested too deeply — becomes the caller's `ToolkitError` subclass naming the file and how to fix
@@ -15,7 +16,7 @@ import yaml
 
 from toolkit.errors import ToolkitError
 
-__all__ = ["read_document"]
+__all__ = ["read_document", "write_document"]
 
 # format -> (parse text, the parser's error types, line of an error or None)
 _FORMATS: dict[str, tuple[Callable[[str], Any], tuple[type[Exception], ...],
@@ -60,3 +61,14 @@ def read_document(path: str | Path, *, error: type[ToolkitError], what: str, mis
         reason = getattr(exc, "msg", None) or getattr(exc, "problem", None) or exc
         raise error(f"not valid {format}: {reason}", file=str(path), line=line_of(exc),
                     hint=damaged_hint) from None
+
+
+def write_document(path: str | Path, text: str, *, error: type[ToolkitError], what: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``; a failure is ``error`` naming the file."""
+    path = Path(path)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot write the {what}: {exc.strerror or type(exc).__name__}",
+                    file=str(path), hint="choose a writable path") from None
+    return path

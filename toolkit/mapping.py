@@ -22,7 +22,7 @@ import yaml
 
 from toolkit.braze import payload_rules
 from toolkit.engage.model import EngageExport, Findings
-from toolkit.documents import read_document
+from toolkit.documents import read_document, write_document
 from toolkit.errors import MappingError
 from toolkit.preview import Preview, recommended_filters, shared_event_warnings
 
@@ -222,11 +222,9 @@ class Mapping:
 
     def save(self, path: str | Path) -> Path:
         """Write the mapping as YAML (every field spelled out, so the file is the whole truth)."""
-        path = Path(path)
         text = ("# Engage → Braze mapping; load with toolkit.Mapping.load(path)\n"
                 + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_document(path, text, error=MappingError, what="mapping")
 
     @classmethod
     def load(cls, path: str | Path) -> "Mapping":

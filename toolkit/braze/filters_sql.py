@@ -251,6 +251,10 @@ def _calendar_value(value: Any) -> tuple[pd.Timestamp, bool]:
     return (when.tz_localize("UTC") if when.tzinfo is None else when), len(str(value)) == 10
 
 
+# Braze's "is blank" / "is not blank" on a number or time attribute: the value is missing or not
+_BLANK = {"is_blank": "({} IS NULL)", "is_not_blank": "({} IS NOT NULL)"}
+
+
 def _attribute(names: SqlNames, attribute: str, kind: str) -> str:
     column = names.columns.get(attribute, {}).get(kind)
     if column is None:
@@ -304,10 +308,8 @@ def _(f: BooleanAttribute, names: SqlNames) -> str:
 @_compile.register
 def _(f: NumberAttribute, names: SqlNames) -> str:
     x = _attribute(names, f.name, "number")
-    if f.op == "is_blank":
-        return f"({x} IS NULL)"
-    if f.op == "is_not_blank":
-        return f"({x} IS NOT NULL)"
+    if f.op in _BLANK:
+        return _BLANK[f.op].format(x)
     v = _double(f.value)
     if f.op == "exactly":  # "'Exactly 0' and 'Less Than' filters include users with NULL fields"
         equal = f"coalesce({x} = {v}, false)"
@@ -322,10 +324,8 @@ def _(f: NumberAttribute, names: SqlNames) -> str:
 @_compile.register
 def _(f: DateAttribute, names: SqlNames) -> str:
     t = _attribute(names, f.name, "time")
-    if f.op == "is_blank":
-        return f"({t} IS NULL)"
-    if f.op == "is_not_blank":
-        return f"({t} IS NOT NULL)"
+    if f.op in _BLANK:
+        return _BLANK[f.op].format(t)
     if f.op in ("before", "after"):
         when, whole_day = _calendar_value(f.value)
         if f.op == "before":

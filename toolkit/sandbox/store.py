@@ -193,25 +193,20 @@ class Store:
         elif key == "user_alias":
             user.aliases.append(value)
             self.by_alias[value] = user
-        elif key == "email":
-            self._set_email(user, value)
-        elif key == "phone":
-            self._set_phone(user, value)
+        elif key in ("email", "phone"):
+            self._set_contact(user, key, value)
         return user
 
-    def _set_email(self, user: _User, email: str | None) -> None:
-        if user.email is not None:
-            self.by_email[user.email].remove(user)
-        user.email = email
-        if email is not None:
-            self.by_email.setdefault(email, []).append(user)
-
-    def _set_phone(self, user: _User, phone: str | None) -> None:
-        if user.phone is not None:
-            self.by_phone[user.phone].remove(user)
-        user.phone = phone
-        if phone is not None:
-            self.by_phone.setdefault(phone, []).append(user)
+    def _set_contact(self, user: _User, field: str, value: str | None) -> None:
+        """Set ``user.email`` or ``user.phone``, keeping its lookup index (several users may
+        share one) in step."""
+        index = self.by_email if field == "email" else self.by_phone
+        old = getattr(user, field)
+        if old is not None:
+            index[old].remove(user)
+        setattr(user, field, value)
+        if value is not None:
+            index.setdefault(value, []).append(user)
 
     def _resolve(self, obj: dict, array: str, key: str, value: Any) -> _User | None:
         """Find or create the object's user; None when the object is skipped (update only)."""
@@ -548,10 +543,8 @@ class Store:
                     points += 1
                 attrs[name] = current[-self.array_length_limit:]
             else:  # profile field
-                if name == "email":
-                    self._set_email(user, value)
-                elif name == "phone":
-                    self._set_phone(user, value)
+                if name in ("email", "phone"):
+                    self._set_contact(user, name, value)
                 elif value is None:
                     user.fields.pop(name, None)
                 else:

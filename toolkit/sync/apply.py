@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from toolkit import engine
-from toolkit.documents import read_document
+from toolkit.documents import read_document, write_document
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
                             Outcome, ReportError)
 from toolkit.sync.ledger import Ledger, Rows, describe_workspace
@@ -156,14 +156,9 @@ class SyncReport:
     def save(self, path: "str | os.PathLike[str]") -> Path:
         """Write the report as JSON. It holds identities, values, statuses and Braze's error
         texts (secrets are redacted by the client before they reach it), never a key."""
-        path = Path(path)
         data = {"format": REPORT_FORMAT, **asdict(self)}
-        try:
-            path.write_text(json.dumps(data, ensure_ascii=False, default=str), encoding="utf-8")
-        except OSError as exc:
-            raise ReportError(f"cannot write the report: {exc.strerror}", file=str(path),
-                               hint="choose a writable path") from None
-        return path
+        return write_document(path, json.dumps(data, ensure_ascii=False, default=str),
+                              error=ReportError, what="report")
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "SyncReport":

@@ -17,7 +17,6 @@ import bisect
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import weakref
@@ -37,6 +36,7 @@ from toolkit import engine
 from toolkit.braze.client import EncodedTrack
 from toolkit.braze.limits import LIMITS
 from toolkit.documents import read_document
+from toolkit.durations import checked_duration
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
@@ -72,34 +72,10 @@ def _utc_iso(ts: pd.Timestamp | datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-def read_duration(value: "timedelta | int | float | str") -> timedelta | None:
-    """``timedelta``, seconds, or text like ``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"``;
-    None when ``value`` is none of these."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value.lower())
-        if m:
-            unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-            return timedelta(seconds=float(m.group(1)) * unit)
-    return None
-
-
 def parse_duration(value: "timedelta | int | float | str") -> timedelta:
-    """An approval's length: a positive `read_duration`."""
-    out = read_duration(value)
-    if out is None:
-        if isinstance(value, str):
-            raise PlanError(f"cannot read the duration {value!r}", field="expires_in",
-                            hint="write a number with a unit: 90s, 30m, 24h, 7d or 2w")
-        raise PlanError(f"expires_in must be a timedelta, seconds or text like '24h', not "
-                        f"{type(value).__name__}", field="expires_in")
-    if out <= timedelta(0):
-        raise PlanError("the approval must last longer than zero", field="expires_in",
-                        hint="pass a positive duration such as '24h'")
-    return out
+    """An approval's length: a positive duration (``"90s"``, ``"24h"``, ``"7d"`` …)."""
+    return checked_duration(value, error=PlanError, field="expires_in", what="duration",
+                            examples="24h, 90s, 30m, 7d or 2w", allow_zero=False)
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from toolkit.durations import checked_duration
 from toolkit.errors import ConfigError, SettleError
 from toolkit.sync.ledger import Ledger, describe_workspace
-from toolkit.sync.plan import read_duration
 
 __all__ = ["settle", "SettleReport", "DEFAULT_WAIT", "parse_wait"]
 
@@ -59,15 +59,8 @@ DECISIONS = ("landed", "not landed", "undecided")
 
 def parse_wait(value: "timedelta | int | float | str") -> timedelta:
     """``timedelta``, seconds, or text like ``"90s"``, ``"5m"``, ``"1h"`` (zero allowed)."""
-    out = read_duration(value)
-    if out is None:
-        if isinstance(value, str):
-            raise ConfigError(f"cannot read the wait {value!r}", field="wait",
-                              hint="write a number with a unit: 300s, 5m or 1h")
-        raise ConfigError(f"wait must be a duration, not {type(value).__name__}", field="wait")
-    if out < timedelta(0):
-        raise ConfigError("the wait cannot be negative", field="wait")
-    return out
+    return checked_duration(value, error=ConfigError, field="wait", what="wait",
+                            examples="5m, 90s, 300s or 1h", allow_zero=True)
 
 
 def _instant(text: Any) -> datetime | None:
