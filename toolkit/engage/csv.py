@@ -483,7 +483,7 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
     import pyarrow.parquet as pq
 
     from toolkit import engine
-    from toolkit.engage.store import StoredExport, cache_path, store_settings
+    from toolkit.engage.store import StoredExport, cache_path, prune_cache, store_settings
 
     if _odd_quote_count(path):
         problem = _unclosed_quote(header)
@@ -500,6 +500,7 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
         comps, dtypes, chunk_findings = _write_chunks(path, header, kind, key, computation_id,
                                                       {}, settings["chunk_rows"], tmp)
     os.replace(tmp, target)
+    prune_cache(target)
     seen = set()
     for f in chunk_findings:    # a finding every chunk repeats word for word is said once
         ident = (f.severity, f.code, f.message, f.row, f.column, f.segment_id)
