@@ -58,7 +58,7 @@ from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import ExportFormatError
-from toolkit.engage.store import StoredExport, cache_path, shifted, store_settings
+from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
 
 __all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS", "CsvHeader",
            "read_csv_table"]
@@ -500,6 +500,7 @@ def _read_stored(path: Path, header: CsvHeader, kind: str, key: str, computation
         comps, dtypes, chunk_findings = _write_chunks(path, header, kind, key, computation_id,
                                                       {}, settings["chunk_rows"], tmp)
     os.replace(tmp, target)
+    prune_cache(target)
     seen = set()
     for f in chunk_findings:    # a finding every chunk repeats word for word is said once
         ident = (f.severity, f.code, f.message, f.row, f.column, f.segment_id)
