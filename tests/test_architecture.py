@@ -115,3 +115,22 @@ def test_imports_inside_functions_are_lazy_on_purpose_and_say_why():
                                    f"imports {target}")
     assert not unexplained, ("import at the top of the module, or say why it must wait with a "
                              "'# lazy:' comment:\n" + "\n".join(unexplained))
+
+
+# stage -> packages it must never import (docs/ARCHITECTURE.md: imports go one way)
+_LAYERS = {
+    "toolkit.braze": ("toolkit.engage", "toolkit.mapping", "toolkit.preview", "toolkit.sync",
+                      "toolkit.notebook", "toolkit.sandbox"),
+    "toolkit.engage": ("toolkit.mapping", "toolkit.preview", "toolkit.sync", "toolkit.notebook",
+                       "toolkit.sandbox"),
+    "toolkit.sandbox": ("toolkit.engage", "toolkit.mapping", "toolkit.preview", "toolkit.sync",
+                        "toolkit.notebook"),
+    "toolkit.sync": ("toolkit.notebook",),
+}
+
+
+def test_stages_import_one_way():
+    wrong = [f"{module} imports {target}" for module, targets in _graph().items()
+             for target in targets for layer, banned in _LAYERS.items()
+             if module.startswith(layer) and target.startswith(banned)]
+    assert not wrong, "\n".join(sorted(wrong))
