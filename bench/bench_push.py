@@ -66,16 +66,12 @@ def audience_only(export):
                     if r.kind == "audience" and r.key != "all_shoppers"])
 
 
-def push_with_toolkit(export, mapping, url: str, **client_options) -> tuple[float, object, object]:
-    """Plan against an empty ledger for the sandbox at ``url``, approve, apply; (seconds, plan,
-    report) where seconds covers apply only (checks, ledger and sending)."""
+def apply_timed(export, mapping, client) -> tuple[float, object, object]:
+    """Plan against an empty ledger for ``client``, approve, apply; (seconds, plan, report)
+    where seconds covers apply only (checks, ledger and sending)."""
     import toolkit
-    from toolkit.braze.client import BrazeClient
 
-    client_options.setdefault("max_workers", WORKERS)
-    with tempfile.TemporaryDirectory() as tmp, \
-            BrazeClient(url, API_KEY, env_file=None, interactive=False,
-                        **client_options) as client:
+    with tempfile.TemporaryDirectory() as tmp:
         ledger = toolkit.Ledger(client, directory=tmp)
         plan = toolkit.plan(export, mapping, ledger, workspace=client, create_users=True)
         plan.approve(by="bench")
@@ -84,6 +80,15 @@ def push_with_toolkit(export, mapping, url: str, **client_options) -> tuple[floa
         seconds = time.perf_counter() - t
         ledger.close()
     return seconds, plan, report
+
+
+def push_with_toolkit(export, mapping, url: str, **client_options) -> tuple[float, object, object]:
+    """`apply_timed` for the sandbox at ``url``."""
+    from toolkit.braze.client import BrazeClient
+
+    client_options.setdefault("max_workers", WORKERS)
+    with BrazeClient(url, API_KEY, env_file=None, interactive=False, **client_options) as client:
+        return apply_timed(export, mapping, client)
 
 
 def push_bare(payloads: list[dict], url: str) -> float:
