@@ -138,6 +138,19 @@ class Findings:
         return self.to_frame().head(50).to_html(index=False, na_rep="")
 
 
+def export_html(export: "EngageExport", source: str, counts: str) -> str:
+    """The notebook display of an export, in memory or on disk: ``counts`` (HTML) and the
+    snapshot, the per-computation summary, identifier coverage and findings."""
+    snap = export.snapshot_at.isoformat() if export.snapshot_at is not None else "unknown"
+    found = export.findings.counts()
+    findings = ", ".join(f"{escape(k)}: {v:,}" for k, v in sorted(found.items())) or "none"
+    cov = ", ".join(f"{escape(k)} {v:,}" for k, v in export.identifier_coverage().items())
+    return (f"<div class='engage-export'><h4>Engage export — {escape(source)}</h4>"
+            f"<p>{counts} · snapshot {escape(snap)}</p>"
+            f"{export.summary().to_html(index=False, na_rep='')}"
+            f"<p><b>Identifiers:</b> {cov}</p><p><b>Findings:</b> {findings}</p></div>")
+
+
 @dataclass
 class EngageExport:
     """Profiles, computations, event history and findings read from one Engage export."""
@@ -262,16 +275,6 @@ class EngageExport:
                 f"{len(self.events):,} events, {len(self.findings)} findings, snapshot {snap}>")
 
     def _repr_html_(self) -> str:
-        snap = self.snapshot_at.isoformat() if self.snapshot_at is not None else "unknown"
-        counts = self.findings.counts()
-        findings = ", ".join(f"{escape(k)}: {v:,}" for k, v in sorted(counts.items())) or "none"
-        cov = self.identifier_coverage()
-        cov_html = ", ".join(f"{escape(k)} {v:,}" for k, v in cov.items())
-        return (
-            f"<div class='engage-export'><h4>Engage export — {escape(self.source or 'in memory')}</h4>"
-            f"<p>{len(self.profiles):,} profiles · {len(self.audiences)} audiences · "
-            f"{len(self.traits)} traits · {len(self.events):,} events · snapshot {escape(snap)}</p>"
-            f"{self.summary().to_html(index=False, na_rep='')}"
-            f"<p><b>Identifiers:</b> {cov_html}</p>"
-            f"<p><b>Findings:</b> {findings}</p></div>"
-        )
+        return export_html(self, self.source or "in memory",
+                           f"{len(self.profiles):,} profiles · {len(self.audiences)} audiences · "
+                           f"{len(self.traits)} traits · {len(self.events):,} events")

@@ -22,7 +22,6 @@ import hashlib
 import os
 import time
 from dataclasses import replace
-from html import escape
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toolkit.engage.model import EVENT_COLUMNS, IDENTIFIER_COLUMNS, EngageExport, Findings
+from toolkit.engage.model import (EVENT_COLUMNS, IDENTIFIER_COLUMNS, EngageExport, Findings,
+                                  export_html)
 from toolkit.errors import ExportTooLarge, ExportValidationError
 
 __all__ = ["StoredExport", "store_settings", "CHUNK_ROWS"]
@@ -242,16 +242,10 @@ class StoredExport(EngageExport):
                 f"{len(self.findings)} findings, snapshot {snap}>")
 
     def _repr_html_(self) -> str:
-        snap = self.snapshot_at.isoformat() if self.snapshot_at is not None else "unknown"
-        counts = self.findings.counts()
-        findings = ", ".join(f"{escape(k)}: {v:,}" for k, v in sorted(counts.items())) or "none"
-        cov = ", ".join(f"{escape(k)} {v:,}" for k, v in self.identifier_coverage().items())
-        return (f"<div class='engage-export'><h4>Engage export — {escape(self.source)}</h4>"
-                f"<p>{self.rows:,} profiles (kept on disk: <code>export.sample(n)</code>, "
-                f"<code>export.sql(…)</code>) · {len(self.audiences)} audiences · "
-                f"{len(self.traits)} traits · snapshot {escape(snap)}</p>"
-                f"{self.summary().to_html(index=False, na_rep='')}"
-                f"<p><b>Identifiers:</b> {cov}</p><p><b>Findings:</b> {findings}</p></div>")
+        return export_html(self, self.source,
+                           f"{self.rows:,} profiles (kept on disk: <code>export.sample(n)</code>, "
+                           f"<code>export.sql(…)</code>) · {len(self.audiences)} audiences · "
+                           f"{len(self.traits)} traits")
 
 
 def shifted(findings: Findings, offset: int) -> list:

@@ -562,11 +562,15 @@ class Store:
             out[v] = None
         return list(out)
 
-    def _apply_event(self, obj: dict, now: datetime) -> tuple[int, int]:
-        unknown = set(obj) - _EVENT_KEYS
+    def _identified(self, obj: dict, known: frozenset, what: str) -> tuple[str, Any]:
+        """The identifier of an event or purchase object, after refusing unknown fields."""
+        unknown = set(obj) - known
         if unknown:
-            raise _ObjectError(f"unknown event field(s) {sorted(unknown)} {STRICT}")
-        key, ident = self._pick_identifier(obj, allow_profile_email=False)
+            raise _ObjectError(f"unknown {what} field(s) {sorted(unknown)} {STRICT}")
+        return self._pick_identifier(obj, allow_profile_email=False)
+
+    def _apply_event(self, obj: dict, now: datetime) -> tuple[int, int]:
+        key, ident = self._identified(obj, _EVENT_KEYS, "event")
         name = obj.get("name")
         if type(name) is not str or not name:
             raise _ObjectError("event 'name' is required as a non-empty string")
@@ -587,10 +591,7 @@ class Store:
         return 1, 0
 
     def _apply_purchase(self, obj: dict, now: datetime) -> tuple[int, int]:
-        unknown = set(obj) - _PURCHASE_KEYS
-        if unknown:
-            raise _ObjectError(f"unknown purchase field(s) {sorted(unknown)} {STRICT}")
-        key, ident = self._pick_identifier(obj, allow_profile_email=False)
+        key, ident = self._identified(obj, _PURCHASE_KEYS, "purchase")
         product = obj.get("product_id")
         if type(product) is not str or not product or len(product) > LIMITS.string_length:
             raise _ObjectError("'product_id' is required as a string of at most 255 characters")
