@@ -354,12 +354,17 @@ class _Tally:
         self._last_attribute_uid = None
 
     def add(self, chunk: pa.RecordBatch, order: int) -> None:
-        table = pa.table({c: chunk.column(c) for c in ("rule", "op", "change", "name")})
-        grouped = table.group_by(["rule", "op", "change", "name"], use_threads=False).aggregate(
-            [([], "count_all")])
-        for r, o, c, n, k in zip(*(grouped.column(x).to_pylist() for x in (
-                "rule", "op", "change", "name", "count_all"))):
-            self.counts[(r, o, c, n)] = self.counts.get((r, o, c, n), 0) + k
+        # (field, change) decides rule, op and name: count its pairs with two dictionary codes
+        field_codes = pc.dictionary_encode(chunk.column("field"))
+        change_codes = pc.dictionary_encode(chunk.column("change"))
+        width = max(len(change_codes.dictionary), 1)
+        pair = (field_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64) * width
+                + change_codes.indices.to_numpy(zero_copy_only=False))
+        counts = np.bincount(pair)
+        for code in np.flatnonzero(counts):
+            i = int(np.argmax(pair == code))
+            key = tuple(chunk.column(c)[i].as_py() for c in ("rule", "op", "change", "name"))
+            self.counts[key] = self.counts.get(key, 0) + int(counts[code])
         self.seen[chunk.column("pos").to_numpy(zero_copy_only=False)] = True
         if order == 0:   # a user's attribute operations are consecutive: count the changes
             uid = chunk.column("uid")
