@@ -250,7 +250,7 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
             row.update(segment_id=sid, segment_name=segment.get("name"))
             _check_one(client, preview, export, rule, recommended, row, check, exact=exact,
                        synced=synced, tolerance=tolerance, check_filters=check_filters,
-                       length=length)
+                       length=length, estimate_error=estimate_error)
         except SegmentCheckError as exc:
             if errors == "raise":
                 raise
@@ -264,7 +264,7 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
 def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: Any,
                recommended: Any, row: dict, check: SegmentCheck, *, exact: bool,
                synced: pd.Timestamp | None, tolerance: int, check_filters: bool,
-               length: int) -> None:
+               length: int, estimate_error: float) -> None:
     key, sid = rule.key, row["segment_id"]
     where = {"rule": key, "segment": f"{row['segment_name']!r} ({sid})"}
     try:
@@ -333,7 +333,7 @@ def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: An
         row["verdict"] = "within_error"
         row["reason"] = (f"Braze's estimate is {abs(gap):,} {'above' if gap > 0 else 'below'} "
                          f"the expected size; its estimates may be off by about "
-                         f"{tol:,} users (1% of the workspace's users)")
+                         f"{tol:,} users ({estimate_error:.0%} of the workspace's users)")
     else:
         row["verdict"] = "differs"
         if stale and not exact:
