@@ -429,8 +429,11 @@ def _permission_error(exc: BrazeAuthError, exact: bool) -> BrazeAuthError:
     return BrazeAuthError(
         f"the API key may not read Braze's segments: {endpoint} answered 403 "
         f"({_message(exc)})", status=403, body=exc.body, endpoint=endpoint,
-        hint=f"add the '{missing}' permission to the REST API key (Settings > APIs and "
-             f"Identifiers > API Keys); the segment check needs {', '.join(needed)}")
+        hint=f"the key needs the '{missing}' permission. Braze cannot add a permission to an "
+             f"existing key: create a new REST API key (Settings > APIs and Identifiers > API "
+             f"Keys) with the permissions the toolkit uses plus {', '.join(needed)}, put it in "
+             f"BRAZE_API_KEY and revoke the old one (the sync ledger belongs to the workspace, "
+             f"not the key)")
 
 
 def _message(exc: BrazeAPIError) -> str:

@@ -247,7 +247,8 @@ def test_a_key_without_segment_permissions_names_the_permission(synced, exact, a
         check_segments(s.client, s.export, s.mapping, preview=s.preview, exact=exact,
                        keys=["vip_customer"])
     assert info.value.status == 403
-    assert f"add the '{missing}' permission" in str(info.value)
+    assert f"the key needs the '{missing}' permission" in str(info.value)
+    assert "create a new REST API key" in str(info.value)
     assert s.sandbox.api_key not in str(info.value)
 
 

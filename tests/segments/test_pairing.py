@@ -96,4 +96,4 @@ def test_cli_checks_the_segments_of_a_sandbox(synced, tmp_path, monkeypatch, cap
     s.sandbox.set_permissions(["users.track"])
     code = main(["segments", "check", str(path), *target])
     err = capsys.readouterr().err
-    assert code == 2 and "'segments.list' permission" in err and "Traceback" not in err
+    assert code == 2 and "needs the 'segments.list' permission" in err and "Traceback" not in err
