@@ -269,10 +269,9 @@ def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: An
     where = {"rule": key, "segment": f"{row['segment_name']!r} ({sid})"}
     try:
         details = client.segment_details(sid)
-    except BrazeAuthError:
-        raise
     except BrazeAPIError as exc:
         raise _unknown_segment(key, sid, check.workspace, exc) from None
+    row["segment_name"] = row["segment_name"] or details.get("name")
     description = details.get("description")
     row["braze_description"] = description if isinstance(description, str) else None
     diffs: list[Difference] = []
@@ -290,8 +289,6 @@ def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: An
     latest = None
     try:
         series = client.segment_data_series(sid, length=length)
-    except BrazeAuthError:
-        raise
     except BrazeAPIError as exc:
         raise _unknown_segment(key, sid, check.workspace, exc) from None
     points = [(_time(p.get("time")), p.get("size")) for p in series]
@@ -408,7 +405,11 @@ def _pair(mapping: "Mapping", key: str, by_id: dict, by_name: dict, client: Any)
 
 
 def _unknown_segment(key: str, sid: str, workspace: str | None,
-                     exc: BrazeAPIError) -> SegmentCheckError:
+                     exc: BrazeAPIError) -> Exception:
+    """Braze refusing a segment id (400/404) means it has no such segment; anything else
+    (403, 429, 5xx, a dropped connection) is the error it is."""
+    if exc.status not in (400, 404) or isinstance(exc, BrazeAuthError):
+        return exc
     return SegmentCheckError(
         f"Braze knows no segment {sid!r}"
         + (f" in workspace {workspace!r}" if workspace else "")

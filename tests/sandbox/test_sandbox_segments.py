@@ -194,3 +194,17 @@ def test_reset_forgets_segments(sb):
     sb.create_segment("vip", BooleanAttribute("vip", "is_true"))
     sb.reset()
     assert sb.segments().empty
+
+
+def test_the_daily_estimate_can_be_run_over_http(sb, api):
+    _users(api)
+    status, body, _ = api.post("/sandbox/segments",
+                               {"name": "vip", "filters": BooleanAttribute("vip", "is_true")
+                                .to_dict()})
+    sid = body["segment_id"]
+    status, body, _ = api.post("/sandbox/segments/estimate", {"at": "2026-02-01T04:00:00Z"})
+    assert status == 200 and body["estimates"] == {sid: 10}
+    _, series, _ = api.get("/segments/data_series", params={
+        "segment_id": sid, "length": 1, "ending_at": "2026-02-01T05:00:00+00:00"})
+    assert series["data"] == [{"time": "2026-02-01T04:00:00.000Z", "size": 10}]
+    assert api.post("/sandbox/segments/estimate", {"at": "soon"})[0] == 400

@@ -323,3 +323,15 @@ def test_bad_arguments_are_refused(synced):
 def test_the_check_is_public():
     assert toolkit.check_segments is check_segments
     assert toolkit.SegmentCheckError is SegmentCheckError
+
+
+def test_a_failing_braze_is_not_mistaken_for_an_unknown_segment(synced):
+    from toolkit.errors import BrazeAPIError
+
+    s = synced()
+    s.build("vip_customer")
+    s.sandbox.estimate_segments()
+    s.sandbox.set_faults(rate_500=1.0, endpoints=("/segments/details",))
+    with pytest.raises(BrazeAPIError) as info:
+        check_segments(s.client, s.export, s.mapping, preview=s.preview, keys=["vip_customer"])
+    assert info.value.status == 500 and not isinstance(info.value, SegmentCheckError)

@@ -239,7 +239,7 @@ class SegmentBook:
         if ending_text:
             from toolkit.sandbox.timeparse import parse_time
 
-            ending = parse_time(ending_text)
+            ending = parse_time(_zone_padded(ending_text))
             if ending is None:
                 return 400, {"message": f"'ending_at' must be an ISO-8601 time, got "
                                         f"{ending_text!r}"}, {}
@@ -339,6 +339,15 @@ def _zip(prefix: str, rows: list[dict]) -> bytes:
             info = zipfile.ZipInfo(f"{prefix}/{n:04d}.json", date_time=(2017, 1, 1, 0, 0, 0))
             archive.writestr(info, text)
     return buf.getvalue()
+
+
+def _zone_padded(text: str) -> str:
+    """``…T23:59:59-5:00`` (Braze's own data_series example) as ``…-05:00``; a ``+`` that a
+    query string turned into a space is a ``+`` again."""
+    import re
+
+    text = re.sub(r"(\d{2}:\d{2}:\d{2}(?:\.\d+)?) (\d)", r"\1+\2", text)
+    return re.sub(r"([+-])(\d)(:?\d{2})$", r"\g<1>0\2\3", text)
 
 
 def _key(u) -> str:

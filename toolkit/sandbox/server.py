@@ -5,7 +5,8 @@ Endpoints: ``POST /users/track``, ``POST /users/export/ids``, ``GET /custom_attr
 ``GET /segments/list``, ``GET /segments/details``, ``GET /segments/data_series`` and
 ``POST /users/export/segment`` (its file is served at ``GET /sandbox/exports/<prefix>.zip``).
 Sandbox-only: ``POST /sandbox/segments`` builds a segment, as an analyst does in Braze's dashboard
-(Braze has no API for it). A key's permissions can be narrowed (`set_permissions`): an endpoint
+(Braze has no API for it), and ``POST /sandbox/segments/estimate`` runs Braze's daily size
+estimate. A key's permissions can be narrowed (`set_permissions`): an endpoint
 outside them answers 403, as Braze does.
 Stdlib only on the request path (http.server + json); pandas is used only by the inspection methods.
 Braze semantics live in :mod:`toolkit.sandbox.store`; faults and rate limits in
@@ -29,6 +30,7 @@ from toolkit.errors import SandboxError
 from toolkit.sandbox.faults import Faults, FaultPlan, RateLimiter
 from toolkit.sandbox.segments import SegmentBook
 from toolkit.sandbox.store import Store
+from toolkit.sandbox.timeparse import parse_time
 
 __all__ = ["BrazeSandbox", "Faults"]
 
@@ -57,6 +59,7 @@ _ROUTES = {
     "/segments/data_series": "GET",
     "/users/export/segment": "POST",
     "/sandbox/segments": "POST",
+    "/sandbox/segments/estimate": "POST",
 }
 # The REST API key permission each endpoint needs (Braze's API key permission list; the
 # sandbox-only endpoint needs none, the partner endpoints use partner credentials instead).
@@ -511,6 +514,12 @@ class BrazeSandbox:
             return self._segments.export(body, self.url)
         if endpoint == "/sandbox/segments":
             return self._create_segment_from(body)
+        if endpoint == "/sandbox/segments/estimate":
+            at = body.get("at") if isinstance(body, dict) else None
+            if at is not None and parse_time(at) is None:
+                return 400, {"message": "'at' must be an ISO-8601 time or absent"}, {}
+            sizes = self._segments.estimate(parse_time(at) if at else None)
+            return 200, {"message": "success", "estimates": sizes}, {"objects": len(sizes)}
         params = parse_qs(query)
         if endpoint == "/segments/list":
             return self._segments.list(params)
