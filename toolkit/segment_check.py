@@ -188,7 +188,7 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
                    synced_at: Any = None, estimate_error: float = 0.01,
                    population: int | None = None, check_filters: bool = True,
                    keys: Iterable[str] | None = None, length: int = 30,
-                   errors: str = "raise") -> SegmentCheck:
+                   errors: str = "raise", progress: bool | None = None) -> SegmentCheck:
     """Check every computation's Braze segment (see the module docstring).
 
     ``preview``: the mapping's preview of the export (built when not given). ``exact``: export
@@ -198,7 +198,9 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
     (default: the users Braze holds in the preview) is the estimate error allowed.
     ``check_filters=False`` compares sizes only. ``length``: days of estimates to read (1–100).
     ``errors``: "raise" a `SegmentCheckError` for a segment that cannot be checked (unknown
-    id, empty or unreadable description, no estimate yet), or "report" it as a row."""
+    id, empty or unreadable description, no estimate yet), or "report" it as a row.
+    ``progress``: a bar over the computations (default: with ``exact``, whose exports can take
+    minutes each)."""
     if errors not in ERRORS:
         raise SegmentCheckError(f"errors must be one of {ERRORS}, not {errors!r}",
                                 field="errors")
@@ -225,7 +227,11 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
     for s in listing:
         by_name.setdefault(_norm(s.get("name")), []).append(s)
     check = SegmentCheck(rows=[], synced_at=synced, exact=exact, workspace=workspace)
-    for key in wanted:
+    from tqdm.auto import tqdm
+
+    for key in tqdm(wanted, desc="segments: exact check" if exact else "segments: check",
+                    unit="segment", leave=False,
+                    disable=not (exact if progress is None else progress)):
         rule = mapping[key]
         recommended = preview.filter_for(key)
         rows = frame[(frame["key"] == key) & frame["recommended"]]

@@ -609,7 +609,8 @@ class GuidedSyncState:
             self._require("report", "push the plan first (step 7)")
             self.segment_check = check_segments(self.client, self.export, self.mapping,
                                                 preview=self.preview, exact=exact,
-                                                synced_at=self.report, errors="report")
+                                                synced_at=self.report, errors="report",
+                                                progress=False)
         return self._attempt(action)
 
     def totals(self) -> pd.DataFrame:
