@@ -243,7 +243,7 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
                "estimate_error": tolerance, "braze_exact": None, "differing_users": None,
                "verdict": "cannot_check", "reason": "", "note": ""}
         try:
-            segment = _pair(mapping, key, by_id, by_name, client)
+            segment = _pair(mapping, key, by_id, by_name)
             if segment is None:
                 name = mapping.segment_name(key)
                 row.update(verdict="no_segment",
@@ -394,7 +394,7 @@ def _keys_of(user: dict) -> list[str]:
     return keys
 
 
-def _pair(mapping: "Mapping", key: str, by_id: dict, by_name: dict, client: Any) -> dict | None:
+def _pair(mapping: "Mapping", key: str, by_id: dict, by_name: dict) -> dict | None:
     """The segment mirroring `key`: the mapping's explicit id, else the conventional name."""
     sid = mapping.segment_ids.get(key)
     if sid is not None:
