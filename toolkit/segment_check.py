@@ -73,10 +73,12 @@ REASONS = {
 # aspect of a filter difference → the reason it suggests
 _ASPECT_REASONS = {"attribute": "different_attribute", "event": "different_event",
                    "cohort": "different_cohort", "operator": "different_operator",
+                   "fewer_operators": "different_operator",
                    "value": "different_value", "missing": "missing_filter",
                    "extra": "extra_filter"}
 # which filter difference explains a size difference best, first first
-_PRIORITY = ("attribute", "event", "cohort", "window", "missing", "operator", "value", "extra")
+_PRIORITY = ("attribute", "event", "cohort", "window", "missing", "operator", "value",
+             "fewer_operators", "extra")
 # REST API key permissions the check needs (the last only for the exact check)
 PERMISSIONS = ("segments.list", "segments.details", "segments.data_series",
                "users.export.segment")
@@ -152,11 +154,11 @@ class SegmentCheck:
                        f"{escape(r['segment_id'])}</code></small>" if r["segment_id"]
                        else f"<small>{escape(r['note'] or '')}</small>")
             body.append(
-                f"<tr><td><code>{escape(r['key'])}</code><br><small>{escape(r['kind'])}, "
+                f"<tr style='vertical-align:top'><td><code>{escape(r['key'])}</code><br><small>{escape(r['kind'])}, "
                 f"{escape(r['send_as'])}</small></td><td>{segment}</td>"
                 f"<td>{escape(r['recommended_filter'])}</td>"
                 f"<td>{described}{f'<ul style=color:#c0392b>{flags}</ul>' if flags else ''}</td>"
-                f"<td>{escape(_sizes_text(r))}</td>"
+                f"<td>{'<br>'.join(escape(p) for p in _sizes_text(r, chr(10)).splitlines())}</td>"
                 f"<td style='color:{colour[r['verdict']]}'><b>{escape(VERDICTS[r['verdict']])}"
                 f"</b><br><small>{escape(r['reason'] or '')}</small></td></tr>")
         synced = (f"; sync finished {escape(self.synced_at.isoformat())}"
@@ -166,12 +168,12 @@ class SegmentCheck:
         return (f"<div class='segment-check'><h4>Braze segments checked"
                 f"{' exactly' if self.exact else ''}</h4><p>"
                 + escape(", ".join(f"{n} {VERDICTS[v]}" for v, n in self.summary().items()))
-                + f"{synced}.</p><table><thead><tr>"
+                + f"{synced}.</p><table style='text-align:left'><thead><tr>"
                 + "".join(f"<th>{h}</th>" for h in heads)
                 + f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _sizes_text(r: dict) -> str:
+def _sizes_text(r: dict, joiner: str = " · ") -> str:
     if r["expected_size"] is None:
         return ""
     parts = [f"expected {r['expected_size']:,}"]
@@ -180,7 +182,7 @@ def _sizes_text(r: dict) -> str:
     if r["braze_estimate"] is not None:
         parts.append(f"Braze estimate {r['braze_estimate']:,} ±{r['estimate_error']:,} "
                      f"({r['estimated_at']})")
-    return " · ".join(parts)
+    return joiner.join(parts)
 
 
 def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,

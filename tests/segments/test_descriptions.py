@@ -130,3 +130,15 @@ def test_an_empty_description_is_refused(text):
 def test_a_description_with_no_known_filter_is_refused():
     with pytest.raises(SegmentCheckError, match="reads as no filter"):
         parse_description("everyone who bought a hat last summer")
+
+
+def test_a_filter_that_covers_only_some_of_the_recommended_cases_says_so():
+    recommended = AnyOf(AllOf(CustomEventCount("In", "exactly", 1),
+                              CustomEventCount("Out", "exactly", 0)),
+                        AllOf(CustomEventCount("In", "exactly", 2),
+                              CustomEventCount("Out", "exactly", 1)))
+    built = CustomEventCount("In", "exactly", 1) & CustomEventCount("Out", "exactly", 0)
+    diffs = compare(clauses_of(recommended), parse_description(str(built)))
+    assert [d.aspect for d in diffs] == ["fewer_operators", "fewer_operators"]
+    assert "uses only exactly 1 times of the recommended" in str(diffs[0])
+    assert "re-entered" in str(diffs[0])

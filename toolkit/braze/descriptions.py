@@ -31,6 +31,9 @@ ASPECTS = {
               "{expected}",
     "operator": "{name}: Braze's segment uses {actual} where the recommended filter uses "
                 "{expected}",
+    "fewer_operators": "{name}: Braze's segment uses only {actual} of the recommended "
+                       "{expected} (the cases left out, such as members who re-entered, are "
+                       "missed)",
     "value": "{name}: Braze's segment compares with {actual} where the recommended filter "
              "compares with {expected}",
     "window": "{name}: Braze's segment counts events {actual}; the recommended filter counts "
@@ -316,7 +319,9 @@ def compare(expected: list[Clause], actual: list[Clause]) -> list[Difference]:
                 diffs.append(Difference("missing", name, "; ".join(c.text for c in exp), ""))
                 continue
         if _ops(exp) != _ops(act):
-            diffs.append(Difference("operator", name, _ops(exp), _ops(act)))
+            fewer = set(_ops(act).split(" / ")) < set(_ops(exp).split(" / "))
+            diffs.append(Difference("fewer_operators" if fewer else "operator", name,
+                                    _ops(exp), _ops(act)))
         exp_days, act_days = {c.days for c in exp}, {c.days for c in act}
         if group == "event" and exp_days != act_days:
             diffs.append(Difference("window", name, _windows(exp_days), _windows(act_days)))
