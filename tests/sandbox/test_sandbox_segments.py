@@ -110,6 +110,9 @@ def test_export_is_asynchronous_and_one_at_a_time(make_api):
                     {"segment_id": sid, "fields_to_export": fields})[0] == 429
     assert requests.get(url, timeout=5).status_code == 404       # not ready yet
     time.sleep(0.35)
+    # a presigned URL is its own credential: an API key sent along is refused
+    keyed = requests.get(url, timeout=5, headers={"Authorization": f"Bearer {sb.api_key}"})
+    assert keyed.status_code == 400 and "Only one auth mechanism" in keyed.json()["message"]
     got = requests.get(url, timeout=5)                            # no API key: presigned-like
     assert got.status_code == 200 and got.headers["Content-Type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(got.content)) as archive:

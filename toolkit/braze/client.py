@@ -639,18 +639,9 @@ class BrazeClient:
         deadline = time.monotonic() + float(timeout)
         wait_s = float(poll[0])
         while True:
-            try:
-                # no Authorization header: a presigned URL is its own credential, and the key
-                # must never reach a storage host
-                got = self._session.get(url, timeout=self.timeout, allow_redirects=True)
-            except requests.RequestException as exc:
-                _, _, cause = _classify(exc)
-                got = None
-                why = cause
+            got, why = self._download(url)
             if got is not None and got.status_code == 200:
                 break
-            if got is not None:
-                why = f"HTTP {got.status_code}"
             if time.monotonic() + wait_s > deadline:
                 raise BrazeConnectionError(
                     f"the export of segment {segment_id} was not ready after {timeout:g} s "
@@ -671,6 +662,15 @@ class BrazeClient:
                                   f"user JSON lines ({exc})", endpoint="/users/export/segment",
                                   hint="download the URL by hand and look at it") from None
         return users
+
+    def _download(self, url: str) -> "tuple[requests.Response | None, str]":
+        """GET a presigned download URL: no Authorization header (the URL is its own
+        credential, and the key must never reach a storage host); (response or None, why)."""
+        try:
+            got = self._session.get(url, timeout=self.timeout, allow_redirects=True)
+        except requests.RequestException as exc:
+            return None, _classify(exc)[2]
+        return got, f"HTTP {got.status_code}"
 
     # ---------------------------------------------------------------------- partner cohorts
     def partner_credentials(self, partner_api_key: "str | Secret | None" = None,

@@ -420,7 +420,12 @@ class BrazeSandbox:
         if raw is None:
             return
         if endpoint.startswith(_EXPORTS) and method == "GET":
-            # a download URL carries its own credential, like Braze's presigned URLs: no key
+            # a download URL carries its own credential, like Braze's presigned storage URLs,
+            # which refuse a second one: an API key sent along is an error, never accepted
+            if h.headers.get("Authorization"):
+                return self._answer(h, _EXPORTS, 400, {
+                    "message": "Only one auth mechanism allowed: the download URL is its own "
+                               "credential; send no Authorization header"}, [])
             status, data = self._segments.download(endpoint[len(_EXPORTS):])
             if isinstance(data, bytes):
                 return self._answer_bytes(h, _EXPORTS, data, "application/zip")
