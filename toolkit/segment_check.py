@@ -64,8 +64,9 @@ REASONS = {
                      "so check again after its next estimate, or run the exact check",
     "not_received": "users Braze could not receive: Braze's segment has {short:,} fewer users "
                     "than the sync meant to select. In update-only mode Braze skips users it "
-                    "does not know yet (verify lists them as 'not found in Braze'), and "
-                    "rejected objects are not stored; the exact check lists them",
+                    "does not know yet (verify lists them as 'not found in Braze'), rejected "
+                    "objects are not stored, and nothing arrives before the sync has run; the "
+                    "exact check lists them",
     "other_sources": "Braze's segment has {extra:,} more users than the export selects: "
                      "another source writes the same attribute or event, or exits were not "
                      "synced yet; the exact check lists them",
@@ -196,8 +197,9 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
     ``preview``: the mapping's preview of the export (built when not given). ``exact``: export
     each segment (``/users/export/segment``) and list the differing users instead of trusting
     the daily estimate. ``synced_at``: when the sync finished (a time, or a `SyncReport`), to
-    tell a segment Braze has not re-estimated since. ``estimate_error`` × ``population``
-    (default: the users Braze holds in the preview) is the estimate error allowed.
+    tell a segment Braze has not re-estimated since. ``estimate_error`` × ``population`` is the
+    estimate error allowed; Braze's error is a share of the whole workspace, so give its number
+    of users when it holds many more than the export (default: the users the preview projects).
     ``check_filters=False`` compares sizes only. ``length``: days of estimates to read (1–100).
     ``errors``: "raise" a `SegmentCheckError` for a segment that cannot be checked (unknown
     id, empty or unreadable description, no estimate yet), or "report" it as a row.
@@ -210,6 +212,11 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
         raise SegmentCheckError(f"estimate_error must be a fraction from 0 to 1, not "
                                 f"{estimate_error!r}", field="estimate_error",
                                 hint="Braze's estimates are off by about 1% of all users: 0.01")
+    if population is not None and (isinstance(population, bool)
+                                   or not isinstance(population, int) or population < 0):
+        raise SegmentCheckError(f"population must be a number of users, not {population!r}",
+                                field="population",
+                                hint="give the workspace's number of users, e.g. 2500000")
     if preview is None:
         preview = mapping.preview(export)
     wanted = list(keys) if keys is not None else [r.key for r in mapping]
@@ -352,8 +359,7 @@ def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: An
 
 def _reason_of(diff: Difference, export: "EngageExport", preview: "Preview") -> str:
     if diff.aspect == "window":
-        narrower = "in the last" in diff.actual and "over all time" not in diff.actual
-        if narrower:
+        if diff.narrows:
             snapshot = export.snapshot_at if export.snapshot_at is not None else preview.as_of
             return REASONS["window_expired"].format(
                 detail=diff.words, snapshot=pd.Timestamp(snapshot).isoformat())
@@ -508,6 +514,10 @@ def _add_arguments(parser: Any) -> None:
                    help="compare sizes only, not Braze's description of the filters")
     p.add_argument("--estimate-error", type=float, default=0.01,
                    help="Braze's estimate error as a fraction of all users (default 0.01)")
+    p.add_argument("--population", type=int, default=None,
+                   help="the workspace's number of users, which Braze's estimate error is a "
+                        "share of (default: the users the export syncs; give the workspace's "
+                        "when it holds many more)")
     p.add_argument("--alias-label", default=None,
                    help="as for plan: profiles without user_id addressed by alias")
     p.add_argument("--email-opt-in", action="store_true",
@@ -536,6 +546,7 @@ def _run(args: Any) -> int:
     try:
         result = check_segments(client, export, mapping, preview=preview, exact=args.exact,
                                 synced_at=synced, estimate_error=args.estimate_error,
+                                population=args.population,
                                 check_filters=not args.sizes_only, keys=keys)
     finally:
         client.close()

@@ -328,3 +328,16 @@ def test_a_failing_braze_is_not_mistaken_for_an_unknown_segment(synced):
     with pytest.raises(BrazeAPIError) as info:
         check_segments(s.client, s.export, s.mapping, preview=s.preview, keys=["vip_customer"])
     assert info.value.status == 500 and not isinstance(info.value, SegmentCheckError)
+
+
+def test_the_estimate_error_is_a_share_of_the_population_given(synced):
+    s = synced()
+    s.client.track(attributes=[{"external_id": f"other-{i}", "_update_existing_only": False,
+                                "vip_customer": True} for i in range(5)])
+    s.build("vip_customer")
+    s.sandbox.estimate_segments()
+    row = _row(check_segments(s.client, s.export, s.mapping, preview=s.preview,
+                              population=1000, keys=["vip_customer"]), "vip_customer")
+    assert row["estimate_error"] == 10 and row["verdict"] == "within_error"
+    with pytest.raises(SegmentCheckError, match="population"):
+        check_segments(s.client, s.export, s.mapping, preview=s.preview, population="many")

@@ -132,6 +132,7 @@ class Difference:
     name: str
     expected: str
     actual: str
+    narrows: bool = False     # an event window shorter than the recommended one
 
     @property
     def words(self) -> str:
@@ -324,7 +325,10 @@ def compare(expected: list[Clause], actual: list[Clause]) -> list[Difference]:
                                     _ops(exp), _ops(act)))
         exp_days, act_days = {c.days for c in exp}, {c.days for c in act}
         if group == "event" and exp_days != act_days:
-            diffs.append(Difference("window", name, _windows(exp_days), _windows(act_days)))
+            longest = None if None in exp_days else max(exp_days)
+            narrows = None not in act_days and (longest is None or max(act_days) < longest)
+            diffs.append(Difference("window", name, _windows(exp_days), _windows(act_days),
+                                    narrows))
         regex = any((c.operator or "").endswith("regex") for c in exp)
         exp_values = {_number_text(c.value) if c.subject == "attribute" else c.value
                       for c in exp if c.subject != "event"}
