@@ -219,6 +219,8 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
                                 hint="give the workspace's number of users, e.g. 2500000")
     if preview is None:
         preview = mapping.preview(export)
+    if isinstance(keys, str):
+        keys = [keys]
     wanted = list(keys) if keys is not None else [r.key for r in mapping]
     for key in wanted:
         mapping[key]

@@ -60,7 +60,7 @@ def test_names_are_matched_without_regard_to_case_or_spaces(synced):
     s.sandbox.create_segment("  VIP_Customer ", s.preview.filter_for("vip_customer"))
     s.sandbox.estimate_segments()
     result = check_segments(s.client, s.export, s.mapping, preview=s.preview,
-                            keys=["vip_customer"])
+                            keys="vip_customer")
     assert _row(result, "vip_customer")["verdict"] == "matches"
 
 
