@@ -225,7 +225,7 @@ def check_segments(client: Any, export: "EngageExport", mapping: "Mapping", *,
     for key in wanted:
         mapping[key]
     synced = _sync_time(synced_at)
-    users = len(preview.state.users) if population is None else int(population)
+    users = _user_count(preview) if population is None else int(population)
     tolerance = math.ceil(estimate_error * users)
     frame = preview.to_frame()
     workspace = getattr(client, "workspace_name", None)
@@ -324,13 +324,19 @@ def _check_one(client: Any, preview: "Preview", export: "EngageExport", rule: An
     stale = (latest is not None and synced is not None and latest[0] <= synced)
     if exact:
         members = client.export_segment(sid)
-        selected = recommended.evaluate(preview.state)
-        want = set(selected.index[selected.to_numpy(dtype=bool)].astype(str))
-        differing = _differing(members, want)
-        check._differing[key] = differing
         row["braze_exact"] = len(members)
-        row["differing_users"] = len(differing)
         size, tol = len(members), 0
+        if len(preview.state.users) or not _user_count(preview):
+            selected = recommended.evaluate(preview.state)
+            want = set(selected.index[selected.to_numpy(dtype=bool)].astype(str))
+            differing = _differing(members, want)
+            check._differing[key] = differing
+            row["differing_users"] = len(differing)
+        else:
+            # an export kept on disk is previewed a chunk at a time and keeps no state
+            row["note"] = ("sizes compared exactly; users not listed: the export is kept on "
+                           "disk and its preview keeps no per-user state (check a sample, "
+                           "export.sample(n), to list them)")
     else:
         size, tol = (latest[1] if latest else None), tolerance
     if diffs:
@@ -458,6 +464,12 @@ def _message(exc: BrazeAPIError) -> str:
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])[:200]
     return "no message"
+
+
+def _user_count(preview: "Preview") -> int:
+    """Braze users the preview projects (an on-disk export's preview counts them by chunk)."""
+    count = getattr(preview, "user_count", None)
+    return int(count) if count is not None else len(preview.state.users)
 
 
 def _norm(name: Any) -> str:

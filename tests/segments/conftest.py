@@ -46,8 +46,9 @@ def synced():
     def make(*, estimate_error: float = 0.0, create_users: bool = True, known=None,
              permissions=None, seed: int = 5, export=None) -> Synced:
         export = export if export is not None else recent_export()
-        mapping = (toolkit.Mapping.from_export(export)
-                   .set("dormant_shopper", send_as="event"))
+        mapping = toolkit.Mapping.from_export(export)
+        if "dormant_shopper" in mapping:
+            mapping = mapping.set("dormant_shopper", send_as="event")
         sandbox = BrazeSandbox(seed=seed, estimate_error=estimate_error, export_delay=0.05)
         tmp = tempfile.TemporaryDirectory()
         client = toolkit.BrazeClient.for_sandbox(sandbox, backoff=(0.01, 0.05), seed=1)

@@ -341,3 +341,27 @@ def test_the_estimate_error_is_a_share_of_the_population_given(synced):
     assert row["estimate_error"] == 10 and row["verdict"] == "within_error"
     with pytest.raises(SegmentCheckError, match="population"):
         check_segments(s.client, s.export, s.mapping, preview=s.preview, population="many")
+
+
+def test_an_export_kept_on_disk_is_checked_by_size(synced, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("TOOLKIT_CHUNK_ROWS", "37")
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    path = (Path(__file__).resolve().parents[2] / "data" / "samples" / "audience_csv"
+            / "formatted" / "vip_customer.csv")
+    stored = toolkit.load(path, store=True)
+    s = synced(export=stored)
+    assert len(s.preview.state.users) == 0 and s.preview.user_count > 0
+    s.build("vip_customer")
+    s.sandbox.estimate_segments()
+    row = _row(check_segments(s.client, s.export, s.mapping, preview=s.preview,
+                              keys=["vip_customer"]), "vip_customer")
+    assert row["verdict"] == "matches" and row["expected_size"] > 0
+    # Braze's error is a share of the users the preview counted chunk by chunk
+    assert row["estimate_error"] == -(-s.preview.user_count // 100) > 0
+    exact = check_segments(s.client, s.export, s.mapping, preview=s.preview, exact=True,
+                           keys=["vip_customer"])
+    row = _row(exact, "vip_customer")
+    assert row["verdict"] == "matches" and row["braze_exact"] == row["expected_size"]
+    assert row["differing_users"] is None and "kept on disk" in row["note"]
