@@ -324,6 +324,8 @@ class Bench:
 
         def load(row: Row) -> None:
             st["export"] = toolkit.load(self.files["all_shoppers"])
+            if isinstance(st["export"], toolkit.StoredExport):
+                row.note = "kept on disk (StoredExport, read in chunks)"
 
         def preview(row: Row) -> None:
             mapping = toolkit.Mapping.from_export(st["export"])
@@ -533,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = files["all_shoppers"].parent / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    # exports kept on disk (from TOOLKIT_STORE_FROM bytes: the 10M file) go with the run
+    os.environ.setdefault("TOOLKIT_CACHE", str(run_dir / "exports"))
     load_average = [os.getloadavg()[0]]
     bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1))
     try:
