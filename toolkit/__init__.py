@@ -33,6 +33,8 @@ _PUBLIC: dict[str, str] = {
     "VerifyReport": "toolkit.sync.verify",
     "settle": "toolkit.sync.settle",
     "SettleReport": "toolkit.sync.settle",
+    "check_segments": "toolkit.segment_check",
+    "SegmentCheck": "toolkit.segment_check",
     # Braze side
     "BrazeClient": "toolkit.braze.client",
     "BrazeSandbox": "toolkit.sandbox.server",
@@ -50,6 +52,7 @@ _PUBLIC: dict[str, str] = {
     "LedgerError": "toolkit.errors",
     "BrazeAPIError": "toolkit.errors",
     "ConfigError": "toolkit.errors",
+    "SegmentCheckError": "toolkit.errors",
 }
 
 __all__ = sorted(_PUBLIC)

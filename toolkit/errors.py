@@ -29,6 +29,7 @@ traceback from pandas or requests. The tree (catch the parent to catch its child
     ├── ConfigError                a setting is missing or invalid
     ├── SandboxError               the local Braze sandbox was used wrongly
     ├── PlotInputError             a plot was asked for data it cannot draw
+    ├── SegmentCheckError          a Braze segment cannot be checked against its computation
     └── ApprovalRefused, PushInProgress, StepNotDone   the wizard's refusals
 
 `Outcome` is what Braze may have done with a request: acknowledged, rejected, not applied or
@@ -71,6 +72,7 @@ __all__ = [
     "StepNotDone",
     "ConfigError",
     "SandboxError",
+    "SegmentCheckError",
 ]
 
 # Context keys printed in this order; anything else passed as context follows alphabetically.
@@ -284,3 +286,7 @@ class PushInProgress(ToolkitError):
 
 class StepNotDone(ToolkitError):
     """Next was pressed before the current step was done."""
+
+
+class SegmentCheckError(ToolkitError):
+    """A Braze segment cannot be checked against its computation (unknown id, no estimate, unreadable description)."""

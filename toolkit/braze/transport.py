@@ -48,6 +48,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes = b""
     timeout: float | tuple[float, float] | None = None
+    follow_redirects: bool = False   # only for URLs that carry no key (a presigned download)
 
     @property
     def path(self) -> str:
@@ -136,7 +137,7 @@ class RequestsTransport(Transport):
             answer = self._session.request(request.method, request.url,
                                            data=request.content or None,
                                            headers=dict(request.headers), timeout=request.timeout,
-                                           allow_redirects=False)
+                                           allow_redirects=request.follow_redirects)
         except requests.RequestException as exc:
             outcome, kind, description = _classify(exc)
             raise TransportError(description, outcome=outcome, kind=kind) from None

@@ -27,7 +27,7 @@ from toolkit.braze.limits import LIMITS
 from toolkit.errors import ConfigError
 
 __all__ = ["plan_command", "approve_command", "apply_command", "verify_command", "settle_command",
-           "demo_command", "EXIT_SETTLE"]
+           "demo_command", "EXIT_SETTLE", "target_arguments", "client_from_args"]
 
 EXIT_SETTLE = 3     # event batches with an unknown outcome await `python -m toolkit settle`
 
@@ -37,7 +37,7 @@ def _out(text: str = "") -> None:
 
 
 # -- shared options ------------------------------------------------------------------------
-def _target_arguments(parser: argparse.ArgumentParser) -> None:
+def target_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--endpoint", default=None,
                        help="Braze instance (US-03, EU-01, …) or REST URL; default "
@@ -53,7 +53,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
                         ".toolkit/ledger-<workspace>.sqlite)")
 
 
-def _client(args: argparse.Namespace, *, workers: int = 4):
+def client_from_args(args: argparse.Namespace, *, workers: int = 4):
     # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.braze.client import SANDBOX_WORKSPACE, BrazeClient
 
@@ -144,7 +144,7 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"objects per array (≤{LIMITS.objects_per_array})")
     parser.add_argument("--combined-limit", type=int, default=None,
                         help="objects per request across arrays (50 on MAU contracts)")
-    _target_arguments(parser)
+    target_arguments(parser)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
@@ -155,7 +155,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     export = load(args.export, kind=args.kind)
     mapping = Mapping.load(args.mapping) if args.mapping else Mapping.from_export(export)
-    client = _client(args)
+    client = client_from_args(args)
     p = make_plan(export, mapping, args.ledger, workspace=client, create_users=args.create_users,
                   alias_label=args.alias_label, email_opt_in=args.email_opt_in,
                   batch_size=args.batch_size, combined_limit=args.combined_limit,
@@ -191,7 +191,7 @@ def _run_approve(args: argparse.Namespace) -> int:
 # -- apply ---------------------------------------------------------------------------------
 def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plan", help="approved plan file")
-    _target_arguments(parser)
+    target_arguments(parser)
     parser.add_argument("--report", default=None,
                         help="write the sync report (JSON) here (default: <plan>.report.json "
                              "next to the plan)")
@@ -205,7 +205,7 @@ def _run_apply(args: argparse.Namespace) -> int:
     # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.apply import apply as run_apply
 
-    client = _client(args, workers=args.workers)
+    client = client_from_args(args, workers=args.workers)
     report = run_apply(args.plan, client, args.ledger,
                        resend_uncertain_events=args.resend_uncertain_events,
                        progress=not args.no_progress, **_partner_keys(args))
@@ -225,7 +225,7 @@ def default_report_path(plan_path: str) -> Path:
 # -- verify --------------------------------------------------------------------------------
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", help="sync report file written by `apply` (plan.report.json by default)")
-    _target_arguments(parser)
+    target_arguments(parser)
     parser.add_argument("--sample", type=int, default=50, help="users to read back")
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait first")
 
@@ -234,14 +234,14 @@ def _run_verify(args: argparse.Namespace) -> int:
     # lazy: a stage loads when its command runs, not when the CLI builds its parser
     from toolkit.sync.verify import verify as run_verify
 
-    v = run_verify(args.report, _client(args), sample=args.sample, wait=args.wait)
+    v = run_verify(args.report, client_from_args(args), sample=args.sample, wait=args.wait)
     _print_verify(v)
     return 0 if v.ok else 1
 
 
 # -- settle --------------------------------------------------------------------------------
 def _settle_arguments(parser: argparse.ArgumentParser) -> None:
-    _target_arguments(parser)
+    target_arguments(parser)
     parser.add_argument("--landed", action="append", default=[], metavar="BATCH",
                         help="settle by hand: this batch's events are in Braze (PLAN/BATCH as "
                              "settle prints it, or a batch name when unique; repeatable)")
@@ -258,7 +258,7 @@ def _run_settle(args: argparse.Namespace) -> int:
     from toolkit.sync.settle import parse_wait, settle as run_settle
 
     wait = parse_wait(args.wait)
-    client = _client(args)
+    client = client_from_args(args)
     try:
         report = run_settle(args.ledger, client, wait=wait, landed=args.landed,
                             not_landed=args.not_landed)
