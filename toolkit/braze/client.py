@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
-from toolkit.braze.limits import LIMITS
+from toolkit.braze.limits import LIMITS, PERMISSIONS
 from toolkit.braze.instances import instance_of, is_loopback, resolve_endpoint
 from toolkit.braze.ratelimit import RateLimiter, TokenBucket, parse_rate_headers
 from toolkit.braze.retries import RetryPolicy, status_outcome
@@ -76,12 +76,6 @@ _USER_AGENT = "engage-braze-toolkit/0.1.0"
 _REDACTED = "REDACTED"
 SANDBOX_WORKSPACE = "sandbox"     # the workspace name of a loopback endpoint nobody named
 _WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
-_PERMISSIONS = {"/users/track": "users.track", "/users/export/ids": "users.export.ids",
-                "/custom_attributes": "custom_attributes.get", "/events/list": "events.list",
-                "/segments/list": "segments.list", "/segments/details": "segments.details",
-                "/segments/data_series": "segments.data_series",
-                "/users/export/segment": "users.export.segment"}
-SEGMENTS_PER_PAGE = 100          # /segments/list answers "in groups of 100"
 SEGMENT_EXPORT_FIELDS = ("external_id", "user_aliases", "braze_id", "email")
 
 
@@ -589,7 +583,7 @@ class BrazeClient:
             items.extend(fresh)
             seen.update(str(s.get("id")) for s in fresh)
             # a short page is the last; an empty or repeated one means the same
-            if len(batch) < SEGMENTS_PER_PAGE or not fresh:
+            if len(batch) < LIMITS.segments_per_page or not fresh:
                 return items
             page += 1
 
@@ -605,7 +599,8 @@ class BrazeClient:
                             ending_at: "datetime | str | None" = None) -> list[dict]:
         """The daily **estimated** sizes ``[{time, size}]`` of a segment over the ``length``
         days (1–100) before ``ending_at`` (default: now), from ``/segments/data_series``."""
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 100:
+        if (isinstance(length, bool) or not isinstance(length, int)
+                or not 1 <= length <= LIMITS.series_days):
             raise ConfigError(f"length must be a whole number of days from 1 to 100, not "
                               f"{length!r}", field="length")
         if isinstance(ending_at, datetime):
@@ -908,7 +903,7 @@ class BrazeClient:
                 hint="check the partner API key (one for US clusters, another for EU) and the "
                      "workspace's Data Import Key (client_secret)", **common)
         if status == 403:
-            permission = _PERMISSIONS.get(path)
+            permission = PERMISSIONS.get(path)
             return BrazeAuthError(
                 f"Braze refused {method} {path} for key sha256:{self._key.fingerprint} "
                 f"({message})",

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from toolkit.errors import ConfigError
 
-__all__ = ["BrazeLimits", "LIMITS", "SOURCES"]
+__all__ = ["BrazeLimits", "LIMITS", "SOURCES", "PERMISSIONS"]
 
 # field -> where the number comes from (braze-api.md section and Braze's words)
 SOURCES: Mapping[str, str] = MappingProxyType({
@@ -35,9 +35,23 @@ SOURCES: Mapping[str, str] = MappingProxyType({
     "event_days": "§5.3: 'between 1 and 30' calendar days",
     "regex_length": "§5.1/§5.2: regex 'maximum of 32,764 characters'",
     "filter_values": "§5.1: multi-value operators take '≤256 strings'",
+    "segments_per_page": "§6 and docs/reference-segments.md: /segments/list 'returned in "
+                         "groups of 100'",
+    "series_days": "§6 and docs/reference-segments.md: /segments/data_series length 'between 1 and "
+                   "100 (inclusive)'",
     "rate_limits": "§1.7/§6: /users/track 3,000 per 3 s; /users/export/ids 250/min; "
                    "/custom_attributes, /events, /events/list, /purchases/product_list share "
                    "1,000/h; partner cohorts 250,000/h; anything else 250,000/h",
+})
+
+# The REST API key permission each endpoint needs (braze-api.md §6, docs/reference-segments.md;
+# the partner endpoints use partner credentials instead)
+PERMISSIONS: Mapping[str, str] = MappingProxyType({
+    "/users/track": "users.track", "/users/export/ids": "users.export.ids",
+    "/custom_attributes": "custom_attributes.get", "/events/list": "events.list",
+    "/segments/list": "segments.list", "/segments/details": "segments.details",
+    "/segments/data_series": "segments.data_series",
+    "/users/export/segment": "users.export.segment",
 })
 
 _RATE_LIMITS = {
@@ -67,6 +81,8 @@ class BrazeLimits:
     event_days: int = 30
     regex_length: int = 32_764
     filter_values: int = 256
+    segments_per_page: int = 100
+    series_days: int = 100
     rate_limits: Mapping[str, tuple[int, float]] = field(
         default_factory=lambda: MappingProxyType(dict(_RATE_LIMITS)))
 

@@ -33,14 +33,13 @@ import zipfile
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from toolkit.braze.limits import LIMITS
 from toolkit.errors import FilterError, SandboxError
 from toolkit.sandbox.timeparse import format_time, parse_time
 
 __all__ = ["SegmentBook", "EXPORT_FIELDS_SEGMENT", "USERS_PER_FILE", "as_filter"]
 
 STRICT = "(sandbox is strict here: Braze does not document this case)"
-PAGE_SIZE = 100            # /segments/list: "returned in groups of 100"
-MAX_SERIES_DAYS = 100      # /segments/data_series: length "between 1 and 100 (inclusive)"
 USERS_PER_FILE = 5000      # /users/export/segment: "1 file per 5,000 users"
 # Fields the sandbox can put in a segment export (Braze's list is longer; others are refused).
 EXPORT_FIELDS_SEGMENT = frozenset({
@@ -197,7 +196,7 @@ class SegmentBook:
         with self.store.lock:
             ordered = sorted(self.segments.values(), key=lambda s: s["seq"],
                              reverse=direction == "desc")
-            chunk = ordered[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+            chunk = ordered[page * LIMITS.segments_per_page:(page + 1) * LIMITS.segments_per_page]
             items = [{"id": s["id"], "name": s["name"],
                       "analytics_tracking_enabled": s["analytics_tracking_enabled"],
                       "tags": list(s["tags"])} for s in chunk]
@@ -232,8 +231,8 @@ class SegmentBook:
             length = int(length_text)
         except ValueError:
             length = 0
-        if not 1 <= length <= MAX_SERIES_DAYS:
-            return 400, {"message": f"'length' must be between 1 and {MAX_SERIES_DAYS} "
+        if not 1 <= length <= LIMITS.series_days:
+            return 400, {"message": f"'length' must be between 1 and {LIMITS.series_days} "
                                     f"(inclusive), got {length_text!r}"}, {}
         ending_text = (params.get("ending_at") or [None])[0]
         if ending_text:

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs
 
-from toolkit.braze.limits import LIMITS
+from toolkit.braze.limits import LIMITS, PERMISSIONS  # the sandbox-only endpoints need none
 from toolkit.braze.ratelimit import FixedWindow, RateLimiter
 from toolkit.errors import SandboxError, ToolkitError
 from toolkit.sandbox.faults import Faults, FaultPlan
@@ -66,15 +66,6 @@ _ROUTES = {
     "/users/export/segment": "POST",
     "/sandbox/segments": "POST",
     "/sandbox/segments/estimate": "POST",
-}
-# The REST API key permission each endpoint needs (Braze's API key permission list; the
-# sandbox-only endpoint needs none, the partner endpoints use partner credentials instead).
-PERMISSIONS = {
-    "/users/track": "users.track", "/users/export/ids": "users.export.ids",
-    "/custom_attributes": "custom_attributes.get", "/events/list": "events.list",
-    "/segments/list": "segments.list", "/segments/details": "segments.details",
-    "/segments/data_series": "segments.data_series",
-    "/users/export/segment": "users.export.segment",
 }
 _EXPORTS = "/sandbox/exports/"
 
