@@ -37,8 +37,8 @@ SOURCES: Mapping[str, str] = MappingProxyType({
     "filter_values": "§5.1: multi-value operators take '≤256 strings'",
     "segments_per_page": "§6 and docs/reference-segments.md: /segments/list 'returned in "
                          "groups of 100'",
-    "series_days": "§6 and docs/reference-segments.md: /segments/data_series length 'between 1 and "
-                   "100 (inclusive)'",
+    "series_days": "§6 and docs/reference-segments.md: /segments/data_series length "
+                   "'between 1 and 100 (inclusive)'",
     "rate_limits": "§1.7/§6: /users/track 3,000 per 3 s; /users/export/ids 250/min; "
                    "/custom_attributes, /events, /events/list, /purchases/product_list share "
                    "1,000/h; partner cohorts 250,000/h; anything else 250,000/h",

@@ -114,7 +114,8 @@ class Transport(ABC):
 
 
 class RequestsTransport(Transport):
-    """HTTP(S) to ``endpoint`` through one pooled ``requests.Session`` (``pool_size`` connections)."""
+    """HTTP(S) to ``endpoint`` through one pooled ``requests.Session`` (``pool_size``
+    connections)."""
 
     def __init__(self, endpoint: str, *, pool_size: int = 4) -> None:
         self.endpoint = endpoint
