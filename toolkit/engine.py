@@ -12,6 +12,8 @@ temporary directory) and ``TOOLKIT_ENGINE_THREADS`` (default: DuckDB's choice, t
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import tempfile
 from contextlib import contextmanager
@@ -19,10 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
 from toolkit.errors import ConfigError
 
-__all__ = ["connect", "using", "configure", "settings", "quote", "literal"]
+__all__ = ["connect", "using", "configure", "settings", "quote", "literal", "release_memory"]
 
 _overrides: dict[str, str | None] = {}
 
@@ -82,6 +85,18 @@ def using(db: "duckdb.DuckDBPyConnection | None" = None) -> Iterator[duckdb.Duck
         return
     with connect() as conn:
         yield conn
+
+
+def release_memory() -> None:
+    """Hand memory freed by one chunk of a large export back to the system before the next:
+    Arrow's pool and the C allocator otherwise keep it, and a 10M-profile run would hold every
+    chunk's leftovers at once."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing more to hand back
+        pass
 
 
 def quote(name: str) -> str:

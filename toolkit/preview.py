@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from toolkit import engine
 from toolkit.braze.limits import LIMITS
 from toolkit.braze import payload_rules
 from toolkit.braze.filters import (AllOf, AnyOf, BooleanAttribute,
@@ -369,7 +370,7 @@ class _Builder:
                     frame = frame[frame["value"].map(lambda v: isinstance(v, (bool, np.bool_)))]
                 else:  # §1.4: property strings over 255 characters are refused with the event
                     frame = frame[frame["value"].map(
-                        lambda v: not (isinstance(v, str) and len(v) > payload_rules.MAX_STRING_LENGTH))]
+                        lambda v: not (isinstance(v, str) and len(v) > LIMITS.string_length))]
                 frame = frame.sort_values(["pos", "time"], kind="stable")
                 # Engage re-sends unchanged values (new identifier, re-sync); the planner sends
                 # changes only, so only transitions become Braze events.
@@ -680,6 +681,7 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
                 codes.setdefault(key, []).append(reason.cat.codes.to_numpy())
             users += part.user_count
             del part, rows, chunk
+            engine.release_memory()
             bar.update(hi - lo)
     finally:
         bar.close()

@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from toolkit import engine
 from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
@@ -57,8 +58,8 @@ from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_
                                    merge_report, rows_text, sample_kind, type_python_values,
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
-from toolkit.errors import ExportFormatError
 from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
+from toolkit.errors import ExportFormatError
 
 __all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS", "CsvHeader",
            "read_csv_table"]
@@ -483,8 +484,6 @@ def _read_stored(path: Path, header: CsvHeader, kind: str, key: str, computation
     """A formatted audience CSV read chunk by chunk into the export cache (see
     `toolkit.engage.store`): each chunk normalised by the in-memory reader, appended to one
     Parquet file; findings keep the file's row numbers."""
-    from toolkit import engine  # lazy: DuckDB loads only for exports kept in the engine
-
     if _odd_quote_count(path):
         problem = _unclosed_quote(header)
         if problem is not None:
@@ -554,6 +553,7 @@ def _write_chunks(path: Path, header: CsvHeader, kind: str, key: str, computatio
             pending = pool.submit(writer.write_table, data,
                                   row_group_size=min(len(frame), 131_072))
             del frame, part, data
+            engine.release_memory()
             rows += table.num_rows
             bar.update(table.num_rows)
         if pending is not None:
