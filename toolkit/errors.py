@@ -13,6 +13,8 @@ __all__ = [
     "ExportFormatError",
     "ExportValidationError",
     "ProfileAPIError",
+    "DefinitionError",
+    "PublicAPIError",
     "MappingError",
     "FilterError",
     "PlanError",
@@ -93,6 +95,14 @@ class ExportValidationError(ToolkitError):
 
 class ProfileAPIError(ToolkitError):
     """The Segment Profile API refused or failed a request."""
+
+
+class DefinitionError(ToolkitError):
+    """An Engage audience definition cannot be parsed, checked or evaluated; names the character."""
+
+
+class PublicAPIError(ToolkitError):
+    """The Segment Public API refused or failed a request for audience definitions."""
 
 
 class MappingError(ToolkitError):
