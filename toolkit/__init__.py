@@ -22,6 +22,15 @@ _PUBLIC: dict[str, str] = {
     "Mapping": "toolkit.mapping",
     "Rule": "toolkit.mapping",
     "Preview": "toolkit.preview",
+    # audience definitions: parse, evaluate locally, translate to native Braze segments
+    "parse_definition": "toolkit.engage.query",
+    "load_definitions": "toolkit.engage.definitions",
+    "Definitions": "toolkit.engage.definitions",
+    "SegmentPublicAPI": "toolkit.engage.definitions",
+    "evaluate_definition": "toolkit.engage.evaluate",
+    "Evaluation": "toolkit.engage.evaluate",
+    "braze_segment_for": "toolkit.braze.native",
+    "NativeSegment": "toolkit.braze.native",
     # stage 4-5: plan, approve, apply, verify
     "plan": "toolkit.sync.plan",
     "Plan": "toolkit.sync.plan",
@@ -42,6 +51,8 @@ _PUBLIC: dict[str, str] = {
     "ExportFormatError": "toolkit.errors",
     "ExportValidationError": "toolkit.errors",
     "MappingError": "toolkit.errors",
+    "DefinitionError": "toolkit.errors",
+    "PublicAPIError": "toolkit.errors",
     "FilterError": "toolkit.errors",
     "PlanError": "toolkit.errors",
     "PlanNotApproved": "toolkit.errors",
@@ -53,11 +64,15 @@ _PUBLIC: dict[str, str] = {
 __all__ = sorted(_PUBLIC)
 
 
+# public name -> its name in the defining module, where the two differ
+_ALIASES = {"parse_definition": "parse"}
+
+
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 
