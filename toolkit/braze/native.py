@@ -28,13 +28,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from toolkit.braze.filters import (MAX_EVENT_COUNT, MAX_EVENT_DAYS, MAX_VALUES, AllOf, AnyOf,
-                                   BooleanAttribute, CustomEventCount, CustomEventPropertyCount,
-                                   CustomEventTime, DateAttribute, Filter, NumberAttribute,
-                                   StringAttribute)
-from toolkit.engage.query import (And, Between, Compare, Context, Definition, Duration, Literal,
-                                  Node, Not, Or, Property, Quantified, Reduce, Sources, Stream,
-                                  Trait, Where, Within, parse)
+from toolkit.braze.filters import (
+    MAX_EVENT_DAYS,
+    MAX_VALUES,
+    AllOf,
+    AnyOf,
+    BooleanAttribute,
+    CustomEventCount,
+    CustomEventPropertyCount,
+    CustomEventTime,
+    DateAttribute,
+    Filter,
+    NumberAttribute,
+    StringAttribute,
+)
+from toolkit.engage.query import (
+    And,
+    Between,
+    Compare,
+    Context,
+    Definition,
+    Duration,
+    Literal,
+    Node,
+    Not,
+    Or,
+    Property,
+    Quantified,
+    Reduce,
+    Sources,
+    Stream,
+    Trait,
+    Where,
+    parse,
+)
 from toolkit.errors import DefinitionError, FilterError
 
 __all__ = ["braze_segment_for", "NativeSegment", "NativeCheck", "Part", "VERDICTS",

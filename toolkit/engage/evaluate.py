@@ -35,9 +35,27 @@ import pandas as pd
 
 from toolkit.engage.events import _identifiers, _located_messages, _UnionFind
 from toolkit.engage.model import EVENT_COLUMNS, EngageExport, Findings
-from toolkit.engage.query import (And, Between, Compare, Context, Definition, Duration, Literal,
-                                  Node, Not, Or, Property, Quantified, Reduce, Sources, Stream,
-                                  Trait, Where, Within, parse)
+from toolkit.engage.query import (
+    And,
+    Between,
+    Compare,
+    Context,
+    Definition,
+    Duration,
+    Literal,
+    Node,
+    Not,
+    Or,
+    Property,
+    Quantified,
+    Reduce,
+    Sources,
+    Stream,
+    Trait,
+    Where,
+    Within,
+    parse,
+)
 from toolkit.errors import DefinitionError, ExportFormatError
 
 __all__ = ["attach_history", "read_history", "history_of", "evaluate_definition", "Evaluation",

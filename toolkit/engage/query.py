@@ -95,6 +95,7 @@ class Literal(Node):
     """``literal(x)``, or a bare string/number/boolean where a scalar is expected."""
 
     value: Any
+    explicit: bool = field(default=False, compare=False)  # written as literal(…)
 
     @property
     def type(self) -> str:
@@ -348,6 +349,8 @@ def _functions_of(n: Node) -> list[str]:
         return ["unique", "count"] if n.function == "count_unique" else [n.function]
     if isinstance(n, (Trait, Property, Context)):
         return [type(n).__name__.lower()]
+    if isinstance(n, Literal) and n.explicit:
+        return ["literal"]
     if isinstance(n, Compare):
         return [n.function]
     if isinstance(n, (And, Or, Not)):
@@ -705,7 +708,7 @@ class _Parser:
                 raise self.fail(val, "literal() takes a quoted string, a number or true/false",
                                 "e.g. literal(100)")
             self.close(name)
-            return Literal(value, span=self.span(start))
+            return Literal(value, True, span=self.span(start))
         parent = False
         if name in ("property",) and self.peek().text == "parent" and self.is_(":", 1):
             if len(self.streams) < 2:
