@@ -73,6 +73,8 @@ VERDICTS = {
                      "N days ago — up to 24 h more than Segment's rolling window",
     "case_insensitive": "expressible; Braze's regex filters ignore case, Segment's text "
                         "comparisons do not",
+    "empty_text": "expressible; Braze's 'is not blank' also leaves out empty strings, which "
+                  "Segment counts as values",
     "not_expressible": "no Braze filter computes this",
 }
 # Segment's Braze (Actions) destination sends these to its ecommerce / purchase mappings, not as
@@ -370,17 +372,20 @@ def _string(name, fn, args, values, neg):
         return StringAttribute(name, op, v)
     texts = [str(v) for v in values]
     if fn in ("exists", "absent"):
-        return ((s("is_not_blank") if (fn == "exists") != neg else s("is_blank")), "exact",
-                "blank / not blank (Braze counts an empty string as blank)")
+        if (fn == "exists") != neg:
+            return s("is_not_blank"), "empty_text", "is not blank (not empty strings)"
+        return s("is_blank"), "exact", "is blank: the attribute is not set"
     if len(texts) > MAX_VALUES:
         raise _NotExpressible(f"Braze's multi-value filters take at most {MAX_VALUES} values")
     if fn in ("equals", "one_of"):
         return (s("is_none_of", texts) if neg else s("is_any_of", texts)), "exact", \
             "Braze's is any of / is none of (case-sensitive, like Segment's)"
     if fn == "differs":
-        f = AnyOf(s("is_any_of", texts), s("is_blank")) if neg else \
-            AllOf(s("is_none_of", texts), s("is_not_blank"))
-        return f, "exact", "is none of, with a value (differs needs one)"
+        if neg:
+            return AnyOf(s("is_any_of", texts), s("is_blank")), "exact", \
+                "is any of, or not set"
+        return AllOf(s("is_none_of", texts), s("is_not_blank")), "empty_text", \
+            "is none of, with a value (differs needs one)"
     if fn in ("contains", "omits"):
         positive = (fn == "contains") != neg
         return (s("contains_any_of" if positive else "does_not_contain_any_of", texts),
@@ -480,8 +485,10 @@ class NativeSegment:
                                   "native", field="definition",
                                   hint="check the expressible parts one by one with "
                                        "toolkit.braze.native.check_filter, or sync membership")
+        caveats = [VERDICTS[v] for v in dict.fromkeys(p.verdict for p in self.parts)
+                   if v != "exact"]
         return check_filter(self.filter, self.definition, export, as_of=as_of,
-                            approximate=not self.exact)
+                            approximate="; ".join(caveats))
 
     def __repr__(self) -> str:
         lines = [f"<NativeSegment {self.verdict}: {self.query}>"]
@@ -561,7 +568,7 @@ class NativeCheck:
     """The translated Braze filter on the projected Braze state beside local evaluation."""
 
     def __init__(self, frame: pd.DataFrame, filter: Filter, definition: Definition,
-                 as_of: pd.Timestamp, not_holdable: int, approximate: bool) -> None:
+                 as_of: pd.Timestamp, not_holdable: int, approximate: str) -> None:
         self.frame = frame
         self.filter = filter
         self.definition = definition
@@ -575,8 +582,7 @@ class NativeCheck:
 
     def differences(self) -> pd.DataFrame:
         d = self.frame[self.frame["local"] != self.frame["braze"]].copy()
-        d["why"] = (VERDICTS["calendar_days"] if self.approximate else
-                    "unexplained: the translation should be exact")
+        d["why"] = (self.approximate or "unexplained: the translation should be exact")
         return d.reset_index(drop=True)
 
     def summary(self) -> dict[str, int]:
@@ -608,7 +614,7 @@ class NativeCheck:
 
 
 def check_filter(filter: Filter, definition: Definition, export, *, as_of: Any = None,
-                 approximate: bool = False) -> NativeCheck:
+                 approximate: str = "") -> NativeCheck:
     """Evaluate ``filter`` on the Braze state the export's history and traits project to and
     compare, per Braze user, with the definition evaluated locally on the same events."""
     from toolkit.braze.state import BrazeState, braze_user_keys
