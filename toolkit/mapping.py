@@ -150,6 +150,7 @@ class Mapping:
                         hint="give each computation its own Braze attribute")
                 owners[rule.attribute] = rule.key  # type: ignore[index]
             self._rules[rule.key] = rule
+        self._definitions = None   # Engage audience definitions, for "native in Braze?"
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -177,7 +178,32 @@ class Mapping:
                 raise MappingError(f"unknown rule field {name!r}", rule=key, field=name,
                                    hint="change one of: " + ", ".join(sorted(allowed)))
         updated = dataclasses.replace(rule, **changes)
-        return Mapping(updated if r.key == key else r for r in self._rules.values())
+        out = Mapping(updated if r.key == key else r for r in self._rules.values())
+        out._definitions = self._definitions
+        return out
+
+    def with_definitions(self, definitions: Any) -> "Mapping":
+        """A copy that knows the audiences' Engage definitions (`toolkit.load_definitions`
+        output, or its source), so the mapping and the preview say whether Braze could compute
+        each audience natively. Not saved with the mapping."""
+        from toolkit.engage.definitions import Definitions, load_definitions
+
+        defs = definitions if isinstance(definitions, Definitions) else \
+            load_definitions(definitions)
+        out = Mapping(self._rules.values())
+        out._definitions = defs
+        return out
+
+    def native_in_braze(self, key: str) -> str | None:
+        """"native", "native (approximate)", "partly native", "not native" or "no definition"
+        for ``key``; None when the mapping knows no definitions."""
+        if self._definitions is None:
+            return None
+        if key not in self._definitions:
+            return "no definition"
+        from toolkit.braze.native import braze_segment_for
+
+        return braze_segment_for(self._definitions[key]).verdict
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -437,14 +463,17 @@ class Mapping:
             filters = "<br>".join(escape(str(f)) for f in self.filters_for(r))
             exit_ = "" if r.kind != "audience" or not r.sends_attribute else \
                 ("false" if r.exit_value is False else "null")
+            native = self.native_in_braze(r.key)
             rows.append(f"<tr><td><code>{escape(r.key)}</code></td><td>{r.kind}</td>"
                         f"<td>{r.send_as}</td><td>{target}</td><td>{exit_}</td>"
-                        f"<td>{filters}</td></tr>")
+                        f"<td>{filters}</td>"
+                        + ("" if native is None else f"<td>{escape(native)}</td>") + "</tr>")
         shared = "".join(f"<p style='color:#b9770e'>⚠ {escape(w)}</p>"
                          for w in _shared_warnings(self.shared_events()))
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
-                f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
+                + ("" if self._definitions is None else "<th>native in Braze?</th>")
+                + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
 
 
 # A mapping is three levels deep (document, rules list, rule fields). YAML's parser recurses
