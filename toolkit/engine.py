@@ -22,7 +22,7 @@ import duckdb
 
 from toolkit.errors import ConfigError
 
-__all__ = ["connect", "configure", "settings", "quote", "literal"]
+__all__ = ["connect", "using", "configure", "settings", "quote", "literal"]
 
 _overrides: dict[str, str | None] = {}
 
@@ -71,6 +71,17 @@ def connect() -> Iterator[duckdb.DuckDBPyConnection]:
         yield conn
     finally:
         conn.close()
+
+
+@contextmanager
+def using(db: "duckdb.DuckDBPyConnection | None" = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``db`` itself when given (left open: one connection serves a whole plan), else a fresh
+    connection closed on exit."""
+    if db is not None:
+        yield db
+        return
+    with connect() as conn:
+        yield conn
 
 
 def quote(name: str) -> str:

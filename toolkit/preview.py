@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from toolkit.braze import rules as braze_rules
 from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribute,
@@ -21,7 +23,7 @@ from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribu
 from toolkit.braze.state import BrazeState, braze_user_keys
 from toolkit.engage.model import EngageExport
 from toolkit.errors import MappingError
-from toolkit.sync.projection import owners
+from toolkit.sync.projection import shared_keys
 
 if TYPE_CHECKING:
     from toolkit.mapping import Mapping, Rule
@@ -222,16 +224,22 @@ class _Builder:
         self.keys, self.kinds = braze_user_keys(self.p, email_opt_in=email_opt_in,
                                                 alias_label=alias_label)
         self.has_key = self.keys.notna().to_numpy(dtype=bool)
-        codes, uniques = pd.factorize(self.keys, use_na_sentinel=True)
-        self.codes = codes
-        self.users = pd.Index(uniques, name="user", dtype="string")
         # the plan's rule for profiles sharing an identifier (the last row wins), so the
-        # preview shows exactly the users and values a sync sends
-        owner, self.shadowed = owners(self.keys)
+        # preview shows exactly the users and values a sync sends; a user is numbered by its
+        # winning row, and the rows that lose take their winner's number
+        lose, winner = shared_keys(self.keys)
+        owner = self.has_key.copy()
+        owner[lose] = False
+        self.shadowed = np.zeros(self.n, dtype=bool)
+        self.shadowed[lose] = True
         self.sent = owner
         positions = np.flatnonzero(owner)
-        self.owner = np.empty(len(self.users), dtype=np.int64)
-        self.owner[codes[positions]] = positions
+        codes = np.full(self.n, -1, dtype=np.int64)
+        codes[positions] = np.arange(len(positions))
+        codes[lose] = codes[winner]
+        self.codes = codes
+        self.users = pd.Index(self.keys.array.take(positions), name="user", dtype="string")
+        self.owner = positions
         events = export.events if export.events is not None else pd.DataFrame()
         self.history = events if len(events) else None
         snap = export.snapshot_at
@@ -396,8 +404,18 @@ class _Builder:
         attr = str(rule.attribute)
         conv = self.conversions[rule.key]
         if conv.json_type == "string":
-            text = col.astype("string")
-            counts = text[text.str.len().fillna(0).astype(int).between(1, 255)].value_counts()
+            # on the distinct values, not every profile: counted once by Arrow, then only the
+            # few distinct values are measured, lowered and matched
+            arr = pa.array(col.astype("string").array)
+            arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+            distinct = pc.value_counts(arr)
+            values = distinct.field("values")
+            length = pc.utf8_length(values)
+            usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
+                                          pc.less_equal(length, 255)), False)
+            counts = pd.Series(pc.filter(distinct.field("counts"), usable).to_numpy(),
+                               index=pc.filter(values, usable).to_pylist(),
+                               dtype="int64").sort_values(ascending=False)  # as value_counts
             if counts.empty:
                 return None
             top = str(counts.index[0])
@@ -406,7 +424,10 @@ class _Builder:
             # value is anchored and its metacharacters escaped; Engage's side is compared the
             # same case-insensitive way, or the two counts would disagree on case variants.
             f: Filter = StringAttribute(attr, "matches_regex", _anchored_literal(top))
-            engage = (text.str.lower() == top.lower()).to_numpy(dtype=bool, na_value=False)
+            same = pc.filter(values, pc.fill_null(pc.equal(pc.utf8_lower(values), top.lower()),
+                                                  False))
+            engage = pc.fill_null(pc.is_in(arr, value_set=same), False).to_numpy(
+                zero_copy_only=False)
             return _Check(rule.key, f"value = {top!r}", True, f, engage,
                           "regex filters are case-insensitive in Braze")
         if conv.json_type == "number":

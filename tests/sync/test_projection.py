@@ -37,6 +37,20 @@ def test_string_texts_match_json_dumps(values):
     assert json_texts(conv).to_pylist() == _reference(conv)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=12)), min_size=1, max_size=30),
+       st.integers(0, 29))
+def test_string_texts_of_a_slice_escape_the_right_values(values, start):
+    # an array that starts inside its buffers (a slice) must still find the values to escape
+    import pyarrow as pa
+
+    from toolkit.sync.projection import _string_texts
+
+    arr = pa.array(values, pa.large_string()).slice(min(start, len(values) - 1))
+    assert _string_texts(arr).to_pylist() == [
+        None if v is None else json.dumps(v, ensure_ascii=False) for v in arr.to_pylist()]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.integers(-2 * 10 ** 18, 4 * 10 ** 18)), max_size=30),
        st.sampled_from([None, "dob"]))

@@ -531,6 +531,8 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
         notes.append(f"{counts['objects_unknown']:,} attribute object(s) had an unknown outcome; "
                      "applying the plan again resends them (setting a value twice is harmless).")
     awaiting = ledger.awaiting_settle()[0]
+    if status == "complete" and not awaiting and not plan.manifest.get("held_events"):
+        ledger.record_converged(plan)   # Braze holds all this export asks for (see Ledger)
     if awaiting:
         notes.append(f"{awaiting:,} event batch(es) with an unknown outcome await settling: run "
                      "`python -m toolkit settle` (toolkit.settle(ledger, client)), then plan "

@@ -32,6 +32,8 @@ __all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "MAX_COHORT_IDS", "checksu
 # The operations table, in canonical column order (the fingerprint hashes these columns).
 OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value", "field",
                      "after", "batch")
+OPERATIONS_SCHEMA = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
+                               for c in OPERATION_COLUMNS])
 MAX_COHORT_IDS = 1000             # braze-api.md §4.1: user ids per cohort request
 ROW_GROUP = 122_880
 
@@ -342,8 +344,7 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on
                               + "], lambda x: x.change IS NOT NULL AND NOT x.held))), 1) FROM j"
                               ).fetchall()[0][0]
     cutter = _Cutter(limit, limit // max(1, int(per_user)))
-    schema = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
-                        for c in OPERATION_COLUMNS])
+    schema = OPERATIONS_SCHEMA
     rows = 0
     parts = []
     # low-cardinality columns only: dictionaries of user ids and values cost time, save nothing
@@ -377,6 +378,15 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on
                 if on_rows is not None:
                     on_rows(chunk.num_rows)
     return rows, _batch_frame(parts), {c: d.digest() for c, d in writer.digests.items()}
+
+
+def empty_result(out: Path) -> DiffResult:
+    """The result of a diff that found nothing to send, its (empty) operations file written."""
+    pq.write_table(OPERATIONS_SCHEMA.empty_table(), out, compression="zstd")
+    digests = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+    return DiffResult(0, 0, 0, pd.DataFrame({k: pd.Series(dtype=object)
+                                             for k in ("segment_id", "uid", "rule")}),
+                      _batch_frame([]), {c: d.digest() for c, d in digests.items()})
 
 
 def _batch_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -65,6 +65,9 @@ __all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES"
 
 SCHEMA_VERSION = 2
 BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "failed", "resolved")
+# Findings about the moment a plan was made, not about its export: never replayed from a
+# convergence record.
+TRANSIENT_FINDINGS = frozenset({"uncertain_events_held", "api_key_changed", "event_time_moved"})
 # Statuses after which a batch needs nothing more from this plan.
 FINAL_STATUSES = ("acknowledged", "rejected", "resolved")
 
@@ -702,6 +705,55 @@ class Ledger:
             self._write(lambda c: c.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('key_fingerprint', ?)", (fingerprint,)))
         return previous if previous not in (None, fingerprint) else None
+
+    # -- convergence ---------------------------------------------------------------------
+    def record_converged(self, plan) -> bool:
+        """Remember that Braze now holds everything ``plan``'s export asks for: the plan was
+        applied completely (or had nothing to send) from this ledger's current version, with no
+        event awaiting settle. A later plan of an export with the same input digest then knows,
+        without projecting or diffing, that it has nothing to send; it reuses this plan's
+        findings and left-out profiles (the same input gives the same ones). Returns whether it
+        was recorded."""
+        digest = plan.manifest.get("input_digest")
+        if not digest or self.awaiting_settle()[0]:
+            return False
+        self.materialize()
+        target = self._sidecar(".converged.parquet")
+        tmp = target.with_name(target.name + ".tmp")
+        if plan.left_path is not None and plan.left_path.exists():
+            shutil.copyfile(plan.left_path, tmp)
+        else:
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in (
+                "segment_id", "uid", "rule", "code", "reason")}), tmp)
+        os.replace(tmp, target)
+        record = {"digest": digest, "version": self.version, "plan": plan.id,
+                  "left_out": target.name, "recorded_at": _now(),
+                  "findings": [{k: getattr(f, k) for k in ("severity", "code", "message", "row",
+                                                            "column", "fix", "segment_id")}
+                               for f in plan.findings if f.code not in TRANSIENT_FINDINGS],
+                  **{k: plan.manifest.get(k) for k in (
+                      "fields", "field_digest", "profiles", "users", "cohorts")}}
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('converged', ?)",
+                                        (json.dumps(record, ensure_ascii=False, default=str),)))
+        return True
+
+    def converged(self, digest: str) -> dict | None:
+        """The convergence record (see `record_converged`) when it is for an export with input
+        ``digest`` and still true: nothing acknowledged since, nothing awaiting settle, its
+        left-out file in place. None otherwise (the plan then takes the full path)."""
+        text = self._meta("converged")
+        if not text:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return None
+        if record.get("digest") != digest or record.get("version") != self.version:
+            return None
+        path = self.path.with_name(str(record.get("left_out")))
+        if not path.exists() or self.awaiting_settle()[0]:
+            return None
+        return dict(record, left_out=path)
 
     # -- plans and batches ---------------------------------------------------------------
     def record_plan(self, plan) -> None:

@@ -37,8 +37,8 @@ from toolkit import engine
 from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
-from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff
-from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, project
+from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result
+from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, input_digest, project
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
@@ -212,37 +212,57 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     from tqdm.auto import tqdm
 
     show = progress if progress is not None else len(export.profiles) >= PROGRESS_FROM
-    bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
-    projection = project(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                         cohorts_available=credentials is not None)
-    bar.set_description(f"plan: diff of {projection.users:,} users")
-    findings = projection.findings
     options = {"create_users": bool(create_users), "alias_label": alias_label,
                "email_opt_in": bool(email_opt_in), "batch_size": batch_size,
                "combined_limit": combined_limit, "rate_limit": list(rate), "event_time": event_iso}
     limit = min(batch_size, combined_limit) if combined_limit else batch_size
     workdir = Path(tempfile.mkdtemp(prefix="toolkit-plan-"))
     ops_path = workdir / "plan.ops.parquet"
-    snapshot = ledger.snapshot() if ledger is not None else None
-    held = ledger.held_items() if ledger is not None else None
-    try:
-        with engine.connect() as db:
-            result = diff(db, projection, snapshot, held, limit=limit, out=ops_path,
-                          on_rows=bar.update)
-    finally:
-        bar.close()
-    left_out = projection.left_out
-    if len(result.conflicts):
-        conflicts = result.conflicts
-        for rule, group in conflicts.groupby("rule", sort=False):
-            findings.add("error", "type_conflict",
-                         f"{len(group):,} value(s) of {rule!r} change type from what Braze holds;"
-                         " Braze refuses them", column=rule,
-                         fix="keep the attribute's type, or send to a new attribute name")
-        left_out = pd.concat([left_out, conflicts.assign(
-            code="type_conflict",
-            reason="value type differs from the type Braze holds for this attribute")],
-            ignore_index=True)
+    left_path = workdir / "plan.left_out.parquet"
+    with engine.connect() as db:   # one connection for the whole plan
+        digest = input_digest(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                              cohorts_available=credentials is not None, db=db)
+        stored = ledger.converged(digest) if ledger is not None else None
+        if stored is not None:
+            # the ledger already holds everything this very input asks for: nothing to send, and
+            # the findings and left-out profiles are the ones its earlier plan found
+            result = empty_result(ops_path)
+            findings = Findings()
+            findings.extend([Finding(**f) for f in stored["findings"]])
+            shutil.copyfile(stored["left_out"], left_path)
+            about = {k: stored[k] for k in ("fields", "field_digest", "profiles", "users",
+                                            "cohorts")}
+            about["converged"] = stored["plan"]
+        else:
+            bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
+            projection = project(export, mapping, email_opt_in=email_opt_in,
+                                 alias_label=alias_label,
+                                 cohorts_available=credentials is not None, db=db)
+            bar.set_description(f"plan: diff of {projection.users:,} users")
+            findings = projection.findings
+            snapshot = ledger.snapshot() if ledger is not None else None
+            held = ledger.held_items() if ledger is not None else None
+            try:
+                result = diff(db, projection, snapshot, held, limit=limit, out=ops_path,
+                              on_rows=bar.update)
+            finally:
+                bar.close()
+            left_out = projection.left_out
+            if len(result.conflicts):
+                conflicts = result.conflicts
+                for rule, group in conflicts.groupby("rule", sort=False):
+                    findings.add("error", "type_conflict",
+                                 f"{len(group):,} value(s) of {rule!r} change type from what "
+                                 "Braze holds; Braze refuses them", column=rule,
+                                 fix="keep the attribute's type, or send to a new attribute name")
+                left_out = pd.concat([left_out, conflicts.assign(
+                    code="type_conflict",
+                    reason="value type differs from the type Braze holds for this attribute")],
+                    ignore_index=True)
+            _write_left_out(left_out, left_path)
+            about = {"fields": [[f.field, f.kind] for f in projection.fields],
+                     "field_digest": projection.spec_digest(), "profiles": projection.profiles,
+                     "users": projection.users, "cohorts": projection.cohorts}
     waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
     if waiting_batches:
         held_text = (f"; {result.held:,} event(s) this plan would send to the same users for the "
@@ -277,26 +297,28 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                          "time of their own so `settle` can tell them apart in Braze",
                          fix="nothing to do")
         event_iso = options["event_time"] = reserved
-    left_path = workdir / "plan.left_out.parquet"
-    _write_left_out(left_out, left_path)
     manifest = {
         "format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": str(getattr(export, "source", "") or ""), "workspace": workspace,
         "ledger_version": ledger.version if ledger is not None else 0,
         "ledger_path": str(ledger.path) if ledger is not None else None,
-        "options": options, "cohorts": projection.cohorts,
-        "fields": [[f.field, f.kind] for f in projection.fields],
-        "field_digest": projection.spec_digest(),
-        "profiles": projection.profiles, "users": projection.users,
+        "options": options, "cohorts": about["cohorts"], "fields": about["fields"],
+        "field_digest": about["field_digest"], "input_digest": digest,
+        "profiles": about["profiles"], "users": about["users"],
         "changed_users": result.changed_users, "held_events": result.held,
         "awaiting_settle": {"batches": waiting_batches, "events": waiting_events},
         "rows": result.rows, "approval": None,
     }
+    if "converged" in about:
+        manifest["converged_with"] = about["converged"]
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
                owned_dir=workdir, column_digests=(result.digests, result.rows))
     out.manifest["cost"] = out._compute_cost()
     out.manifest["summary"] = out._compute_summary()
+    if (ledger is not None and stored is None and not result.rows and not result.held
+            and not waiting_batches):
+        ledger.record_converged(out)   # nothing to send: Braze already holds this input
     return out
 
 
@@ -428,6 +450,8 @@ class Plan:
                 "ledger_version": m["ledger_version"], "options": m["options"],
                 "cohorts": m["cohorts"], "fields": m.get("fields", []),
                 "columns": list(OPERATION_COLUMNS), "rows": m["rows"], "cost": m.get("cost")}
+        if m.get("input_digest"):   # the ledger records it as converged after a complete apply
+            head["input_digest"] = m["input_digest"]
         digests, rows = self._column_digests or (None, None)
         if digests is None:
             digests, rows = self._digest_file()

@@ -30,10 +30,17 @@ from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
-__all__ = ["Projection", "FieldSpec", "project", "owners", "json_texts", "LEFT_OUT_COLUMNS"]
+__all__ = ["Projection", "FieldSpec", "project", "owners", "shared_keys", "json_texts",
+           "input_digest", "LEFT_OUT_COLUMNS"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
+# The profile columns the projection reads besides the mapped computations.
+IDENTITY_COLUMNS = ("segment_id", "user_id", "braze_id", "email", "anonymous_id")
+# Raise when the projection's output for the same input changes: stored input digests (the
+# ledger's record of an export it has converged to) then stop matching, and plans take the
+# full path once.
+PROJECTION_VERSION = 1
 
 
 def dumps(value: Any) -> str:
@@ -45,14 +52,41 @@ def dumps(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # identity
 
-def owners(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def owners(keys: pd.Series, db=None) -> tuple[np.ndarray, np.ndarray]:
     """The one rule for profiles that resolve to the same Braze user: the **last** row wins.
 
     Returns (owner, shadowed): ``owner`` is a boolean mask of the profiles whose values Braze
     receives (one per key), ``shadowed`` the masks of profiles that lose to a later row."""
-    has = keys.notna().to_numpy(dtype=bool)
-    dup_later = keys.duplicated(keep="last").to_numpy(dtype=bool) & has
-    return has & ~dup_later, dup_later
+    arr = _key_array(keys)
+    lose, _ = shared_keys(arr, db)
+    shadowed = np.zeros(len(arr), dtype=bool)
+    shadowed[lose] = True
+    has = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return has & ~shadowed, shadowed
+
+
+def _key_array(keys) -> pa.Array:
+    arr = pa.array(keys.array) if isinstance(keys, pd.Series) else pa.array(keys)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the rows that lose to a later row with the same key, the winning row's
+    position for each). Computed on the engine (a hash aggregate on every core): shared keys
+    are rare, so only those rows come back."""
+    from toolkit import engine
+
+    arr = _key_array(keys)
+    with engine.using(db) as conn:
+        conn.register("owner_keys", pa.table({"k": arr, "p": np.arange(len(arr), dtype=np.int64)}))
+        found = conn.execute(
+            "WITH shared AS (SELECT k, max(p) AS last FROM owner_keys WHERE k IS NOT NULL "
+            "GROUP BY k HAVING count(*) > 1) "
+            "SELECT o.p, s.last FROM owner_keys o JOIN shared s ON o.k = s.k WHERE o.p <> s.last "
+            "ORDER BY o.p").fetchnumpy()
+        conn.unregister("owner_keys")
+    return (np.asarray(found["p"], dtype=np.int64),
+            np.asarray(found["last"], dtype=np.int64))
 
 
 def _disagreements(profiles: pd.DataFrame, keys: pd.Series, shadowed: np.ndarray,
@@ -82,10 +116,55 @@ def _show(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# the input digest
+
+def _hashable(column: pd.Series) -> pa.Array:
+    """A column as an Arrow array the engine can hash (lists and dicts as their JSON text)."""
+    if column.dtype == object:
+        return pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                         else json.dumps(v, sort_keys=True, default=repr) for v in column],
+                        pa.large_string())
+    return pa.array(column)
+
+
+def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+                 cohorts_available: bool = True, db=None) -> str:
+    """A digest of everything `project` reads: the identifier and mapped columns row by row (in
+    order: the last row wins a shared identifier), their types, the mapped computations, the
+    mapping and the options. Equal digests mean equal projections, so a ledger that recorded
+    convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
+    the diff. Hashed on the engine, two independent 64-bit hashes per row folded with XOR."""
+    import hashlib
+
+    from toolkit import __version__, engine
+
+    profiles = export.profiles
+    keys = [r.key for r in mapping.rules]
+    columns = list(dict.fromkeys(
+        [c for c in IDENTITY_COLUMNS if c in profiles.columns]
+        + [k for k in keys if k in profiles.columns]))
+    arrays = {f"c{i}": _hashable(profiles[c]) for i, c in enumerate(columns)}
+    arrays["pos"] = pa.array(np.arange(len(profiles), dtype=np.int64))
+    values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
+    with engine.using(db) as conn:
+        conn.register("digest_input", pa.table(arrays))
+        row = conn.execute(f"SELECT bit_xor(hash(pos, {values})), bit_xor(hash('b', {values}, "
+                           "pos)), count(*) FROM digest_input").fetchall()[0]
+        conn.unregister("digest_input")
+    comps = export.computations
+    comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
+    head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
+            "columns": [[c, str(profiles[c].dtype)] for c in columns],
+            "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
+            "mapping": mapping.to_dict(),
+            "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
+                        "cohorts_available": bool(cohorts_available)},
+            "rows": [int(row[2]), str(row[0]), str(row[1])]}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
 # JSON texts, column-wise
-
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'    # what json.dumps(ensure_ascii=False) escapes
-
 
 def _python_texts(values: np.ndarray) -> list[str | None]:
     return [None if v is None else dumps(v) for v in values]
@@ -95,13 +174,30 @@ def _lit(text: str) -> pa.Scalar:
     return pa.scalar(text, pa.large_string())
 
 
+def _needing_escape(arr: pa.Array) -> np.ndarray:
+    """Positions of the values of a large_string array holding a character json.dumps escapes
+    (``"``, ``\\``, control characters), from one pass over the bytes: far cheaper than a regex
+    per value, and exact (UTF-8 continuation bytes are never below 0x80)."""
+    _, offsets_buf, data_buf = arr.buffers()
+    if data_buf is None or not len(arr):
+        return np.empty(0, dtype=np.int64)
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]]
+    hits = np.flatnonzero((data < 0x20) | (data == 0x22) | (data == 0x5C))
+    if not len(hits):
+        return np.empty(0, dtype=np.int64)
+    rows = np.unique(np.searchsorted(offsets, hits + offsets[0], side="right") - 1)
+    return rows[pc.is_valid(arr).to_numpy(zero_copy_only=False)[rows]]
+
+
 def _string_texts(arr: pa.Array) -> pa.Array:
     """JSON string literals of a string array, escaping only the rare values that need it."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     arr = arr.cast(pa.large_string())
     quoted = pc.binary_join_element_wise(_lit('"'), arr, _lit('"'), _lit(""))
-    needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE), False)
-    if pc.any(needs).as_py():
-        idx = np.flatnonzero(needs.to_numpy(zero_copy_only=False))
+    idx = _needing_escape(arr)
+    if len(idx):
         fixed = pa.array(_python_texts(arr.take(pa.array(idx)).to_numpy(zero_copy_only=False)),
                          pa.large_string())
         quoted = _put(quoted, idx, fixed)
@@ -228,9 +324,12 @@ class _Collect:
         self.profiles = profiles
         self.keys = keys
         self.syncable = syncable
-        self.segment_ids = profiles["segment_id"].to_numpy(dtype=object, na_value=None) \
-            if "segment_id" in profiles.columns else np.full(len(profiles), None, dtype=object)
-        self.uids = keys.to_numpy(dtype=object, na_value=None)
+        self.owner_mask = pa.array(syncable)
+        # Arrow, not Python objects: only the rows left out are ever turned into objects
+        self.segment_ids = (pa.array(profiles["segment_id"].array).cast(pa.large_string())
+                            if "segment_id" in profiles.columns
+                            else pa.nulls(len(profiles), pa.large_string()))
+        self.uids = pa.array(keys.array).cast(pa.large_string())
         self.findings = Findings()
         self.left_out: list[pd.DataFrame] = []
 
@@ -238,9 +337,15 @@ class _Collect:
                   uid: bool = True) -> None:
         pos = np.flatnonzero(mask)
         if len(pos):
+            take = pa.array(pos)
             self.left_out.append(pd.DataFrame({
-                "segment_id": self.segment_ids[pos], "uid": self.uids[pos] if uid else None,
+                "segment_id": self.segment_ids.take(take).to_numpy(zero_copy_only=False),
+                "uid": self.uids.take(take).to_numpy(zero_copy_only=False) if uid else None,
                 "rule": rule, "code": code, "reason": reason}))
+
+    def owned(self, values: pa.Array) -> pa.Array:
+        """The rows of the profiles Braze receives (a filter: cheaper than a take)."""
+        return pc.filter(values, self.owner_mask)
 
     def refuse(self, mask: np.ndarray, *, rule: str, code: str, reason: str, what: str, fix: str,
                severity: str = "error") -> None:
@@ -253,11 +358,12 @@ class _Collect:
 
 
 def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-            cohorts_available: bool = True) -> Projection:
-    """The desired Braze state of ``export`` under ``mapping`` (see the module docstring)."""
+            cohorts_available: bool = True, db=None) -> Projection:
+    """The desired Braze state of ``export`` under ``mapping`` (see the module docstring);
+    ``db``: an engine connection to use (default: a fresh one)."""
     profiles = export.profiles
     keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-    owner, shadowed = owners(keys)
+    owner, shadowed = owners(keys, db)
     c = _Collect(profiles, keys, owner)
     _report_unsyncable(c, keys.notna().to_numpy(dtype=bool), email_opt_in, alias_label)
     if shadowed.any():
@@ -275,8 +381,8 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     pos = np.flatnonzero(owner)
     columns: dict[str, pa.Array] = {
         "pos": pa.array(pos, pa.int64()),
-        "uid": pa.array(c.uids[pos], pa.large_string()),
-        "segment_id": pa.array(c.segment_ids[pos], pa.large_string()),
+        "uid": c.owned(c.uids),
+        "segment_id": c.owned(c.segment_ids),
     }
     specs: list[FieldSpec] = []
     cohorts: list[dict] = []
@@ -293,9 +399,9 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                            fix="re-export the computation or remove the rule")
             continue
         if rule.kind == "audience":
-            _audience_fields(c, export, rule, seq, specs, cohorts, columns, pos, cohorts_available)
+            _audience_fields(c, export, rule, seq, specs, cohorts, columns, cohorts_available)
         else:
-            _trait_fields(c, export, mapping, rule, seq, specs, columns, pos)
+            _trait_fields(c, export, mapping, rule, seq, specs, columns)
     left_out = (pd.concat(c.left_out, ignore_index=True) if c.left_out else
                 pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS}))
     return Projection(pa.table(columns), specs, left_out, c.findings, cohorts, len(profiles))
@@ -346,8 +452,8 @@ def _report_unsyncable(c: _Collect, has_key: np.ndarray, email_opt_in: bool,
                                "email_opt_in")
 
 
-def _membership_text(member: pd.Series, pos: np.ndarray) -> pa.Array:
-    b = pa.array(member.iloc[pos] if len(pos) != len(member) else member)
+def _membership_text(c: _Collect, member: pd.Series) -> pa.Array:
+    b = c.owned(pa.array(member.array))
     return pc.if_else(b, pa.scalar("true", pa.large_string()), pa.scalar("false", pa.large_string()))
 
 
@@ -356,10 +462,10 @@ def _event_props(rule, value: Any) -> str:
     return dumps({id_key: rule.key, rule.key: value})
 
 
-def _audience_fields(c: _Collect, export, rule, seq, specs, cohorts, columns, pos,
+def _audience_fields(c: _Collect, export, rule, seq, specs, cohorts, columns,
                      cohorts_available: bool) -> None:
     member = c.profiles[rule.key].astype("boolean")
-    text = _membership_text(member, pos)
+    text = _membership_text(c, member)
     if rule.send_as in ("attribute", "both"):
         col = f"d{len(specs)}"
         columns[col] = text
@@ -392,9 +498,9 @@ def _audience_fields(c: _Collect, export, rule, seq, specs, cohorts, columns, po
                      "this audience"))
             return
         # The cohort endpoint matches identified users by external_id or alias only (§4.1).
-        uids = pd.Series(c.uids, dtype="string")
-        usable = (uids.str.startswith("external_id:") | uids.str.startswith("alias:")).to_numpy(
-            dtype=bool, na_value=False)
+        usable = pc.fill_null(pc.or_(pc.starts_with(c.uids, "external_id:"),
+                                     pc.starts_with(c.uids, "alias:")), False).to_numpy(
+            zero_copy_only=False)
         known = member.notna().to_numpy(dtype=bool)
         c.refuse(~usable & known, rule=rule.key, code="cohort_identifier", severity="warning",
                  reason="a cohort matches users by external_id or alias only",
@@ -402,14 +508,14 @@ def _audience_fields(c: _Collect, export, rule, seq, specs, cohorts, columns, po
                       "cannot hold them",
                  fix="plan with alias_label to address them by alias")
         col = f"d{len(specs)}"
-        columns[col] = pc.if_else(pa.array(usable[pos]), text,
+        columns[col] = pc.if_else(pa.array(usable[c.syncable]), text,
                                   pa.scalar(None, pa.large_string()))
         specs.append(FieldSpec(f"cohort:{cohort_id}", rule.key, seq, "membership", "cohort", col,
                                name=cohort_id))
         cohorts.append({"rule": rule.key, "cohort_id": cohort_id, "name": str(name)})
 
 
-def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns, pos) -> None:
+def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns) -> None:
     if rule.send_as == "cohort":
         c.findings.add("error", "cohort_trait", f"trait {rule.key!r} cannot be a cohort: a "
                        "cohort holds audience membership only", column=rule.key,
@@ -425,8 +531,8 @@ def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns, pos) 
                       "or format); left out",
                  fix="see mapping.value_findings(export) for each value")
         col = f"d{len(specs)}"
-        columns[col] = json_texts(conv, field=prof_field).take(pa.array(pos))
-        columns[f"x{len(specs)}"] = pa.array(refused[pos])
+        columns[col] = c.owned(json_texts(conv, field=prof_field))
+        columns[f"x{len(specs)}"] = pa.array(refused[c.syncable])
         specs.append(FieldSpec(f"attr:{rule.attribute}", rule.key, seq, "value", "attribute", col,
                                refused=f"x{len(specs)}", name=str(rule.attribute)))
     if rule.send_as in ("event", "both"):
@@ -439,10 +545,10 @@ def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns, pos) 
                       f"{rule.trait_event!r} property (too long, wrong type or format); left out",
                  fix="fix the values in Segment (strings at most 255 characters)")
         col = f"d{len(specs)}"
-        texts = json_texts(conv).take(pa.array(pos))
-        columns[col] = pc.if_else(pa.array(refused[pos]), pa.scalar(None, pa.large_string()),
-                                  texts)
-        columns[f"x{len(specs)}"] = pa.array(refused[pos])
+        texts = c.owned(json_texts(conv))
+        columns[col] = pc.if_else(pa.array(refused[c.syncable]),
+                                  pa.scalar(None, pa.large_string()), texts)
+        columns[f"x{len(specs)}"] = pa.array(refused[c.syncable])
         # Canonical (sorted-key) properties assembled around the encoded value text.
         key_text = dumps(rule.key)
         if "trait_key" < rule.key:
