@@ -200,8 +200,8 @@ def test_account_level_definitions_are_not_native():
 
 
 def test_braze_needs_events_properties_and_attributes(dense):
-    seg = braze_segment_for(f"event('Product Viewed').where(property('brand') = 'Acme')"
-                            f".within(7 days).count() >= 1 AND trait('plan') = 'pro'",
+    seg = braze_segment_for("event('Product Viewed').where(property('brand') = 'Acme')"
+                            ".within(7 days).count() >= 1 AND trait('plan') = 'pro'",
                             export=dense)
     assert seg.native and seg.verdict == "native (approximate)"
     assert ("Product Viewed", "brand") in seg.needs_properties

@@ -63,6 +63,8 @@ __all__ = ["attach_history", "read_history", "history_of", "evaluate_definition"
 
 HISTORY_COLUMNS = ("properties", "context", "source_id", "identity")
 _MAX_MERGE_FINDINGS = 1000
+# how a profile the export does not list is keyed: the Profile API's type:value, best type first
+_KEY_ORDER = {"user_id": 0, "email": 1, "braze_id": 2, "anonymous_id": 3}
 
 # Why local evaluation and Engage disagree about a profile, checked in this order (first wins).
 DIFFERENCE_REASONS = {
@@ -94,9 +96,8 @@ def read_history(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     rows = []
     for located in _located_messages(source):
         m = located.message
-        if m.get("type") != "track" and m.get("type") is not None:
-            if m.get("type") != "identify":
-                continue
+        if m.get("type") not in ("track", "identify", None):
+            continue  # identify calls only link identifiers; pages, screens… are not read
         if isinstance((m.get("context") or {}).get("personas"), dict):
             continue  # Engage's own messages are outputs, not the events it computes from
         ids = _identifiers(m)
@@ -212,10 +213,7 @@ def attach_history(export: EngageExport, source: str | os.PathLike | pd.DataFram
             keys.append(sids[by_user[0] if by_user else min(found)])
             identity.append("merged")
         else:
-            first = sorted(group_tokens[root], key=lambda t: ("user_id", "email", "braze_id",
-                                                               "anonymous_id").index(
-                t.split(":", 1)[0]) if t.split(":", 1)[0] in ("user_id", "email", "braze_id",
-                                                               "anonymous_id") else 9)[0]
+            first = min(group_tokens[root], key=lambda t: _KEY_ORDER.get(t.split(":", 1)[0], 9))
             keys.append(first)
             identity.append("not_in_export")
     # the other profiles of a merge are flagged too, so their differences are explained
