@@ -158,7 +158,8 @@ def test_the_three_notebook_definitions():
 
     summed = braze_segment_for(f"{OC}.within(30 days).sum(property('revenue')) >= 500")
     assert summed.verdict == "not native"
-    assert summed.parts[0].why == "Braze has no sum of an event property"
+    assert summed.parts[0].why.startswith("Braze has no sum of an event property")
+    assert "Segment Extension" in summed.parts[0].why          # windowed: an extension could
 
 
 @pytest.mark.parametrize("text, why", [
@@ -192,6 +193,22 @@ def test_not_expressible_parts_say_why(text, why):
     assert not seg.native and seg.filter is None
     assert why in seg.parts[0].why
     assert seg.recommendation.startswith("sync membership instead")
+
+
+def test_count_windows_follow_the_dashboards_choices_unless_told_otherwise():
+    ten = f"{OC}.within(10 days).count() >= 2"
+    seg = braze_segment_for(ten)
+    assert not seg.native and "1, 3, 7, 14, 21, 30 days" in seg.parts[0].why
+    assert "count_days=range(1, 31)" in seg.parts[0].why
+    wide = braze_segment_for(ten, count_days=range(1, 31))
+    assert wide.native and wide.filter == CustomEventCount("Order Completed", "more_than", 1, 10)
+    # property filters take any 1–30 days ("Adds the ability to segment within 1 to 30 days")
+    assert braze_segment_for(f"{OC}.where(property('brand') = 'Acme').within(10 days)"
+                             ".count() >= 1").native
+    with pytest.raises(DefinitionError, match="count_days"):
+        braze_segment_for(ten, count_days=[0, 45])
+    assert "Segment Extension" not in braze_segment_for(
+        f"{OC}.sum(property('revenue')) > 1").parts[0].why           # all time: no extension
 
 
 def test_account_level_definitions_are_not_native():

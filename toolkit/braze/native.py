@@ -60,12 +60,13 @@ from toolkit.engage.query import (
     Stream,
     Trait,
     Where,
+    Within,
     parse,
 )
 from toolkit.errors import DefinitionError, FilterError
 
 __all__ = ["braze_segment_for", "NativeSegment", "NativeCheck", "Part", "VERDICTS",
-           "ECOMMERCE_EVENTS"]
+           "ECOMMERCE_EVENTS", "DEFAULT_COUNT_DAYS", "check_filter"]
 
 VERDICTS = {
     "exact": "Braze selects exactly the same profiles",
@@ -81,6 +82,14 @@ VERDICTS = {
 # custom events, unless a Track Calls mapping is added (segment-engage.md §4.2 "Default presets").
 ECOMMERCE_EVENTS = ("Order Completed", "Checkout Started", "Order Refunded", "Order Cancelled",
                     "Product Viewed", "Product Added", "Product Removed")
+# custom_events.md's dropdown offers "in the past Y Days (Y = 1,3,7,14,21,30)" for event counts;
+# the segmentation glossary says "between 1 and 30" (UNCONFIRMED which holds: pass count_days).
+DEFAULT_COUNT_DAYS = (1, 3, 7, 14, 21, 30)
+# segment_extension.md: "windowed aggregations of custom event and purchase event properties in
+# the past 2 years (730 days)", regenerated at most daily, 25 per workspace by default.
+EXTENSION_DAYS = 730
+_EXTENSION = (" (a Braze Segment Extension — up to 730 days, regenerated at most daily — may "
+              "compute it; not modelled here)")
 _FLIP = {"equals": "equals", "differs": "differs", "greater_than": "less_than",
          "less_than": "greater_than", "at_least": "at_most", "at_most": "at_least"}
 _SIGN = {"equals": "==", "differs": "!=", "greater_than": ">", "at_least": ">=",
@@ -115,8 +124,9 @@ class _NotExpressible(Exception):
 
 class _Translator:
     def __init__(self, definition: Definition, types: dict[str, str],
-                 computations: set[str]) -> None:
+                 computations: set[str], count_days: tuple[int, ...]) -> None:
         self.d = definition
+        self.count_days = count_days
         self.types = types
         self.computations = computations
         self.parts: list[Part] = []
@@ -158,6 +168,10 @@ class _Translator:
             left, fn, args = args[0], _FLIP[fn], (left,)
         if isinstance(left, Reduce):
             if left.function != "count":
+                windows = left.stream.windows()
+                bounded = len(windows) == 1 and isinstance(windows[0], Within) and \
+                    not windows[0].parent and windows[0].duration.hours <= EXTENSION_DAYS * 24
+                note = _EXTENSION if bounded and left.function in ("sum", "avg") else ""
                 raise _NotExpressible({
                     "sum": "Braze has no sum of an event property",
                     "avg": "Braze has no average of an event property",
@@ -167,7 +181,7 @@ class _Translator:
                     "first": "Braze keeps no first value of an event property",
                     "last": "Braze keeps no last value of an event property",
                     "count_unique": "Braze does not count distinct property values",
-                }.get(left.function, f"Braze has no {left.function}()"))
+                }.get(left.function, f"Braze has no {left.function}()") + note)
             return self.count(left.stream, fn, args, neg)
         if isinstance(left, Trait):
             return self.trait(left.name, fn, args, neg)
@@ -208,10 +222,12 @@ class _Translator:
             if window is None:
                 raise _NotExpressible(f"Braze's property filters look back at most "
                                       f"{MAX_EVENT_DAYS} days; this counts over all time")
-            days = self._days(window, "property count")
+            days = self._days(window, "property count", range(1, MAX_EVENT_DAYS + 1))
             self.needs.properties[(event, prop)] = (
                 f"enable property {prop!r} of {event!r} for segmentation in Braze (Data "
-                "Settings > Custom Events); segmentation on it costs data points")
+                "Settings > Custom Events > Manage properties; 20 per workspace by default): "
+                "Braze keeps it only from the day it is enabled, and each one logs extra data "
+                "points")
             f = _count_filter(lambda o, c: CustomEventPropertyCount(event, prop, value, o, c,
                                                                     days), op, k)
             return f, "calendar_days", (f"the {window} window becomes the last {days} calendar "
@@ -229,18 +245,25 @@ class _Translator:
                           CustomEventCount(event, "exactly", 0)), "exact",
                     f"'not in the last {window}' is Last Did more than {_days_of(window):g} days "
                     "ago, or never")
-        days = self._days(window, "count")
+        days = self._days(window, "count", self.count_days)
         return (_count_filter(lambda o, c: CustomEventCount(event, o, c, days), op, k),
                 "calendar_days", f"the {window} window becomes the last {days} calendar days")
 
-    def _days(self, window: Duration, what: str) -> int:
+    def _days(self, window: Duration, what: str, allowed) -> int:
         if window.hours % 24:
             raise _NotExpressible(f"Braze's event {what} filters count whole calendar days; "
                                   f"{window} is not")
         days = window.hours // 24
         if not 1 <= days <= MAX_EVENT_DAYS:
+            note = _EXTENSION if days <= EXTENSION_DAYS else ""
             raise _NotExpressible(f"Braze's event {what} filters look back 1–{MAX_EVENT_DAYS} "
-                                  f"days; this counts over {window}")
+                                  f"days; this counts over {window}{note}")
+        if days not in allowed:
+            raise _NotExpressible(
+                f"Braze's event count filter offers the last "
+                f"{', '.join(map(str, allowed))} days (custom_events.md), not {days}; pass "
+                "count_days=range(1, 31) if your dashboard takes any 1–30 (the glossary's "
+                "wording)")
         return days
 
     def _property_equality(self, where: Where) -> tuple[str, Any]:
@@ -518,10 +541,12 @@ class NativeSegment:
                 + f"<p><b>→</b> {escape(self.recommendation)}</p></div>")
 
 
-def braze_segment_for(query: Any, *, key: str | None = None, export=None) -> NativeSegment:
+def braze_segment_for(query: Any, *, key: str | None = None, export=None,
+                      count_days=DEFAULT_COUNT_DAYS) -> NativeSegment:
     """Translate an audience definition (text, `Definition` or `AudienceDefinition`) into Braze
     segment filters, part by part. With ``export``, traits get their value types from it and
-    Engage computations are named as needing a sync."""
+    Engage computations are named as needing a sync. ``count_days``: the "in the last Y days"
+    values Braze's event count filter offers (default 1, 3, 7, 14, 21, 30)."""
     from toolkit.engage.definitions import AudienceDefinition
 
     if isinstance(query, AudienceDefinition):
@@ -541,7 +566,11 @@ def braze_segment_for(query: Any, *, key: str | None = None, export=None) -> Nat
         for name in definition.traits:
             if name in export.profiles.columns:
                 types[name] = _column_kind(export.profiles[name])
-    t = _Translator(definition, types, computations)
+    days = tuple(int(d) for d in count_days)
+    if not days or any(not 1 <= d <= MAX_EVENT_DAYS for d in days):
+        raise DefinitionError(f"count_days must be whole days from 1 to {MAX_EVENT_DAYS}",
+                              field="count_days", hint="e.g. count_days=(1, 3, 7, 14, 21, 30)")
+    t = _Translator(definition, types, computations, days)
     if definition.level == "ACCOUNTS":
         t.parts.append(Part(definition.text, "not_expressible", None,
                             "an account-level audience: Braze segments are per user"))
