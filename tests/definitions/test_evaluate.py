@@ -234,3 +234,19 @@ def test_all_time_audiences_differ_only_where_the_history_is_short(sample_export
     assert len(d) and set(d["reason"]) == {"history_shorter_than_window"}
     # only Engage members are missed: their older orders predate the history
     assert d["engage"].all() and not d["local"].any()
+
+
+def test_every_reference_definition_evaluates_or_is_refused_clearly(shop):
+    from .test_query import EVERY_FUNCTION, REFERENCE_EXAMPLES
+
+    cases = [(t, k, lv) for t, k, lv in EVERY_FUNCTION.values()] + REFERENCE_EXAMPLES
+    for text, kind, level in cases:
+        if kind != "audience":
+            continue
+        definition = toolkit.parse_definition(text, level=level)
+        if level == "ACCOUNTS":
+            with pytest.raises(DefinitionError, match="account"):
+                evaluate_definition(shop, definition, strict=False)
+            continue
+        result = evaluate_definition(shop, definition, strict=False)
+        assert 0 <= len(result) <= 7

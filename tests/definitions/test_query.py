@@ -230,3 +230,36 @@ def test_junction_keywords_any_case_and_true_false_literals():
     d = parse("trait('vip') = true and not trait('churned') = false or trait('x').exists()")
     assert isinstance(d.root, q.Or) and isinstance(d.root.items[0], q.And)
     assert isinstance(d.root.items[0].items[1], q.Not)
+
+
+# -- nothing crashes ------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALID = [text for text, _, _ in EVERY_FUNCTION.values()] + [t for t, _, _ in REFERENCE_EXAMPLES]
+_ALPHABET = st.sampled_from(list("()'{}.,:=!<>- \n\"\\") + ["event", "trait", "count", "within",
+                                                            "AND", "OR", "NOT", "7", "days",
+                                                            "property", "where", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ALPHABET, max_size=40).map("".join) | st.text(max_size=60))
+def test_any_text_parses_or_is_a_located_definition_error(text):
+    try:
+        parse(text, level="ACCOUNTS")
+    except DefinitionError as err:
+        assert err.message and (err.column is None or 1 <= err.column <= len(text) + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_VALID), st.integers(0, 400), st.integers(0, 5),
+       st.sampled_from(["", "(", ")", "'", ".", "x", " AND ", "{", ">=", "7 days"]))
+def test_damaged_reference_definitions_never_crash(text, at, cut, insert):
+    at = at % (len(text) + 1)
+    damaged = text[:at] + insert + text[at + cut:]
+    for kind in ("audience", "trait"):
+        try:
+            parse(damaged, kind=kind, level="ACCOUNTS")
+        except DefinitionError as err:
+            assert err.hint
