@@ -16,6 +16,7 @@ _PUBLIC: dict[str, str] = {
     # stage 1: load
     "load": "toolkit.engage.readers",
     "EngageExport": "toolkit.engage.model",
+    "StoredExport": "toolkit.engage.store",
     "Finding": "toolkit.engage.model",
     "Findings": "toolkit.engage.model",
     # stage 2-3: map and preview
@@ -50,6 +51,7 @@ _PUBLIC: dict[str, str] = {
     "ToolkitError": "toolkit.errors",
     "ExportFormatError": "toolkit.errors",
     "ExportValidationError": "toolkit.errors",
+    "ExportTooLarge": "toolkit.errors",
     "MappingError": "toolkit.errors",
     "DefinitionError": "toolkit.errors",
     "PublicAPIError": "toolkit.errors",

@@ -12,6 +12,7 @@ __all__ = [
     "ToolkitError",
     "ExportFormatError",
     "ExportValidationError",
+    "ExportTooLarge",
     "ProfileAPIError",
     "DefinitionError",
     "PublicAPIError",
@@ -91,6 +92,10 @@ class ExportFormatError(ToolkitError):
 
 class ExportValidationError(ToolkitError):
     """An Engage export was read but holds values the toolkit cannot use."""
+
+
+class ExportTooLarge(ExportValidationError):
+    """An engine-backed export has more profiles than may be held as one pandas DataFrame."""
 
 
 class ProfileAPIError(ToolkitError):

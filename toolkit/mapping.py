@@ -345,7 +345,7 @@ class Mapping:
                 raise MappingError(f"{rule.key!r} is a {comp['kind']} in the export, not a "
                                    f"{rule.kind}", rule=rule.key, field="kind",
                                    hint=f"set kind to {comp['kind']!r}")
-            if rule.key not in export.profiles.columns:
+            if rule.key not in export.columns:
                 raise MappingError(f"the export has no profile column for {rule.key!r}",
                                    rule=rule.key, field="key",
                                    hint="reload the export; every computation needs a column")
@@ -364,7 +364,11 @@ class Mapping:
 
     def converted(self, export: EngageExport, rule: Rule) -> braze_rules.Conversion:
         """The rule's column converted to Braze values (typed), with invalid/conflict masks."""
-        column = export.profiles[rule.key]
+        return self.convert(rule, export.profiles[rule.key], self.value_type(export, rule.key))
+
+    @staticmethod
+    def convert(rule: Rule, column: pd.Series, value_type: str) -> braze_rules.Conversion:
+        """`converted` for one column (or a chunk of it) of a computation of ``value_type``."""
         if rule.kind == "audience":
             b = column.astype("boolean")
             if rule.exit_value is None:
@@ -372,7 +376,7 @@ class Mapping:
             no = pd.Series(False, index=column.index)
             return braze_rules.Conversion(b, "boolean", no, no.copy())
         field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
-        return braze_rules.convert(column, self.value_type(export, rule.key), field=field)
+        return braze_rules.convert(column, value_type, field=field)
 
     def attribute_values(self, export: EngageExport) -> pd.DataFrame:
         """Per profile, the value of every Braze attribute exactly as it goes into JSON.

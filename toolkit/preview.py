@@ -129,8 +129,10 @@ class Preview:
 
     def __init__(self, *, mapping: "Mapping", export: EngageExport, state: BrazeState,
                  frame: pd.DataFrame, filters: dict[str, list[Filter]], warnings: list[str],
-                 freshness: str, reasons: dict[str, pd.Series]) -> None:
+                 freshness: str, reasons: dict[str, pd.Series],
+                 user_count: int | None = None) -> None:
         self.mapping = mapping
+        self._user_count = user_count
         self.export = export
         self.state = state
         self.filters = filters
@@ -142,6 +144,12 @@ class Preview:
     @property
     def as_of(self) -> pd.Timestamp:
         return self.state.as_of
+
+    @property
+    def user_count(self) -> int:
+        """Braze users the preview evaluated (``state`` holds them all, except for an export
+        kept on disk, previewed a chunk at a time: its ``state`` is then empty)."""
+        return len(self.state.users) if self._user_count is None else self._user_count
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (computation, check): filter, counts, and dropped profiles per reason."""
@@ -158,11 +166,11 @@ class Preview:
         """Engage members of `key` the recommended filter does not select, with the reason."""
         self.filter_for(key)
         reason = self._reasons[key]
-        rows = reason.notna().to_numpy(dtype=bool)
+        reason = reason[reason.notna().to_numpy(dtype=bool)]
         cols = [c for c in ("segment_id", "user_id", "email", "anonymous_id", "braze_id", key)
-                if c in self.export.profiles.columns]
-        out = self.export.profiles.loc[rows, cols].copy()
-        out["reason"] = reason[rows].astype("string")
+                if c in self.export.columns]
+        out = self.export.take(reason.index.to_numpy(), cols).copy()
+        out["reason"] = reason.astype("string")
         out["explanation"] = out["reason"].map(REASONS)
         return out
 
@@ -209,18 +217,59 @@ class Preview:
     def build(cls, mapping: "Mapping", export: EngageExport, *, email_opt_in: bool = False,
               alias_label: str | None = None, as_of: Any = None) -> "Preview":
         mapping.validate(export)
+        from toolkit.engage.store import StoredExport
+
+        if isinstance(export, StoredExport):
+            return _build_in_chunks(mapping, export, email_opt_in, alias_label, as_of)
         return _Builder(mapping, export, email_opt_in, alias_label, as_of).run()
+
+
+def _text_array(col: pd.Series) -> pa.Array:
+    arr = pa.array(col.astype("string").array)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def value_parameter(rule: "Rule", conv: braze_rules.Conversion, col: pd.Series):
+    """The value a trait's value check compares with, from its whole column: the most common
+    text (1–255 characters), the median number, the UTC day of the median time; True for a
+    boolean; None when there is none (no check then)."""
+    if conv.json_type == "string":
+        # on the distinct values, not every profile: counted once by Arrow, then only the
+        # few distinct values are measured
+        distinct = pc.value_counts(_text_array(col))
+        values = distinct.field("values")
+        length = pc.utf8_length(values)
+        usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
+                                      pc.less_equal(length, 255)), False)
+        counts = pd.Series(pc.filter(distinct.field("counts"), usable).to_numpy(),
+                           index=pc.filter(values, usable).to_pylist(),
+                           dtype="int64").sort_values(ascending=False)  # as value_counts
+        return None if counts.empty else str(counts.index[0])
+    if conv.json_type == "number":
+        x = pd.to_numeric(col, errors="coerce").astype("Float64")
+        return None if x.notna().sum() == 0 else float(x.median())
+    if conv.json_type == "time" and rule.attribute != "dob":
+        t = conv.values
+        return None if t.notna().sum() == 0 else t.dropna().median().tz_convert("UTC").normalize()
+    if conv.json_type == "boolean":
+        return True
+    return None
 
 
 class _Builder:
     """Projects the Braze state for a mapping and evaluates every check on it."""
 
     def __init__(self, mapping: "Mapping", export: EngageExport, email_opt_in: bool,
-                 alias_label: str | None, as_of: Any) -> None:
+                 alias_label: str | None, as_of: Any, *, profiles: pd.DataFrame | None = None,
+                 counted: np.ndarray | None = None, params: dict | None = None) -> None:
         self.mapping = mapping
         self.export = export
-        self.p = export.profiles
+        # one chunk of an export kept on disk: its profiles, plus the later rows that win a
+        # shared identifier from them (``counted`` False: they count in their own chunk)
+        self.p = export.profiles if profiles is None else profiles
         self.n = len(self.p)
+        self.counted = np.ones(self.n, dtype=bool) if counted is None else counted
+        self.params = params or {}
         self.keys, self.kinds = braze_user_keys(self.p, email_opt_in=email_opt_in,
                                                 alias_label=alias_label)
         self.has_key = self.keys.notna().to_numpy(dtype=bool)
@@ -284,7 +333,8 @@ class _Builder:
         for rule in self.mapping:
             if not rule.sends_attribute:
                 continue
-            conv = self.mapping.converted(self.export, rule)
+            conv = self.mapping.convert(rule, self.p[rule.key],
+                                        self.mapping.value_type(self.export, rule.key))
             self.conversions[rule.key] = conv
             cols[str(rule.attribute)] = self._per_user(conv.values)
         return pd.DataFrame(cols, index=self.users)
@@ -400,49 +450,38 @@ class _Builder:
         return out
 
     def _value_check(self, rule: "Rule", value_type: str, col: pd.Series) -> _Check | None:
-        """A value filter for a trait (equals / more than / after / is true), checked against Engage."""
+        """A value filter for a trait (equals / more than / after / is true), checked against
+        Engage. Its value (the most common text, the median) comes from the whole column:
+        given in ``params`` when this builder sees one chunk of an export kept on disk."""
         attr = str(rule.attribute)
         conv = self.conversions[rule.key]
+        value = (self.params[rule.key] if rule.key in self.params
+                 else value_parameter(rule, conv, col))
+        if value is None:
+            return None
         if conv.json_type == "string":
-            # on the distinct values, not every profile: counted once by Arrow, then only the
-            # few distinct values are measured, lowered and matched
-            arr = pa.array(col.astype("string").array)
-            arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-            distinct = pc.value_counts(arr)
-            values = distinct.field("values")
-            length = pc.utf8_length(values)
-            usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
-                                          pc.less_equal(length, 255)), False)
-            counts = pd.Series(pc.filter(distinct.field("counts"), usable).to_numpy(),
-                               index=pc.filter(values, usable).to_pylist(),
-                               dtype="int64").sort_values(ascending=False)  # as value_counts
-            if counts.empty:
-                return None
-            top = str(counts.index[0])
+            top = value
             # Braze's Segment page recommends "matches regex" for traits sent with identify
             # (braze-api.md §5.3). Segment regexes are partial and case-insensitive (§5.2), so the
             # value is anchored and its metacharacters escaped; Engage's side is compared the
             # same case-insensitive way, or the two counts would disagree on case variants.
             f: Filter = StringAttribute(attr, "matches_regex", _anchored_literal(top))
-            same = pc.filter(values, pc.fill_null(pc.equal(pc.utf8_lower(values), top.lower()),
-                                                  False))
+            arr = _text_array(col)
+            distinct = pc.unique(arr)
+            same = pc.filter(distinct, pc.fill_null(
+                pc.equal(pc.utf8_lower(distinct), top.lower()), False))
             engage = pc.fill_null(pc.is_in(arr, value_set=same), False).to_numpy(
                 zero_copy_only=False)
             return _Check(rule.key, f"value = {top!r}", True, f, engage,
                           "regex filters are case-insensitive in Braze")
         if conv.json_type == "number":
+            median = value
             x = pd.to_numeric(col, errors="coerce").astype("Float64")
-            if x.notna().sum() == 0:
-                return None
-            median = float(x.median())
             f = NumberAttribute(attr, "more_than", median)
             return _Check(rule.key, f"value > {median:g}", True, f,
                           (x > median).to_numpy(dtype=bool, na_value=False))
-        if conv.json_type == "time" and rule.attribute != "dob":
-            t = conv.values
-            if t.notna().sum() == 0:
-                return None
-            day = t.dropna().median().tz_convert("UTC").normalize()
+        if conv.json_type == "time":
+            day = value
             f = DateAttribute(attr, "after", day.date().isoformat())
             raw = pd.to_datetime(col, errors="coerce", utc=True, format="mixed") \
                 if not isinstance(col.dtype, pd.DatetimeTZDtype) else col
@@ -513,7 +552,7 @@ class _Builder:
 
         # evaluating the filters is the long part at scale: a bar from 200,000 profiles on
         for rule in tqdm(list(mapping), desc="preview: Braze filters", unit="rule",
-                         disable=self.n < PROGRESS_FROM, leave=False):
+                         disable=self.n < PROGRESS_FROM or not self.counted.all(), leave=False):
             value_type = mapping.value_type(export, rule.key)
             checks = self._checks(rule, value_type, shared)
             filters[rule.key] = [c.filter for c in checks if c.recommended]
@@ -530,8 +569,10 @@ class _Builder:
                 engaged_users[self.codes[engage & self.has_key]] = True
                 missing = engage & ~sel
                 code = self._reasons(rule, check, missing)
-                counts = np.bincount(code[code >= 0], minlength=len(REASONS))
-                extra = int((sel_users & ~engaged_users).sum())
+                counted, users_counted = self.counted, self.counted[self.owner]
+                kept = code[counted]
+                counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
+                extra = int((sel_users & ~engaged_users & users_counted).sum())
                 note = check.note
                 if not check.recommended:
                     note = ("counts every computation sending this event name — use the "
@@ -543,15 +584,17 @@ class _Builder:
                     "key": rule.key, "kind": rule.kind, "send_as": rule.send_as,
                     "check": check.check, "recommended": check.recommended,
                     "braze_filter": str(check.filter),
-                    "engage_members": int(engage.sum()), "braze_can_hold": int(holdable.sum()),
-                    "filter_selects": int(sel_users.sum()), "matched": int((engage & sel).sum()),
-                    "dropped": int(missing.sum()), "extra": extra,
+                    "engage_members": int((engage & counted).sum()),
+                    "braze_can_hold": int((holdable & counted).sum()),
+                    "filter_selects": int((sel_users & users_counted).sum()),
+                    "matched": int((engage & sel & counted).sum()),
+                    "dropped": int((missing & counted).sum()), "extra": extra,
                     **{name: int(counts[j]) for j, name in enumerate(REASONS)}, "note": note,
                 })
                 if i == 0:
                     reasons[rule.key] = pd.Series(
-                        pd.Categorical.from_codes(code, categories=list(REASONS)),
-                        index=self.p.index)
+                        pd.Categorical.from_codes(kept, categories=list(REASONS)),
+                        index=self.p.index[counted])
         frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
         if getattr(mapping, "_definitions", None) is not None:
             # could Braze compute the audience itself (toolkit.braze.native)?
@@ -561,7 +604,8 @@ class _Builder:
         warnings = _shared_warnings(shared)
         return Preview(mapping=mapping, export=export, state=state, frame=frame,
                        filters=filters, warnings=warnings, freshness=self._freshness(),
-                       reasons=reasons)
+                       reasons=reasons, user_count=None if self.counted.all() else int(
+                           self.counted[self.owner].sum()))
 
     def _freshness(self) -> str:
         if self.history is not None and self.last_event is not None:
@@ -571,6 +615,65 @@ class _Builder:
             return (f"snapshot: as fresh as Engage's last compute "
                     f"({pd.Timestamp(self.export.snapshot_at).isoformat()})")
         return "freshness unknown: the export carries no snapshot time"
+
+
+_COUNT_COLUMNS = ["engage_members", "braze_can_hold", "filter_selects", "matched", "dropped",
+                  "extra", *REASONS]
+
+
+def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label: str | None,
+                     as_of: Any) -> "Preview":
+    """The preview of an export kept on disk, a chunk of profiles at a time: the counts of
+    each chunk add up to the export's, because every chunk sees the same checks (their values
+    taken from whole columns first) and the one rule for shared identifiers over the whole
+    export (a chunk borrows the later rows that win its profiles' identifiers)."""
+    from tqdm.auto import tqdm
+
+    from toolkit.sync.projection import IDENTITY_COLUMNS, shared_keys
+
+    ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+    needed = list(dict.fromkeys(ident + [r.key for r in mapping if r.key in export.columns]))
+    keys = pa.chunked_array([pa.array(braze_user_keys(c, email_opt_in=email_opt_in,
+                                                      alias_label=alias_label)[0].array
+                                      ).cast(pa.string()) for c in export.chunks(ident)],
+                            pa.string())
+    lose, winner = shared_keys(keys)
+    params = {}
+    for rule in mapping:
+        if rule.kind == "trait" and rule.sends_attribute and rule.key in export.columns:
+            column = next(export.chunks([rule.key], rows=export.profile_count))[rule.key]
+            vt = mapping.value_type(export, rule.key)
+            params[rule.key] = value_parameter(rule, mapping.convert(rule, column, vt), column)
+            del column
+    parts: list[Preview] = []
+    bar = tqdm(total=export.profile_count, unit="profile", desc="preview: Braze filters",
+               disable=export.profile_count < PROGRESS_FROM, leave=False)
+    try:
+        for chunk in export.chunks(needed):
+            lo, hi = int(chunk.index[0]), int(chunk.index[-1]) + 1
+            inside = (lose >= lo) & (lose < hi) & (winner >= hi)
+            borrowed = np.unique(winner[inside])
+            frame, counted = chunk, None
+            if len(borrowed):
+                frame = pd.concat([chunk, export.take(borrowed, needed)])
+                counted = np.arange(len(frame)) < len(chunk)
+            parts.append(_Builder(mapping, export, email_opt_in, alias_label, as_of,
+                                  profiles=frame, counted=counted, params=params).run())
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    first = parts[0]
+    frame = first.to_frame()
+    for part in parts[1:]:
+        other = part.to_frame()
+        frame[_COUNT_COLUMNS] = frame[_COUNT_COLUMNS].to_numpy() + other[_COUNT_COLUMNS].to_numpy()
+    reasons = {k: pd.concat([p._reasons[k] for p in parts]) for k in first._reasons}
+    users = sum(p.user_count for p in parts)
+    return Preview(mapping=mapping, export=export,
+                   state=BrazeState(pd.DataFrame(index=pd.Index([], name="user", dtype="string")),
+                                    as_of=first.as_of),
+                   frame=frame, filters=first.filters, warnings=first.warnings,
+                   freshness=first.freshness, reasons=reasons, user_count=users)
 
 
 def _is_event_filter(f: Filter) -> bool:

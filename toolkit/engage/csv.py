@@ -40,7 +40,7 @@ import os
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -402,8 +402,12 @@ def _ids_from_json(value: Any, *, path: Path, line: int, column: str) -> dict[st
 # -- the reader --------------------------------------------------------------------------------
 
 def read_csv(path: str | os.PathLike, kind: str | None = None, *,
-             computation_key: str | None = None, computation_id: str | None = None) -> EngageExport:
-    """Read one Engage audience or computed-trait CSV (shape auto-detected unless `kind`)."""
+             computation_key: str | None = None, computation_id: str | None = None,
+             store: bool | None = None) -> EngageExport:
+    """Read one Engage audience or computed-trait CSV (shape auto-detected unless `kind`).
+
+    ``store``: keep the profiles on disk and read them in chunks (`toolkit.engage.store`);
+    default: for a formatted audience CSV from ``TOOLKIT_STORE_FROM`` bytes."""
     path = Path(path)
     header = _Header(path)
     kind = kind or _detect(header)
@@ -428,6 +432,16 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                                           if c.lower() not in ("key", "external_ids", "traits",
                                                                "value", key)
                                           and id_column_type(c.lower()) is None])
+    if store is None:
+        from toolkit.engage.store import store_settings
+
+        store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
+    if store:
+        if kind != "csv_formatted":
+            raise ExportFormatError(f"only formatted audience CSVs can be kept on disk, not "
+                                    f"{kind}", file=str(path),
+                                    hint="load it with store=False")
+        return _read_stored(path, header, kind, key, computation_id, findings, types)
     table = _read_table(header, types)
     if table.num_rows == 0:
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
@@ -437,6 +451,150 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
               "csv_legacy": _unformatted, "csv_hashed": _hashed, "trait_csv": _trait}[kind]
     return reader(path, table, lower, key=key, computation_id=computation_id, findings=findings,
                   kind=kind)
+
+
+def _stream(header: _Header, types: dict[str, pa.DataType], rows: int) -> Iterator[pa.Table]:
+    """The CSV ``rows`` at a time (text, except ``types``), with bounded memory."""
+    opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
+                             block_size=1 << 24)
+    reader = pacsv.open_csv(header.path, read_options=opts,
+                            convert_options=_convert_options(header.columns, types),
+                            parse_options=pacsv.ParseOptions(delimiter=header.delimiter,
+                                                             newlines_in_values=True))
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_id: str | None,
+                 findings: Findings, types: dict[str, pa.DataType]) -> EngageExport:
+    """A formatted audience CSV read chunk by chunk into the export cache (see
+    `toolkit.engage.store`): each chunk normalised by the in-memory reader, appended to one
+    Parquet file; findings keep the file's row numbers."""
+    import pyarrow.parquet as pq
+
+    from toolkit import engine
+    from toolkit.engage.store import StoredExport, cache_path, store_settings
+
+    if _odd_quote_count(path):
+        problem = _unclosed_quote(header)
+        if problem is not None:
+            raise problem
+    settings = store_settings()
+    target = cache_path(path, kind, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        comps, dtypes, chunk_findings = _write_chunks(path, header, kind, key, computation_id,
+                                                      types, settings["chunk_rows"], tmp)
+    except _Retype:   # a value did not fit a predicted type: every column as text this time
+        comps, dtypes, chunk_findings = _write_chunks(path, header, kind, key, computation_id,
+                                                      {}, settings["chunk_rows"], tmp)
+    os.replace(tmp, target)
+    seen = set()
+    for f in chunk_findings:    # a finding every chunk repeats word for word is said once
+        ident = (f.severity, f.code, f.message, f.row, f.column, f.segment_id)
+        if ident not in seen:
+            seen.add(ident)
+            findings.extend([f])
+    with engine.connect() as db:
+        repeated = db.execute("SELECT count(*) FROM (SELECT segment_id FROM read_parquet(?) "
+                              "GROUP BY segment_id HAVING count(*) > 1)",
+                              [str(target)]).fetchall()[0][0]
+    if repeated:
+        findings.add("warning", "duplicate_profile",
+                     f"{repeated:,} profile(s) appear in more than one chunk of "
+                     f"{settings['chunk_rows']:,} rows; they are kept as separate rows (the last "
+                     "row wins what Braze receives)", column="key",
+                     fix="download the export again; an Engage CSV lists each profile once")
+    return StoredExport(target, comps, rows=pq.ParquetFile(target).metadata.num_rows,
+                        dtypes=dtypes, snapshot_at=_snapshot(path),
+                        source=_source(path, kind), findings=findings)
+
+
+def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_id: str | None,
+                  types: dict, chunk_rows: int, out: Path):
+    """Normalise the CSV chunk by chunk into the Parquet file ``out``; returns the
+    computations, the profile dtypes and the chunks' findings (file row numbers)."""
+    import pyarrow.parquet as pq
+
+    from toolkit.engage.store import shifted
+
+    schema = comps = dtypes = writer = None
+    rows = 0
+    chunk_findings: list = []
+    bar = _progress(path, "load")
+    try:
+        for table in _typed_chunks(header, _stream(header, types, chunk_rows), types):
+            part_findings = Findings()
+            lower = {c.lower(): c for c in table.column_names}
+            part = _formatted(path, table, lower, key=key, computation_id=computation_id,
+                              findings=part_findings, kind=kind)
+            chunk_findings += shifted(part_findings, rows)
+            frame = part.profiles
+            if schema is None:
+                data = pa.Table.from_pandas(frame, preserve_index=False)
+                schema, comps, dtypes = data.schema, part.computations, dict(frame.dtypes)
+                writer = pq.ParquetWriter(out, schema, compression="zstd")
+            else:
+                _same_shape(path, rows, comps, part.computations, dtypes, frame)
+                data = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+            writer.write_table(data, row_group_size=min(len(frame), 131_072))
+            rows += table.num_rows
+            bar.update(table.num_rows)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if schema is None:
+        raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
+                                hint="an empty audience exports no rows: nothing to load")
+    return comps, dtypes, chunk_findings
+
+
+def _typed_chunks(header: _Header, chunks: Iterator[pa.Table], types: dict):
+    """``chunks``, or — when a value does not fit a column's predicted type — the whole file
+    again as text from the start (the normalisation then types each chunk)."""
+    try:
+        yield from chunks
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        if not types:
+            raise _explain_arrow_error(header.path, header, exc) from None
+        raise _Retype() from None
+
+
+class _Retype(Exception):
+    """A predicted column type did not fit: read again as text."""
+
+
+def _same_shape(path: Path, start: int, comps: pd.DataFrame, new: pd.DataFrame,
+                dtypes: dict, frame: pd.DataFrame) -> None:
+    """A later chunk must type every computation as the first did."""
+    for col, dtype in dtypes.items():
+        if col in frame and str(frame[col].dtype) != str(dtype):
+            raise ExportFormatError(
+                f"column {col!r} reads as {frame[col].dtype} from row {start + 2:,}, but as "
+                f"{dtype} before it", file=str(path), line=start + 2, column=col,
+                hint="make the column's values one type, or load the file with store=False "
+                     "on a machine with the memory for it")
+    if list(new["key"]) != list(comps["key"]):
+        raise ExportFormatError("the columns differ between parts of the file",
+                                file=str(path), line=start + 2)
+
+
+def _progress(path: Path, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(unit="profile", desc=f"{what}: {path.name}", leave=False)
 
 
 def _snapshot(path: Path) -> pd.Timestamp:

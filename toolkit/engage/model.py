@@ -152,6 +152,27 @@ class EngageExport:
 
     # -- convenience views -------------------------------------------------------------
     @property
+    def profile_count(self) -> int:
+        """How many profiles (without reading them when they are kept on disk)."""
+        return len(self.profiles)
+
+    @property
+    def columns(self) -> list[str]:
+        """The profile columns."""
+        return list(self.profiles.columns)
+
+    def chunks(self, columns: list[str] | None = None,
+               rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """The profiles a chunk at a time, indexed by position (in memory: one chunk; an
+        engine-backed export reads ``rows`` at a time from disk)."""
+        yield self.profiles if columns is None else self.profiles[columns]
+
+    def take(self, positions, columns: list[str] | None = None) -> pd.DataFrame:
+        """The profiles at ``positions`` (indexed by position)."""
+        frame = self.profiles if columns is None else self.profiles[columns]
+        return frame.iloc[sorted(set(int(p) for p in positions))]
+
+    @property
     def audiences(self) -> list[str]:
         return self.computations.loc[self.computations["kind"] == "audience", "key"].tolist()
 

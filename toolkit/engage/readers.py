@@ -78,7 +78,8 @@ def detect_kind(path: str | os.PathLike) -> str:
 
 def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | None = None,
          audience: str | None = None, computation_id: str | None = None,
-         audiences: Iterable[str] | None = None, **profile_api: Any) -> EngageExport:
+         audiences: Iterable[str] | None = None, store: bool | None = None,
+         **profile_api: Any) -> EngageExport:
     """Load an Engage export into an `EngageExport`.
 
     `path_or_frame`: a file, a directory, a list/tuple of paths, a DataFrame, or (with
@@ -86,6 +87,8 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
     `kind`: one of `KINDS` to skip detection. `computation_key` / `audience`: the audience (or
     trait) a single CSV holds, instead of the one its file name names. `audiences`: which
     Profiles Sync / DataFrame columns are audiences (default: the all-boolean ones).
+    `store`: keep a formatted audience CSV's profiles on disk and read them in chunks (a
+    `StoredExport`; default: from ``TOOLKIT_STORE_FROM`` bytes, see `toolkit.engage.store`).
     """
     if kind is not None and kind not in KINDS:
         raise ExportFormatError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
@@ -111,7 +114,8 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
         if kind == "profiles_sync":
             return read_profiles_sync(paths, audiences=audiences)
         if len(paths) == 1:
-            return load(paths[0], kind, computation_key=key, computation_id=computation_id)
+            return load(paths[0], kind, computation_key=key, computation_id=computation_id,
+                        store=store)
         if key:
             raise ExportFormatError("computation_key= names the audience of ONE file",
                                     hint="name each file after its audience, or load them one "
@@ -133,7 +137,8 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
                                     ".json files, nor Profiles Sync tables)", file=str(path),
                                     hint="point at the export files themselves")
         if len(files) == 1:
-            return load(files[0], kind, computation_key=key, computation_id=computation_id)
+            return load(files[0], kind, computation_key=key, computation_id=computation_id,
+                        store=store)
         return merge([load(p, kind) for p in files])
     kind = kind or detect_kind(path)
     if kind == "ndjson":
@@ -142,7 +147,8 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
         return read_profiles_sync(path, audiences=audiences)
     if not path.exists():
         raise ExportFormatError("file not found", file=str(path), hint="check the path")
-    return csv_reader.read_csv(path, kind, computation_key=key, computation_id=computation_id)
+    return csv_reader.read_csv(path, kind, computation_key=key, computation_id=computation_id,
+                               store=store)
 
 
 def from_frame(frame: pd.DataFrame, *, audiences: Iterable[str] | None = None) -> EngageExport:

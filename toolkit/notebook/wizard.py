@@ -1586,7 +1586,7 @@ class GuidedSync:
             f"aliases labelled {s.alias_label}" if s.alias_label else "no aliases")
         return (views.freshness_html(s.export)
                 + f"<p class='gs-wrap'><small>Evaluated as of {views.readable_time(p.as_of)} on "
-                  f"{len(p.state.users):,} Braze users ({html.escape(identity)}; change it in "
+                  f"{p.user_count:,} Braze users ({html.escape(identity)}; change it in "
                   f"step 3).</small></p>"
                 + views.staleness_html(p) + cohort + table)
 

@@ -76,7 +76,11 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     """Diff ``projection`` against the ledger ``snapshot`` and write the operations to ``out``."""
     specs = projection.fields
     digest = projection.spec_digest()
-    db.register("desired_raw", projection.table)
+    if isinstance(projection.table, pa.Table):
+        db.register("desired_raw", projection.table)
+    else:   # an export kept on disk was projected into a Parquet file
+        db.execute(f"CREATE OR REPLACE TEMP VIEW desired_raw AS SELECT * FROM "
+                   f"read_parquet({literal(str(projection.table))})")
     kinds = [(s.field, s.kind) for s in specs]
     by_field = {s.field: s for s in specs}
     desired_ck = checksum_sql(kinds, lambda f: _desired_checksum(by_field[f]), digest)

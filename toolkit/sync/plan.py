@@ -211,7 +211,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     credentials = _partner_credentials(partner_api_key, client_secret, client)
     from tqdm.auto import tqdm
 
-    show = progress if progress is not None else len(export.profiles) >= PROGRESS_FROM
+    show = progress if progress is not None else export.profile_count >= PROGRESS_FROM
     options = {"create_users": bool(create_users), "alias_label": alias_label,
                "email_opt_in": bool(email_opt_in), "batch_size": batch_size,
                "combined_limit": combined_limit, "rate_limit": list(rate), "event_time": event_iso}
@@ -237,7 +237,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
             projection = project(export, mapping, email_opt_in=email_opt_in,
                                  alias_label=alias_label,
-                                 cohorts_available=credentials is not None, db=db)
+                                 cohorts_available=credentials is not None, db=db,
+                                 spill=workdir)
             bar.set_description(f"plan: diff of {projection.users:,} users")
             findings = projection.findings
             snapshot = ledger.snapshot() if ledger is not None else None
@@ -323,9 +324,10 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
 
 
 def _write_left_out(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.table({c: pa.array(frame[c].to_numpy(dtype=object, na_value=None) if c in frame
-                                  else np.full(len(frame), None, dtype=object), pa.string())
-                      for c in LEFT_OUT_COLUMNS})
+    table = pa.table({c: (pa.array(frame[c].array) if c in frame
+                          else pa.nulls(len(frame), pa.string())) for c in LEFT_OUT_COLUMNS})
+    table = pa.table({c: (table[c].combine_chunks() if isinstance(table[c], pa.ChunkedArray)
+                          else table[c]).cast(pa.string()) for c in LEFT_OUT_COLUMNS})
     pq.write_table(table, path, compression="zstd")
 
 

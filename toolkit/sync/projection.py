@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,24 +90,25 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
             np.asarray(found["last"], dtype=np.int64))
 
 
-def _disagreements(profiles: pd.DataFrame, keys: pd.Series, shadowed: np.ndarray,
+def _disagreements(export, keys: pa.ChunkedArray, lose: np.ndarray, winner: np.ndarray,
                    columns: list[str]) -> str:
-    """A few shadowed profiles beside the row that wins, naming the values that disagree."""
-    pos = np.flatnonzero(shadowed)[:SHARED_IDENTIFIER_EXAMPLES]
-    winner_of = pd.Series(np.arange(len(keys)), index=keys.to_numpy(dtype=object))
-    winner_of = winner_of[~winner_of.index.duplicated(keep="last")]
-    ids = profiles["segment_id"] if "segment_id" in profiles.columns else None
+    """A few profiles that lose beside the row that wins, naming the values that disagree
+    (only those rows are read)."""
+    pairs = list(zip(lose[:SHARED_IDENTIFIER_EXAMPLES], winner[:SHARED_IDENTIFIER_EXAMPLES]))
+    wanted = [c for c in dict.fromkeys(["segment_id", *columns]) if c in export.columns]
+    rows = export.take(np.array([p for pair in pairs for p in pair], dtype=np.int64), wanted)
+    ids = rows["segment_id"] if "segment_id" in rows.columns else None
     parts = []
-    for p in pos:
-        w = int(winner_of[keys.iloc[p]])
+    for p, w in pairs:
+        p, w = int(p), int(w)
         diffs = []
         for col in columns:
-            a, b = profiles[col].iloc[p], profiles[col].iloc[w]
+            a, b = rows.at[p, col], rows.at[w, col]
             if not (pd.isna(a) and pd.isna(b)) and (pd.isna(a) or pd.isna(b) or a != b):
                 diffs.append(f"{col} {_show(a)} vs {_show(b)}")
-        name = (lambda i: f"{ids.iloc[i]} (row {i + 1})") if ids is not None else (
+        name = (lambda i: f"{ids.at[i]} (row {i + 1})") if ids is not None else (
             lambda i: f"row {i + 1}")
-        parts.append(f"{name(p)} loses to {name(w)} for {keys.iloc[p]}"
+        parts.append(f"{name(p)} loses to {name(w)} for {keys[p].as_py()}"
                      + (": " + ", ".join(diffs) if diffs else " (same values)"))
     return "; ".join(parts)
 
@@ -138,23 +140,31 @@ def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: st
 
     from toolkit import __version__, engine
 
-    profiles = export.profiles
     keys = [r.key for r in mapping.rules]
     columns = list(dict.fromkeys(
-        [c for c in IDENTITY_COLUMNS if c in profiles.columns]
-        + [k for k in keys if k in profiles.columns]))
-    arrays = {f"c{i}": _hashable(profiles[c]) for i, c in enumerate(columns)}
-    arrays["pos"] = pa.array(np.arange(len(profiles), dtype=np.int64))
+        [c for c in IDENTITY_COLUMNS if c in export.columns]
+        + [k for k in keys if k in export.columns]))
     values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
+    first = second = count = 0
+    dtypes: list = []
     with engine.using(db) as conn:
-        conn.register("digest_input", pa.table(arrays))
-        row = conn.execute(f"SELECT bit_xor(hash(pos, {values})), bit_xor(hash('b', {values}, "
-                           "pos)), count(*) FROM digest_input").fetchall()[0]
-        conn.unregister("digest_input")
+        # XOR is associative: chunks of an export kept on disk fold into the same digest
+        for chunk in export.chunks(columns):
+            arrays = {f"c{i}": _hashable(chunk[c]) for i, c in enumerate(columns)}
+            arrays["pos"] = pa.array(chunk.index.to_numpy(dtype=np.int64))
+            dtypes = dtypes or [[c, str(chunk[c].dtype)] for c in columns]
+            conn.register("digest_input", pa.table(arrays))
+            a, b, n = conn.execute(
+                f"SELECT coalesce(bit_xor(hash(pos, {values})), 0), "
+                f"coalesce(bit_xor(hash('b', {values}, pos)), 0), count(*) FROM digest_input"
+            ).fetchall()[0]
+            conn.unregister("digest_input")
+            first, second, count = first ^ int(a), second ^ int(b), count + int(n)
+    row = (first, second, count)
     comps = export.computations
     comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
     head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
-            "columns": [[c, str(profiles[c].dtype)] for c in columns],
+            "columns": dtypes,
             "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
             "mapping": mapping.to_dict(),
             "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
@@ -300,15 +310,18 @@ class Projection:
     """Desired Braze state: ``table`` has one row per Braze user (``pos`` = the profile's row in
     the export, ``uid``, ``segment_id``, then each field's desired text and refusal mask)."""
 
-    table: pa.Table
+    table: "pa.Table | Path"     # in memory, or a Parquet file for an export kept on disk
     fields: list[FieldSpec]
     left_out: pd.DataFrame
     findings: Findings = field(default_factory=Findings)
     cohorts: list[dict] = field(default_factory=list)
     profiles: int = 0
+    user_count: int | None = None
 
     @property
     def users(self) -> int:
+        if self.user_count is not None:
+            return self.user_count
         return self.table.num_rows
 
     def spec_digest(self) -> str:
@@ -319,29 +332,79 @@ class Projection:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class _Notes:
+    """Findings gathered over an export's chunks, in first-seen order: the counted ones ("<n>
+    profile(s) …") summed over the chunks, the others said once."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple, list] = {}
+
+    def count(self, severity: str, code: str, n: int, what: str, *, column=None, fix=None) -> None:
+        key = ("count", severity, code, what, column, fix)
+        self.items.setdefault(key, [0])[0] += int(n)
+
+    def add(self, severity: str, code: str, message: str, *, column=None, fix=None) -> None:
+        self.items.setdefault(("once", severity, code, message, column, fix), [None])
+
+    def findings(self) -> Findings:
+        out = Findings()
+        for (how, severity, code, text, column, fix), (n,) in self.items.items():
+            out.add(severity, code, f"{n:,} {text}" if how == "count" else text, column=column,
+                    fix=fix)
+        return out
+
+
+_LEFT_OUT_TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _repeated(value: str | None, n: int) -> pa.DictionaryArray:
+    indices = pa.nulls(n, pa.int32()) if value is None else pa.array(np.zeros(n, np.int32))
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value or ""], pa.string()))
+
+
+def _left_out_frame(parts: list[pa.Table]) -> pd.DataFrame:
+    """The left-out profiles as one frame, one reason after another (as an export read in one
+    piece lists them): strings stay in Arrow, reasons are categories."""
+    order: dict = {}
+    for part in parts:
+        order.setdefault((part["code"][0].as_py(), part["rule"][0].as_py()), len(order))
+    parts = sorted(parts, key=lambda t: order[(t["code"][0].as_py(), t["rule"][0].as_py())])
+    if not parts:
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS})
+    table = pa.concat_tables(parts)
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+
+
 class _Collect:
-    def __init__(self, profiles: pd.DataFrame, keys: pd.Series, syncable: np.ndarray) -> None:
+    def __init__(self, profiles: pd.DataFrame, keys: pd.Series, syncable: np.ndarray,
+                 notes: _Notes, value_types: dict[str, str]) -> None:
         self.profiles = profiles
         self.keys = keys
         self.syncable = syncable
+        self.findings = notes
+        self.value_types = value_types
         self.owner_mask = pa.array(syncable)
         # Arrow, not Python objects: only the rows left out are ever turned into objects
         self.segment_ids = (pa.array(profiles["segment_id"].array).cast(pa.large_string())
                             if "segment_id" in profiles.columns
                             else pa.nulls(len(profiles), pa.large_string()))
         self.uids = pa.array(keys.array).cast(pa.large_string())
-        self.findings = Findings()
-        self.left_out: list[pd.DataFrame] = []
+        self.left_out: list[pa.Table] = []
 
     def leave_out(self, mask: np.ndarray, *, rule: str | None, code: str, reason: str,
                   uid: bool = True) -> None:
         pos = np.flatnonzero(mask)
         if len(pos):
             take = pa.array(pos)
-            self.left_out.append(pd.DataFrame({
-                "segment_id": self.segment_ids.take(take).to_numpy(zero_copy_only=False),
-                "uid": self.uids.take(take).to_numpy(zero_copy_only=False) if uid else None,
-                "rule": rule, "code": code, "reason": reason}))
+            n = len(pos)
+            # Arrow, the repeated texts dictionary-encoded: a million left-out profiles of a
+            # large export stay a few megabytes
+            self.left_out.append(pa.table({
+                "segment_id": self.segment_ids.take(take).cast(pa.string()),
+                "uid": (self.uids.take(take).cast(pa.string()) if uid
+                        else pa.nulls(n, pa.string())),
+                "rule": _repeated(rule, n), "code": _repeated(code, n),
+                "reason": _repeated(reason, n)}))
 
     def owned(self, values: pa.Array) -> pa.Array:
         """The rows of the profiles Braze receives (a filter: cheaper than a take)."""
@@ -354,33 +417,111 @@ class _Collect:
         mask = mask & self.syncable
         if mask.any():
             self.leave_out(mask, rule=rule, code=code, reason=reason)
-            self.findings.add(severity, code, f"{int(mask.sum()):,} {what}", column=rule, fix=fix)
+            self.findings.count(severity, code, int(mask.sum()), what, column=rule, fix=fix)
 
 
 def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-            cohorts_available: bool = True, db=None) -> Projection:
+            cohorts_available: bool = True, db=None, spill: "Path | None" = None) -> Projection:
     """The desired Braze state of ``export`` under ``mapping`` (see the module docstring);
-    ``db``: an engine connection to use (default: a fresh one)."""
-    profiles = export.profiles
-    keys, _kinds = braze_user_keys(profiles, email_opt_in=email_opt_in, alias_label=alias_label)
-    owner, shadowed = owners(keys, db)
-    c = _Collect(profiles, keys, owner)
-    _report_unsyncable(c, keys.notna().to_numpy(dtype=bool), email_opt_in, alias_label)
-    if shadowed.any():
-        mapped = [r.key for r in mapping.rules if r.key in profiles.columns]
+    ``db``: an engine connection to use (default: a fresh one). An export kept on disk is
+    projected a chunk at a time into a Parquet file in ``spill`` (default: a new temporary
+    folder), so memory stays bounded whatever its size."""
+    mapped = [r.key for r in mapping.rules if r.key in export.columns]
+    needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
+    ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+    # pass 1: every profile's Braze key, to apply the one rule for shared keys over the export
+    key_parts = [pa.array(braze_user_keys(chunk, email_opt_in=email_opt_in,
+                                          alias_label=alias_label)[0].array)
+                 for chunk in export.chunks(ident)]
+    key_parts = [(k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k).cast(pa.string())
+                 for k in key_parts]
+    keys = pa.chunked_array(key_parts, pa.string())
+    lose, winner = shared_keys(keys, db)
+    has_key = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+    del key_parts   # each chunk's keys are made again below: cheaper than holding them all
+    owner = has_key.copy()
+    owner[lose] = False
+    shadowed = np.zeros(len(owner), dtype=bool)
+    shadowed[lose] = True
+    shared_note = None
+    if len(lose):
+        shared_note = (
+            f"{len(lose):,} profile(s) share a Braze identifier with a later profile; the last "
+            "row in the export is sent, the others are left out. "
+            + _disagreements(export, keys, lose, winner, mapped))
+    del keys
+    value_types = {r.key: str(export.computation(r.key)["value_type"]) for r in mapping.rules
+                   if r.key in export.columns}
+    notes = _Notes()
+    left_out: list[pa.Table] = []
+    tables: list[pa.Table] = []
+    writer = None
+    out_path = None
+    specs: list[FieldSpec] = []
+    cohorts: list[dict] = []
+    users = 0
+    try:
+        for i, chunk in enumerate(export.chunks(needed)):
+            start = int(chunk.index[0]) if len(chunk) else 0
+            part = slice(start, start + len(chunk))
+            chunk_keys = braze_user_keys(chunk, email_opt_in=email_opt_in,
+                                         alias_label=alias_label)[0]
+            table, specs, cohorts = _project_chunk(
+                chunk, chunk_keys, owner[part], has_key[part], shadowed[part], start, notes,
+                value_types, export, mapping, email_opt_in, alias_label, cohorts_available,
+                shared_note)
+            left_out.extend(table.pop_left_out())
+            users += table.num_rows
+            if i == 0:
+                tables.append(table.table)
+                continue
+            if writer is None:   # a second chunk: the projection goes to disk
+                import pyarrow.parquet as pq
+                import tempfile
+
+                folder = Path(spill) if spill is not None else Path(
+                    tempfile.mkdtemp(prefix="toolkit-projection-"))
+                out_path = folder / "projection.parquet"
+                writer = pq.ParquetWriter(out_path, tables[0].schema, compression="zstd")
+                writer.write_table(tables.pop())
+            writer.write_table(table.table.cast(writer.schema))
+            pa.default_memory_pool().release_unused()   # a chunk's memory back before the next
+    finally:
+        if writer is not None:
+            writer.close()
+    result = out_path if out_path is not None else (tables[0] if tables else pa.table({}))
+    frame = _left_out_frame(left_out)
+    return Projection(result, specs, frame, notes.findings(), cohorts, export.profile_count,
+                      user_count=users)
+
+
+@dataclass
+class _Part:
+    table: pa.Table
+    left_out: list
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def pop_left_out(self) -> list:
+        out, self.left_out = self.left_out, []
+        return out
+
+
+def _project_chunk(profiles, keys, owner, has_key, shadowed, start, notes, value_types, export,
+                   mapping, email_opt_in, alias_label, cohorts_available, shared_note):
+    """One chunk of profiles (positions ``start``…) → its rows of the projection."""
+    c = _Collect(profiles, keys, owner, notes, value_types)
+    _report_unsyncable(c, has_key, email_opt_in, alias_label)
+    if shared_note is not None:
         c.leave_out(shadowed, rule=None, code="shared_identifier",
                     reason="another profile with the same Braze identifier comes later in the "
                            "export; its values are sent")
-        c.findings.add(
-            "warning", "shared_identifier",
-            f"{int(shadowed.sum()):,} profile(s) share a Braze identifier with a later profile; "
-            "the last row in the export is sent, the others are left out. "
-            + _disagreements(profiles, keys, shadowed, mapped),
-            fix="merge the profiles in Segment (or fix the identifier), then export again")
-
-    pos = np.flatnonzero(owner)
+        notes.add("warning", "shared_identifier", shared_note,
+                  fix="merge the profiles in Segment (or fix the identifier), then export again")
     columns: dict[str, pa.Array] = {
-        "pos": pa.array(pos, pa.int64()),
+        "pos": pa.array(np.flatnonzero(owner) + start, pa.int64()),
         "uid": c.owned(c.uids),
         "segment_id": c.owned(c.segment_ids),
     }
@@ -390,21 +531,19 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
         problems = _rule_violations(rule)
         if problems:
             for v in problems:
-                c.findings.add("error", v.code, f"rule {rule.key!r} left out: {v.message}",
-                               column=rule.key, fix=v.fix)
+                notes.add("error", v.code, f"rule {rule.key!r} left out: {v.message}",
+                          column=rule.key, fix=v.fix)
             continue
         if rule.key not in profiles.columns:
-            c.findings.add("error", "missing_column", f"rule {rule.key!r} has no column in the "
-                           "export; nothing planned for it", column=rule.key,
-                           fix="re-export the computation or remove the rule")
+            notes.add("error", "missing_column", f"rule {rule.key!r} has no column in the "
+                      "export; nothing planned for it", column=rule.key,
+                      fix="re-export the computation or remove the rule")
             continue
         if rule.kind == "audience":
             _audience_fields(c, export, rule, seq, specs, cohorts, columns, cohorts_available)
         else:
             _trait_fields(c, export, mapping, rule, seq, specs, columns)
-    left_out = (pd.concat(c.left_out, ignore_index=True) if c.left_out else
-                pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS}))
-    return Projection(pa.table(columns), specs, left_out, c.findings, cohorts, len(profiles))
+    return _Part(pa.table(columns), c.left_out), specs, cohorts
 
 
 def _rule_violations(rule) -> list:
@@ -447,9 +586,10 @@ def _report_unsyncable(c: _Collect, has_key: np.ndarray, email_opt_in: bool,
                                (bare, "no_identifier", "no identifier Braze can use")):
         if mask.any():
             c.leave_out(mask, rule=None, code=code, reason=reason, uid=False)
-            c.findings.add("warning", code, f"{int(mask.sum()):,} profile(s) not syncable: {reason}",
-                           fix="give them a user_id in Segment, or plan with alias_label / "
-                               "email_opt_in")
+            c.findings.count("warning", code, int(mask.sum()),
+                             f"profile(s) not syncable: {reason}",
+                             fix="give them a user_id in Segment, or plan with alias_label / "
+                                 "email_opt_in")
 
 
 def _membership_text(c: _Collect, member: pd.Series) -> pa.Array:
@@ -522,7 +662,7 @@ def _trait_fields(c: _Collect, export, mapping, rule, seq, specs, columns) -> No
                        fix="send the trait as an attribute or an event")
         return
     if rule.send_as in ("attribute", "both"):
-        conv = mapping.converted(export, rule)
+        conv = mapping.convert(rule, c.profiles[rule.key], c.value_types[rule.key])
         prof_field = rule.attribute if rule.attribute in braze_rules.PROFILE_FIELDS else None
         refused = (conv.invalid | conv.conflict).to_numpy(dtype=bool)
         c.refuse(refused, rule=rule.key, code="invalid_value",
