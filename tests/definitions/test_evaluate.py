@@ -10,7 +10,9 @@ from toolkit.engage.definitions import load_definitions
 from toolkit.engage.evaluate import attach_history, evaluate_definition, history_of
 from toolkit.errors import DefinitionError, ExportFormatError
 
-from .conftest import DEFAULT_EVENTS, SAMPLES, _ev, ago, make_shop
+from .conftest import DEFAULT_EVENTS, SAMPLES, SNAPSHOT, _ev, ago, make_shop
+
+SNAPSHOT_LATER = SNAPSHOT + pd.Timedelta(days=40)
 
 OC = "event('Order Completed')"
 PV = "event('Product Viewed')"
@@ -250,3 +252,25 @@ def test_every_reference_definition_evaluates_or_is_refused_clearly(shop):
             continue
         result = evaluate_definition(shop, definition, strict=False)
         assert 0 <= len(result) <= 7
+
+
+def test_an_evaluation_time_long_after_the_history_is_pointed_out(shop):
+    late = evaluate_definition(shop, f"{OC}.within(7 days).count() >= 1",
+                               as_of=SNAPSHOT_LATER)
+    assert late.notes and "days after the last event" in late.notes[0]
+    assert "pass as_of=" in late._repr_html_()
+    assert not evaluate_definition(shop, f"{OC}.within(7 days).count() >= 1").notes
+
+
+def test_an_audience_without_anonymous_users_leaves_them_out(shop):
+    from toolkit.engage.definitions import load_definitions
+
+    doc = {"data": {"audiences": [{"key": "buyer", "name": "Buyers", "definition": {
+        "query": f"{OC}.within(30 days).count() >= 1", "type": "USERS"},
+        "options": {"includeAnonymousUsers": False}}]}}
+    strict = load_definitions(doc)["buyer"]
+    assert strict.include_anonymous is False
+    ev = evaluate_definition(shop, strict)
+    assert ev.segment_ids == {"p0", "p2", U9}          # p4 is anonymous-only
+    assert "anonymous-only profiles match but are left out" in ev.notes[0]
+    assert "p4" in evaluate_definition(shop, strict.definition).segment_ids

@@ -43,6 +43,7 @@ class AudienceDefinition:
     definition: Definition
     id: str | None = None
     enabled: bool = True
+    include_anonymous: bool | None = None   # options.includeAnonymousUsers, when given
 
     @property
     def query(self) -> str:
@@ -124,9 +125,13 @@ def _audience(item: Any, where: str) -> AudienceDefinition:
         # keep the parser's location, and say which audience it is
         raise DefinitionError(f"{where} ({key}): {err.message}", hint=err.hint,
                               **{**err.context, "field": "definition.query"}) from None
+    options = item.get("options") if isinstance(item.get("options"), dict) else {}
+    anonymous = options.get("includeAnonymousUsers")
     return AudienceDefinition(key=key, name=str(item.get("name") or key or "audience"),
                               definition=parsed, id=item.get("id"),
-                              enabled=bool(item.get("enabled", True)))
+                              enabled=bool(item.get("enabled", True)),
+                              include_anonymous=anonymous if isinstance(anonymous, bool)
+                              else None)
 
 
 def _from_document(doc: Any, source: str) -> Definitions:

@@ -22,7 +22,6 @@ comparisons are case-sensitive (UNCONFIRMED); ``mode`` ties go to the first valu
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import os
@@ -256,9 +255,11 @@ def attach_history(export: EngageExport, source: str | os.PathLike | pd.DataFram
                      "history (Engage merges them)", column="segment_id", segment_id=sid,
                      fix="its events count for the profile holding the userId; expect "
                          "differences from Engage for it")
-    out = dataclasses.replace(export, events=events, findings=findings)
-    out.source = f"{export.source} + history {source if not isinstance(source, pd.DataFrame) else '(table)'}"
-    return out
+    # a plain in-memory export (an engine-backed one materialises its profiles here)
+    shown = source if not isinstance(source, pd.DataFrame) else "(table)"
+    return EngageExport(profiles=p, computations=export.computations, events=events,
+                        snapshot_at=export.snapshot_at,
+                        source=f"{export.source} + history {shown}", findings=findings)
 
 
 def history_of(export: EngageExport) -> pd.DataFrame:
@@ -611,14 +612,14 @@ def _lookback(definition: Definition) -> pd.Timedelta | None:
     return longest
 
 
-def _coerce(query: Any, kind: str) -> tuple[Definition, str | None]:
+def _coerce(query: Any, kind: str) -> tuple[Definition, str | None, bool | None]:
     from toolkit.engage.definitions import AudienceDefinition
 
     if isinstance(query, AudienceDefinition):
-        return query.definition, query.key
+        return query.definition, query.key, query.include_anonymous
     if isinstance(query, Definition):
-        return query, None
-    return parse(query, kind=kind), None
+        return query, None, None
+    return parse(query, kind=kind), None, None
 
 
 def evaluate_definition(export: EngageExport, query: Any, *, audience: str | None = None,
@@ -630,7 +631,7 @@ def evaluate_definition(export: EngageExport, query: Any, *, audience: str | Non
     `DefinitionError` pointing at it (usually a typo); with ``strict=False`` they read as
     "no events" / "no value".
     """
-    definition, key = _coerce(query, "audience")
+    definition, key, include_anonymous = _coerce(query, "audience")
     if definition.level == "ACCOUNTS":
         raise DefinitionError("this is an account-level definition (type ACCOUNTS), and the "
                               "export has no account → user associations", field="type",
@@ -673,7 +674,27 @@ def evaluate_definition(export: EngageExport, query: Any, *, audience: str | Non
             traits[name] = {}
     ev = _Evaluator(definition, history, traits, as_of)
     selected = ev.boolean(definition.root, _Ctx(profile=np.array(universe, dtype=object)))
-    return Evaluation(export, definition, audience, as_of, history, universe, selected)
+    left_out = 0
+    if include_anonymous is False:
+        # the audience's options.includeAnonymousUsers is off: Engage leaves such profiles out
+        anonymous = _anonymous_only(p, universe)
+        left_out = int((selected & anonymous).sum())
+        selected = selected & ~anonymous
+    result = Evaluation(export, definition, audience, as_of, history, universe, selected)
+    if left_out:
+        result.notes.append(f"{left_out:,} anonymous-only profiles match but are left out: the "
+                            "audience does not include anonymous users")
+    return result
+
+
+def _anonymous_only(p: pd.DataFrame, universe: list[str]) -> np.ndarray:
+    known = p["user_id"].notna() | p["email"].notna()
+    if "braze_id" in p:
+        known |= p["braze_id"].notna()
+    by_sid = dict(zip(p["segment_id"].astype("string").tolist(), (~known).tolist()))
+    # profiles only the history knows are anonymous when keyed by an anonymousId
+    return np.array([by_sid.get(s, str(s).startswith("anonymous_id:")) for s in universe],
+                    dtype=bool)
 
 
 def _located(definition: Definition, node: Node, message: str, hint: str) -> DefinitionError:
@@ -707,7 +728,15 @@ class Evaluation:
         self.as_of = as_of
         self.history = history
         self.history_start = history["timestamp"].min() if len(history) else None
+        self.history_end = history["timestamp"].max() if len(history) else None
         self.lookback = _lookback(definition)
+        self.notes: list[str] = []
+        if self.history_end is not None and as_of - self.history_end > pd.Timedelta(days=1):
+            # e.g. an audience CSV's snapshot is the file's mtime, long after the events
+            self.notes.append(
+                f"the evaluation time {as_of.isoformat()} is "
+                f"{(as_of - self.history_end).days} days after the last event of the history; "
+                "windows are measured from it: pass as_of= the time Engage computed the audience")
         p = export.profiles
         frame = pd.DataFrame({"segment_id": pd.array(universe, dtype="string"),
                               "local": selected})
@@ -786,7 +815,7 @@ class Evaluation:
         out: dict[str, Any] = {"definition": self.definition.text, "as_of": self.as_of,
                                "history_events": len(self.history),
                                "history_start": self.history_start,
-                               "local_members": len(self)}
+                               "local_members": len(self), "notes": list(self.notes)}
         if self.audience is not None:
             f = self.frame
             engage = f["engage"].fillna(False).astype(bool)
@@ -815,6 +844,7 @@ class Evaluation:
                 f"</code></p><p>Evaluated as of {escape(self.as_of.isoformat())} on "
                 f"{len(self.history):,} source events (from {escape(start)}); the definition "
                 f"reads from {escape(window)}.</p>")
+        head += "".join(f"<p style='color:#b9770e'>⚠ {escape(n)}</p>" for n in self.notes)
         if not self.audience:
             return head + f"<p><b>{s['local_members']:,}</b> profiles selected.</p></div>"
         rows = [("selected locally", s["local_members"]), (f"Engage members of "
