@@ -274,3 +274,16 @@ def test_an_audience_without_anonymous_users_leaves_them_out(shop):
     assert ev.segment_ids == {"p0", "p2", U9}          # p4 is anonymous-only
     assert "anonymous-only profiles match but are left out" in ev.notes[0]
     assert "p4" in evaluate_definition(shop, strict.definition).segment_ids
+
+
+def test_attaching_a_large_history_shows_a_progress_bar(capsys):
+    import pandas as pd
+
+    from .conftest import DEFAULT_EVENTS
+
+    capsys.readouterr()
+    again = make_shop().with_history(pd.DataFrame(DEFAULT_EVENTS), progress=True)
+    assert "history" in capsys.readouterr().err
+    assert len(history_of(again)) == 2 * len(DEFAULT_EVENTS)
+    make_shop()                                                  # small: no bar
+    assert "history" not in capsys.readouterr().err

@@ -62,6 +62,7 @@ __all__ = ["attach_history", "read_history", "history_of", "evaluate_definition"
 
 HISTORY_COLUMNS = ("properties", "context", "source_id", "identity")
 _MAX_MERGE_FINDINGS = 1000
+PROGRESS_FROM = 200_000   # events or profiles from which attaching a history shows a bar
 # how a profile the export does not list is keyed: the Profile API's type:value, best type first
 _KEY_ORDER = {"user_id": 0, "email": 1, "braze_id": 2, "anonymous_id": 3}
 
@@ -135,16 +136,10 @@ def _history_frame(df: pd.DataFrame) -> pd.DataFrame:
                                 "user_id, anonymous_id, email", field=(missing or ["user_id"])[0],
                                 hint="rename the columns (Profiles Sync: tracks joined to "
                                      "external_id_mapping)")
-
-    def ids(row) -> list[tuple[str, str]]:
-        out = []
-        for c in id_cols:
-            v = row[c]
-            if isinstance(v, str) and v:
-                out.append((c, v.strip().lower() if c == "email" else v))
-        return out
+    df = df.reset_index(drop=True)
+    n = len(df)
     out = pd.DataFrame({
-        "ids": [ids(r) for r in df[id_cols].to_dict("records")],
+        "ids": pd.Series([None] * n, dtype=object),
         "timestamp": pd.to_datetime(df["timestamp"], utc=True, errors="coerce"),
         "type": "track", "event": df["event"].astype(object),
         "properties": df["properties"] if "properties" in df else [{} for _ in range(len(df))],
@@ -152,6 +147,16 @@ def _history_frame(df: pd.DataFrame) -> pd.DataFrame:
         "source_id": df["source_id"] if "source_id" in df else None,
         "message_id": df["message_id"] if "message_id" in df else None,
         "row": np.arange(1, len(df) + 1)})
+    parts = []
+    for c in id_cols:
+        values = df[c].astype("string")
+        if c == "email":
+            values = values.str.strip().str.lower()
+        ok = (values.notna() & (values.str.len() > 0)).to_numpy(dtype=bool, na_value=False)
+        parts.append(pd.DataFrame({"ev": np.flatnonzero(ok), "kind": c,
+                                   "token": (c + ":" + values[ok]).to_numpy(dtype=object)}))
+    # one row per (event, identifier), events in order: what _resolve links and matches
+    out.attrs["tokens"] = pd.concat(parts, ignore_index=True).sort_values("ev", kind="stable")
     if out["timestamp"].isna().any():
         row = int(out.loc[out["timestamp"].isna(), "row"].iloc[0])
         raise ExportFormatError("an event has no valid timestamp", row=row, field="timestamp",
@@ -159,68 +164,21 @@ def _history_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def attach_history(export: EngageExport, source: str | os.PathLike | pd.DataFrame
-                   ) -> EngageExport:
+def attach_history(export: EngageExport, source: str | os.PathLike | pd.DataFrame, *,
+                   progress: bool | None = None) -> EngageExport:
     """A copy of ``export`` whose ``events`` also hold the source events of ``source``, each
-    resolved to an export profile (module doc); a finding says how they were resolved."""
+    resolved to an export profile (module doc); a finding says how they were resolved.
+    ``progress``: a bar over the stages (default: from 200,000 events or profiles)."""
+    from tqdm.auto import tqdm
+
     raw = read_history(source)
     p = export.profiles
-    owner: dict[str, int] = {}
-    for col, kind in (("user_id", "user_id"), ("braze_id", "braze_id")):
-        if col in p:
-            for pos, v in enumerate(p[col].astype("string").tolist()):
-                if isinstance(v, str) and v:
-                    owner.setdefault(f"{kind}:{v}", pos)
-    for col, kind in (("emails", "email"), ("anonymous_ids", "anonymous_id")):
-        if col in p:
-            for pos, values in enumerate(p[col].tolist()):
-                for v in (list(values) if values is not None and not
-                          (isinstance(values, float)) else []):
-                    owner.setdefault(f"{kind}:{v.lower() if kind == 'email' else v}", pos)
-    uf = _UnionFind()
-    tokens = [[f"{t}:{v}" for t, v in ids] for ids in raw["ids"]]
-    for toks in tokens:
-        for t in toks:
-            uf.find(t)
-        for t in toks[1:]:
-            uf.union(toks[0], t)
-    group_profiles: dict[str, set[int]] = {}
-    group_tokens: dict[str, list[str]] = {}
-    for toks in tokens:
-        for t in toks:
-            root = uf.find(t)
-            group_tokens.setdefault(root, []).append(t)
-            if t in owner:
-                group_profiles.setdefault(root, set()).add(owner[t])
-    sids = p["segment_id"].astype("string").tolist()
-    keys, identity = [], []
-    for toks in tokens:
-        if not toks:
-            keys.append(None)
-            identity.append("no_identifier")
-            continue
-        root = uf.find(toks[0])
-        found = group_profiles.get(root, set())
-        direct = {owner[t] for t in toks if t in owner}
-        if len(found) == 1:
-            keys.append(sids[next(iter(found))])
-            identity.append("matched" if direct else "linked")
-        elif found:
-            # several export profiles: the one holding the group's userId wins
-            by_user = [owner[t] for t in group_tokens[root] if t.startswith("user_id:")
-                       and t in owner]
-            keys.append(sids[by_user[0] if by_user else min(found)])
-            identity.append("merged")
-        else:
-            first = min(group_tokens[root], key=lambda t: _KEY_ORDER.get(t.split(":", 1)[0], 9))
-            keys.append(first)
-            identity.append("not_in_export")
-    # the other profiles of a merge are flagged too, so their differences are explained
-    merged_into: dict[str, list[str]] = {}
-    for root, found in group_profiles.items():
-        if len(found) > 1:
-            for pos in found:
-                merged_into.setdefault(sids[pos], []).append(root)
+    quiet = progress is False or (progress is None and max(len(raw), len(p)) < PROGRESS_FROM)
+    bar = tqdm(total=2, desc="history: identities", unit="stage", leave=False, disable=quiet)
+    sids = p["segment_id"].astype("string").to_numpy(dtype=object)
+    keys, identity, merged_into = _resolve(p, raw, sids)
+    bar.update()
+    bar.set_description("history: events")
     rows = pd.DataFrame({
         "segment_id": pd.array(keys, dtype="string"),
         "timestamp": raw["timestamp"],
@@ -255,12 +213,92 @@ def attach_history(export: EngageExport, source: str | os.PathLike | pd.DataFram
                      "history (Engage merges them)", column="segment_id", segment_id=sid,
                      fix="its events count for the profile holding the userId; expect "
                          "differences from Engage for it")
+    bar.update()
+    bar.close()
     # a plain in-memory export (an engine-backed one materialises its profiles here)
     shown = source if not isinstance(source, pd.DataFrame) else "(table)"
     return EngageExport(profiles=p, computations=export.computations, events=events,
                         snapshot_at=export.snapshot_at,
                         source=f"{export.source} + history {shown}", findings=findings)
 
+
+def _owners(p: pd.DataFrame) -> pd.Series:
+    """``type:value`` identifier → the position of the export profile holding it (the first)."""
+    parts = []
+    for col, kind in (("user_id", "user_id"), ("braze_id", "braze_id"), ("emails", "email"),
+                      ("anonymous_ids", "anonymous_id")):
+        if col not in p:
+            continue
+        values = p[col]
+        if col in ("emails", "anonymous_ids"):
+            values = values.astype(object).explode()
+        values = values.astype("string")
+        if kind == "email":
+            values = values.str.lower()
+        ok = (values.notna() & (values.str.len() > 0)).to_numpy(dtype=bool, na_value=False)
+        parts.append(pd.DataFrame({"token": (kind + ":" + values[ok]).to_numpy(dtype=object),
+                                   "pos": values.index.to_numpy()[ok]}))
+    if not parts:
+        return pd.Series(dtype="int64")
+    both = pd.concat(parts, ignore_index=True).drop_duplicates("token", keep="first")
+    return pd.Series(both["pos"].to_numpy(dtype=np.int64), index=both["token"])
+
+
+def _resolve(p: pd.DataFrame, raw: pd.DataFrame, sids: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """Each event's profile key and how it was found (module doc), column-wise: only events
+    carrying several identifiers go through union-find."""
+    n = len(raw)
+    long = raw.attrs.get("tokens")
+    if long is None:
+        ev_idx, kinds, toks = [], [], []
+        for i, pairs in enumerate(raw["ids"]):
+            for t, v in pairs:
+                ev_idx.append(i)
+                kinds.append(t)
+                toks.append(f"{t}:{v}")
+        long = pd.DataFrame({"ev": np.array(ev_idx, dtype=np.int64), "kind": kinds,
+                             "token": np.array(toks, dtype=object)})
+    keys = np.full(n, None, dtype=object)
+    identity = np.full(n, "no_identifier", dtype=object)
+    if not len(long):
+        return keys, identity, {}
+    long = long.reset_index(drop=True)
+    token = long["token"].to_numpy(dtype=object)
+    first = long.groupby("ev", sort=False)["token"].transform("first").to_numpy(dtype=object)
+    linked = token != first
+    uf = _UnionFind()
+    for a, b in zip(first[linked], token[linked]):
+        uf.union(a, b)
+    root_of = {t: uf.find(t) for t in list(uf.parent)}
+    root = np.array([root_of.get(t, t) for t in token], dtype=object) if root_of else token
+    owners = _owners(p)
+    pos = pd.Series(token).map(owners).to_numpy(dtype=float)
+    code, _ = pd.factorize(root)      # groups as integers: grouping strings is the slow part
+    frame = pd.DataFrame({"ev": long["ev"].to_numpy(), "root": code, "pos": pos,
+                          "user": (long["kind"] == "user_id").to_numpy(),
+                          "order": long["kind"].map(_KEY_ORDER).fillna(9).to_numpy()})
+    found = frame[~np.isnan(pos)]
+    per_root = found.groupby("root", sort=False)["pos"].agg(["nunique", "min"])
+    # several profiles in one group: the one holding the group's userId wins
+    by_user = found[found["user"]].groupby("root", sort=False)["pos"].first()
+    per_root["chosen"] = by_user.reindex(per_root.index).fillna(per_root["min"])
+    ev = frame.groupby("ev", sort=False).agg(root=("root", "first"), direct=("pos", "count"))
+    info = per_root.reindex(ev["root"].to_numpy())
+    count = info["nunique"].fillna(0).to_numpy()
+    chosen = info["chosen"].fillna(0).to_numpy(dtype=np.int64)
+    # a profile the export does not list: keyed by its best identifier (user_id, email, …)
+    best_row = frame.sort_values("order", kind="stable").groupby("root", sort=False).head(1)
+    best = pd.Series(token[best_row.index.to_numpy()], index=best_row["root"].to_numpy())
+    at = ev.index.to_numpy()
+    keys[at] = np.where(count >= 1, sids[chosen], best.reindex(ev["root"].to_numpy()).to_numpy())
+    identity[at] = np.select([count > 1, (count == 1) & (ev["direct"].to_numpy() > 0),
+                              count == 1], ["merged", "matched", "linked"], "not_in_export")
+    merged_into: dict[str, list[str]] = {}
+    for r in per_root.index[per_root["nunique"] > 1]:
+        for q in found.loc[found["root"] == r, "pos"].unique():
+            merged_into.setdefault(sids[int(q)], []).append(str(r))
+    return keys, identity, merged_into
 
 def history_of(export: EngageExport) -> pd.DataFrame:
     """The export's source events (rows of ``events`` without a computation), possibly empty."""

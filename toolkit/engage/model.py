@@ -194,12 +194,12 @@ class EngageExport:
         self.computation(audience)
         return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
 
-    def with_history(self, source) -> "EngageExport":
+    def with_history(self, source, *, progress: bool | None = None) -> "EngageExport":
         """This export plus its sources' track events (a file or a table), each resolved to a
         profile: what `toolkit.evaluate_definition` evaluates audience definitions on."""
         from toolkit.engage.evaluate import attach_history
 
-        return attach_history(self, source)
+        return attach_history(self, source, progress=progress)
 
     def sample(self, n: int = 1000, *, seed: int = 0) -> pd.DataFrame:
         """``n`` profiles drawn at random (reproducibly, by ``seed``): a look at a large export
