@@ -147,3 +147,18 @@ def test_a_stored_export_previews_the_same_counts_chunk_by_chunk(shared, tmp_pat
     assert a.user_count == b.user_count == len(b.state.users)
     for key in ("dormant_shopper", "total_revenue_180_days"):
         pd.testing.assert_frame_equal(a.dropped(key), b.dropped(key))
+
+
+def test_stored_exports_not_written_for_a_week_are_removed(tmp_path):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, recent = cache / "old-export.parquet", cache / "recent-export.parquet"
+    for path in (old, recent):
+        path.write_bytes(b"PAR1")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    stored = toolkit.load(SAMPLES / "dormant_shopper.csv", store=True)
+    assert not old.exists() and recent.exists() and stored.path.exists()

@@ -374,3 +374,14 @@ def test_the_encoded_payload_apply_sends_is_the_payload_the_plan_shows(export, l
         assert encoded.arrays == (b.kind,)
         kinds.add(b.kind)
     assert kinds == {"attributes", "events"}
+
+
+def test_cost_and_summary_counted_while_writing_equal_a_read_of_the_file(export, led):
+    from toolkit.mapping import Mapping as _Mapping
+
+    mapping = _Mapping.from_export(export).set("vip_customer", send_as="both").set(
+        "dormant_shopper", send_as="event")
+    p = plan(export, mapping, led, batch_size=7)
+    assert p.rows > 0
+    assert p.cost() == p._compute_cost()                      # cost without the diff's counts
+    assert p.manifest["summary"] == p._compute_summary()

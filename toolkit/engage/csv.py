@@ -483,7 +483,7 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
     import pyarrow.parquet as pq
 
     from toolkit import engine
-    from toolkit.engage.store import StoredExport, cache_path, store_settings
+    from toolkit.engage.store import StoredExport, cache_path, prune_cache, store_settings
 
     if _odd_quote_count(path):
         problem = _unclosed_quote(header)
@@ -500,6 +500,7 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
         comps, dtypes, chunk_findings = _write_chunks(path, header, kind, key, computation_id,
                                                       {}, settings["chunk_rows"], tmp)
     os.replace(tmp, target)
+    prune_cache(target)
     seen = set()
     for f in chunk_findings:    # a finding every chunk repeats word for word is said once
         ident = (f.severity, f.code, f.message, f.row, f.column, f.segment_id)
@@ -529,10 +530,16 @@ def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_
 
     from toolkit.engage.store import shifted
 
+    from concurrent.futures import ThreadPoolExecutor
+
     schema = comps = dtypes = writer = None
     rows = 0
     chunk_findings: list = []
     bar = _progress(path, "load")
+    # a chunk is compressed and written on another thread while the next one is normalised
+    # (both release the GIL); at most one chunk waits, so memory stays bounded
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+    pending = None
     try:
         for table in _typed_chunks(header, _stream(header, types, chunk_rows), types):
             part_findings = Findings()
@@ -548,11 +555,18 @@ def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_
             else:
                 _same_shape(path, rows, comps, part.computations, dtypes, frame)
                 data = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            writer.write_table(data, row_group_size=min(len(frame), 131_072))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, data,
+                                  row_group_size=min(len(frame), 131_072))
+            del frame, part, data
             rows += table.num_rows
             bar.update(table.num_rows)
+        if pending is not None:
+            pending.result()
     finally:
         bar.close()
+        pool.shutdown(wait=True)
         if writer is not None:
             writer.close()
     if schema is None:

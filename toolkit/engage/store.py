@@ -5,7 +5,7 @@
 (default 500,000), normalises each chunk exactly as the in-memory reader does (identifier
 lists, typed computations, findings) and appends it to a Parquet file in the export cache
 (``TOOLKIT_CACHE``, default ``./.toolkit/exports``; one file per source file, rewritten by
-each load). The result, a `StoredExport`, is an
+each load; files not written for ``TOOLKIT_CACHE_DAYS``, default 7, are removed). The result, a `StoredExport`, is an
 `EngageExport` whose profiles stay on disk: the projection, the plan and the preview walk
 `chunks`, and summaries and counts run as SQL on the engine (`sql`, `sample`).
 ``export.profiles`` still gives a pandas DataFrame, read on first use, up to
@@ -55,6 +55,24 @@ def cache_path(source: Path, kind: str, key: str) -> Path:
     ident = f"{source.resolve()}|{kind}|{key}|1"
     name = hashlib.sha256(ident.encode()).hexdigest()[:20]
     return store_settings()["cache"] / f"{source.stem[:40]}-{name}.parquet"
+
+
+def prune_cache(keep: Path, days: float = 7.0) -> list[Path]:
+    """Remove stored exports last written more than ``days`` ago (``TOOLKIT_CACHE_DAYS``) from
+    the cache folder of ``keep``, so daily loads of new files do not fill the disk."""
+    import time
+
+    days = float(os.environ.get("TOOLKIT_CACHE_DAYS") or days)
+    cutoff = time.time() - days * 86400
+    removed = []
+    for path in keep.parent.glob("*.parquet"):
+        try:
+            if path != keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:   # in use elsewhere or already gone: left alone
+            continue
+    return removed
 
 
 def to_pandas(table: pa.Table, dtypes: dict[str, object], start: int = 0) -> pd.DataFrame:

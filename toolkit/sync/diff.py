@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,10 @@ class DiffResult:
     conflicts: pd.DataFrame        # (segment_id, uid, rule) of values whose type Braze locked
     batches: pd.DataFrame          # batch, kind, start, stop, objects, name, change
     digests: dict                  # column -> ColumnDigest bytes of the file as written
+    # counted while writing, so the plan's cost needs no second read of the file:
+    tally: list = field(default_factory=list)   # [rule, op, change, name, operations], sorted
+    users: int = 0                 # users with at least one operation
+    attribute_users: int = 0       # users with at least one attribute operation
 
 
 def _kind(expr: str) -> str:
@@ -133,9 +137,10 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_count = db.execute(
             "SELECT count(*) FROM (SELECT unnest(list_filter([" + ", ".join(everything)
             + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchall()[0][0]
-    rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows)
+    tally = _Tally(projection.profiles)
+    rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows, tally)
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
-                      digests)
+                      digests, tally.rows(), tally.users(), tally.attribute_users)
 
 
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
@@ -338,8 +343,48 @@ class _BackgroundWriter:
             self.pool.shutdown(wait=True)
 
 
-def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on_rows=None
-                   ) -> tuple[int, pd.DataFrame, dict[str, bytes]]:
+class _Tally:
+    """Operations per (rule, op, change, name) and users with operations, counted chunk by
+    chunk as the plan is written (a user is marked by its profile position)."""
+
+    def __init__(self, profiles: int) -> None:
+        self.counts: dict[tuple, int] = {}
+        self.seen = np.zeros(max(int(profiles), 1), dtype=bool)
+        self.attribute_users = 0
+        self._last_attribute_uid = None
+
+    def add(self, chunk: pa.RecordBatch, order: int) -> None:
+        # (field, change) decides rule, op and name: count its pairs with two dictionary codes
+        field_codes = pc.dictionary_encode(chunk.column("field"))
+        change_codes = pc.dictionary_encode(chunk.column("change"))
+        width = max(len(change_codes.dictionary), 1)
+        pair = (field_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64) * width
+                + change_codes.indices.to_numpy(zero_copy_only=False))
+        counts = np.bincount(pair)
+        for code in np.flatnonzero(counts):
+            i = int(np.argmax(pair == code))
+            key = tuple(chunk.column(c)[i].as_py() for c in ("rule", "op", "change", "name"))
+            self.counts[key] = self.counts.get(key, 0) + int(counts[code])
+        self.seen[chunk.column("pos").to_numpy(zero_copy_only=False)] = True
+        if order == 0:   # a user's attribute operations are consecutive: count the changes
+            uid = chunk.column("uid")
+            new = _changes(uid)
+            if self._last_attribute_uid is not None:
+                new[0] = uid[0].as_py() != self._last_attribute_uid
+            self.attribute_users += int(new.sum())
+            self._last_attribute_uid = uid[len(uid) - 1].as_py()
+
+    def rows(self) -> list:
+        def key(item):
+            return tuple("" if v is None else str(v) for v in item[0])
+        return [[*k, v] for k, v in sorted(self.counts.items(), key=key)]
+
+    def users(self) -> int:
+        return int(self.seen.sum())
+
+
+def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on_rows=None,
+                   tally: "_Tally | None" = None) -> tuple[int, pd.DataFrame, dict[str, bytes]]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
     the row count and one row per request (batch name, kind, start, stop, objects)."""
     per_user = 1
@@ -363,6 +408,8 @@ def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on
                 if not chunk.num_rows:
                     continue
                 batch = cutter.cut(chunk)
+                if tally is not None:
+                    tally.add(chunk, order)
                 new_uid = _changes(chunk.column("uid"))
                 writer.write_table(pa.table(
                     {c: (pa.array(batch) if c == "batch" else chunk.column(c).cast(pa.string()))

@@ -315,8 +315,8 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         manifest["converged_with"] = about["converged"]
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
                owned_dir=workdir, column_digests=(result.digests, result.rows))
-    out.manifest["cost"] = out._compute_cost()
-    out.manifest["summary"] = out._compute_summary()
+    out.manifest["cost"] = out._compute_cost(result)
+    out.manifest["summary"] = result.tally if result.rows else []
     if (ledger is not None and stored is None and not result.rows and not result.held
             and not waiting_batches):
         ledger.record_converged(out)   # nothing to send: Braze already holds this input
@@ -658,14 +658,24 @@ class Plan:
                 f"requests ({c['data_points']:,} data points).")
         return text + (" Also: " + settle + "." if settle else "")
 
-    def _compute_cost(self) -> dict[str, Any]:
-        with engine.connect() as db:
-            ops, users, attr_users, attr, events, cohort = db.execute(
-                "SELECT count(*), count(DISTINCT uid), "
-                "count(DISTINCT uid) FILTER (WHERE op = 'attribute'), "
-                "count(*) FILTER (WHERE op = 'attribute'), count(*) FILTER (WHERE op = 'event'), "
-                "count(*) FILTER (WHERE op = 'cohort') FROM read_parquet(?)",
-                [str(self.ops_path)]).fetchall()[0]
+    def _compute_cost(self, counted=None) -> dict[str, Any]:
+        """The cost, from the counts the diff kept while writing (``counted``, a DiffResult)
+        or, without them, from the operations file."""
+        if counted is not None:
+            by_op = {}
+            for _rule, op, _change, _name, n in counted.tally:
+                by_op[op] = by_op.get(op, 0) + n
+            ops, users, attr_users = counted.rows, counted.users, counted.attribute_users
+            attr, events, cohort = (by_op.get(k, 0) for k in ("attribute", "event", "cohort"))
+        else:
+            with engine.connect() as db:
+                ops, users, attr_users, attr, events, cohort = db.execute(
+                    "SELECT count(*), count(DISTINCT uid), "
+                    "count(DISTINCT uid) FILTER (WHERE op = 'attribute'), "
+                    "count(*) FILTER (WHERE op = 'attribute'), "
+                    "count(*) FILTER (WHERE op = 'event'), "
+                    "count(*) FILTER (WHERE op = 'cohort') FROM read_parquet(?)",
+                    [str(self.ops_path)]).fetchall()[0]
         batches = self.batches()
         track = sum(1 for b in batches if b.kind != "cohort")
         limit, period = self.options["rate_limit"]

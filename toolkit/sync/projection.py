@@ -66,9 +66,10 @@ def owners(keys: pd.Series, db=None) -> tuple[np.ndarray, np.ndarray]:
     return has & ~shadowed, shadowed
 
 
-def _key_array(keys) -> pa.Array:
-    arr = pa.array(keys.array) if isinstance(keys, pd.Series) else pa.array(keys)
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+def _key_array(keys) -> "pa.Array | pa.ChunkedArray":
+    if isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        return keys     # as it is: the engine scans chunks without a copy
+    return pa.array(keys.array) if isinstance(keys, pd.Series) else pa.array(keys)
 
 
 def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
