@@ -283,10 +283,10 @@ class SegmentPublicAPI:
             detail = resp.reason
         hints = {401: f"the token was refused: check {TOKEN_ENV} (token "
                       f"#{_fingerprint(self._token)})",
-                 403: "the token lacks access to this space's audiences (needs a Workspace "
-                      "Owner or Unify/Engage read role)",
-                 404: "check the space id (spa_…) and that the workspace has Engage audiences "
-                      "enabled for the Public API",
+                 403: "the token lacks access to this space's audiences: check its role in "
+                      "Settings > Workspace settings > Access Management > Tokens",
+                 404: "check the space id (spa_…); the Audiences API is in alpha and must be "
+                      "enabled for the workspace",
                  429: "the Public API allows 25 list requests per minute; wait and retry"}
         text = str(detail).replace(self._token, "#" + _fingerprint(self._token))
         return PublicAPIError(f"the Public API answered {resp.status_code}: {text}",
