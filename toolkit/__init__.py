@@ -42,6 +42,8 @@ _PUBLIC: dict[str, str] = {
     "VerifyReport": "toolkit.sync.verify",
     "settle": "toolkit.sync.settle",
     "SettleReport": "toolkit.sync.settle",
+    "check_segments": "toolkit.segment_check",
+    "SegmentCheck": "toolkit.segment_check",
     # Braze side
     "BrazeClient": "toolkit.braze.client",
     "BrazeSandbox": "toolkit.sandbox.server",
@@ -61,6 +63,7 @@ _PUBLIC: dict[str, str] = {
     "LedgerError": "toolkit.errors",
     "BrazeAPIError": "toolkit.errors",
     "ConfigError": "toolkit.errors",
+    "SegmentCheckError": "toolkit.errors",
 }
 
 __all__ = sorted(_PUBLIC)

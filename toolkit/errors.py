@@ -31,6 +31,7 @@ __all__ = [
     "BrazeConnectionError",
     "ConfigError",
     "SandboxError",
+    "SegmentCheckError",
 ]
 
 # Context keys printed in this order; anything else passed as context follows alphabetically.
@@ -185,3 +186,7 @@ class ConfigError(ToolkitError):
 
 class SandboxError(ToolkitError):
     """The local Braze sandbox could not start or was used wrongly."""
+
+
+class SegmentCheckError(ToolkitError):
+    """A Braze segment cannot be checked against its computation (unknown id, no estimate, unreadable description)."""
