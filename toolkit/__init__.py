@@ -23,6 +23,15 @@ _PUBLIC: dict[str, str] = {
     "Mapping": "toolkit.mapping",
     "Rule": "toolkit.mapping",
     "Preview": "toolkit.preview",
+    # audience definitions: parse, evaluate locally, translate to native Braze segments
+    "parse_definition": "toolkit.engage.query",
+    "load_definitions": "toolkit.engage.definitions",
+    "Definitions": "toolkit.engage.definitions",
+    "SegmentPublicAPI": "toolkit.engage.definitions",
+    "evaluate_definition": "toolkit.engage.evaluate",
+    "Evaluation": "toolkit.engage.evaluate",
+    "braze_segment_for": "toolkit.native",
+    "NativeSegment": "toolkit.native",
     # stage 4-5: plan, approve, apply, verify
     "plan": "toolkit.sync.plan",
     "Plan": "toolkit.sync.plan",
@@ -46,6 +55,8 @@ _PUBLIC: dict[str, str] = {
     "ExportValidationError": "toolkit.errors",
     "ExportTooLarge": "toolkit.errors",
     "MappingError": "toolkit.errors",
+    "DefinitionError": "toolkit.errors",
+    "PublicAPIError": "toolkit.errors",
     "FilterError": "toolkit.errors",
     "PlanError": "toolkit.errors",
     "PlanNotApproved": "toolkit.errors",
@@ -58,11 +69,15 @@ _PUBLIC: dict[str, str] = {
 __all__ = sorted(_PUBLIC)
 
 
+# public name -> its name in the defining module, where the two differ
+_ALIASES = {"parse_definition": "parse"}
+
+
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 

@@ -47,6 +47,8 @@ __all__ = [
     "ExportValidationError",
     "ExportTooLarge",
     "ProfileAPIError",
+    "DefinitionError",
+    "PublicAPIError",
     "MappingError",
     "FilterError",
     "PlanError",
@@ -140,6 +142,14 @@ class ExportTooLarge(ExportValidationError):
 
 class ProfileAPIError(ToolkitError):
     """The Segment Profile API refused or failed a request."""
+
+
+class DefinitionError(ToolkitError):
+    """An Engage audience definition cannot be parsed, checked or evaluated; names the character."""
+
+
+class PublicAPIError(ToolkitError):
+    """The Segment Public API refused or failed a request for audience definitions."""
 
 
 class MappingError(ToolkitError):

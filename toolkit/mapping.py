@@ -23,8 +23,10 @@ import yaml
 
 from toolkit.braze import payload_rules
 from toolkit.documents import read_document, write_document
+from toolkit.engage.definitions import Definitions, load_definitions
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.errors import MappingError
+from toolkit.native import braze_segment_for
 from toolkit.preview import Preview, recommended_filters, shared_event_warnings
 
 if TYPE_CHECKING:
@@ -175,6 +177,7 @@ class Mapping:
                                    hint="copy the Segment API identifier from Braze (Settings > "
                                         "APIs and Identifiers, or /segments/list)")
             self._segment_ids[key] = segment_id.strip()
+        self._definitions = None   # Engage audience definitions, for "native in Braze?"
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -202,8 +205,30 @@ class Mapping:
                 raise MappingError(f"unknown rule field {name!r}", rule=key, field=name,
                                    hint="change one of: " + ", ".join(sorted(allowed)))
         updated = dataclasses.replace(rule, **changes)
-        return Mapping((updated if r.key == key else r for r in self._rules.values()),
-                       segment_names=self._segment_names, segment_ids=self._segment_ids)
+        out = Mapping((updated if r.key == key else r for r in self._rules.values()),
+                      segment_names=self._segment_names, segment_ids=self._segment_ids)
+        out._definitions = self._definitions
+        return out
+
+    def with_definitions(self, definitions: Any) -> "Mapping":
+        """A copy that knows the audiences' Engage definitions (`toolkit.load_definitions`
+        output, or its source), so the mapping and the preview say whether Braze could compute
+        each audience natively. Not saved with the mapping."""
+        defs = definitions if isinstance(definitions, Definitions) else \
+            load_definitions(definitions)
+        out = Mapping(self._rules.values(), segment_names=self._segment_names,
+                      segment_ids=self._segment_ids)
+        out._definitions = defs
+        return out
+
+    def native_in_braze(self, key: str) -> str | None:
+        """"native", "native (approximate)", "partly native", "not native" or "no definition"
+        for ``key``; None when the mapping knows no definitions."""
+        if self._definitions is None:
+            return None
+        if key not in self._definitions:
+            return "no definition"
+        return braze_segment_for(self._definitions[key]).verdict
 
     # -- Braze segments mirroring the computations --------------------------------------------
     @property
@@ -224,7 +249,9 @@ class Mapping:
     def name_segments(self, pattern: str) -> "Mapping":
         """A copy whose segments are named by `pattern` (placeholders {key}, {attribute},
         {kind}), e.g. ``name_segments("Engage · {key}")``."""
-        return Mapping(self._rules.values(), segment_names=pattern, segment_ids=self._segment_ids)
+        out = Mapping(self._rules.values(), segment_names=pattern, segment_ids=self._segment_ids)
+        out._definitions = self._definitions
+        return out
 
     def pair_segment(self, key: str, segment_id: str | None) -> "Mapping":
         """A copy pairing computation `key` with the Braze segment `segment_id` (None: pair it
@@ -233,7 +260,9 @@ class Mapping:
         ids = {k: v for k, v in self._segment_ids.items() if k != key}
         if segment_id is not None:
             ids[key] = segment_id
-        return Mapping(self._rules.values(), segment_names=self._segment_names, segment_ids=ids)
+        out = Mapping(self._rules.values(), segment_names=self._segment_names, segment_ids=ids)
+        out._definitions = self._definitions
+        return out
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -496,14 +525,17 @@ class Mapping:
             filters = "<br>".join(escape(str(f)) for f in self.filters_for(r))
             exit_ = "" if r.kind != "audience" or not r.sends_attribute else \
                 ("false" if r.exit_value is False else "null")
+            native = self.native_in_braze(r.key)
             rows.append(f"<tr><td><code>{escape(r.key)}</code></td><td>{r.kind}</td>"
                         f"<td>{r.send_as}</td><td>{target}</td><td>{exit_}</td>"
-                        f"<td>{filters}</td></tr>")
+                        f"<td>{filters}</td>"
+                        + ("" if native is None else f"<td>{escape(native)}</td>") + "</tr>")
         shared = "".join(f"<p style='color:#b9770e'>⚠ {escape(w)}</p>"
                          for w in shared_event_warnings(self.shared_events()))
         return ("<div class='braze-mapping'><table><thead><tr><th>key</th><th>kind</th>"
                 "<th>sent as</th><th>Braze side</th><th>exit</th><th>Braze filter to build</th>"
-                f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
+                + ("" if self._definitions is None else "<th>native in Braze?</th>")
+                + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{shared}</div>")
 
 
 # A mapping is three levels deep (document, rules list, rule fields). YAML's parser recurses

@@ -191,6 +191,8 @@ class Preview:
         f = self._frame
         head = ["computation", "check", "Braze filter to build", "Engage members",
                 "Braze can hold", "filter selects", "dropped (why)", "extra"]
+        native = "native_in_braze" in f.columns
+        head += ["native in Braze?"] if native else []
         body = []
         for row in f.to_dict("records"):
             why = ", ".join(f"{escape(r.replace('_', ' '))} {row[r]:,}" for r in REASONS if row[r])
@@ -202,7 +204,9 @@ class Preview:
                 f"<td>{escape(row['braze_filter'])}</td><td>{row['engage_members']:,}</td>"
                 f"<td>{row['braze_can_hold']:,}</td><td><b>{row['filter_selects']:,}</b></td>"
                 f"<td>{row['dropped']:,}{(' — ' + why) if why else ''}</td>"
-                f"<td>{row['extra']:,}</td></tr>")
+                f"<td>{row['extra']:,}</td>"
+                + (f"<td>{escape(str(row['native_in_braze']))}</td>" if native else "")
+                + "</tr>")
         warn = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
         return (f"<div class='braze-preview'><h4>Braze preview</h4>"
                 f"<p>{escape(self.freshness)}; evaluated as of {escape(self.as_of.isoformat())}. "
@@ -605,6 +609,9 @@ class _Builder:
                         pd.Categorical.from_codes(kept, categories=list(REASONS)),
                         index=self.p.index[counted])
         frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
+        if getattr(mapping, "_definitions", None) is not None:
+            # could Braze compute the audience itself (toolkit.native)?
+            frame["native_in_braze"] = frame["key"].map(mapping.native_in_braze)
         warnings = shared_event_warnings(shared)
         return Preview(mapping=mapping, export=export, state=state, frame=frame,
                        filters=filters, warnings=warnings, freshness=self._freshness(),

@@ -85,6 +85,7 @@ class Profile:
     last_name: str | None
     traits: dict = field(default_factory=dict)
     audiences: dict = field(default_factory=dict)
+    orders: int = 0          # all-time orders, the basis of the audiences (source events)
 
 
 def _ksuid(rng: random.Random, prefix: str) -> str:
@@ -122,6 +123,7 @@ def make_profiles(n: int, seed: int = SEED) -> list[Profile]:
         orders = 0 if p.user_id is None and not p.emails else rng.choice([0, 0, 1, 1, 1, 2, 3, 5, 8])
         if p.user_id is None and not p.emails and rng.random() < 0.3:
             orders = 1                         # guest checkout, never identified
+        p.orders = orders
         if rng.random() < 0.85:
             p.traits["last_product_viewed_item"] = rng.choice(PRODUCTS)
         if orders:
@@ -445,6 +447,147 @@ def write_events(profiles: list[Profile], out: Path) -> None:
                                                 encoding="utf-8")
 
 
+# -- the shop's own track events (what Engage computes the audiences from) -------------------
+
+HISTORY_START = datetime(2024, 6, 1, tzinfo=timezone.utc)   # the event export starts here
+SOURCES = {"web": "QgRHeujRJBM9j18yChyC", "ios": "hSBZDqGDPvXCKHbikPmA"}
+PRICES = {name: round(12 + 9.5 * i, 2) for i, name in enumerate(PRODUCTS)}
+# The shop's audience definitions, in Segment's query language, as the Public API returns them.
+# They are the rules make_profiles applies ("days" there is whole days since the last order, so
+# "more than 90 days" is "nothing in the last 91 days" and "at most 60" is "in the last 61").
+DEFINITIONS = {
+    "dormant_shopper": ("Dormant shopper", "ordered before, but not in the last 13 weeks",
+                        "event('Order Completed').count() >= 1 AND "
+                        "event('Order Completed').within(91 days).count() = 0"),
+    "first_time_shopper": ("First-time shopper", "exactly one order, in the last 61 days",
+                           "event('Order Completed').count() = 1 AND "
+                           "event('Order Completed').within(61 days).count() >= 1"),
+    "vip_customer": ("VIP customer", "$600 in 180 days, or 5+ orders and $400 in 180 days",
+                     "event('Order Completed').within(180 days).sum(property('revenue')) >= 600 "
+                     "OR (event('Order Completed').count() >= 5 AND event('Order Completed')"
+                     ".within(180 days).sum(property('revenue')) >= 400)"),
+}
+
+
+def _order_times(p: Profile, rng: random.Random) -> list[datetime]:
+    """All of the profile's orders, oldest first, the last at its last_order_at trait."""
+    if not p.orders or "last_order_at" not in p.traits:
+        return []
+    times = [datetime.fromisoformat(p.traits["last_order_at"].replace("Z", "+00:00"))]
+    for _ in range(p.orders - 1):
+        times.append(times[-1] - timedelta(days=rng.randint(6, 75), seconds=rng.randint(0, 86399)))
+    return times[::-1]
+
+
+def _revenues(p: Profile, times: list[datetime], rng: random.Random) -> list[float]:
+    """Order revenues; those of the last 180 days add up to total_revenue_180_days."""
+    recent = [SNAPSHOT - t <= timedelta(days=180) for t in times]
+    out = [round(rng.uniform(18, 140), 2) for _ in times]
+    total = p.traits.get("total_revenue_180_days")
+    idx = [i for i, r in enumerate(recent) if r]
+    if total is not None and idx:
+        weights = [rng.uniform(0.5, 1.5) for _ in idx]
+        cents = round(total * 100)
+        shares = [int(cents * w / sum(weights)) for w in weights]
+        shares[-1] = cents - sum(shares[:-1])
+        for i, c in zip(idx, shares):
+            out[i] = c / 100
+    return out
+
+
+def source_messages(profiles: list[Profile], seed: int = SEED + 3) -> list[dict]:
+    """Track calls of the shop's web and iOS sources (Order Completed, Product Viewed, Signed
+    In) since HISTORY_START, shaped like the Profile API's /events items (``source_id`` on each)."""
+    rng = random.Random(seed)
+    msgs: list[tuple[datetime, int, dict]] = []
+
+    def emit(ts: datetime, event: str, ids: dict, props: dict, source: str) -> None:
+        if not HISTORY_START <= ts <= SNAPSHOT:
+            return
+        m: dict = {"type": "track", "event": event}
+        m.update({k: v for k, v in ids.items() if k in ("userId", "anonymousId") and v})
+        m["messageId"] = f"ajs-next-{rng.getrandbits(64):016x}"
+        m["timestamp"] = _iso(ts)
+        m["source_id"] = SOURCES[source]
+        m["context"] = {"library": {"name": "analytics.js" if source == "web" else
+                                    "analytics-ios"}}
+        if ids.get("email"):
+            m["context"]["traits"] = {"email": ids["email"]}
+        if source == "web":
+            m["context"]["page"] = {"url": f"https://northwind.example/{event.lower().replace(' ', '-')}"}
+        m["properties"] = props
+        msgs.append((ts, len(msgs), m))
+
+    guests = 0
+    for i, p in enumerate(profiles):
+        ids = {"userId": p.user_id, "email": None if p.user_id else (p.emails[0] if p.emails
+                                                                     else None),
+               "anonymousId": None if (p.user_id or p.emails) else
+               (p.anonymous_ids[0] if p.anonymous_ids else None)}
+        if not any(ids.values()):
+            continue
+        times = _order_times(p, rng)
+        revenues = _revenues(p, times, rng)
+        for n, (ts, revenue) in enumerate(zip(times, revenues)):
+            item = rng.choice(PRODUCTS)
+            props = {"order_id": f"ord_{i:05d}_{n + 1}", "revenue": revenue, "currency": "USD",
+                     "products": [{"product_id": f"sku_{PRODUCTS.index(item):03d}", "name": item,
+                                   "price": PRICES[item], "quantity": 1}]}
+            order_ids = ids
+            if n == 0 and p.user_id and guests < 12 and ts >= HISTORY_START and rng.random() < 0.2:
+                # a guest checkout on a new device, tied to the account by the sign-in after it
+                guests += 1
+                device = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                order_ids = {"anonymousId": device}
+                emit(ts + timedelta(minutes=rng.randint(2, 30)), "Signed In",
+                     {"userId": p.user_id, "anonymousId": device}, {"method": "password"}, "web")
+            emit(ts, "Order Completed", order_ids, props, rng.choice(["web", "web", "ios"]))
+        if "last_product_viewed_item" in p.traits:
+            views = sorted(SNAPSHOT - timedelta(days=rng.uniform(0.05, 40))
+                           for _ in range(rng.randint(1, 4)))
+            for n, ts in enumerate(views):
+                item = p.traits["last_product_viewed_item"] if n == len(views) - 1 else \
+                    rng.choice(PRODUCTS)
+                if item not in PRICES:
+                    item = PRODUCTS[0]      # the glitchy long catalogue name was never viewed
+                emit(ts, "Product Viewed", ids, {"product_id": f"sku_{PRODUCTS.index(item):03d}",
+                                                 "name": item, "price": PRICES[item]},
+                     rng.choice(["web", "ios"]))
+    # a shared tablet: one view carries one customer's userId and another's anonymousId
+    a, b = [q for q in profiles if q.user_id and q.anonymous_ids][3:5]
+    emit(SNAPSHOT - timedelta(days=2), "Product Viewed",
+         {"userId": a.user_id, "anonymousId": b.anonymous_ids[0]},
+         {"product_id": "sku_009", "name": "Camp Mug", "price": PRICES["Camp Mug"]}, "ios")
+    msgs.sort(key=lambda t: (t[0], t[1]))
+    return [m for _, _, m in msgs]
+
+
+def write_source_events(profiles: list[Profile], out: Path, seed: int = SEED + 3) -> None:
+    d = out / "events"
+    d.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(m, separators=(",", ":")) + "\n"
+                   for m in source_messages(profiles, seed))
+    with open(d / "source_events.ndjson.gz", "wb") as raw, \
+            gzip.GzipFile(filename="source_events.ndjson", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def write_definitions(out: Path) -> None:
+    """The shop's audiences as GET /spaces/{spaceId}/audiences answers (Public API)."""
+    audiences = [{"id": AUDIENCES[key], "spaceId": SPACE, "name": name, "description": about,
+                  "key": key, "enabled": True, "definition": {"query": query, "type": "USERS"},
+                  "status": "Completed", "createdBy": "ana@northwind.example",
+                  "updatedBy": "ana@northwind.example", "createdAt": _iso(BACKFILL),
+                  "updatedAt": _iso(BACKFILL),
+                  "options": {"includeHistoricalData": True, "includeAnonymousUsers": True}}
+                 for key, (name, about, query) in DEFINITIONS.items()]
+    body = {"data": {"audiences": audiences,
+                     "pagination": {"current": "MA==", "next": None, "totalEntries": len(audiences)}}}
+    d = out / "definitions"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "audiences.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
 # -- large mode: vectorised, written block by block ------------------------------------------
 
 BLOCK = 250_000   # profiles per random stream and per write; changing it changes the files
@@ -683,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     write_trait_csvs(profiles, out)
     write_profiles_sync(profiles, out, random.Random(args.seed + 2))
     write_events(profiles, out)
+    write_source_events(profiles, out, args.seed + 3)
+    write_definitions(out)
     print(f"wrote {args.profiles:,} profiles to {out}", file=sys.stderr)
     return 0
 

@@ -27,6 +27,9 @@ Data contract (shared by readers, mapping, preview and plan):
     ("identify" | "track"), ``event`` (track event name or NA), ``computation_key``,
     ``computation_kind``, ``value`` (object: the value at traits|properties[key]),
     ``message_id``. Used for event-count previews.
+    Source events attached with ``with_history`` are further rows with an empty
+    ``computation_key`` and the extra columns ``properties``, ``context``, ``source_id`` and
+    ``identity`` (see `toolkit.engage.evaluate`).
 ``snapshot_at`` — pandas Timestamp (UTC) of the Engage compute the export reflects: the CSV
     snapshot time when known, else the latest event timestamp, else the file's mtime.
 ``source`` — human-readable description of where the data came from (file path, format).
@@ -51,6 +54,8 @@ EVENT_COLUMNS = ("segment_id", "timestamp", "type", "event", "computation_key",
                  "computation_kind", "value", "message_id")
 
 SEVERITIES = ("error", "warning", "info")
+# toolkit.engage.evaluate registers "attach" (EngageExport.with_history's reader) on import
+HISTORY: dict = {}
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,13 @@ class EngageExport:
         """Profiles currently in `audience` (its column is True)."""
         self.computation(audience)
         return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
+
+    def with_history(self, source, *, progress: bool | None = None) -> "EngageExport":
+        """This export plus its sources' track events (a file or a table), each resolved to a
+        profile: what `toolkit.evaluate_definition` evaluates audience definitions on."""
+        # the reader lives above the model (it reads and resolves events): it registers itself
+        # in HISTORY when `toolkit.engage` is imported, so the model imports nothing of it
+        return HISTORY["attach"](self, source, progress=progress)
 
     def sample(self, n: int = 1000, *, seed: int = 0) -> pd.DataFrame:
         """``n`` profiles drawn at random (reproducibly, by ``seed``): a look at a large export

@@ -33,6 +33,7 @@ import pandas as pd
 
 from toolkit import mapping
 from toolkit.braze.client import BrazeClient
+from toolkit.engage.definitions import Definitions, load_definitions
 from toolkit.engage.model import Findings
 from toolkit.engage.readers import load
 from toolkit.errors import (ApprovalRefused, ConfigError, PlanNotApproved, PushInProgress,
@@ -167,7 +168,7 @@ class GuidedSyncState:
 
     def __init__(self, *, target: str = "sandbox", sandbox=None, output_dir: str | os.PathLike =
                  "sync-reports", samples_dir: str | os.PathLike | None = None,
-                 verify_sample: int = 50, expires_in: str = "1h") -> None:
+                 verify_sample: int = 50, expires_in: str = "1h", definitions=None) -> None:
         if target not in TARGETS:
             raise ToolkitError(f"unknown target {target!r}", field="target",
                                hint="use 'sandbox' or 'workspace'")
@@ -177,6 +178,10 @@ class GuidedSyncState:
         self.export = None
         self.unloaded: str | None = None      # the export a failed load replaced
         self.mapping = None
+        self.definitions = None   # Engage audience definitions: "native in Braze?" in steps 3-4
+        if definitions is not None:
+            self.definitions = load_definitions(definitions) if not hasattr(
+                definitions, "keys") else definitions
         self.rule_errors: dict[str, ToolkitError] = {}
         self.email_opt_in = False
         self.alias_label: str | None = None
@@ -239,6 +244,8 @@ class GuidedSyncState:
             self.source = text
             self.export = export
             self.mapping = _default_mapping(export)
+            if self.definitions is not None:
+                self.mapping = self.mapping.with_definitions(self.definitions)
             self.unloaded = None
         return self._attempt(action)
 
@@ -283,6 +290,17 @@ class GuidedSyncState:
                     self.alias_label = label
                     changed = True
             if changed:
+                self._reset(after=_INDEX["map"])
+        return self._attempt(action)
+
+    def use_definitions(self, source) -> bool:
+        """Read the audiences' Engage definitions (a Public API JSON file or a `Definitions`),
+        so steps 3 and 4 say whether Braze could compute each audience natively."""
+        def action():
+            self.definitions = source if isinstance(source, Definitions) else \
+                load_definitions(source)
+            if self.mapping is not None:
+                self.mapping = self.mapping.with_definitions(self.definitions)
                 self._reset(after=_INDEX["map"])
         return self._attempt(action)
 
@@ -958,18 +976,21 @@ class GuidedSync:
     ``GuidedSync()`` targets the built-in sandbox (started when the plan is built);
     ``GuidedSync(target="workspace")`` the Braze workspace in ``BRAZE_REST_ENDPOINT`` /
     ``BRAZE_API_KEY``. ``background`` pushes in a thread (default: when running in a kernel);
-    ``plots=False`` skips drawing figures (faster headless runs).
+    ``plots=False`` skips drawing figures (faster headless runs). ``definitions`` (a Public
+    API JSON file of the audiences, or `toolkit.Definitions`) adds "native in Braze?" to steps
+    3 and 4.
     Its state is ``wizard.state`` (a `GuidedSyncState`); `run_all` clicks through every step.
     """
 
     def __init__(self, *, target: str = "sandbox", sandbox=None,
                  output_dir: str | os.PathLike = "sync-reports",
                  samples_dir: str | os.PathLike | None = None, background: bool | None = None,
-                 verify_sample: int = 50, plots: bool = True) -> None:
+                 verify_sample: int = 50, plots: bool = True, definitions=None) -> None:
         import ipywidgets as w  # lazy: ipywidgets only when the wizard is displayed
 
         self.state = GuidedSyncState(target=target, sandbox=sandbox, output_dir=output_dir,
-                                     samples_dir=samples_dir, verify_sample=verify_sample)
+                                     samples_dir=samples_dir, verify_sample=verify_sample,
+                                     definitions=definitions)
         self.background = _in_kernel() if background is None else bool(background)
         self.plots = plots
         self._drawn: dict[str, Any] = {}   # image name -> the object it was drawn from
@@ -1531,6 +1552,10 @@ class GuidedSync:
         text = (f"<small class='gs-wrap'>Sent as {sent}. Braze filter: "
                 + " <i>or</i> ".join(f"<b>{views.filter_html(f)}</b>" for f in filters)
                 + "</small>")
+        native = s.mapping.native_in_braze(key)
+        if native is not None:
+            text += (f"<br><small class='gs-wrap'>Native in Braze? <b>{html.escape(native)}</b>"
+                     "</small>")
         if rule.send_as == "event":
             text += ("<br><small class='gs-wrap' style='color:#b9770e'>⚠ Event filters stop "
                      "selecting some members over time (step 4 says when); keep the attribute "
@@ -1571,7 +1596,9 @@ class GuidedSync:
                          "Braze can hold": r["braze_can_hold"],
                          "filter selects": r["filter_selects"],
                          "dropped (why)": f"{r['dropped']:,}" + (f" — {html.escape(why)}"
-                                                                 if why else "")})
+                                                                 if why else ""),
+                         **({"native in Braze?": r["native_in_braze"]}
+                            if "native_in_braze" in r else {})})
         table = views.frame_html(pd.DataFrame(rows), html_columns=(
             "computation", "check", "Braze filter to build", "dropped (why)"))
         cohort = "".join(f"<div class='gs-warn gs-wrap'>⚠ <code>{html.escape(k)}</code>: "
