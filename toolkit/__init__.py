@@ -50,6 +50,7 @@ _PUBLIC: dict[str, str] = {
     "LedgerError": "toolkit.errors",
     "BrazeAPIError": "toolkit.errors",
     "ConfigError": "toolkit.errors",
+    "WarehouseError": "toolkit.errors",
 }
 
 __all__ = sorted(_PUBLIC)

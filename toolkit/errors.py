@@ -28,6 +28,7 @@ __all__ = [
     "BrazeRateLimited",
     "BrazeConnectionError",
     "ConfigError",
+    "WarehouseError",
     "SandboxError",
 ]
 
@@ -171,6 +172,11 @@ class BrazeConnectionError(BrazeAPIError):
 
 class ConfigError(ToolkitError):
     """A setting is missing or invalid (endpoint, API key, paths, options)."""
+
+
+class WarehouseError(ConfigError):
+    """A database URL cannot be used: unknown scheme, server unreachable, login refused, or a
+    schema, table or column missing."""
 
 
 class SandboxError(ToolkitError):
