@@ -199,3 +199,17 @@ def test_server_helper_says_how_to_install_postgresql_when_missing():
     server = PostgresServer()
     server.initdb = None
     assert "apt-get install -y postgresql" in server.unavailable()
+
+
+def test_upper_case_tables_and_columns_are_found(postgres_url):
+    import pyarrow as pa
+
+    write_tables(postgres_url, "Shouting", {
+        "PROFILE_TRAITS": pa.table({"CANONICAL_SEGMENT_ID": ["use_a", "use_b"],
+                                    "VIP": [True, False], "MERGED_TO": pa.array([None, None],
+                                                                                pa.string())}),
+        "EXTERNAL_ID_MAPPING": pa.table({"CANONICAL_SEGMENT_ID": ["use_a"],
+                                         "EXTERNAL_ID_TYPE": ["email"],
+                                         "EXTERNAL_ID_VALUE": ["A@x.com"]})})
+    export = toolkit.load(postgres_url, schema="Shouting")
+    assert export.audiences == ["VIP"] and export.profiles["email"].tolist()[0] == "a@x.com"

@@ -117,9 +117,15 @@ class _Database:
                          "information_schema.columns WHERE table_schema = " + _lit(schema) +
                          " ORDER BY table_name, ordinal_position")
         out: dict[str, list[tuple[str, str]]] = {}
+        self.names = {}   # lower-case table name -> its name in the database, for quoting
         for table, column, dtype in rows:
             out.setdefault(table.lower(), []).append((column, str(dtype).lower()))
+            self.names[table.lower()] = table
         return out
+
+    def table(self, schema: str, name: str) -> str:
+        """The quoted ``schema.table`` of a table found by `columns`."""
+        return f"{_q(schema)}.{_q(self.names.get(name, name))}"
 
     def schemas(self) -> list[str]:
         return [r[0] for r in self.rows(
@@ -399,10 +405,11 @@ def _materialised(db: _Database, schema: str, tables: dict, errors: tuple):
             cols = [(c, t) for c, t in cols if c.lower() in keep]
         exprs = [(db.select(c, t), c) for c, t in cols]
         sql = (f"SELECT {', '.join(f'{e} AS {_q(c)}' for (e, _), c in exprs)} "
-               f"FROM {_q(schema)}.{_q(table)}")
+               f"FROM {db.table(schema, table)}")
         out.append(_read(db, sql, [(c, t) for (_, t), c in exprs], f"{schema}.{table}", errors))
     ts = {c.lower(): c for c, _ in tables["external_id_mapping"]}.get("timestamp")
-    snapshot = _snapshot(db, f"SELECT max({_q(ts)}) FROM {_q(schema)}.external_id_mapping") \
+    snapshot = _snapshot(db, f"SELECT max({_q(ts)}) FROM "
+                         f"{db.table(schema, 'external_id_mapping')}") \
         if ts else pd.Timestamp.now(tz="UTC")
     return out[0], out[1], False, snapshot
 
@@ -411,7 +418,7 @@ def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
     """profile_traits / external_id_mapping built in the database from Segment's own tables."""
     def col(table, name):
         return {c.lower(): c for c, _ in tables[table]}.get(name)
-    ut = f"{_q(schema)}.{_q('user_traits')}"
+    ut = db.table(schema, "user_traits")
     sid, name, value = (_q(col("user_traits", c)) for c in ("canonical_segment_id", "name",
                                                              "value"))
     order = [f"{_q(col('user_traits', c))} DESC NULLS LAST" for c in ("seq", "timestamp")
@@ -427,7 +434,7 @@ def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
     if "id_graph" in tables:
         gs, gc = _q(col("id_graph", "segment_id")), _q(col("id_graph", "canonical_segment_id"))
         graph = (f" LEFT JOIN (SELECT {gs} AS segment_id, max({gc}) AS canonical FROM "
-                 f"{_q(schema)}.{_q('id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
+                 f"{db.table(schema, 'id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
                  f"ON g.segment_id = t.sid")
         merged = "max(g.canonical)"
     pivot = ", ".join(f"max(CASE WHEN t.name = {_lit(n)} THEN t.value END) AS {_q(n)}"
@@ -439,7 +446,7 @@ def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
             ("merged_to", pa.string())]
     traits = _read(db, traits_sql, text, f"{schema}.user_traits", errors)
 
-    ui = f"{_q(schema)}.{_q('user_identifiers')}"
+    ui = db.table(schema, "user_identifiers")
     isid, itype, ivalue = (_q(col("user_identifiers", c)) for c in ("canonical_segment_id",
                                                                      "type", "value"))
     its = col("user_identifiers", "timestamp")
@@ -450,7 +457,7 @@ def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
     graph_join = ""
     if "id_graph" in tables:   # an identifier of a merged profile belongs to its survivor
         graph_join = (f" LEFT JOIN (SELECT {gs} AS segment_id, max({gc}) AS canonical FROM "
-                      f"{_q(schema)}.{_q('id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
+                      f"{db.table(schema, 'id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
                       f"ON g.segment_id = i.{isid}")
         owner = f"COALESCE(g.canonical, i.{isid})"
     iorder = [f"i.{_q(col('user_identifiers', c))}" for c in ("timestamp", "seq")
