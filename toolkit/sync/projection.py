@@ -18,6 +18,7 @@ to, so they compare equal to what earlier ledgers stored.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
@@ -439,7 +441,10 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     keys = pa.chunked_array(key_parts, pa.string())
     lose, winner = shared_keys(keys, db)
     has_key = pc.is_valid(keys).to_numpy(zero_copy_only=False)
-    del key_parts   # each chunk's keys are made again below: cheaper than holding them all
+    # an export in one piece reuses its keys; one kept on disk makes each chunk's again below,
+    # cheaper than holding them all
+    reuse = key_parts[0] if len(key_parts) == 1 else None
+    del key_parts
     owner = has_key.copy()
     owner[lose] = False
     shadowed = np.zeros(len(owner), dtype=bool)
@@ -465,27 +470,25 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
         for i, chunk in enumerate(export.chunks(needed)):
             start = int(chunk.index[0]) if len(chunk) else 0
             part = slice(start, start + len(chunk))
-            chunk_keys = braze_user_keys(chunk, email_opt_in=email_opt_in,
-                                         alias_label=alias_label)[0]
-            table, specs, cohorts = _project_chunk(
+            chunk_keys = (pd.Series(pd.array(reuse, dtype="string"), index=chunk.index)
+                          if reuse is not None else braze_user_keys(
+                              chunk, email_opt_in=email_opt_in, alias_label=alias_label)[0])
+            table, dropped, specs, cohorts = _project_chunk(
                 chunk, chunk_keys, owner[part], has_key[part], shadowed[part], start, notes,
                 value_types, export, mapping, email_opt_in, alias_label, cohorts_available,
                 shared_note)
-            left_out.extend(table.pop_left_out())
+            left_out.extend(dropped)
             users += table.num_rows
             if i == 0:
-                tables.append(table.table)
+                tables.append(table)
                 continue
             if writer is None:   # a second chunk: the projection goes to disk
-                import pyarrow.parquet as pq
-                import tempfile
-
                 folder = Path(spill) if spill is not None else Path(
                     tempfile.mkdtemp(prefix="toolkit-projection-"))
                 out_path = folder / "projection.parquet"
                 writer = pq.ParquetWriter(out_path, tables[0].schema, compression="zstd")
                 writer.write_table(tables.pop())
-            writer.write_table(table.table.cast(writer.schema))
+            writer.write_table(table.cast(writer.schema))
             pa.default_memory_pool().release_unused()   # a chunk's memory back before the next
     finally:
         if writer is not None:
@@ -496,23 +499,10 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                       user_count=users)
 
 
-@dataclass
-class _Part:
-    table: pa.Table
-    left_out: list
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
-
-    def pop_left_out(self) -> list:
-        out, self.left_out = self.left_out, []
-        return out
-
-
 def _project_chunk(profiles, keys, owner, has_key, shadowed, start, notes, value_types, export,
                    mapping, email_opt_in, alias_label, cohorts_available, shared_note):
-    """One chunk of profiles (positions ``start``…) → its rows of the projection."""
+    """One chunk of profiles (positions ``start``…) → its rows of the projection, its
+    left-out profiles, and the fields and cohorts the mapping produces."""
     c = _Collect(profiles, keys, owner, notes, value_types)
     _report_unsyncable(c, has_key, email_opt_in, alias_label)
     if shared_note is not None:
@@ -544,7 +534,7 @@ def _project_chunk(profiles, keys, owner, has_key, shadowed, start, notes, value
             _audience_fields(c, export, rule, seq, specs, cohorts, columns, cohorts_available)
         else:
             _trait_fields(c, export, mapping, rule, seq, specs, columns)
-    return _Part(pa.table(columns), c.left_out), specs, cohorts
+    return pa.table(columns), c.left_out, specs, cohorts
 
 
 def _rule_violations(rule) -> list:
