@@ -92,6 +92,20 @@ def test_duckdb_file_gives_the_same_export(duck, dumps):
     assert_same(dumps, toolkit.load(duck, schema="segment_only"))
 
 
+def test_rows_arrive_in_many_small_batches_and_still_agree(pg, duck, dumps, monkeypatch):
+    from toolkit.engage import warehouse
+
+    monkeypatch.setattr(warehouse, "_COPY_BLOCK", 4096)   # ~40 rows a batch
+    monkeypatch.setattr(warehouse, "_BATCH_ROWS", 97)
+    seen = []
+    real = warehouse._read
+    monkeypatch.setattr(warehouse, "_read", lambda db, sql, *a: seen.append(
+        real(db, sql, *a)) or seen[-1])
+    assert_same(dumps, toolkit.load(pg[0], schema="northwind_profiles"))
+    assert_same(dumps, toolkit.load(duck, schema="segment_only"))
+    assert all(t.num_rows > 40 and len(t.to_batches()) > 10 for t in seen)
+
+
 def test_audiences_argument_and_parquet_agree_with_the_database(pg):
     export = toolkit.load(pg[0], schema="northwind_profiles", audiences=["vip_customer"])
     assert export.audiences == ["vip_customer"] and "dormant_shopper" in export.traits

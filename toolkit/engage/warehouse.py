@@ -42,7 +42,8 @@ LAYOUTS = {
                 "user_identifiers": ("canonical_segment_id", "type", "value")},
 }
 OPTIONAL = {"id_graph": ("segment_id", "canonical_segment_id")}
-_BATCH_ROWS = 65_536
+_BATCH_ROWS = 65_536            # DuckDB: rows per Arrow batch
+_COPY_BLOCK = 1 << 22           # PostgreSQL: bytes of COPY output parsed per Arrow batch
 _SHOW_PROGRESS_FROM = 200_000   # rows: below this a load takes well under a second
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _FIX_LAYOUT = ("Profiles Sync needs profile_traits + external_id_mapping (materialised by "
@@ -204,7 +205,7 @@ class _Postgres(_Database):
 
         names = [n for n, _ in types]
         options = {
-            "read_options": pacsv.ReadOptions(column_names=names, block_size=1 << 22,
+            "read_options": pacsv.ReadOptions(column_names=names, block_size=_COPY_BLOCK,
                                               use_threads=False),
             "convert_options": pacsv.ConvertOptions(
                 column_types=dict(types), true_values=["t"], false_values=["f"],
