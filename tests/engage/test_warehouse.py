@@ -227,3 +227,17 @@ def test_upper_case_tables_and_columns_are_found(postgres_url):
                                          "EXTERNAL_ID_VALUE": ["A@x.com"]})})
     export = toolkit.load(postgres_url, schema="Shouting")
     assert export.audiences == ["VIP"] and export.profiles["email"].tolist()[0] == "a@x.com"
+
+
+def test_a_value_arrow_cannot_read_is_a_warehouse_error_naming_the_table(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute("CREATE SCHEMA odd; CREATE TABLE odd.profile_traits "
+                    "(canonical_segment_id text, signed_up date); "
+                    "INSERT INTO odd.profile_traits VALUES ('use_a', 'infinity'); "
+                    "CREATE TABLE odd.external_id_mapping (canonical_segment_id text, "
+                    "external_id_type text, external_id_value text)")
+    err = _error(postgres_url, schema="odd")
+    assert err.table == "odd.profile_traits" and "reading" in err.message
+    assert PASSWORD not in _shown(err)

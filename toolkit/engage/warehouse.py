@@ -144,7 +144,7 @@ class _Postgres(_Database):
         except ImportError:
             raise WarehouseError("reading PostgreSQL needs psycopg", url=self.shown,
                                  hint="pip install 'psycopg[binary]'") from None
-        self.psycopg = psycopg
+        self.psycopg = self.driver = psycopg
         conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
         params = dict(parse_qsl(urlsplit(url).query))
         try:
@@ -254,7 +254,7 @@ class _DuckDB(_Database):
 
         import duckdb
 
-        self.duckdb = duckdb
+        self.duckdb = self.driver = duckdb
         path = unquote(url.split("://", 1)[1].split("?", 1)[0])
         if not path or not Path(path).is_file():
             raise WarehouseError("no DuckDB database file at this path", url=self.shown,
@@ -352,8 +352,7 @@ def read_database(url: str, *, schema: str | None = None,
     from toolkit.engage.profiles_sync import arrow_frame, materialise
 
     db = connect(url)
-    errors = tuple(e for e in (getattr(db, "psycopg", None), getattr(db, "duckdb", None)) if e)
-    errors = tuple(m.Error for m in errors) + (pa.ArrowException,)
+    errors = (db.driver.Error, pa.ArrowException)   # what a read may raise, to be reworded
     try:
         schema = schema or db.default_schema
         tables = db.columns(schema)
@@ -453,7 +452,6 @@ def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
     its = col("user_identifiers", "timestamp")
     ts_expr, ts_type = db.select(its, dict(tables["user_identifiers"])[its]) if its else \
         ("CAST(NULL AS VARCHAR)", pa.string())
-    ts_expr = ts_expr.replace(_q(its), f"i.{_q(its)}") if its else ts_expr
     owner = f"i.{isid}"
     graph_join = ""
     if "id_graph" in tables:   # an identifier of a merged profile belongs to its survivor
