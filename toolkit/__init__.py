@@ -33,6 +33,8 @@ _PUBLIC: dict[str, str] = {
     "VerifyReport": "toolkit.sync.verify",
     "settle": "toolkit.sync.settle",
     "SettleReport": "toolkit.sync.settle",
+    "check_segments": "toolkit.segment_check",
+    "SegmentCheck": "toolkit.segment_check",
     # Braze side
     "BrazeClient": "toolkit.braze.client",
     "BrazeSandbox": "toolkit.sandbox.server",
@@ -51,6 +53,7 @@ _PUBLIC: dict[str, str] = {
     "BrazeAPIError": "toolkit.errors",
     "ConfigError": "toolkit.errors",
     "WarehouseError": "toolkit.errors",
+    "SegmentCheckError": "toolkit.errors",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("toolkit.sync.cli:verify", "read back a sample of a sync report from Braze"),
     "settle": ("toolkit.sync.cli:settle",
                "decide event batches whose outcome is unknown, from Braze's read-back"),
+    "segments": ("toolkit.segment_check:command",
+                 "check the Braze segments analysts built against the computations they mirror"),
     "demo": ("toolkit.sync.cli:demo", "the whole flow on the bundled sample against the sandbox"),
 }
 

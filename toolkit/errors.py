@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "WarehouseError",
     "SandboxError",
+    "SegmentCheckError",
 ]
 
 # Context keys printed in this order; anything else passed as context follows alphabetically.
@@ -181,3 +182,7 @@ class WarehouseError(ConfigError):
 
 class SandboxError(ToolkitError):
     """The local Braze sandbox could not start or was used wrongly."""
+
+
+class SegmentCheckError(ToolkitError):
+    """A Braze segment cannot be checked against its computation (unknown id, no estimate, unreadable description)."""

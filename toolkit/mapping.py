@@ -28,11 +28,15 @@ if TYPE_CHECKING:
     from toolkit.braze.filters import Filter
     from toolkit.preview import Preview
 
-__all__ = ["Rule", "Mapping", "KINDS", "SEND_AS"]
+__all__ = ["Rule", "Mapping", "KINDS", "SEND_AS", "DEFAULT_SEGMENT_NAMES"]
 
 KINDS = ("audience", "trait")
 SEND_AS = ("attribute", "event", "both", "cohort")
 _YAML_VERSION = 1
+# How the Braze segment mirroring a computation is named, unless the mapping pairs it by id:
+# placeholders {key}, {attribute}, {kind}; compared without regard to case or outer spaces.
+DEFAULT_SEGMENT_NAMES = "{key}"
+_SEGMENT_FIELDS = ("key", "attribute", "kind")
 
 # Value types a standard trait may have to land in each Braze profile field.
 _FIELD_TYPES = {"dob": {"datetime", "string"}, "email": {"string"}, "phone": {"string", "number"}}
@@ -130,9 +134,14 @@ class Rule:
 
 
 class Mapping:
-    """One `Rule` per Engage computation key; immutable — ``set`` returns a new Mapping."""
+    """One `Rule` per Engage computation key; immutable — ``set`` returns a new Mapping.
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    It also records which Braze segment mirrors each computation, for `toolkit.check_segments`:
+    a name convention (``segment_names``, default ``"{key}"``) and, where an analyst named a
+    segment otherwise, its id (``segment_ids``; `pair_segment`)."""
+
+    def __init__(self, rules: Iterable[Rule], *, segment_names: str = DEFAULT_SEGMENT_NAMES,
+                 segment_ids: "dict[str, str] | None" = None) -> None:
         self._rules: dict[str, Rule] = {}
         owners: dict[str, str] = {}
         for rule in rules:
@@ -150,6 +159,20 @@ class Mapping:
                         hint="give each computation its own Braze attribute")
                 owners[rule.attribute] = rule.key  # type: ignore[index]
             self._rules[rule.key] = rule
+        self._segment_names = _checked_segment_names(segment_names)
+        self._segment_ids: dict[str, str] = {}
+        for key, segment_id in (segment_ids or {}).items():
+            if key not in self._rules:
+                raise MappingError(f"segment id for unknown computation {key!r}", rule=key,
+                                   field="segments.ids",
+                                   hint="pair segments only with keys the mapping has: "
+                                        + (", ".join(self._rules) or "none"))
+            if not isinstance(segment_id, str) or not segment_id.strip():
+                raise MappingError(f"the segment id of {key!r} must be text, not "
+                                   f"{_short(segment_id)}", rule=key, field="segments.ids",
+                                   hint="copy the Segment API identifier from Braze (Settings > "
+                                        "APIs and Identifiers, or /segments/list)")
+            self._segment_ids[key] = segment_id.strip()
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -177,7 +200,38 @@ class Mapping:
                 raise MappingError(f"unknown rule field {name!r}", rule=key, field=name,
                                    hint="change one of: " + ", ".join(sorted(allowed)))
         updated = dataclasses.replace(rule, **changes)
-        return Mapping(updated if r.key == key else r for r in self._rules.values())
+        return Mapping((updated if r.key == key else r for r in self._rules.values()),
+                       segment_names=self._segment_names, segment_ids=self._segment_ids)
+
+    # -- Braze segments mirroring the computations --------------------------------------------
+    @property
+    def segment_names(self) -> str:
+        """The name convention of the Braze segments mirroring the computations."""
+        return self._segment_names
+
+    @property
+    def segment_ids(self) -> dict[str, str]:
+        """Computation key → Braze segment id, where the mapping pairs them explicitly."""
+        return dict(self._segment_ids)
+
+    def segment_name(self, key: str) -> str:
+        """The name the Braze segment mirroring `key` has under the mapping's convention."""
+        rule = self[key]
+        return self._segment_names.format(key=rule.key, attribute=rule.attribute, kind=rule.kind)
+
+    def name_segments(self, pattern: str) -> "Mapping":
+        """A copy whose segments are named by `pattern` (placeholders {key}, {attribute},
+        {kind}), e.g. ``name_segments("Engage · {key}")``."""
+        return Mapping(self._rules.values(), segment_names=pattern, segment_ids=self._segment_ids)
+
+    def pair_segment(self, key: str, segment_id: str | None) -> "Mapping":
+        """A copy pairing computation `key` with the Braze segment `segment_id` (None: pair it
+        by name again)."""
+        self[key]
+        ids = {k: v for k, v in self._segment_ids.items() if k != key}
+        if segment_id is not None:
+            ids[key] = segment_id
+        return Mapping(self._rules.values(), segment_names=self._segment_names, segment_ids=ids)
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -201,10 +255,13 @@ class Mapping:
         return len(self._rules)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and self.rules == other.rules
+        return (isinstance(other, Mapping) and self.rules == other.rules
+                and self._segment_names == other._segment_names
+                and self._segment_ids == other._segment_ids)
 
     def __hash__(self) -> int:
-        return hash(tuple(self.rules))
+        return hash((tuple(self.rules), self._segment_names,
+                     tuple(sorted(self._segment_ids.items()))))
 
     def shared_events(self) -> dict[str, list[str]]:
         """Event names sent by more than one rule → the keys that share them."""
@@ -216,7 +273,12 @@ class Mapping:
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": _YAML_VERSION, "rules": [r.to_dict() for r in self._rules.values()]}
+        out: dict[str, Any] = {"version": _YAML_VERSION,
+                               "rules": [r.to_dict() for r in self._rules.values()]}
+        # written only when set, so mappings saved before segments were paired stay identical
+        if self._segment_names != DEFAULT_SEGMENT_NAMES or self._segment_ids:
+            out["segments"] = {"names": self._segment_names, "ids": dict(self._segment_ids)}
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write the mapping as YAML (every field spelled out, so the file is the whole truth)."""
@@ -266,10 +328,11 @@ class Mapping:
             raise MappingError(f"a mapping document must be a mapping with 'rules', not "
                                f"{type(doc).__name__}", file=source,
                                hint="start the file with 'version: 1' and 'rules:'")
-        unknown = sorted(set(doc) - {"version", "rules"})
+        unknown = sorted(set(doc) - {"version", "rules", "segments"})
         if unknown:
             raise MappingError(f"unknown field {unknown[0]!r}", file=source, field=unknown[0],
-                               hint="a mapping file has only 'version' and 'rules'")
+                               hint="a mapping file has only 'version', 'rules' and "
+                                    "'segments'")
         if doc.get("version", _YAML_VERSION) != _YAML_VERSION:
             raise MappingError(f"unsupported mapping version {doc.get('version')!r}", file=source,
                                field="version", hint=f"this toolkit reads version {_YAML_VERSION}")
@@ -303,7 +366,23 @@ class Mapping:
             except MappingError as exc:
                 exc.context.setdefault("file", source)
                 raise MappingError(exc.message, hint=exc.hint, **exc.context) from None
-        return cls(rules)
+        segments = doc.get("segments") or {}
+        if not isinstance(segments, dict) or set(segments) - {"names", "ids"}:
+            raise MappingError("'segments' must be a mapping with 'names' and 'ids'",
+                               file=source, field="segments",
+                               hint="write 'segments:' with 'names: \"{key}\"' and 'ids:' "
+                                    "(computation key: Braze segment id)")
+        ids = segments.get("ids") or {}
+        if not isinstance(ids, dict):
+            raise MappingError("'segments.ids' must map computation keys to Braze segment ids",
+                               file=source, field="segments.ids",
+                               hint="write one 'key: segment-id' line per paired segment")
+        try:
+            return cls(rules, segment_names=segments.get("names", DEFAULT_SEGMENT_NAMES),
+                       segment_ids={str(k): v for k, v in ids.items()})
+        except MappingError as exc:
+            exc.context.setdefault("file", source)
+            raise MappingError(exc.message, hint=exc.hint, **exc.context) from None
 
     # -- use with an export ------------------------------------------------------------------
     def validate(self, export: EngageExport) -> "Mapping":
@@ -455,6 +534,26 @@ class Mapping:
 # once per level and slows down quadratically with flow nesting, so anything far deeper is
 # refused before parsing.
 _MAX_DEPTH = 100
+
+
+def _checked_segment_names(pattern: Any) -> str:
+    import string
+
+    fix = "use text with {key} (or {attribute}, {kind}), e.g. 'Engage · {key}'"
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise MappingError(f"segment names must be a text pattern, not {_short(pattern)}",
+                           field="segments.names", hint=fix)
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise MappingError(f"segment name pattern {pattern!r} is malformed ({exc})",
+                           field="segments.names", hint=fix) from None
+    bad = [f for f in names if f not in _SEGMENT_FIELDS]
+    if bad or not names:
+        raise MappingError(f"segment name pattern {pattern!r} "
+                           + (f"uses {{{bad[0]}}}" if bad else "names no computation"),
+                           field="segments.names", hint=fix)
+    return pattern
 
 
 def _nesting_depth(text: str) -> int:

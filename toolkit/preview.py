@@ -225,22 +225,34 @@ def _text_array(col: pd.Series) -> pa.Array:
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
+def _text_counts(col: pd.Series, into: dict | None = None) -> dict:
+    """Profiles per distinct text of 1–255 characters, in order of first appearance (added to
+    ``into``, so the chunks of a column kept on disk count as the whole column does). On the
+    distinct values, not every profile: counted once by Arrow, then only they are measured."""
+    into = {} if into is None else into
+    distinct = pc.value_counts(_text_array(col))
+    values = distinct.field("values")
+    length = pc.utf8_length(values)
+    usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1), pc.less_equal(length, 255)),
+                          False)
+    for value, n in zip(pc.filter(values, usable).to_pylist(),
+                        pc.filter(distinct.field("counts"), usable).to_pylist()):
+        into[value] = into.get(value, 0) + n
+    return into
+
+
+def _most_common(counts: dict) -> str | None:
+    ranked = pd.Series(list(counts.values()), index=list(counts), dtype="int64").sort_values(
+        ascending=False)   # as value_counts ranks them
+    return None if ranked.empty else str(ranked.index[0])
+
+
 def value_parameter(rule: "Rule", conv: braze_rules.Conversion, col: pd.Series):
     """The value a trait's value check compares with, from its whole column: the most common
     text (1–255 characters), the median number, the UTC day of the median time; True for a
     boolean; None when there is none (no check then)."""
     if conv.json_type == "string":
-        # on the distinct values, not every profile: counted once by Arrow, then only the
-        # few distinct values are measured
-        distinct = pc.value_counts(_text_array(col))
-        values = distinct.field("values")
-        length = pc.utf8_length(values)
-        usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
-                                      pc.less_equal(length, 255)), False)
-        counts = pd.Series(pc.filter(distinct.field("counts"), usable).to_numpy(),
-                           index=pc.filter(values, usable).to_pylist(),
-                           dtype="int64").sort_values(ascending=False)  # as value_counts
-        return None if counts.empty else str(counts.index[0])
+        return _most_common(_text_counts(col))
     if conv.json_type == "number":
         x = pd.to_numeric(col, errors="coerce").astype("Float64")
         return None if x.notna().sum() == 0 else float(x.median())
@@ -622,23 +634,32 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
     export (a chunk borrows the later rows that win its profiles' identifiers)."""
     from tqdm.auto import tqdm
 
-    from toolkit.sync.projection import IDENTITY_COLUMNS, shared_keys
+    from toolkit.sync.projection import IDENTITY_COLUMNS, export_keys
 
     ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
     needed = list(dict.fromkeys(ident + [r.key for r in mapping if r.key in export.columns]))
-    keys = pa.chunked_array([pa.array(braze_user_keys(c, email_opt_in=email_opt_in,
-                                                      alias_label=alias_label)[0].array
-                                      ).cast(pa.string()) for c in export.chunks(ident)],
-                            pa.string())
-    lose, winner = shared_keys(keys)
+    found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
+    lose, winner = found.lose, found.winner
+    del found
     params = {}
     for rule in mapping:
         if rule.kind == "trait" and rule.sends_attribute and rule.key in export.columns:
-            column = next(export.chunks([rule.key], rows=export.profile_count))[rule.key]
             vt = mapping.value_type(export, rule.key)
+            head = next(export.chunks([rule.key], rows=1_000))[rule.key]
+            if mapping.convert(rule, head, vt).json_type == "string":
+                # counted chunk by chunk: a whole text column is the largest thing to hold
+                counts: dict = {}
+                for part in export.chunks([rule.key]):
+                    _text_counts(part[rule.key], counts)
+                params[rule.key] = _most_common(counts)
+                continue
+            column = next(export.chunks([rule.key], rows=export.profile_count))[rule.key]
             params[rule.key] = value_parameter(rule, mapping.convert(rule, column, vt), column)
             del column
-    parts: list[Preview] = []
+    first: Preview | None = None
+    frame = None
+    codes: dict[str, list[np.ndarray]] = {}
+    users = 0
     bar = tqdm(total=export.profile_count, unit="profile", desc="preview: Braze filters",
                disable=export.profile_count < PROGRESS_FROM, leave=False)
     try:
@@ -646,22 +667,28 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
             lo, hi = int(chunk.index[0]), int(chunk.index[-1]) + 1
             inside = (lose >= lo) & (lose < hi) & (winner >= hi)
             borrowed = np.unique(winner[inside])
-            frame, counted = chunk, None
+            rows, counted = chunk, None
             if len(borrowed):
-                frame = pd.concat([chunk, export.take(borrowed, needed)])
-                counted = np.arange(len(frame)) < len(chunk)
-            parts.append(_Builder(mapping, export, email_opt_in, alias_label, as_of,
-                                  profiles=frame, counted=counted, params=params).run())
-            bar.update(len(chunk))
+                rows = pd.concat([chunk, export.take(borrowed, needed)])
+                counted = np.arange(len(rows)) < len(chunk)
+            part = _Builder(mapping, export, email_opt_in, alias_label, as_of, profiles=rows,
+                            counted=counted, params=params).run()
+            # only the counts and reasons are kept: a chunk's projected state goes with it
+            if frame is None:
+                first, frame = part, part.to_frame()
+            else:
+                other = part.to_frame()
+                frame[_COUNT_COLUMNS] = (frame[_COUNT_COLUMNS].to_numpy()
+                                         + other[_COUNT_COLUMNS].to_numpy())
+            for key, reason in part._reasons.items():
+                codes.setdefault(key, []).append(reason.cat.codes.to_numpy())
+            users += part.user_count
+            del part, rows, chunk
+            bar.update(hi - lo)
     finally:
         bar.close()
-    first = parts[0]
-    frame = first.to_frame()
-    for part in parts[1:]:
-        other = part.to_frame()
-        frame[_COUNT_COLUMNS] = frame[_COUNT_COLUMNS].to_numpy() + other[_COUNT_COLUMNS].to_numpy()
-    reasons = {k: pd.concat([p._reasons[k] for p in parts]) for k in first._reasons}
-    users = sum(p.user_count for p in parts)
+    reasons = {k: pd.Series(pd.Categorical.from_codes(np.concatenate(v), categories=list(REASONS)),
+                            index=pd.RangeIndex(export.profile_count)) for k, v in codes.items()}
     return Preview(mapping=mapping, export=export,
                    state=BrazeState(pd.DataFrame(index=pd.Index([], name="user", dtype="string")),
                                     as_of=first.as_of),

@@ -114,3 +114,29 @@ def test_braze_doc_examples_work_verbatim(sb):
                              data=payload)
     assert response.status_code == 201
     assert sb.cohorts()["members"].tolist() == [["user_id"]]
+
+
+def test_braze_segment_doc_examples_work_verbatim(sb):
+    """The curl examples of /segments/list, /segments/details, /segments/data_series and
+    /users/export/segment (docs/reference-segments.md), with a real segment id."""
+    from toolkit.braze.filters import BooleanAttribute
+
+    url = sb.url
+    headers = {"Authorization": f"Bearer {sb.api_key}"}
+    segment_identifier = sb.create_segment("vip", BooleanAttribute("vip", "is_true"))
+    sb.estimate_segments(at="2018-06-27T12:00:00Z")
+
+    r = requests.get(url + "/segments/list?page=1&sort_direction=desc", headers=headers)
+    assert r.status_code == 200 and r.json() == {"message": "success", "segments": []}
+    r = requests.get(url + f"/segments/details?segment_id={segment_identifier}", headers=headers)
+    assert r.status_code == 200 and r.json()["name"] == "vip"
+    r = requests.get(url + f"/segments/data_series?segment_id={segment_identifier}&length=14"
+                           "&ending_at=2018-06-27T23:59:59-5:00", headers=headers)
+    assert r.status_code == 200
+    assert [p["time"] for p in r.json()["data"]] == ["2018-06-27T12:00:00.000Z"]
+    r = requests.post(url + "/users/export/segment",
+                      headers={**headers, "Content-Type": "application/json"},
+                      data=json.dumps({"segment_id": segment_identifier,
+                                       "fields_to_export": ["first_name", "email", "purchases"],
+                                       "output_format": "zip"}))
+    assert r.status_code == 201 and r.json()["url"].startswith(url + "/sandbox/exports/")

@@ -75,7 +75,12 @@ _REDACTED = "REDACTED"
 SANDBOX_WORKSPACE = "sandbox"     # the workspace name of a loopback endpoint nobody named
 _WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _PERMISSIONS = {"/users/track": "users.track", "/users/export/ids": "users.export.ids",
-                "/custom_attributes": "custom_attributes.get", "/events/list": "events.list"}
+                "/custom_attributes": "custom_attributes.get", "/events/list": "events.list",
+                "/segments/list": "segments.list", "/segments/details": "segments.details",
+                "/segments/data_series": "segments.data_series",
+                "/users/export/segment": "users.export.segment"}
+SEGMENTS_PER_PAGE = 100          # /segments/list answers "in groups of 100"
+SEGMENT_EXPORT_FIELDS = ("external_id", "user_aliases", "braze_id", "email")
 
 
 def check_workspace_name(name: str, *, source: str = "workspace") -> str:
@@ -556,6 +561,117 @@ class BrazeClient:
             previous = events
             page += 1
 
+    # ---------------------------------------------------------------------------- segments
+    def segments(self, *, sort_direction: str = "asc") -> list[dict]:
+        """Every (non-archived) segment of the workspace: ``{id, name,
+        analytics_tracking_enabled, tags}`` from ``/segments/list``, 100 per page."""
+        if sort_direction not in ("asc", "desc"):
+            raise ConfigError(f"sort_direction must be 'asc' or 'desc', not {sort_direction!r}",
+                              field="sort_direction")
+        items: list[dict] = []
+        seen: set[str] = set()
+        page = 0
+        while True:
+            reply = self._request("GET", "/segments/list",
+                                  params={"page": page, "sort_direction": sort_direction})
+            data = reply.body if isinstance(reply.body, dict) else {}
+            batch = [s for s in data.get("segments") or [] if isinstance(s, dict)]
+            fresh = [s for s in batch if str(s.get("id")) not in seen]
+            items.extend(fresh)
+            seen.update(str(s.get("id")) for s in fresh)
+            # a short page is the last; an empty or repeated one means the same
+            if len(batch) < SEGMENTS_PER_PAGE or not fresh:
+                return items
+            page += 1
+
+    def segment_details(self, segment_id: str) -> dict:
+        """``/segments/details`` of one segment: name, ``description`` (Braze's human-readable
+        description of its filters), ``text_description``, tags, ``created_at``,
+        ``updated_at``."""
+        reply = self._request("GET", "/segments/details",
+                              params={"segment_id": _segment_id(segment_id)})
+        return reply.body if isinstance(reply.body, dict) else {}
+
+    def segment_data_series(self, segment_id: str, *, length: int = 30,
+                            ending_at: "datetime | str | None" = None) -> list[dict]:
+        """The daily **estimated** sizes ``[{time, size}]`` of a segment over the ``length``
+        days (1–100) before ``ending_at`` (default: now), from ``/segments/data_series``."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 100:
+            raise ConfigError(f"length must be a whole number of days from 1 to 100, not "
+                              f"{length!r}", field="length")
+        if isinstance(ending_at, datetime):
+            ending_at = (ending_at if ending_at.tzinfo else
+                         ending_at.replace(tzinfo=timezone.utc)).isoformat()
+        reply = self._request("GET", "/segments/data_series",
+                              params={"segment_id": _segment_id(segment_id), "length": length,
+                                      "ending_at": ending_at})
+        data = reply.body.get("data") if isinstance(reply.body, dict) else None
+        return [d for d in data or [] if isinstance(d, dict)]
+
+    def export_segment(self, segment_id: str,
+                       fields_to_export: Iterable[str] = SEGMENT_EXPORT_FIELDS, *,
+                       timeout: float = 900.0, poll: tuple[float, float] = (0.2, 15.0)
+                       ) -> list[dict]:
+        """Every user of a segment, exactly, via ``/users/export/segment``: Braze answers with
+        a download URL that becomes valid once the export is ready, polled here (at most
+        ``timeout`` seconds, waiting ``poll`` = (first, longest) seconds between tries). Only
+        for workspaces without their own S3/Azure/GCS export bucket (then Braze writes the
+        files there and answers no URL). The API key is never sent to the download URL."""
+        import io
+        import zipfile
+
+        fields = list(fields_to_export)
+        if not fields:
+            raise ConfigError("fields_to_export cannot be empty: Braze requires it",
+                              field="fields_to_export", hint="e.g. ['external_id', 'braze_id']")
+        reply = self._request("POST", "/users/export/segment",
+                              payload={"segment_id": _segment_id(segment_id),
+                                       "fields_to_export": fields})
+        body = reply.body if isinstance(reply.body, dict) else {}
+        url = body.get("url")
+        if not url:
+            raise BrazeBadRequest(
+                f"Braze exported segment {segment_id} to the workspace's own storage (object "
+                f"prefix {body.get('object_prefix')!r}), not to a download URL",
+                status=reply.status, body=body, endpoint="/users/export/segment",
+                hint="read the files from your S3/Azure/GCS export bucket, or check without "
+                     "--exact (Braze's daily estimate)")
+        deadline = time.monotonic() + float(timeout)
+        wait_s = float(poll[0])
+        while True:
+            got, why = self._download(url)
+            if got is not None and got.status_code == 200:
+                break
+            if time.monotonic() + wait_s > deadline:
+                raise BrazeConnectionError(
+                    f"the export of segment {segment_id} was not ready after {timeout:g} s "
+                    f"({why})", endpoint="/users/export/segment", outcome="acknowledged",
+                    hint="large segments take longer (20 million users: an hour or more); "
+                         "try again later with a longer timeout")
+            time.sleep(wait_s)
+            wait_s = min(float(poll[1]), wait_s * 2)
+        users: list[dict] = []
+        try:
+            with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
+                for name in sorted(archive.namelist()):
+                    for line in archive.read(name).decode("utf-8").splitlines():
+                        if line.strip():
+                            users.append(json.loads(line))
+        except (zipfile.BadZipFile, UnicodeDecodeError, ValueError) as exc:
+            raise BrazeBadRequest(f"the export of segment {segment_id} is not a ZIP of "
+                                  f"user JSON lines ({exc})", endpoint="/users/export/segment",
+                                  hint="download the URL by hand and look at it") from None
+        return users
+
+    def _download(self, url: str) -> "tuple[requests.Response | None, str]":
+        """GET a presigned download URL: no Authorization header (the URL is its own
+        credential, and the key must never reach a storage host); (response or None, why)."""
+        try:
+            got = self._session.get(url, timeout=self.timeout, allow_redirects=True)
+        except requests.RequestException as exc:
+            return None, _classify(exc)[2]
+        return got, f"HTTP {got.status_code}"
+
     # ---------------------------------------------------------------------- partner cohorts
     def partner_credentials(self, partner_api_key: "str | Secret | None" = None,
                             client_secret: "str | Secret | None" = None, *,
@@ -900,6 +1016,15 @@ class CohortClient:
 
 
 # ------------------------------------------------------------------------------- helpers
+def _segment_id(segment_id: Any) -> str:
+    if not isinstance(segment_id, str) or not segment_id.strip():
+        raise ConfigError(f"a segment id must be a non-empty string, not {segment_id!r}",
+                          field="segment_id",
+                          hint="copy the Segment API identifier from Braze (Settings > APIs and "
+                               "Identifiers) or from /segments/list")
+    return segment_id.strip()
+
+
 def _cohort_id_kind(user: Any) -> tuple[str, Any]:
     if isinstance(user, str) and user:
         return ("user_ids", user)

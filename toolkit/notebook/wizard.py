@@ -126,7 +126,7 @@ STEP_DEFINITIONS: tuple[Step, ...] = (
          resets=("report", "progress", "saved")),
     Step("verify", "Verify", "Verify and report", "the verification could not run; see above",
          lambda s: s.verification is not None, prepare="prepare_verify",
-         resets=("verification",)),
+         resets=("verification", "segment_check")),
     Step("next", "What next", "What next", "this is the last step", lambda s: False),
 )
 STEPS = tuple(step.title for step in STEP_DEFINITIONS)
@@ -190,6 +190,7 @@ class GuidedSyncState:
         self.approved_by: str | None = None
         self.report = None
         self.verification = None
+        self.segment_check = None              # step 8's optional check of Braze's segments
         self.saved: dict[str, Path] = {}
         self.mapping_file: Path | None = None
         self._mapping_file_for = None
@@ -576,6 +577,41 @@ class GuidedSyncState:
 
     def prepare_verify(self) -> bool:
         return self.verification is not None or self.verify()
+
+    def build_segments(self) -> bool:
+        """Sandbox only: build each computation's recommended segment, named as the mapping's
+        convention says, the way an analyst does in Braze's dashboard, and run the sandbox's
+        daily size estimate — so the segment check has segments to compare. Segments already
+        there (by name) are kept."""
+        def action():
+            self._require("report", "push the plan first (step 7)")
+            if self.target != "sandbox" or self._sandbox is None:
+                raise ToolkitError(
+                    "the wizard builds segments only in the sandbox", field="target",
+                    hint="Braze has no API to create segments: build each one in Braze's "
+                         "dashboard with the recommended filter (step 4), named as the mapping "
+                         "says, then check them here")
+            existing = set(self._sandbox.segments()["name"])
+            for rule in self.mapping:
+                name = self.mapping.segment_name(rule.key)
+                if name not in existing:
+                    self._sandbox.create_segment(name, self.preview.filter_for(rule.key))
+            self._sandbox.estimate_segments()
+            self.segment_check = None
+        return self._attempt(action)
+
+    def check_segments(self, *, exact: bool = False) -> bool:
+        """Compare the workspace's segments with the computations they mirror
+        (`toolkit.check_segments`): filters, sizes, a verdict per computation."""
+        def action():
+            from toolkit.segment_check import check_segments
+
+            self._require("report", "push the plan first (step 7)")
+            self.segment_check = check_segments(self.client, self.export, self.mapping,
+                                                preview=self.preview, exact=exact,
+                                                synced_at=self.report, errors="report",
+                                                progress=False)
+        return self._attempt(action)
 
     def totals(self) -> pd.DataFrame:
         """operations / objects / requests / data points: planned and, after a push, by
@@ -1079,7 +1115,19 @@ class GuidedSync:
         self.push_result_html = w.HTML()
         self.push_button.on_click(lambda _: self._push())
 
-        # step 8: verify
+        # step 8: verify (and, when asked, check the Braze segments)
+        self.build_segments_button = w.Button(
+            description="Build the recommended segments in the sandbox", icon="wrench",
+            layout=w.Layout(width="auto"))
+        self.check_segments_button = w.Button(description="Check the Braze segments",
+                                              icon="check", layout=w.Layout(width="auto"))
+        self.exact_box = w.Checkbox(value=False, indent=False, layout=w.Layout(width="auto"),
+                                    description="exactly (export each segment)")
+        self.segments_intro_html = w.HTML()
+        self.segments_html = w.HTML()
+        self.build_segments_button.on_click(lambda _: self._do(self.state.build_segments))
+        self.check_segments_button.on_click(lambda _: self._do(
+            lambda: self.state.check_segments(exact=self.exact_box.value)))
         self.verify_html = w.HTML()
         self.report_html = w.HTML()
         self.throughput_image = self._image()
@@ -1691,7 +1739,25 @@ class GuidedSync:
             self.report_html.value = ""
         self._draw(self.throughput_image, "throughput", s.report,
                    lambda: plots.sync_throughput(s.report))
-        return [self.verify_html, self.report_html, self.throughput_image]
+        return [self.verify_html, self.report_html, self.throughput_image,
+                *self._segment_widgets()]
+
+    def _segment_widgets(self) -> list:
+        """The offer to check the segments analysts build in Braze against the computations."""
+        s = self.state
+        sandbox = s.target == "sandbox"
+        intro = ("<h4>Check the Braze segments</h4><p>Build each segment in Braze with the "
+                 "recommended filter (step 4), named "
+                 f"<code>{html.escape(s.mapping.segment_names)}</code>, then compare them with "
+                 "the computations: filters, sizes and a verdict per computation"
+                 + (" — in the sandbox the wizard can build them for you" if sandbox else "")
+                 + ".</p>") if s.mapping is not None else ""
+        self.segments_intro_html.value = intro
+        self.segments_html.value = (s.segment_check._repr_html_()
+                                    if s.segment_check is not None else "")
+        buttons = ([self.build_segments_button] if sandbox else []) + [
+            self.check_segments_button, self.exact_box]
+        return [self.segments_intro_html, self._w.HBox(buttons), self.segments_html]
 
     # step 9 ---------------------------------------------------------------------------------
     def _step_next(self) -> list:

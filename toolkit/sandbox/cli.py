@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-delay", type=float, default=0.0, metavar="SECONDS",
                         help="show stored events in /users/export/ids only this long after they "
                              "arrived (Braze's read-after-write delay; default 0)")
+    parser.add_argument("--estimate-error", type=float, default=0.01, metavar="FRACTION",
+                        help="segment size estimates are off by up to this share of all users "
+                             "(Braze: about 1%%; default 0.01). Build segments with POST "
+                             "/sandbox/segments, estimate with POST /sandbox/segments/estimate")
+    parser.add_argument("--permissions", default=None, metavar="LIST",
+                        help="comma-separated REST API key permissions (default: all), e.g. "
+                             "users.track,users.export.ids to see the segment check's 403")
     parser.add_argument("--partner-api-key", default=None, help="cohort partner key to accept")
     parser.add_argument("--client-secret", default=None, help="cohort client secret to accept")
 
@@ -84,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                            combined_limit=args.combined_limit,
                            rate_limits=_rate_limits(args.rate_limit), faults=_faults(args),
                            partner_api_key=args.partner_api_key, client_secret=args.client_secret,
-                           read_delay=args.read_delay)
+                           read_delay=args.read_delay, estimate_error=args.estimate_error,
+                           permissions=None if args.permissions is None else
+                           [p.strip() for p in args.permissions.split(",") if p.strip()])
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

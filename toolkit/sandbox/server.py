@@ -1,7 +1,13 @@
 """`BrazeSandbox`: a threaded loopback HTTP server that answers like Braze's REST API.
 
 Endpoints: ``POST /users/track``, ``POST /users/export/ids``, ``GET /custom_attributes``,
-``GET /events/list``, ``POST /partners/segment/cohorts`` and ``POST /partners/segment/cohorts/users``.
+``GET /events/list``, ``POST /partners/segment/cohorts``, ``POST /partners/segment/cohorts/users``,
+``GET /segments/list``, ``GET /segments/details``, ``GET /segments/data_series`` and
+``POST /users/export/segment`` (its file is served at ``GET /sandbox/exports/<prefix>.zip``).
+Sandbox-only: ``POST /sandbox/segments`` builds a segment, as an analyst does in Braze's dashboard
+(Braze has no API for it), and ``POST /sandbox/segments/estimate`` runs Braze's daily size
+estimate. A key's permissions can be narrowed (`set_permissions`): an endpoint
+outside them answers 403, as Braze does.
 Stdlib only on the request path (http.server + json); pandas is used only by the inspection methods.
 Braze semantics live in :mod:`toolkit.sandbox.store`; faults and rate limits in
 :mod:`toolkit.sandbox.faults`.
@@ -17,17 +23,19 @@ import threading
 import time
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs
 
 from toolkit.errors import SandboxError
 from toolkit.sandbox.faults import Faults, FaultPlan, RateLimiter
+from toolkit.sandbox.segments import SegmentBook
 from toolkit.sandbox.store import Store
+from toolkit.sandbox.timeparse import parse_time
 
 __all__ = ["BrazeSandbox", "Faults"]
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests",
+            403: "Forbidden", 404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _FAULT_BODIES = {
     "429": (429, {"message": "Rate Limited"}),   # §1.9 "429 Rate Limited: Over rate limit."
@@ -46,7 +54,23 @@ _ROUTES = {
     "/events/list": "GET",
     "/partners/segment/cohorts": "POST",
     "/partners/segment/cohorts/users": "POST",
+    "/segments/list": "GET",
+    "/segments/details": "GET",
+    "/segments/data_series": "GET",
+    "/users/export/segment": "POST",
+    "/sandbox/segments": "POST",
+    "/sandbox/segments/estimate": "POST",
 }
+# The REST API key permission each endpoint needs (Braze's API key permission list; the
+# sandbox-only endpoint needs none, the partner endpoints use partner credentials instead).
+PERMISSIONS = {
+    "/users/track": "users.track", "/users/export/ids": "users.export.ids",
+    "/custom_attributes": "custom_attributes.get", "/events/list": "events.list",
+    "/segments/list": "segments.list", "/segments/details": "segments.details",
+    "/segments/data_series": "segments.data_series",
+    "/users/export/segment": "users.export.segment",
+}
+_EXPORTS = "/sandbox/exports/"
 
 
 def _fingerprint(key: str) -> str:
@@ -112,6 +136,12 @@ class BrazeSandbox:
     after it arrived, as Braze's eventual consistency does (attributes show at once);
     :meth:`rotate_api_key` replaces the accepted REST key, as revoking a key and creating a new
     one in Braze's dashboard does.
+
+    Segments: :meth:`create_segment` builds one from `toolkit.braze.filters` definitions, as an
+    analyst does in Braze's dashboard; :meth:`estimate_segments` runs Braze's daily size
+    estimate (off by up to ``estimate_error`` × all users, as Braze's estimates are);
+    ``export_delay`` is how long a ``/users/export/segment`` file takes to become ready.
+    ``permissions`` (also :meth:`set_permissions`) narrows what the API key may call (None: all).
     """
 
     def __init__(self, api_key: str | None = None, *, port: int = 0, seed: int = 0,
@@ -119,7 +149,9 @@ class BrazeSandbox:
                  rate_limits: Mapping[str, tuple[int | None, float] | None] | None = None,
                  faults: Faults | Mapping[str, Any] | None = None,
                  partner_api_key: str | None = None, client_secret: str | None = None,
-                 array_length_limit: int = 500, read_delay: float = 0.0) -> None:
+                 array_length_limit: int = 500, read_delay: float = 0.0,
+                 permissions: "Iterable[str] | None" = None, estimate_error: float = 0.01,
+                 export_delay: float = 0.3) -> None:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise SandboxError("api_key must be a non-empty string or None (generated)")
         if not isinstance(max_objects_per_array, int) or max_objects_per_array < 1:
@@ -136,6 +168,9 @@ class BrazeSandbox:
         self._store = Store(seed=seed, max_objects_per_array=max_objects_per_array,
                             combined_limit=combined_limit, array_length_limit=array_length_limit,
                             read_delay=_checked_delay(read_delay))
+        self._segments = SegmentBook(self._store, estimate_error=_checked_error(estimate_error),
+                                     export_delay=_checked_export_delay(export_delay))
+        self._permissions = _checked_permissions(permissions)
         self._rate_limits = dict(rate_limits or {})
         for endpoint in self._rate_limits:
             _check_endpoint(endpoint)
@@ -228,10 +263,64 @@ class BrazeSandbox:
         self._auth = f"Bearer {self.api_key}"
         return self.api_key
 
+    def set_permissions(self, permissions: "Iterable[str] | None") -> None:
+        """Let the API key call only endpoints whose permission is listed (None: every one);
+        others answer 403, as Braze does for a key without the permission."""
+        self._permissions = _checked_permissions(permissions)
+
+    # ------------------------------------------------------------------ segments
+    def create_segment(self, name: str, filters: Any, *, tags: Iterable[str] = (),
+                       text_description: str | None = None, description: str | None = None,
+                       analytics_tracking: bool = True) -> str:
+        """Build a segment the way an analyst does in Braze's dashboard and return its id.
+
+        ``filters``: a `toolkit.braze.filters.Filter`, its ``to_dict()``, or a list of them
+        (joined with AND). Braze's ``description`` of it is the filters as the dashboard words
+        them, unless ``description`` gives another text. A new segment has no size estimate
+        until the daily job runs (:meth:`estimate_segments`)."""
+        return self._segments.create(name, filters, tags=tags, text_description=text_description,
+                                     description=description,
+                                     analytics_tracking=analytics_tracking)
+
+    def update_segment(self, segment_id: str, filters: Any, *,
+                       description: str | None = None) -> None:
+        """Change a segment's filters, as editing it in the dashboard does."""
+        self._segments.update(segment_id, filters, description=description)
+
+    def estimate_segments(self, at: Any = None) -> dict[str, int]:
+        """Run Braze's daily segment-size estimate now (or for the day of ``at``): one point
+        per segment in ``/segments/data_series``. Returns segment id → estimated size."""
+        return self._segments.estimate(at)
+
+    def segments(self):
+        """One row per segment: id, name, filter, description, latest estimate and its day."""
+        import pandas as pd
+
+        with self._store.lock:
+            rows = []
+            for s in self._segments.segments.values():
+                _, (day, size) = max(s["series"].items()) if s["series"] else (None, (None, None))
+                rows.append({"segment_id": s["id"], "name": s["name"],
+                             "filter": str(s["filter"]), "description": s["description"],
+                             "estimated_size": size, "estimated_on": day})
+        return pd.DataFrame(rows, columns=["segment_id", "name", "filter", "description",
+                                           "estimated_size", "estimated_on"])
+
+    def segment_members(self, segment_id: str) -> list[str]:
+        """The exact members of a segment now, as user keys (``external_id:…``)."""
+        from toolkit.sandbox.segments import _key
+
+        if segment_id not in self._segments.segments:
+            raise SandboxError(f"no segment {segment_id!r}", field="segment_id",
+                               hint="use an id create_segment returned")
+        return sorted(_key(u) for u in self._segments.members(segment_id))
+
     def reset(self) -> None:
-        """Forget every user, event, cohort, log entry and fault counter; keep the settings."""
+        """Forget every user, event, cohort, segment, log entry and fault counter; keep the
+        settings."""
         with self._store.lock:
             self._store.clear()
+            self._segments.clear()
         with self._log_lock:
             self._log.clear()
         self._faults.reset()
@@ -330,6 +419,17 @@ class BrazeSandbox:
         raw = self._read_body(h)
         if raw is None:
             return
+        if endpoint.startswith(_EXPORTS) and method == "GET":
+            # a download URL carries its own credential, like Braze's presigned storage URLs,
+            # which refuse a second one: an API key sent along is an error, never accepted
+            if h.headers.get("Authorization"):
+                return self._answer(h, _EXPORTS, 400, {
+                    "message": "Only one auth mechanism allowed: the download URL is its own "
+                               "credential; send no Authorization header"}, [])
+            status, data = self._segments.download(endpoint[len(_EXPORTS):])
+            if isinstance(data, bytes):
+                return self._answer_bytes(h, _EXPORTS, data, "application/zip")
+            return self._answer(h, _EXPORTS, status, data, [])
         expected = _ROUTES.get(endpoint)
         if expected is None or expected != method:
             # §1.9: "404 Not Found: Invalid URL."
@@ -342,6 +442,13 @@ class BrazeSandbox:
             # §1.9: "401 Unauthorized: Invalid API key." (also a quoted key or wrong instance)
             _, headers = self._limiter.take(endpoint, consume=False)
             return self._answer(h, endpoint, 401, {"message": "Invalid API key"}, headers)
+        permission = PERMISSIONS.get(endpoint)
+        if (permission is not None and self._permissions is not None
+                and permission not in self._permissions):
+            # braze-api.md §1.9: "403 Access Denied: The REST API key you are using does not
+            # have sufficient permissions"
+            _, headers = self._limiter.take(endpoint, consume=False)
+            return self._answer(h, endpoint, 403, {"message": "Access Denied"}, headers)
         allowed, headers = self._limiter.take(endpoint)
         if not allowed:
             return self._answer(h, endpoint, 429, {"message": "Rate Limited"}, headers)
@@ -408,10 +515,53 @@ class BrazeSandbox:
             return store.track(body)
         if endpoint == "/users/export/ids":
             return store.export_ids(body)
+        if endpoint == "/users/export/segment":
+            return self._segments.export(body, self.url)
+        if endpoint == "/sandbox/segments":
+            return self._create_segment_from(body)
+        if endpoint == "/sandbox/segments/estimate":
+            at = body.get("at") if isinstance(body, dict) else None
+            if at is not None and parse_time(at) is None:
+                return 400, {"message": "'at' must be an ISO-8601 time or absent"}, {}
+            sizes = self._segments.estimate(parse_time(at) if at else None)
+            return 200, {"message": "success", "estimates": sizes}, {"objects": len(sizes)}
         params = parse_qs(query)
+        if endpoint == "/segments/list":
+            return self._segments.list(params)
+        if endpoint == "/segments/details":
+            return self._segments.details(params)
+        if endpoint == "/segments/data_series":
+            return self._segments.data_series(params)
         if endpoint == "/custom_attributes":
             return store.custom_attributes((params.get("cursor") or [None])[0], self.url)
         return store.events_list((params.get("page") or [None])[0])
+
+    def _create_segment_from(self, body: Any):
+        """``POST /sandbox/segments`` {name, filters, tags?, text_description?, description?}."""
+        from toolkit.errors import ToolkitError
+
+        if type(body) is not dict:
+            return 400, {"message": "Bad Request: the body must be a JSON object"}, {}
+        allowed = {"name", "filters", "tags", "text_description", "description"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            return 400, {"message": f"unknown field(s) {unknown}; a segment has "
+                                    f"{sorted(allowed)}"}, {}
+        try:
+            sid = self._segments.create(body.get("name"), body.get("filters"),
+                                        tags=body.get("tags") or (),
+                                        text_description=body.get("text_description"),
+                                        description=body.get("description"))
+        except ToolkitError as exc:
+            return 400, {"message": str(exc)}, {}
+        return 201, {"message": "success", "segment_id": sid}, {"objects": 1}
+
+    def _answer_bytes(self, h: _Handler, endpoint: str, data: bytes, ctype: str) -> None:
+        head = ["HTTP/1.1 200 OK", f"Content-Type: {ctype}", f"Content-Length: {len(data)}"]
+        if h.close_connection:
+            head.append("Connection: close")
+        self._record(endpoint, 200, None, {})
+        h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
 
     def _read_body(self, h: _Handler) -> bytes | None:
         if h.headers.get("Transfer-Encoding"):
@@ -474,6 +624,28 @@ def _check_endpoint(endpoint: str) -> None:
     if endpoint not in _ROUTES and endpoint != "*":
         raise SandboxError(f"unknown endpoint {endpoint!r}",
                            hint=f"use one of {', '.join(sorted(_ROUTES))} (or '*' for any other)")
+
+
+def _checked_permissions(permissions: Any) -> frozenset[str] | None:
+    if permissions is None:
+        return None
+    if isinstance(permissions, str) or not all(isinstance(p, str) for p in permissions):
+        raise SandboxError(f"permissions must be a list of permission names or None, got "
+                           f"{permissions!r}", hint="e.g. ['users.track', 'segments.list']")
+    return frozenset(permissions)
+
+
+def _checked_error(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5:
+        raise SandboxError(f"estimate_error must be a fraction from 0 to 0.5, got {value!r}",
+                           hint="Braze's estimates are off by about 1% of all users: 0.01")
+    return float(value)
+
+
+def _checked_export_delay(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+        raise SandboxError(f"export_delay must be seconds from 0 to 3600, got {value!r}")
+    return float(value)
 
 
 def _checked_delay(seconds: Any) -> float:

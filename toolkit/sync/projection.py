@@ -93,7 +93,75 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
             np.asarray(found["last"], dtype=np.int64))
 
 
-def _disagreements(export, keys: pa.ChunkedArray, lose: np.ndarray, winner: np.ndarray,
+def export_keys(export, db=None, *, email_opt_in: bool = False,
+                alias_label: str | None = None) -> "ExportKeys":
+    """Every profile's Braze key, a chunk at a time, into the engine (which spills; Python
+    never holds the keys of a large export), and what the one rule for shared keys makes of
+    them."""
+    from toolkit import engine
+
+    ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+    has_parts, single = [], None
+    source = "key_chunk"    # one chunk is queried where it is; more are gathered in a table
+    with engine.using(db) as conn:
+        for i, chunk in enumerate(export.chunks(ident)):
+            arr = pa.array(braze_user_keys(chunk, email_opt_in=email_opt_in,
+                                           alias_label=alias_label)[0].array)
+            arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(
+                pa.string())
+            start = int(chunk.index[0]) if len(chunk) else 0
+            if i == 1:
+                conn.execute("CREATE OR REPLACE TEMP TABLE export_keys AS SELECT k, p FROM "
+                             "key_chunk")
+                source = "export_keys"
+            conn.register("key_chunk", pa.table({
+                "k": arr, "p": np.arange(start, start + len(arr), dtype=np.int64)}))
+            if i >= 1:
+                conn.execute("INSERT INTO export_keys SELECT k, p FROM key_chunk")
+            has_parts.append(pc.is_valid(arr).to_numpy(zero_copy_only=False))
+            single = arr if i == 0 else None
+        if not has_parts:
+            conn.register("key_chunk", pa.table({"k": pa.array([], pa.string()),
+                                                 "p": pa.array([], pa.int64())}))
+        found = conn.execute(
+            f"WITH shared AS (SELECT k, max(p) AS last FROM {source} WHERE k IS NOT NULL "
+            "GROUP BY k HAVING count(*) > 1) "
+            f"SELECT o.p, s.last, o.k FROM {source} o JOIN shared s ON o.k = s.k "
+            "WHERE o.p <> s.last ORDER BY o.p").fetchnumpy()
+        conn.unregister("key_chunk")
+        conn.execute("DROP TABLE IF EXISTS export_keys")
+    lose = np.asarray(found["p"], dtype=np.int64)
+    has_key = np.concatenate(has_parts) if has_parts else np.zeros(0, dtype=bool)
+    key_of = dict(zip(lose[:SHARED_IDENTIFIER_EXAMPLES].tolist(),
+                      list(found["k"][:SHARED_IDENTIFIER_EXAMPLES])))
+    return ExportKeys(lose, np.asarray(found["last"], dtype=np.int64), has_key, key_of,
+                      single if len(has_parts) == 1 else None)
+
+
+@dataclass
+class ExportKeys:
+    """The keys of an export's profiles as the one rule sees them: rows that ``lose`` to a
+    later row with the same key and each one's ``winner``, which rows have a key at all, the
+    keys of the first losers (for the finding) and, for an export in one piece, the keys."""
+
+    lose: np.ndarray
+    winner: np.ndarray
+    has_key: np.ndarray
+    key_of: dict
+    keys: "pa.Array | None" = None
+
+    def owner(self) -> np.ndarray:
+        owner = self.has_key.copy()
+        owner[self.lose] = False
+        return owner
+
+    def shadowed(self) -> np.ndarray:
+        out = np.zeros(len(self.has_key), dtype=bool)
+        out[self.lose] = True
+        return out
+
+
+def _disagreements(export, key_of: dict, lose: np.ndarray, winner: np.ndarray,
                    columns: list[str]) -> str:
     """A few profiles that lose beside the row that wins, naming the values that disagree
     (only those rows are read)."""
@@ -111,7 +179,7 @@ def _disagreements(export, keys: pa.ChunkedArray, lose: np.ndarray, winner: np.n
                 diffs.append(f"{col} {_show(a)} vs {_show(b)}")
         name = (lambda i: f"{ids.at[i]} (row {i + 1})") if ids is not None else (
             lambda i: f"row {i + 1}")
-        parts.append(f"{name(p)} loses to {name(w)} for {keys[p].as_py()}"
+        parts.append(f"{name(p)} loses to {name(w)} for {key_of[p]}"
                      + (": " + ", ".join(diffs) if diffs else " (same values)"))
     return "; ".join(parts)
 
@@ -431,31 +499,17 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     folder), so memory stays bounded whatever its size."""
     mapped = [r.key for r in mapping.rules if r.key in export.columns]
     needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
-    ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
     # pass 1: every profile's Braze key, to apply the one rule for shared keys over the export
-    key_parts = [pa.array(braze_user_keys(chunk, email_opt_in=email_opt_in,
-                                          alias_label=alias_label)[0].array)
-                 for chunk in export.chunks(ident)]
-    key_parts = [(k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k).cast(pa.string())
-                 for k in key_parts]
-    keys = pa.chunked_array(key_parts, pa.string())
-    lose, winner = shared_keys(keys, db)
-    has_key = pc.is_valid(keys).to_numpy(zero_copy_only=False)
-    # an export in one piece reuses its keys; one kept on disk makes each chunk's again below,
-    # cheaper than holding them all
-    reuse = key_parts[0] if len(key_parts) == 1 else None
-    del key_parts
-    owner = has_key.copy()
-    owner[lose] = False
-    shadowed = np.zeros(len(owner), dtype=bool)
-    shadowed[lose] = True
+    found = export_keys(export, db, email_opt_in=email_opt_in, alias_label=alias_label)
+    has_key, owner, shadowed = found.has_key, found.owner(), found.shadowed()
+    # an export in one piece reuses its keys; one kept on disk makes each chunk's again below
+    reuse = found.keys
     shared_note = None
-    if len(lose):
+    if len(found.lose):
         shared_note = (
-            f"{len(lose):,} profile(s) share a Braze identifier with a later profile; the last "
-            "row in the export is sent, the others are left out. "
-            + _disagreements(export, keys, lose, winner, mapped))
-    del keys
+            f"{len(found.lose):,} profile(s) share a Braze identifier with a later profile; the "
+            "last row in the export is sent, the others are left out. "
+            + _disagreements(export, found.key_of, found.lose, found.winner, mapped))
     value_types = {r.key: str(export.computation(r.key)["value_type"]) for r in mapping.rules
                    if r.key in export.columns}
     notes = _Notes()
