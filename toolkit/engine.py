@@ -22,7 +22,7 @@ import duckdb
 
 from toolkit.errors import ConfigError
 
-__all__ = ["connect", "using", "configure", "settings", "quote", "literal"]
+__all__ = ["connect", "using", "configure", "settings", "quote", "literal", "release_memory"]
 
 _overrides: dict[str, str | None] = {}
 
@@ -82,6 +82,24 @@ def using(db: "duckdb.DuckDBPyConnection | None" = None) -> Iterator[duckdb.Duck
         return
     with connect() as conn:
         yield conn
+
+
+def release_memory() -> None:
+    """Hand memory freed by one chunk of a large export back to the system before the next:
+    Arrow's pool and the C allocator otherwise keep it, and a 10M-profile run would hold every
+    chunk's leftovers at once."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing more to hand back
+        pass
 
 
 def quote(name: str) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from toolkit import engine
 from toolkit.braze import rules as braze_rules
 from toolkit.braze.filters import (MAX_EVENT_COUNT, AllOf, AnyOf, BooleanAttribute,
                                    CustomEventCount, CustomEventPropertyCount, DateAttribute,
@@ -684,6 +685,7 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
                 codes.setdefault(key, []).append(reason.cat.codes.to_numpy())
             users += part.user_count
             del part, rows, chunk
+            engine.release_memory()
             bar.update(hi - lo)
     finally:
         bar.close()

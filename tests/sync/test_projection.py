@@ -93,3 +93,18 @@ def test_projection_has_one_row_per_braze_user_and_names_every_left_out_profile(
     expected = export.profiles.loc[5, "total_revenue_180_days"]
     assert json.loads(proj.table.column(spec.column)[row].as_py()) == pytest.approx(expected)
     assert np.all(proj.table.column("pos").to_numpy() != 1)
+
+
+def test_candidates_from_colliding_hashes_are_compared_by_their_real_keys():
+    # the engine finds candidates by a 64-bit hash of each key; only rows whose real keys are
+    # equal may lose to a later row
+    from toolkit.sync.projection import IDENTITY_COLUMNS, _shared_among
+
+    export = make_export(10)
+    ident = [c for c in IDENTITY_COLUMNS if c in export.profiles.columns]
+    lose, winner, _ = _shared_among(export, np.array([1, 2, 5]), ident, False, None)
+    assert len(lose) == 0 and len(winner) == 0
+    export.profiles.loc[2, "user_id"] = export.profiles.loc[5, "user_id"]
+    lose, winner, key_of = _shared_among(export, np.array([1, 2, 5]), ident, False, None)
+    assert lose.tolist() == [2] and winner.tolist() == [5]
+    assert key_of == {2: f"external_id:{export.profiles.loc[5, 'user_id']}"}

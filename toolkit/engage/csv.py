@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,13 +48,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
+from toolkit import engine
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, assemble, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
                                    merge_report, rows_text, sample_kind, type_python_values,
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
+from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
 from toolkit.errors import ExportFormatError
 
 __all__ = ["read_csv", "detect_csv_kind", "key_from_path", "match_hashed", "CSV_KINDS"]
@@ -433,8 +437,6 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
                                                                "value", key)
                                           and id_column_type(c.lower()) is None])
     if store is None:
-        from toolkit.engage.store import store_settings
-
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
     if store:
         if kind != "csv_formatted":
@@ -480,11 +482,6 @@ def _read_stored(path: Path, header: _Header, kind: str, key: str, computation_i
     """A formatted audience CSV read chunk by chunk into the export cache (see
     `toolkit.engage.store`): each chunk normalised by the in-memory reader, appended to one
     Parquet file; findings keep the file's row numbers."""
-    import pyarrow.parquet as pq
-
-    from toolkit import engine
-    from toolkit.engage.store import StoredExport, cache_path, prune_cache, store_settings
-
     if _odd_quote_count(path):
         problem = _unclosed_quote(header)
         if problem is not None:
@@ -526,12 +523,6 @@ def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_
                   types: dict, chunk_rows: int, out: Path):
     """Normalise the CSV chunk by chunk into the Parquet file ``out``; returns the
     computations, the profile dtypes and the chunks' findings (file row numbers)."""
-    import pyarrow.parquet as pq
-
-    from toolkit.engage.store import shifted
-
-    from concurrent.futures import ThreadPoolExecutor
-
     schema = comps = dtypes = writer = None
     rows = 0
     chunk_findings: list = []
@@ -560,6 +551,7 @@ def _write_chunks(path: Path, header: _Header, kind: str, key: str, computation_
             pending = pool.submit(writer.write_table, data,
                                   row_group_size=min(len(frame), 131_072))
             del frame, part, data
+            engine.release_memory()
             rows += table.num_rows
             bar.update(table.num_rows)
         if pending is not None:

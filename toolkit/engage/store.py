@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import replace
 from html import escape
 from pathlib import Path
 from typing import Iterator
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toolkit import engine
 from toolkit.engage.model import EVENT_COLUMNS, IDENTIFIER_COLUMNS, EngageExport, Findings
 from toolkit.errors import ExportTooLarge, ExportValidationError
 
@@ -60,8 +63,6 @@ def cache_path(source: Path, kind: str, key: str) -> Path:
 def prune_cache(keep: Path, days: float = 7.0) -> list[Path]:
     """Remove stored exports last written more than ``days`` ago (``TOOLKIT_CACHE_DAYS``) from
     the cache folder of ``keep``, so daily loads of new files do not fill the disk."""
-    import time
-
     days = float(os.environ.get("TOOLKIT_CACHE_DAYS") or days)
     cutoff = time.time() - days * 86400
     removed = []
@@ -151,8 +152,6 @@ class StoredExport(EngageExport):
 
     def take(self, positions: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """The profiles at ``positions`` (a few rows: read through the engine, not the file)."""
-        from toolkit import engine
-
         positions = np.unique(np.asarray(positions, dtype=np.int64))
         cols = ", ".join(engine.quote(c) for c in (columns or self.columns))
         with engine.connect() as db:
@@ -167,10 +166,6 @@ class StoredExport(EngageExport):
 
     # -- views computed on the engine ------------------------------------------------------
     def _query(self, query: str, params: list | None = None) -> pd.DataFrame:
-        import duckdb
-
-        from toolkit import engine
-
         with engine.connect() as db:
             db.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet("
                        f"{engine.literal(str(self.path))})")
@@ -203,8 +198,6 @@ class StoredExport(EngageExport):
         return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
 
     def summary(self) -> pd.DataFrame:
-        from toolkit import engine
-
         rows = []
         for comp in self.computations.to_dict("records"):
             col = engine.quote(comp["key"])

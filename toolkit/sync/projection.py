@@ -17,6 +17,8 @@ to, so they compare equal to what earlier ledgers stored.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from toolkit import __version__, engine
 from toolkit.braze import rules as braze_rules
 from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
@@ -78,8 +81,6 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
     """(positions of the rows that lose to a later row with the same key, the winning row's
     position for each). Computed on the engine (a hash aggregate on every core): shared keys
     are rare, so only those rows come back."""
-    from toolkit import engine
-
     arr = _key_array(keys)
     with engine.using(db) as conn:
         conn.register("owner_keys", pa.table({"k": arr, "p": np.arange(len(arr), dtype=np.int64)}))
@@ -95,47 +96,71 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
 
 def export_keys(export, db=None, *, email_opt_in: bool = False,
                 alias_label: str | None = None) -> "ExportKeys":
-    """Every profile's Braze key, a chunk at a time, into the engine (which spills; Python
-    never holds the keys of a large export), and what the one rule for shared keys makes of
-    them."""
-    from toolkit import engine
-
+    """Every profile's Braze key and what the one rule for shared keys makes of them. An
+    export in one piece is looked at whole on the engine. One kept on disk goes a chunk at a
+    time keeping only a 64-bit hash per profile (80 MB for 10M profiles; neither Python nor
+    the engine ever holds all its keys): rows whose hashes repeat are the few candidates,
+    read again and compared by their real keys, so a hash collision is never taken for a
+    shared identifier."""
     ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
-    has_parts, single = [], None
-    source = "key_chunk"    # one chunk is queried where it is; more are gathered in a table
-    with engine.using(db) as conn:
-        for i, chunk in enumerate(export.chunks(ident)):
-            arr = pa.array(braze_user_keys(chunk, email_opt_in=email_opt_in,
-                                           alias_label=alias_label)[0].array)
-            arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(
-                pa.string())
-            start = int(chunk.index[0]) if len(chunk) else 0
-            if i == 1:
-                conn.execute("CREATE OR REPLACE TEMP TABLE export_keys AS SELECT k, p FROM "
-                             "key_chunk")
-                source = "export_keys"
-            conn.register("key_chunk", pa.table({
-                "k": arr, "p": np.arange(start, start + len(arr), dtype=np.int64)}))
-            if i >= 1:
-                conn.execute("INSERT INTO export_keys SELECT k, p FROM key_chunk")
-            has_parts.append(pc.is_valid(arr).to_numpy(zero_copy_only=False))
-            single = arr if i == 0 else None
-        if not has_parts:
-            conn.register("key_chunk", pa.table({"k": pa.array([], pa.string()),
-                                                 "p": pa.array([], pa.int64())}))
-        found = conn.execute(
-            f"WITH shared AS (SELECT k, max(p) AS last FROM {source} WHERE k IS NOT NULL "
-            "GROUP BY k HAVING count(*) > 1) "
-            f"SELECT o.p, s.last, o.k FROM {source} o JOIN shared s ON o.k = s.k "
-            "WHERE o.p <> s.last ORDER BY o.p").fetchnumpy()
-        conn.unregister("key_chunk")
-        conn.execute("DROP TABLE IF EXISTS export_keys")
-    lose = np.asarray(found["p"], dtype=np.int64)
-    has_key = np.concatenate(has_parts) if has_parts else np.zeros(0, dtype=bool)
-    key_of = dict(zip(lose[:SHARED_IDENTIFIER_EXAMPLES].tolist(),
-                      list(found["k"][:SHARED_IDENTIFIER_EXAMPLES])))
-    return ExportKeys(lose, np.asarray(found["last"], dtype=np.int64), has_key, key_of,
-                      single if len(has_parts) == 1 else None)
+    chunks = export.chunks(ident)
+    first = next(chunks, None)
+    if first is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return ExportKeys(empty, empty, np.zeros(0, dtype=bool), {}, None)
+    second = next(chunks, None)
+    if second is None:
+        keys = _keys_of(first, email_opt_in, alias_label)
+        lose, winner = shared_keys(keys, db)
+        key_of = {int(p): keys[int(p)].as_py() for p in lose[:SHARED_IDENTIFIER_EXAMPLES]}
+        return ExportKeys(lose, winner, pc.is_valid(keys).to_numpy(zero_copy_only=False),
+                          key_of, keys)
+    hashes, positions, has_parts = [], [], []
+    for chunk in itertools.chain([first, second], chunks):
+        keys = _keys_of(chunk, email_opt_in, alias_label)
+        has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+        has_parts.append(has)
+        hashes.append(pd.util.hash_array(pc.filter(keys, pa.array(has)).to_numpy(
+            zero_copy_only=False).astype(object)))
+        positions.append(chunk.index.to_numpy(dtype=np.int64)[has])
+        del keys, chunk
+        engine.release_memory()
+    h = np.concatenate(hashes)
+    p = np.concatenate(positions)
+    del hashes, positions
+    order = np.argsort(h, kind="stable")
+    sorted_h = h[order]
+    same = sorted_h[1:] == sorted_h[:-1]
+    repeated = np.zeros(len(sorted_h), dtype=bool)
+    repeated[1:] |= same
+    repeated[:-1] |= same
+    candidates = np.sort(p[order[repeated]])
+    lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in, alias_label)
+    return ExportKeys(lose, winner, np.concatenate(has_parts), key_of, None)
+
+
+def _keys_of(chunk: pd.DataFrame, email_opt_in: bool, alias_label: str | None) -> pa.Array:
+    arr = pa.array(braze_user_keys(chunk, email_opt_in=email_opt_in,
+                                   alias_label=alias_label)[0].array)
+    return (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.string())
+
+
+def _shared_among(export, candidates: np.ndarray, ident: list[str], email_opt_in: bool,
+                  alias_label: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Of the candidate rows, those whose real key a later row shares (last row wins): their
+    positions, each one's winner, and the keys of the first few."""
+    empty = np.zeros(0, dtype=np.int64)
+    if not len(candidates):
+        return empty, empty, {}
+    rows = export.take(candidates, ident)
+    keys = braze_user_keys(rows, email_opt_in=email_opt_in, alias_label=alias_label)[0]
+    frame = pd.DataFrame({"k": keys.to_numpy(dtype=object), "p": rows.index.to_numpy()})
+    frame["last"] = frame.groupby("k")["p"].transform("max")
+    losers = frame[frame["p"] != frame["last"]].sort_values("p")
+    key_of = dict(zip(losers["p"].head(SHARED_IDENTIFIER_EXAMPLES).tolist(),
+                      losers["k"].head(SHARED_IDENTIFIER_EXAMPLES).tolist()))
+    return (losers["p"].to_numpy(dtype=np.int64), losers["last"].to_numpy(dtype=np.int64),
+            key_of)
 
 
 @dataclass
@@ -207,10 +232,6 @@ def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: st
     mapping and the options. Equal digests mean equal projections, so a ledger that recorded
     convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
     the diff. Hashed on the engine, two independent 64-bit hashes per row folded with XOR."""
-    import hashlib
-
-    from toolkit import __version__, engine
-
     keys = [r.key for r in mapping.rules]
     columns = list(dict.fromkeys(
         [c for c in IDENTITY_COLUMNS if c in export.columns]
@@ -397,8 +418,6 @@ class Projection:
 
     def spec_digest(self) -> str:
         """A digest of the fields and their kinds: checksums are comparable only under one."""
-        import hashlib
-
         text = dumps([[f.field, f.kind] for f in sorted(self.fields, key=lambda f: f.field)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -500,7 +519,8 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     mapped = [r.key for r in mapping.rules if r.key in export.columns]
     needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
     # pass 1: every profile's Braze key, to apply the one rule for shared keys over the export
-    found = export_keys(export, db, email_opt_in=email_opt_in, alias_label=alias_label)
+    # (a connection of its own, closed at once: the engine's memory goes back before the rest)
+    found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
     has_key, owner, shadowed = found.has_key, found.owner(), found.shadowed()
     # an export in one piece reuses its keys; one kept on disk makes each chunk's again below
     reuse = found.keys
@@ -543,7 +563,8 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                 writer = pq.ParquetWriter(out_path, tables[0].schema, compression="zstd")
                 writer.write_table(tables.pop())
             writer.write_table(table.cast(writer.schema))
-            pa.default_memory_pool().release_unused()   # a chunk's memory back before the next
+            del table, chunk
+            engine.release_memory()   # a chunk's memory back before the next
     finally:
         if writer is not None:
             writer.close()
