@@ -141,7 +141,7 @@ class StoredExport(EngageExport):
         """The profiles, ``rows`` at a time (default ``TOOLKIT_CHUNK_ROWS``), as pandas frames
         indexed by their position in the export; only ``columns`` when given."""
         size = rows or store_settings()["chunk_rows"]
-        file = pq.ParquetFile(self.path)
+        file = pq.ParquetFile(self.path, pre_buffer=False)
         try:
             start = 0
             for batch in file.iter_batches(batch_size=size, columns=columns):

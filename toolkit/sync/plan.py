@@ -336,7 +336,7 @@ class _OpsReader:
     reads, as apply makes them, decode each group once)."""
 
     def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(path, pre_buffer=False)
         self.columns = list(columns)
         meta = self.file.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -468,7 +468,7 @@ class Plan:
         per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
         rows = 0
         try:
-            file = pq.ParquetFile(self.ops_path)
+            file = pq.ParquetFile(self.ops_path, pre_buffer=False)
             for batch in file.iter_batches(batch_size=131_072, columns=list(OPERATION_COLUMNS)):
                 rows += batch.num_rows
                 for c in OPERATION_COLUMNS:
@@ -754,7 +754,7 @@ class Plan:
         if limit is None or not self.rows:
             ops = self.operations
         else:
-            file = pq.ParquetFile(self.ops_path)
+            file = pq.ParquetFile(self.ops_path, pre_buffer=False)
             ops = next(file.iter_batches(batch_size=max(1, int(limit)))).to_pandas()
             file.close()
         return pd.DataFrame({

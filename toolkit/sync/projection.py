@@ -116,15 +116,19 @@ def export_keys(export, db=None, *, email_opt_in: bool = False,
         return ExportKeys(lose, winner, pc.is_valid(keys).to_numpy(zero_copy_only=False),
                           key_of, keys)
     hashes, positions, has_parts = [], [], []
-    for chunk in itertools.chain([first, second], chunks):
-        keys = _keys_of(chunk, email_opt_in, alias_label)
-        has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
-        has_parts.append(has)
-        hashes.append(pd.util.hash_array(pc.filter(keys, pa.array(has)).to_numpy(
-            zero_copy_only=False).astype(object)))
-        positions.append(chunk.index.to_numpy(dtype=np.int64)[has])
-        del keys, chunk
-        engine.release_memory()
+    with engine.using(db) as conn:
+        for chunk in itertools.chain([first, second], chunks):
+            keys = _keys_of(chunk, email_opt_in, alias_label)
+            has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+            has_parts.append(has)
+            # hashed by the engine, straight from Arrow: no Python string per profile
+            conn.register("key_chunk", pa.table({"k": pc.filter(keys, pa.array(has))}))
+            hashes.append(np.asarray(conn.execute("SELECT hash(k) AS h FROM key_chunk")
+                                     .fetchnumpy()["h"], dtype=np.uint64))
+            conn.unregister("key_chunk")
+            positions.append(chunk.index.to_numpy(dtype=np.int64)[has])
+            del keys, chunk
+            engine.release_memory()
     h = np.concatenate(hashes)
     p = np.concatenate(positions)
     del hashes, positions
