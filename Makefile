@@ -27,6 +27,7 @@ endif
 # Every test: unit, sandbox integration, widget, reliability, and every notebook under nbval.
 test: $(STAMP)
 	bash scripts/install-browser.sh
+	bash scripts/install-postgresql.sh
 	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 bench: $(STAMP)

@@ -63,6 +63,7 @@ _PUBLIC: dict[str, str] = {
     "LedgerError": "toolkit.errors",
     "BrazeAPIError": "toolkit.errors",
     "ConfigError": "toolkit.errors",
+    "WarehouseError": "toolkit.errors",
     "SegmentCheckError": "toolkit.errors",
 }
 

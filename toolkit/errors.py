@@ -73,6 +73,7 @@ __all__ = [
     "PushInProgress",
     "StepNotDone",
     "ConfigError",
+    "WarehouseError",
     "SandboxError",
     "SegmentCheckError",
 ]
@@ -268,6 +269,11 @@ def _rebuild_transport(cls, message, outcome, kind, context):
 
 class ConfigError(ToolkitError):
     """A setting is missing or invalid (endpoint, API key, paths, options)."""
+
+
+class WarehouseError(ConfigError):
+    """A database URL cannot be used: unknown scheme, server unreachable, login refused, or a
+    schema, table or column missing."""
 
 
 class SandboxError(ToolkitError):

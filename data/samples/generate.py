@@ -4,6 +4,8 @@
     python data/samples/generate.py --profiles 1000000 --out data/large   # benchmark files
 
     python data/samples/generate.py --profiles 1000000 --out DIR --change 0.1   # + a 10% change
+    python data/samples/generate.py --database duckdb:///tmp/engage.duckdb   # Profiles Sync tables
+    python data/samples/generate.py --database postgresql://user:pw@host/db --schema my_space
 
 The same ~2,000 profiles are written in every export shape Engage produces (see README.md in
 this folder), so loading any of them yields the same audience membership per profile. Large mode
@@ -13,6 +15,8 @@ distributions with numpy, one independent random stream per block of `BLOCK` pro
 builds and writes each block's CSV lines with Arrow compute, so 10M profiles take about a minute
 in bounded memory. ``--change F`` also writes ``all_shoppers_changed.csv``: the same profiles, a
 fraction F of them with a different ``total_revenue_180_days`` and ``last_product_viewed_item``.
+``--database URL`` writes only the sample's Profiles Sync tables, into a schema of that database
+(``toolkit.load(URL, schema=…)`` reads them back).
 """
 from __future__ import annotations
 
@@ -282,8 +286,8 @@ def write_trait_csvs(profiles: list[Profile], out: Path) -> None:
                                            "email"], rows)
 
 
-def write_profiles_sync(profiles: list[Profile], out: Path, rng: random.Random) -> None:
-    d = out / "profiles_sync"
+def profiles_sync_rows(profiles: list[Profile], rng: random.Random):
+    """(profile_traits header, its rows, external_id_mapping rows), as the CSV dumps hold them."""
     header = ["canonical_segment_id", "first_name", "last_name", *AUDIENCES, *TRAITS, "merged_to"]
     rows, mapping = [], []
     for p in profiles:
@@ -300,6 +304,12 @@ def write_profiles_sync(profiles: list[Profile], out: Path, rng: random.Random) 
     for p in profiles[5:10]:
         rows.append([_ksuid(rng, "use_"), "", ""] + ["false"] * len(AUDIENCES)
                     + [""] * len(TRAITS) + [p.segment_id])
+    return header, rows, mapping
+
+
+def write_profiles_sync(profiles: list[Profile], out: Path, rng: random.Random) -> None:
+    d = out / "profiles_sync"
+    header, rows, mapping = profiles_sync_rows(profiles, rng)
     _write_csv(d / "profile_traits.csv", header, rows)
     _write_csv(d / "external_id_mapping.csv",
                ["canonical_segment_id", "external_id_type", "external_id_value", "timestamp"],
@@ -314,6 +324,67 @@ def write_profiles_sync(profiles: list[Profile], out: Path, rng: random.Random) 
         table = pacsv.read_csv(d / f"{name}.csv",
                                convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
         pq.write_table(table, d / "parquet" / f"{name}.parquet", compression="zstd")
+
+
+MAPPING_HEADER = ["canonical_segment_id", "external_id_type", "external_id_value", "timestamp"]
+
+
+def profiles_sync_tables(profiles: list[Profile], rng: random.Random, layout: str = "all"):
+    """The Profiles Sync tables as Arrow tables, holding what the CSV dumps hold.
+
+    ``materialised``: profile_traits + external_id_mapping (typed as the parquet dumps), as
+    segmentio/profiles-sync-dbt builds them; ``segment``: user_traits, user_identifiers and
+    id_graph, as Segment writes them (one text row per trait value); ``all``: both.
+    """
+    import pyarrow.csv as pacsv
+
+    header, rows, mapping = profiles_sync_rows(profiles, rng)
+    tables = {}
+    if layout in ("materialised", "all"):
+        for name, head, body in (("profile_traits", header, rows),
+                                 ("external_id_mapping", MAPPING_HEADER, mapping)):
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows([head, *body])
+            tables[name] = pacsv.read_csv(
+                io.BytesIO(text.getvalue().encode()),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    if layout in ("segment", "all"):
+        traits, seq = [], 0
+        for row in rows:
+            for name, value in zip(header[1:-1], row[1:-1]):
+                if value != "":
+                    seq += 1
+                    traits.append((row[0], name, value, seq))
+        received = SNAPSHOT.replace(tzinfo=None)
+        tables["user_traits"] = pa.table({
+            "canonical_segment_id": [t[0] for t in traits], "name": [t[1] for t in traits],
+            "value": [t[2] for t in traits], "seq": pa.array([t[3] for t in traits], pa.int64()),
+            "received_at": pa.array([received] * len(traits), pa.timestamp("s")),
+            "timestamp": pa.array([received] * len(traits), pa.timestamp("s"))})
+        tables["user_identifiers"] = pa.table({
+            "canonical_segment_id": [m[0] for m in mapping], "type": [m[1] for m in mapping],
+            "value": [m[2] for m in mapping],
+            "seq": pa.array(range(1, len(mapping) + 1), pa.int64()),
+            "timestamp": pa.array([datetime.strptime(m[3], "%Y-%m-%d %H:%M:%S")
+                                   for m in mapping], pa.timestamp("s"))})
+        graph = [(row[0], row[-1] or row[0]) for row in rows]
+        tables["id_graph"] = pa.table({
+            "segment_id": [g[0] for g in graph], "canonical_segment_id": [g[1] for g in graph],
+            "timestamp": pa.array([received] * len(graph), pa.timestamp("s"))})
+    return tables
+
+
+def write_database(profiles: list[Profile], url: str, schema: str, layout: str,
+                   rng: random.Random) -> list[str]:
+    """Write the Profiles Sync tables into `schema` of the database at `url`; their names."""
+    try:
+        from toolkit.engage.warehouse import write_tables
+    except ImportError:   # run from a checkout without the package installed
+        sys.path.insert(0, str(HERE.parents[1]))
+        from toolkit.engage.warehouse import write_tables
+    tables = profiles_sync_tables(profiles, rng, layout)
+    write_tables(url, schema, tables)
+    return list(tables)
 
 
 # -- NDJSON of Engage messages ----------------------------------------------------------------
@@ -809,7 +880,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--change", type=float, default=0.0, metavar="FRACTION",
                         help="large mode: also write all_shoppers_changed.csv, the same profiles "
                              "with this fraction of them changed (e.g. 0.1)")
+    parser.add_argument("--database", metavar="URL", default=None,
+                        help="write only the Profiles Sync tables, into this database "
+                             "(postgresql://user:password@host/db or duckdb:///path/file.duckdb)")
+    parser.add_argument("--schema", default="northwind_profiles",
+                        help="--database: the schema to write them in (northwind_profiles)")
+    parser.add_argument("--tables", choices=("all", "segment", "materialised"), default="all",
+                        help="--database: Segment's own tables (user_traits, user_identifiers, "
+                             "id_graph), the dbt-materialised ones (profile_traits, "
+                             "external_id_mapping) or all five (all)")
     args = parser.parse_args(argv)
+    if args.database:
+        if args.profiles > 10_000:
+            parser.error("--database writes the sample (at most 10,000 profiles)")
+        names = write_database(make_profiles(args.profiles, args.seed), args.database,
+                               args.schema, args.tables, random.Random(args.seed + 2))
+        from toolkit.engage.warehouse import redact
+        print(f"wrote {', '.join(names)} ({args.profiles:,} profiles) to schema {args.schema} "
+              f"of {redact(args.database)}", file=sys.stderr)
+        return 0
     large = args.profiles > 10_000
     if args.change and not large:
         parser.error("--change needs --profiles above 10,000 (large mode)")

@@ -26,7 +26,7 @@ from toolkit.engage.frames import Typed, identifier_frame, merge_report, rows_te
 from toolkit.engage.model import Findings
 from toolkit.errors import ExportFormatError
 
-__all__ = ["read_profiles_sync", "find_tables", "TABLE_NAMES"]
+__all__ = ["read_profiles_sync", "materialise", "find_tables", "TABLE_NAMES"]
 
 TABLE_NAMES = ("profile_traits", "external_id_mapping")
 _SUFFIXES = (".csv", ".parquet", ".pq")
@@ -59,11 +59,7 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, bool]:
         raise ExportFormatError("file not found", file=str(path), hint="check the path")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            # float columns stay Arrow-backed: there a NaN is a value, apart from a null
-            # (numpy floats would make both NaN), so a NaN trait can be reported
-            return pq.read_table(path).to_pandas(types_mapper={
-                pa.float64(): pd.ArrowDtype(pa.float64()),
-                pa.float32(): pd.ArrowDtype(pa.float32())}.get), False
+            return arrow_frame(pq.read_table(path)), False
         except (pa.ArrowInvalid, OSError) as exc:
             raise ExportFormatError(f"not a readable parquet file ({str(exc).splitlines()[0]})",
                                     file=str(path), hint="export the table again") from None
@@ -85,14 +81,41 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
             file=str(source), hint="pass a directory holding profile_traits.csv|parquet and "
                                    "external_id_mapping.csv|parquet, or a tuple of the two paths")
     traits_path, mapping_path = tables
-    findings = Findings()
     traits, traits_text = _read_any(traits_path)
     mapping, _ = _read_any(mapping_path)
+    mtime = max(os.path.getmtime(traits_path), os.path.getmtime(mapping_path))
+    return materialise(traits, mapping, traits_text=traits_text, audiences=audiences,
+                       traits_at={"file": str(traits_path)},
+                       mapping_at={"file": str(mapping_path)},
+                       snapshot_at=pd.Timestamp(mtime, unit="s", tz="UTC"),
+                       source=f"{traits_path} + {mapping_path.name} (profiles_sync)")
+
+
+def arrow_frame(table: pa.Table) -> pd.DataFrame:
+    """A typed Arrow table (parquet, a database) as the frame `materialise` reads."""
+    # float columns stay Arrow-backed: there a NaN is a value, apart from a null (numpy floats
+    # would make both NaN), so a NaN trait can be reported
+    return table.to_pandas(types_mapper={pa.float64(): pd.ArrowDtype(pa.float64()),
+                                         pa.float32(): pd.ArrowDtype(pa.float32())}.get)
+
+
+def materialise(traits: pd.DataFrame, mapping: pd.DataFrame, *, traits_text: bool,
+                audiences: Iterable[str] | None, traits_at: dict, mapping_at: dict,
+                snapshot_at: pd.Timestamp | None, source: str) -> "EngageExport":  # noqa: F821
+    """An `EngageExport` from the two tables as frames, wherever they were read from.
+
+    `traits_text`: the trait columns are text to type (CSV), not typed values. `traits_at` /
+    `mapping_at`: where each table came from, as error context (``{"file": path, "line": 1}`` or
+    ``{"table": "schema.table"}``).
+    """
+    findings = Findings()
+    theader = {**traits_at, "line": 1} if "file" in traits_at else traits_at
+    mheader = {**mapping_at, "line": 1} if "file" in mapping_at else mapping_at
     tcols = {c.lower(): c for c in traits.columns}
     key_col = tcols.get("canonical_segment_id") or tcols.get("segment_id")
     if key_col is None:
         raise ExportFormatError("profile_traits has no canonical_segment_id column",
-                                file=str(traits_path), line=1,
+                                **theader, column="canonical_segment_id",
                                 hint="materialise profile_traits with segmentio/profiles-sync-dbt")
     mcols = {c.lower(): c for c in mapping.columns}
     needed = ("external_id_type", "external_id_value")
@@ -100,7 +123,7 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
     if mkey is None or any(c not in mcols for c in needed):
         raise ExportFormatError(
             "external_id_mapping needs columns canonical_segment_id, external_id_type, "
-            "external_id_value", file=str(mapping_path), line=1,
+            "external_id_value", **mheader,
             hint="materialise external_id_mapping with segmentio/profiles-sync-dbt")
     if "merged_to" in tcols:
         target = traits[tcols["merged_to"]]
@@ -114,9 +137,10 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
         row_numbers = np.arange(1, len(traits) + 1)
     seg = traits[key_col].astype("string")
     if seg.isna().any():
+        first_bad = int(row_numbers[int(np.flatnonzero(seg.isna().to_numpy())[0])])
         raise ExportFormatError("a profile_traits row has no canonical_segment_id",
-                                file=str(traits_path),
-                                line=int(row_numbers[int(np.flatnonzero(seg.isna().to_numpy())[0])]) + 1,
+                                **({**traits_at, "line": first_bad + 1} if "file" in traits_at
+                                   else {**traits_at, "row": first_bad}),
                                 hint="every profile_traits row needs its canonical_segment_id")
     dup = seg.duplicated()
     if dup.any():
@@ -197,10 +221,7 @@ def read_profiles_sync(source: str | os.PathLike | Sequence, *,
         missing = wanted - set(typed)
         if missing:
             raise ExportFormatError(f"audience columns not in profile_traits: "
-                                    f"{', '.join(sorted(missing))}", file=str(traits_path), line=1,
+                                    f"{', '.join(sorted(missing))}", **theader,
                                     hint="name only columns of profile_traits in audiences=")
-    mtime = max(os.path.getmtime(traits_path), os.path.getmtime(mapping_path))
-    return assemble(ident, typed, comps, events=None,
-                    snapshot_at=pd.Timestamp(mtime, unit="s", tz="UTC"),
-                    source=f"{traits_path} + {mapping_path.name} (profiles_sync)",
+    return assemble(ident, typed, comps, events=None, snapshot_at=snapshot_at, source=source,
                     findings=findings, rows=row_numbers)

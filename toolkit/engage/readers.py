@@ -29,6 +29,7 @@ from toolkit.engage.frames import (ID_LIST_DTYPE, PANDAS_DTYPE, Typed, computati
 from toolkit.engage.model import IDENTIFIER_COLUMNS, EngageExport, Finding, Findings
 from toolkit.engage.profile_api import load_profile_api
 from toolkit.engage.profiles_sync import find_tables, read_profiles_sync
+from toolkit.engage.warehouse import is_database_url, read_database
 from toolkit.errors import ExportFormatError
 
 __all__ = ["load", "detect_kind", "merge", "KINDS", "Reader", "READERS", "register_reader"]
@@ -157,7 +158,7 @@ def detect_kind(path: str | os.PathLike) -> str:
 def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | None = None,
          audience: str | None = None, computation_id: str | None = None,
          audiences: Iterable[str] | None = None, store: bool | None = None,
-         **profile_api: Any) -> EngageExport:
+         schema: str | None = None, **profile_api: Any) -> EngageExport:
     """Load an Engage export into an `EngageExport`.
 
     `path_or_frame`: a file, a directory, a list/tuple of paths, a DataFrame, or (with
@@ -167,7 +168,14 @@ def load(path_or_frame: Any, kind: str | None = None, *, computation_key: str | 
     Profiles Sync / DataFrame columns are audiences (default: the all-boolean ones).
     `store`: keep a formatted audience CSV's profiles on disk and read them in chunks (a
     `StoredExport`; default: from ``TOOLKIT_STORE_FROM`` bytes, see `toolkit.engage.store`).
+    A database URL (``postgresql://…``, ``duckdb:///file.duckdb``) reads the Profiles Sync tables
+    of `schema` in it (see `toolkit.engage.warehouse`).
     """
+    if is_database_url(path_or_frame):
+        return read_database(path_or_frame, schema=schema, audiences=audiences)
+    if schema is not None:
+        raise ExportFormatError("schema= is only for a database URL", hint="drop schema=, or "
+                                "pass postgresql://… or duckdb:///… as the first argument")
     if kind is not None and kind not in READERS:
         raise ExportFormatError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(READERS)}")
     key = computation_key or audience
