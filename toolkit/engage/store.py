@@ -193,10 +193,6 @@ class StoredExport(EngageExport):
         picked = np.sort(rng.choice(self.rows, size=min(n, self.rows), replace=False))
         return self.take(picked)
 
-    def members(self, audience: str) -> pd.DataFrame:
-        self.computation(audience)
-        return self.profiles[self.profiles[audience].fillna(False).astype(bool)]
-
     def summary(self) -> pd.DataFrame:
         rows = []
         for comp in self.computations.to_dict("records"):
