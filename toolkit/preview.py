@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -130,14 +130,17 @@ class _Check:
 class Preview:
     """Side-by-side Engage vs Braze counts per audience/trait, the filters, and the projected state."""
 
-    def __init__(self, *, mapping: "Mapping", export: EngageExport, state: BrazeState,
+    def __init__(self, *, mapping: "Mapping", export: EngageExport,
+                 state: "BrazeState | Callable[[], BrazeState]",
                  frame: pd.DataFrame, filters: dict[str, list[Filter]], warnings: list[str],
                  freshness: str, reasons: dict[str, pd.Series],
-                 user_count: int | None = None) -> None:
+                 user_count: int | None = None, as_of: pd.Timestamp | None = None) -> None:
         self.mapping = mapping
         self._user_count = user_count
         self.export = export
-        self.state = state
+        # the engine's preview projects the state only when it is looked at (`state`)
+        self._state = state
+        self._as_of = state.as_of if isinstance(state, BrazeState) else as_of
         self.filters = filters
         self.warnings = warnings
         self.freshness = freshness
@@ -145,8 +148,15 @@ class Preview:
         self._reasons = reasons
 
     @property
+    def state(self) -> BrazeState:
+        """The Braze state a sync would produce (users, attributes, events, cohorts)."""
+        if not isinstance(self._state, BrazeState):
+            self._state = self._state()
+        return self._state
+
+    @property
     def as_of(self) -> pd.Timestamp:
-        return self.state.as_of
+        return self._as_of
 
     @property
     def user_count(self) -> int:
@@ -210,7 +220,7 @@ class Preview:
         warn = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
         return (f"<div class='braze-preview'><h4>Braze preview</h4>"
                 f"<p>{escape(self.freshness)}; evaluated as of {escape(self.as_of.isoformat())}. "
-                f"Braze users: {len(self.state.users):,}.</p>"
+                f"Braze users: {self.user_count:,}.</p>"
                 + (f"<ul style='color:#b9770e'>{warn}</ul>" if warn else "")
                 + "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
                 + f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
@@ -283,25 +293,10 @@ class _Builder:
         self.n = len(self.p)
         self.counted = np.ones(self.n, dtype=bool) if counted is None else counted
         self.params = params or {}
-        self.keys, self.kinds = braze_user_keys(self.p, email_opt_in=email_opt_in,
-                                                alias_label=alias_label)
-        self.has_key = self.keys.notna().to_numpy(dtype=bool)
-        # the plan's rule for profiles sharing an identifier (the last row wins), so the
-        # preview shows exactly the users and values a sync sends; a user is numbered by its
-        # winning row, and the rows that lose take their winner's number
-        lose, winner = shared_keys(self.keys)
-        owner = self.has_key.copy()
-        owner[lose] = False
-        self.shadowed = np.zeros(self.n, dtype=bool)
-        self.shadowed[lose] = True
-        self.sent = owner
-        positions = np.flatnonzero(owner)
-        codes = np.full(self.n, -1, dtype=np.int64)
-        codes[positions] = np.arange(len(positions))
-        codes[lose] = codes[winner]
-        self.codes = codes
-        self.users = pd.Index(self.keys.array.take(positions), name="user", dtype="string")
-        self.owner = positions
+        self.email_opt_in, self.alias_label, self.as_of_given = email_opt_in, alias_label, as_of
+        self._idents: dict[str, np.ndarray] = {}
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self._identify()
         events = export.events if export.events is not None else pd.DataFrame()
         self.history = events if len(events) else None
         snap = export.snapshot_at
@@ -317,15 +312,46 @@ class _Builder:
             candidates = [t for t in (self.snapshot, last_event) if t is not None]
             self.as_of = max(candidates) if candidates else pd.Timestamp.now(tz="UTC")
         self.last_event = last_event
-        self.conversions: dict[str, payload_rules.Conversion] = {}
-        self._idents: dict[str, np.ndarray] = {}
-        self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self.conversions: dict[str, payload_rules.Conversion] = {}   # of attributes sent
+        self._converts: dict[str, payload_rules.Conversion] = {}
         self.exits: dict[str, np.ndarray] = {}
         self.entries: dict[str, np.ndarray] = {}
         self.max_entries: dict[str, int] = {}
         self.first_event: dict[str, np.ndarray] = {}
 
     # -- identifiers ---------------------------------------------------------------------------
+    def _identify(self) -> None:
+        """Every profile's Braze user, with the plan's rule for profiles sharing an identifier
+        (the last row wins), so the preview shows exactly the users and values a sync sends; a
+        user is numbered by its winning row, and the rows that lose take their winner's number."""
+        self.keys, self.kinds = braze_user_keys(self.p, email_opt_in=self.email_opt_in,
+                                                alias_label=self.alias_label)
+        self.has_key = self.keys.notna().to_numpy(dtype=bool)
+        lose, winner = shared_keys(self.keys)
+        self._own(lose, winner)
+        codes = np.full(self.n, -1, dtype=np.int64)
+        codes[self.owner] = np.arange(len(self.owner))
+        codes[lose] = codes[winner]
+        self.codes = codes
+        self.users = pd.Index(self.keys.array.take(self.owner), name="user", dtype="string")
+
+    def _own(self, lose: np.ndarray, winner: np.ndarray) -> None:
+        """Owners (``sent``: the rows whose values Braze receives) from the rows that lose."""
+        self.lose, self.winner = lose, winner
+        owner = self.has_key.copy()
+        owner[lose] = False
+        self.shadowed = np.zeros(self.n, dtype=bool)
+        self.shadowed[lose] = True
+        self.sent = owner
+        self.owner = np.flatnonzero(owner)
+
+    def _cohort_ok(self) -> np.ndarray:
+        """Profiles whose identifier a cohort import can match (external_id or alias)."""
+        if ("", "cohort_ok") not in self._masks:
+            kinds = self.kinds.to_numpy(dtype=object, na_value=None)
+            self._masks[("", "cohort_ok")] = np.isin(kinds, ["external_id", "alias"])
+        return self._masks[("", "cohort_ok")]
+
     def _ident(self, name: str) -> np.ndarray:
         if name not in self._idents:
             if name not in self.p.columns:
@@ -355,8 +381,30 @@ class _Builder:
     def _rule_events(self, rule: "Rule") -> pd.DataFrame:
         """Braze events one event-sent rule produces: history transitions, else the snapshot."""
         key = rule.key
+        pos, stamps, values, entered = self._event_arrays(rule, values=True)
+        times = pd.to_datetime(stamps, utc=True)
+        if rule.kind == "audience":
+            names = np.where(entered, rule.enter_event, rule.exit_event)
+            props = [{"audience_key": key, key: bool(v)} for v in values]
+        else:
+            names = np.full(len(values), rule.trait_event, dtype=object)
+            props = [{"trait_key": key, key: v} for v in values]
+        held = self.sent[pos]  # a profile that loses to a later one sends nothing
+        return pd.DataFrame({
+            "user": pd.array(self.keys.to_numpy()[pos[held]], dtype="string"),
+            "name": pd.array(np.asarray(names, dtype=object)[held], dtype="string"),
+            "time": times[held],
+            "properties": pd.Series(props, dtype=object)[held].to_numpy(),
+        })
+
+    def _event_arrays(self, rule: "Rule", *, values: bool):
+        """The events of one event-sent rule as arrays — (profile position, UTC time as naive
+        datetime64[ns], value (objects; None unless ``values``), entered (audiences: enter or
+        exit event)) — history transitions, else the snapshot; for audiences, also the
+        entries, exits and earliest event per profile the checks and reasons read."""
+        key = rule.key
         audience = rule.kind == "audience"
-        pos_parts, time_parts, value_parts = [], [], []
+        pos_parts, time_parts, value_parts, entered_parts = [], [], [], []
         covered = np.zeros(self.n, dtype=bool)
         if self.history is not None:
             h = self.history[self.history["computation_key"] == key]
@@ -385,27 +433,33 @@ class _Builder:
                 pos_parts.append(frame["pos"].to_numpy())
                 time_parts.append(frame["time"].to_numpy())
                 value_parts.append(frame["value"].to_numpy(dtype=object))
+                if audience:
+                    entered_parts.append(np.array([bool(v) for v in value_parts[-1]], dtype=bool))
         column = self.p[key]
         if audience:
             snap = column.astype("boolean").to_numpy(dtype=bool, na_value=False) & ~covered
-            snap_values = np.full(int(snap.sum()), True, dtype=object)
+            snap_values = np.full(int(snap.sum()), True, dtype=object) if values else None
+            entered_parts.append(np.ones(int(snap.sum()), dtype=bool))
         else:
-            conv = self.mapping.converted(self.export, rule)
-            json = payload_rules.to_json_values(conv)
-            snap = ~pd.isna(json) & ~covered
-            snap_values = json[snap]
+            conv = self._converted(rule)
+            if values:
+                json = payload_rules.to_json_values(conv)
+                snap = ~pd.isna(json) & ~covered
+                snap_values = json[snap]
+            else:   # to_json_values sends exactly the values that are not missing
+                snap = conv.values.notna().to_numpy(dtype=bool) & ~covered
+                snap_values = None
         when = self.snapshot if self.snapshot is not None else self.as_of
         pos_parts.append(np.flatnonzero(snap))
         time_parts.append(np.full(int(snap.sum()), when.tz_convert("UTC").tz_localize(None)
                                   .to_datetime64(), dtype="datetime64[ns]"))
-        value_parts.append(snap_values)
+        if values:
+            value_parts.append(snap_values)
         pos = np.concatenate(pos_parts).astype(np.int64)
-        times = pd.to_datetime(np.concatenate([np.asarray(t, dtype="datetime64[ns]")
-                                               for t in time_parts]), utc=True)
-        values = np.concatenate(value_parts)
+        stamps = np.concatenate([np.asarray(t, dtype="datetime64[ns]") for t in time_parts])
+        out_values = np.concatenate(value_parts) if values else None
+        entered = np.concatenate(entered_parts) if audience else None
         if audience:
-            entered = np.array([bool(v) for v in values], dtype=bool)
-            names = np.where(entered, rule.enter_event, rule.exit_event)
             exits = np.bincount(pos[~entered], minlength=self.n)
             self.exits[key] = exits
             entries = np.bincount(pos[entered & self.sent[pos]], minlength=self.n)
@@ -413,29 +467,20 @@ class _Builder:
             self.entries[key] = entries
             # The earliest event per profile: property filters only see the last 30 days, so
             # a history that starts earlier cannot be counted by them.
-            first = pd.Series(times).groupby(pos).min()
-            fe = np.full(self.n, np.datetime64("NaT"), dtype="datetime64[ns]")
-            fe[first.index.to_numpy()] = first.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+            fe = np.full(self.n, np.iinfo(np.int64).max, dtype=np.int64)
+            timed = ~np.isnat(stamps)
+            np.minimum.at(fe, pos[timed], stamps[timed].view(np.int64))
+            fe = fe.view("datetime64[ns]")
+            fe[fe == np.datetime64(np.iinfo(np.int64).max, "ns")] = np.datetime64("NaT")
             self.first_event[key] = fe
-            props = [{"audience_key": key, key: bool(v)} for v in values]
-        else:
-            names = np.full(len(values), rule.trait_event, dtype=object)
-            props = [{"trait_key": key, key: v} for v in values]
-        held = self.sent[pos]  # a profile that loses to a later one sends nothing
-        return pd.DataFrame({
-            "user": pd.array(self.keys.to_numpy()[pos[held]], dtype="string"),
-            "name": pd.array(np.asarray(names, dtype=object)[held], dtype="string"),
-            "time": times[held],
-            "properties": pd.Series(props, dtype=object)[held].to_numpy(),
-        })
+        return pos, stamps, out_values, entered
 
     def _cohorts(self) -> pd.DataFrame:
         parts = []
-        kinds = self.kinds.to_numpy(dtype=object, na_value=None)
-        ok = np.isin(kinds, ["external_id", "alias"])
         for rule in self.mapping:
             if rule.send_as != "cohort":
                 continue
+            ok = self._cohort_ok()
             member = self.p[rule.key].astype("boolean").to_numpy(dtype=bool, na_value=False)
             rows = member & ok
             parts.append(pd.DataFrame({"user": pd.array(self.keys.to_numpy()[rows], dtype="string"),
@@ -511,11 +556,12 @@ class _Builder:
         """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
         names = list(REASONS)
         code = np.full(self.n, -1, dtype=np.int8)
-        left = missing.copy()
+        at = np.flatnonzero(missing)   # a reason is looked up for the missing profiles only
+        left = np.ones(len(at), dtype=bool)
 
-        def assign(reason: str, mask: np.ndarray) -> None:
-            hit = left & mask
-            code[hit] = names.index(reason)
+        def assign(reason: str, mask: np.ndarray | None) -> None:
+            hit = left if mask is None else left & mask[at]
+            code[at[hit]] = names.index(reason)
             left[hit] = False
 
         if ("", "anonymous_only") not in self._masks:
@@ -524,14 +570,13 @@ class _Builder:
         assign("anonymous_only", self._masks[("", "anonymous_only")])
         assign("no_external_id", ~self.has_key)
         if isinstance(check.filter, SegmentCohort):
-            kinds = self.kinds.to_numpy(dtype=object, na_value=None)
-            assign("no_cohort_identifier", np.isin(kinds, ["braze_id", "email"]))
+            assign("no_cohort_identifier", self.has_key & ~self._cohort_ok())
         conv = self.conversions.get(rule.key)
         if conv is None and rule.kind == "trait":
-            conv = self.mapping.converted(self.export, rule)
+            conv = self._converted(rule)
         if conv is not None and not isinstance(check.filter, SegmentCohort):
-            assign("invalid_value", conv.invalid.to_numpy(dtype=bool))
-            assign("type_conflict", conv.conflict.to_numpy(dtype=bool))
+            assign("invalid_value", self._mask(rule.key, "invalid", conv.invalid))
+            assign("type_conflict", self._mask(rule.key, "conflict", conv.conflict))
             if conv.json_type == "string":
                 if (rule.key, "empty") not in self._masks:
                     self._masks[(rule.key, "empty")] = (self.p[rule.key].astype("string") == "") \
@@ -546,9 +591,21 @@ class _Builder:
             assign("reentered_after_exit", self.entries[rule.key] > LIMITS.event_count)
         assign("shared_identifier", self.shadowed)
         if not check.recommended:  # only the bare count on a shared event name is not recommended
-            assign("shared_event_name", left)
-        assign("other", left)
+            assign("shared_event_name", None)
+        assign("other", None)
         return code
+
+    def _converted(self, rule: "Rule") -> payload_rules.Conversion:
+        """The rule's column of these profiles converted to Braze values (kept: one per rule)."""
+        if rule.key not in self._converts:
+            self._converts[rule.key] = self.conversions.get(rule.key) or self.mapping.convert(
+                rule, self.p[rule.key], self.mapping.value_type(self.export, rule.key))
+        return self._converts[rule.key]
+
+    def _mask(self, key: str, what: str, values: pd.Series) -> np.ndarray:
+        if (key, what) not in self._masks:
+            self._masks[(key, what)] = values.to_numpy(dtype=bool)
+        return self._masks[(key, what)]
 
     def run(self) -> Preview:
         mapping, export = self.mapping, self.export
@@ -576,8 +633,7 @@ class _Builder:
                 engage = check.engage
                 holdable = engage & self.has_key
                 if isinstance(check.filter, SegmentCohort):
-                    kinds = self.kinds.to_numpy(dtype=object, na_value=None)
-                    holdable &= np.isin(kinds, ["external_id", "alias"])
+                    holdable &= self._cohort_ok()
                 engaged_users = np.zeros(len(self.users), dtype=bool)
                 engaged_users[self.codes[engage & self.has_key]] = True
                 missing = engage & ~sel
