@@ -25,7 +25,10 @@ from toolkit.braze.filters import (AllOf, AnyOf, BooleanAttribute,
 from toolkit.braze.state import BrazeState, braze_user_keys
 from toolkit.engage.model import EngageExport
 from toolkit.engage.store import StoredExport
-from toolkit.errors import MappingError
+from toolkit.braze.filters import VALUE_VIEWS
+from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
+from toolkit.braze.filters_sql import _column as _sql_column
+from toolkit.errors import FilterError, MappingError
 from toolkit.sync.projection import IDENTITY_COLUMNS, export_keys, shared_keys
 
 if TYPE_CHECKING:
@@ -228,11 +231,18 @@ class Preview:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, mapping: "Mapping", export: EngageExport, *, email_opt_in: bool = False,
-              alias_label: str | None = None, as_of: Any = None) -> "Preview":
+              alias_label: str | None = None, as_of: Any = None,
+              evaluator: str = "engine") -> "Preview":
+        """The preview of ``mapping`` on ``export``. ``evaluator``: ``"engine"`` (DuckDB and
+        NumPy over Arrow data, the default) or ``"pandas"``, the reference it equals."""
+        if evaluator not in EVALUATORS:
+            raise MappingError(f"no preview evaluator {evaluator!r}", field="evaluator",
+                               hint="use one of: " + ", ".join(EVALUATORS))
         mapping.validate(export)
+        builder = EVALUATORS[evaluator]
         if isinstance(export, StoredExport):
-            return _build_in_chunks(mapping, export, email_opt_in, alias_label, as_of)
-        return _Builder(mapping, export, email_opt_in, alias_label, as_of).run()
+            return _build_in_chunks(mapping, export, email_opt_in, alias_label, as_of, builder)
+        return builder(mapping, export, email_opt_in, alias_label, as_of).run()
 
 
 def _text_array(col: pd.Series) -> pa.Array:
@@ -292,6 +302,7 @@ class _Builder:
         self.p = export.profiles if profiles is None else profiles
         self.n = len(self.p)
         self.counted = np.ones(self.n, dtype=bool) if counted is None else counted
+        self._all_counted = bool(self.counted.all())
         self.params = params or {}
         self.email_opt_in, self.alias_label, self.as_of_given = email_opt_in, alias_label, as_of
         self._idents: dict[str, np.ndarray] = {}
@@ -514,6 +525,7 @@ class _Builder:
         attr = str(rule.attribute)
         conv = self.conversions[rule.key]
         value = (self.params[rule.key] if rule.key in self.params
+                 else self._most_common_text(col) if conv.json_type == "string"
                  else value_parameter(rule, conv, col))
         if value is None:
             return None
@@ -524,12 +536,7 @@ class _Builder:
             # value is anchored and its metacharacters escaped; Engage's side is compared the
             # same case-insensitive way, or the two counts would disagree on case variants.
             f: Filter = StringAttribute(attr, "matches_regex", _anchored_literal(top))
-            arr = _text_array(col)
-            distinct = pc.unique(arr)
-            same = pc.filter(distinct, pc.fill_null(
-                pc.equal(pc.utf8_lower(distinct), top.lower()), False))
-            engage = pc.fill_null(pc.is_in(arr, value_set=same), False).to_numpy(
-                zero_copy_only=False)
+            engage = self._same_text(col, top)
             return _Check(rule.key, f"value = {top!r}", True, f, engage,
                           "regex filters are case-insensitive in Braze")
         if conv.json_type == "number":
@@ -551,6 +558,21 @@ class _Builder:
             return _Check(rule.key, "value is true", True, f,
                           col.astype("boolean").to_numpy(dtype=bool, na_value=False))
         return None
+
+    # -- texts (the engine's builder reads them once per distinct text) ---------------------
+    def _most_common_text(self, col: pd.Series) -> str | None:
+        return _most_common(_text_counts(col))
+
+    def _same_text(self, col: pd.Series, top: str) -> np.ndarray:
+        """Profiles whose text is ``top`` compared case-insensitively."""
+        arr = _text_array(col)
+        distinct = pc.unique(arr)
+        same = pc.filter(distinct, pc.fill_null(
+            pc.equal(pc.utf8_lower(distinct), top.lower()), False))
+        return pc.fill_null(pc.is_in(arr, value_set=same), False).to_numpy(zero_copy_only=False)
+
+    def _empty_text(self, col: pd.Series) -> np.ndarray:
+        return (col.astype("string") == "").to_numpy(dtype=bool, na_value=False)
 
     def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
         """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
@@ -579,8 +601,7 @@ class _Builder:
             assign("type_conflict", self._mask(rule.key, "conflict", conv.conflict))
             if conv.json_type == "string":
                 if (rule.key, "empty") not in self._masks:
-                    self._masks[(rule.key, "empty")] = (self.p[rule.key].astype("string") == "") \
-                        .to_numpy(dtype=bool, na_value=False)
+                    self._masks[(rule.key, "empty")] = self._empty_text(self.p[rule.key])
                 assign("empty_string", self._masks[(rule.key, "empty")])
         if _is_event_filter(check.filter) and rule.key in self.first_event:
             days = _lookback_days(check.filter)
@@ -607,14 +628,18 @@ class _Builder:
             self._masks[(key, what)] = values.to_numpy(dtype=bool)
         return self._masks[(key, what)]
 
+    def projected_state(self) -> BrazeState:
+        """The Braze state a sync produces: attributes, events and cohorts per Braze user."""
+        attributes = self._attributes()
+        event_frames = [self._rule_events(r) for r in self.mapping if r.sends_event]
+        events = (pd.concat(event_frames, ignore_index=True) if event_frames
+                  else BrazeState(attributes).events)
+        return BrazeState(attributes, events, self._cohorts(), self.as_of)
+
     def run(self) -> Preview:
         mapping, export = self.mapping, self.export
         shared = mapping.shared_events()
-        attributes = self._attributes()
-        event_frames = [self._rule_events(r) for r in mapping if r.sends_event]
-        events = (pd.concat(event_frames, ignore_index=True) if event_frames
-                  else BrazeState(attributes).events)
-        state = BrazeState(attributes, events, self._cohorts(), self.as_of)
+        state = self.projected_state()
 
         rows, filters, reasons = [], {}, {}
         positions = np.flatnonzero(self.has_key)
@@ -631,48 +656,68 @@ class _Builder:
                 sel = np.zeros(self.n, dtype=bool)
                 sel[positions] = sel_users[self.codes[positions]]
                 engage = check.engage
-                holdable = engage & self.has_key
-                if isinstance(check.filter, SegmentCohort):
-                    holdable &= self._cohort_ok()
                 engaged_users = np.zeros(len(self.users), dtype=bool)
                 engaged_users[self.codes[engage & self.has_key]] = True
-                missing = engage & ~sel
-                code = self._reasons(rule, check, missing)
-                counted, users_counted = self.counted, self.counted[self.owner]
-                kept = code[counted]
-                counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
+                users_counted = self.counted[self.owner]
                 extra = int((sel_users & ~engaged_users & users_counted).sum())
-                note = check.note
-                if not check.recommended:
-                    note = ("counts every computation sending this event name — use the "
-                            "recommended property filter or rename the event")
-                elif isinstance(check.filter, (CustomEventPropertyCount, AllOf, AnyOf)) and \
-                        _lookback_days(check.filter):
-                    note = "Braze event property filters look back at most 30 days"
-                rows.append({
-                    "key": rule.key, "kind": rule.kind, "send_as": rule.send_as,
-                    "check": check.check, "recommended": check.recommended,
-                    "braze_filter": str(check.filter),
-                    "engage_members": int((engage & counted).sum()),
-                    "braze_can_hold": int((holdable & counted).sum()),
-                    "filter_selects": int((sel_users & users_counted).sum()),
-                    "matched": int((engage & sel & counted).sum()),
-                    "dropped": int((missing & counted).sum()), "extra": extra,
-                    **{name: int(counts[j]) for j, name in enumerate(REASONS)}, "note": note,
-                })
+                code, row = self._row(rule, check, sel, int((sel_users & users_counted).sum()),
+                                      extra)
+                rows.append(row)
                 if i == 0:
-                    reasons[rule.key] = pd.Series(
-                        pd.Categorical.from_codes(kept, categories=list(REASONS)),
-                        index=self.p.index[counted])
+                    reasons[rule.key] = self._reason_series(code)
+        return self._preview(state, rows, filters, reasons, shared)
+
+    def _row(self, rule: "Rule", check: _Check, sel: np.ndarray, selects: int,
+             extra: int) -> tuple[np.ndarray, dict]:
+        """(reason codes per profile, the frame row) of one check, from the profiles its
+        filter selects (``sel``, a profile counting as its Braze user) and the users it selects."""
+        engage, counted = check.engage, self.counted
+        holdable = engage & self.has_key
+        if isinstance(check.filter, SegmentCohort):
+            holdable &= self._cohort_ok()
+        missing = engage & ~sel
+        code = self._reasons(rule, check, missing)
+        kept = code if self._all_counted else code[counted]
+        counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
+        note = check.note
+        if not check.recommended:
+            note = ("counts every computation sending this event name — use the "
+                    "recommended property filter or rename the event")
+        elif isinstance(check.filter, (CustomEventPropertyCount, AllOf, AnyOf)) and \
+                _lookback_days(check.filter):
+            note = "Braze event property filters look back at most 30 days"
+
+        def total(mask: np.ndarray) -> int:
+            return int(np.count_nonzero(mask if self._all_counted else mask & counted))
+
+        return code, {
+            "key": rule.key, "kind": rule.kind, "send_as": rule.send_as,
+            "check": check.check, "recommended": check.recommended,
+            "braze_filter": str(check.filter),
+            "engage_members": total(engage), "braze_can_hold": total(holdable),
+            "filter_selects": selects, "matched": total(engage & sel),
+            "dropped": total(missing), "extra": extra,
+            **{name: int(counts[j]) for j, name in enumerate(REASONS)}, "note": note,
+        }
+
+    def _reason_series(self, code: np.ndarray) -> pd.Series:
+        kept = code if self._all_counted else code[self.counted]
+        index = self.p.index if self._all_counted else self.p.index[self.counted]
+        return pd.Series(pd.Categorical.from_codes(kept, categories=list(REASONS)), index=index)
+
+    def _preview(self, state, rows: list[dict], filters: dict, reasons: dict,
+                 shared: dict) -> Preview:
+        mapping = self.mapping
         frame = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
         if getattr(mapping, "_definitions", None) is not None:
             # could Braze compute the audience itself (toolkit.native)?
             frame["native_in_braze"] = frame["key"].map(mapping.native_in_braze)
         warnings = shared_event_warnings(shared)
-        return Preview(mapping=mapping, export=export, state=state, frame=frame,
+        counted_users = None if self._all_counted and isinstance(state, BrazeState) else int(
+            np.count_nonzero(self.counted[self.owner]))
+        return Preview(mapping=mapping, export=self.export, state=state, frame=frame,
                        filters=filters, warnings=warnings, freshness=self._freshness(),
-                       reasons=reasons, user_count=None if self.counted.all() else int(
-                           self.counted[self.owner].sum()))
+                       reasons=reasons, user_count=counted_users, as_of=self.as_of)
 
     def _freshness(self) -> str:
         if self.history is not None and self.last_event is not None:
@@ -684,12 +729,318 @@ class _Builder:
         return "freshness unknown: the export carries no snapshot time"
 
 
+class _Unsupported(Exception):
+    """Something the engine's preview does not evaluate: the reference builder does it."""
+
+
+# Identifier kinds as the engine numbers them (0: Braze cannot hold the profile).
+_KINDS = {"external_id": 1, "braze_id": 2, "alias": 3, "email": 4}
+
+
+class _EngineBuilder(_Builder):
+    """The preview on the engine, with the reference's results (tests/mapping/test_preview_engine.py).
+
+    The reference projects a Braze state per user (string keys, a dict of properties per
+    event) and evaluates each filter on it. This builder never builds that state (the
+    ``Preview.state`` is projected on first use): identities and the one rule for shared
+    identifiers are one pass of SQL over the identifier columns; an attribute filter is the
+    reference evaluator run on the profiles' own converted values (a profile's user holds its
+    winning row's values: a losing row takes its winner's answer); event and cohort filters are
+    compiled to SQL (`toolkit.braze.filters_sql`) over Arrow arrays keyed by the winning row's
+    position; the checks' counts and reasons are NumPy masks, looked up for missing profiles
+    only. Where a filter has no SQL form, the reference builder does the whole preview."""
+
+    def __init__(self, mapping: "Mapping", export: EngageExport, email_opt_in: bool,
+                 alias_label: str | None, as_of: Any, **chunk: Any) -> None:
+        self._chunk = chunk
+        self._encodings: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
+
+    def _reference(self, as_of: Any = None) -> _Builder:
+        return _Builder(self.mapping, self.export, self.email_opt_in, self.alias_label,
+                        self.as_of_given if as_of is None else as_of, **self._chunk)
+
+    # -- identifiers ---------------------------------------------------------------------------
+    def _identify(self) -> None:
+        """`braze_user_keys` and `shared_keys` as one engine pass: the kind of identifier each
+        profile is held by (the first present of user_id, braze_id, alias, email), the
+        anonymous-only profiles, and the rows a later row with the same key wins from."""
+        columns = self.p.columns
+        candidates = [("external_id", "user_id"), ("braze_id", "braze_id")]
+        if self.alias_label:
+            candidates.append(("alias", "segment_id"))
+        if self.email_opt_in:
+            candidates.append(("email", "email"))
+        candidates = [(kind, name) for kind, name in candidates if name in columns]
+        read = [c for c in dict.fromkeys([name for _, name in candidates]
+                                         + ["user_id", "email", "anonymous_id"]) if c in columns]
+        table = pa.table({"p": np.arange(self.n, dtype=np.int64),
+                          **{c: pa.array(self.p[c].astype("string")) for c in read}})
+
+        def present(name: str) -> str:   # a non-empty text
+            return f"coalesce({engine.quote(name)} <> '', false)" if name in read else "false"
+
+        kind = ("CASE " + " ".join(f"WHEN {present(name)} THEN {_KINDS[k]}"
+                                   for k, name in candidates) + " ELSE 0 END") \
+            if candidates else "0"
+        value = ("CASE " + " ".join(f"WHEN {present(name)} THEN {engine.quote(name)}"
+                                    for _, name in candidates) + " END") \
+            if candidates else "NULL"
+        anonymous = (f"({kind}) = 0 AND {present('anonymous_id')} AND NOT {present('email')} "
+                     f"AND NOT {present('user_id')}")
+        with engine.connect() as db:
+            db.register("ids", table)
+            found = db.execute(f"SELECT ({kind})::UTINYINT AS kind, {anonymous} AS anonymous "
+                               "FROM ids").fetchnumpy()
+            # keys are grouped by a 64-bit hash first (an integer aggregate: fast); only the
+            # rows whose hash repeats are grouped by their real key, so a collision is never
+            # taken for a shared identifier
+            shared = db.execute(
+                f"WITH h AS MATERIALIZED (SELECT p, hash(({kind})::UTINYINT, {value}) AS h "
+                f"FROM ids WHERE ({kind}) > 0), "
+                "c AS (SELECT p FROM h WHERE h IN (SELECT h FROM h GROUP BY h "
+                "HAVING count(*) > 1)), "
+                f"k AS (SELECT ids.p, ({kind})::UTINYINT AS kind, {value} AS v FROM ids "
+                "SEMI JOIN c USING (p)), "
+                "s AS (SELECT kind, v, max(p) AS last FROM k GROUP BY kind, v "
+                "HAVING count(*) > 1) "
+                "SELECT k.p, s.last FROM k JOIN s USING (kind, v) WHERE k.p <> s.last "
+                "ORDER BY k.p").fetchnumpy()
+        self.kind = np.asarray(found["kind"], dtype=np.uint8)
+        self.has_key = self.kind > 0
+        self._masks[("", "anonymous_only")] = np.asarray(found["anonymous"], dtype=bool)
+        self._masks[("", "cohort_ok")] = (self.kind == _KINDS["external_id"]) | \
+            (self.kind == _KINDS["alias"])
+        self._own(np.asarray(shared["p"], dtype=np.int64),
+                  np.asarray(shared["last"], dtype=np.int64))
+
+    # -- texts, once per distinct text ---------------------------------------------------------
+    def _texts(self, col: pd.Series) -> tuple[pa.Array, np.ndarray]:
+        """(distinct texts in order of first appearance, each profile's index into them; blank
+        profiles get the index one past the end) of a column, encoded once per column."""
+        name = col.name
+        if name not in self._encodings:
+            encoded = pc.dictionary_encode(_text_array(col))
+            self._encodings[name] = (encoded.dictionary, pc.fill_null(
+                encoded.indices, len(encoded.dictionary)).to_numpy(zero_copy_only=False))
+        return self._encodings[name]
+
+    def _most_common_text(self, col: pd.Series) -> str | None:
+        distinct, codes = self._texts(col)
+        counts = np.bincount(codes, minlength=len(distinct) + 1)[:len(distinct)]
+        length = pc.utf8_length(distinct)
+        usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
+                                      pc.less_equal(length, LIMITS.string_length)),
+                              False).to_numpy(zero_copy_only=False)
+        return _most_common(dict(zip(pc.filter(distinct, usable).to_pylist(),
+                                     counts[usable].tolist())))
+
+    def _same_text(self, col: pd.Series, top: str) -> np.ndarray:
+        distinct, codes = self._texts(col)
+        same = pc.fill_null(pc.equal(pc.utf8_lower(distinct), top.lower()), False)
+        return np.append(same.to_numpy(zero_copy_only=False), False)[codes]
+
+    def _empty_text(self, col: pd.Series) -> np.ndarray:
+        distinct, codes = self._texts(col)
+        empty = pc.fill_null(pc.equal(distinct, ""), False)
+        return np.append(empty.to_numpy(zero_copy_only=False), False)[codes]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def run(self) -> Preview:
+        mapping, export = self.mapping, self.export
+        shared = mapping.shared_events()
+        values: dict[str, pd.Series] = {}
+        for rule in mapping:
+            if rule.sends_attribute:
+                conv = mapping.convert(rule, self.p[rule.key], mapping.value_type(export, rule.key))
+                self.conversions[rule.key] = conv
+                values[str(rule.attribute)] = conv.values
+        events = [(rule, *self._event_arrays(rule, values=False))
+                  for rule in mapping if rule.sends_event]
+        from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
+
+        bar = tqdm(total=2 * len(mapping), desc="preview: Braze filters", unit="step",
+                   disable=self.n < PROGRESS_FROM or not self._all_counted, leave=False)
+        try:
+            checks, filters = [], {}
+            for rule in mapping:
+                found = self._checks(rule, mapping.value_type(export, rule.key), shared)
+                filters[rule.key] = [c.filter for c in found if c.recommended]
+                checks += [(rule, i, c) for i, c in enumerate(found)]
+                bar.update()
+            try:
+                selected = self._select([c.filter for _, _, c in checks], values, events)
+            except (FilterError, _Unsupported):
+                bar.close()
+                return self._reference().run()
+            rows, reasons = [], {}
+            counted_owner = self.sent if self._all_counted else self.sent & self.counted
+            done = set()
+            for (rule, i, check), s in zip(checks, selected):
+                sel = s & self.sent             # a profile counts as its Braze user: its
+                sel[self.lose] = s[self.winner]   # winning row's answer
+                engaged = check.engage & self.sent
+                engaged[self.winner[check.engage[self.lose]]] = True
+                code, row = self._row(rule, check, sel, int(np.count_nonzero(s & counted_owner)),
+                                      int(np.count_nonzero(s & counted_owner & ~engaged)))
+                rows.append(row)
+                if i == 0:
+                    reasons[rule.key] = self._reason_series(code)
+                if rule.key not in done:
+                    done.add(rule.key)
+                    bar.update()
+        finally:
+            bar.close()
+        as_of = self.as_of
+        return self._preview(lambda: self._reference(as_of).projected_state(), rows, filters,
+                             reasons, shared)
+
+    def _select(self, filters: list[Filter], values: dict[str, pd.Series],
+                events: list) -> list[np.ndarray]:
+        """Per filter, the profiles it selects when each profile is a Braze user of its own."""
+        out: list[np.ndarray | None] = [None] * len(filters)
+        on_engine = []
+        view = None
+        for i, f in enumerate(filters):
+            reads = _Reads.of(f)
+            if reads.events or reads.cohorts:
+                on_engine.append(i)
+                continue
+            if len(reads.attributes) == 1:
+                name = next(iter(reads.attributes))
+                out[i] = self._on_distinct(f, name, values.get(name))
+                continue
+            if view is None:   # the reference evaluator, on the profiles' converted values
+                view = BrazeState(pd.DataFrame({a: v.array for a, v in values.items()},
+                                               index=pd.RangeIndex(self.n)), as_of=self.as_of)
+            out[i] = f.evaluate(view).to_numpy(dtype=bool)
+        if on_engine:
+            for i, s in zip(on_engine, self._select_sql([filters[i] for i in on_engine],
+                                                        values, events)):
+                out[i] = s
+        return out
+
+    def _on_distinct(self, f: Filter, name: str, values: pd.Series | None) -> np.ndarray:
+        """An attribute filter reading one attribute, per profile: the reference evaluator run
+        once per distinct text (a filter on one attribute answers from the user's value alone),
+        then spread to the profiles; columns of other types are evaluated whole."""
+        if values is None:
+            values = pd.Series(pd.NA, index=pd.RangeIndex(self.n), dtype=object)
+        if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+            state = BrazeState(pd.DataFrame({name: values.array}, index=pd.RangeIndex(self.n)),
+                               as_of=self.as_of)
+            return f.evaluate(state).to_numpy(dtype=bool)
+        distinct, codes = self._texts(values.rename(f"attribute:{name}"))
+        # the distinct texts, then blank (the profiles without a value)
+        texts = pd.array(pa.concat_arrays([distinct, pa.nulls(1, distinct.type)]),
+                         dtype=values.dtype)
+        state = BrazeState(pd.DataFrame({name: texts}, index=pd.RangeIndex(len(texts))),
+                           as_of=self.as_of)
+        return f.evaluate(state).to_numpy(dtype=bool)[codes]
+
+    def _select_sql(self, filters: list[Filter], values: dict[str, pd.Series],
+                    events: list) -> list[np.ndarray]:
+        reads = _Reads()
+        for f in filters:
+            reads._add(f)
+        names = SqlNames(as_of=self.as_of, columns={
+            name: {kind: _sql_column(name, kind) for kind in kinds}
+            for name, kinds in reads.attributes.items() if name in values})
+        expressions = [to_sql(f, names) for f in filters]   # FilterError: the reference
+        users = {"uid": np.arange(self.n, dtype=np.int64)}
+        for name, kinds in names.columns.items():
+            for kind, column in kinds.items():
+                users[column] = pa.array(VALUE_VIEWS[kind](values[name]))
+        with engine.connect() as db:
+            db.register(names.users, pa.table(users))
+            if reads.events:
+                db.register(names.events, self._events_table(events, reads.properties))
+            if reads.cohorts:
+                db.register(names.cohorts, self._cohorts_table())
+            found = db.execute("SELECT uid, " + ", ".join(
+                f"{e} AS s{i}" for i, e in enumerate(expressions))
+                + f" FROM {engine.quote(names.users)}").fetchnumpy()
+        uid = np.asarray(found["uid"])
+        in_order = np.array_equal(uid, users["uid"])
+        out = []
+        for i in range(len(filters)):
+            s = np.asarray(found[f"s{i}"], dtype=bool)
+            if not in_order:
+                s = _scatter(uid, s, self.n)
+            out.append(s)
+        return out
+
+    def _events_table(self, events: list, properties: dict[str, set[str]]) -> pa.Table:
+        """The events the rules send, by the sending profile's position (only winning rows
+        send): name, time and, for property filters, the compared properties as JSON text."""
+        uids, names, times, texts = [], [], [], []
+        for rule, pos, stamps, _, entered in events:
+            held = self.sent[pos]
+            pos, stamps = pos[held], stamps[held]
+            if rule.kind == "audience":
+                tag, which = "audience_key", entered[held]
+                sent = [rule.enter_event, rule.exit_event]
+            else:
+                tag, which = "trait_key", np.ones(len(pos), dtype=bool)
+                sent = [rule.trait_event, rule.trait_event]
+            idx = np.where(which, 0, 1).astype(np.int32)
+            uids.append(pos)
+            times.append(stamps)
+            names.append(pc.take(pa.array(sent, type=pa.string()), pa.array(idx)))
+            if properties:
+                text = []
+                for name in sent:
+                    wanted = properties.get(name)
+                    if wanted and rule.key in wanted:   # a value, not the constant tag
+                        raise _Unsupported(f"a filter compares the {rule.key!r} property")
+                    text.append(None if not wanted else _JSON.encode(
+                        {tag: rule.key} if tag in wanted else {}))
+                texts.append(pc.take(pa.array(text, type=pa.string()), pa.array(idx)))
+        table = {"uid": np.concatenate(uids) if uids else np.zeros(0, dtype=np.int64),
+                 "name": pa.concat_arrays(names) if names else pa.array([], type=pa.string()),
+                 "time": pa.array(np.concatenate(times) if times
+                                  else np.zeros(0, dtype="datetime64[ns]"),
+                                  type=pa.timestamp("ns", tz="UTC"))}
+        if properties:
+            table["properties"] = pa.concat_arrays(texts) if texts else pa.array(
+                [], type=pa.string())
+        return pa.table(table)
+
+    def _cohorts_table(self) -> pa.Table:
+        """Cohort membership by the user's winning row (a losing row's membership counts for
+        its winner, as in the reference, where both have the same key)."""
+        user_of = np.arange(self.n, dtype=np.int64)
+        user_of[self.lose] = self.winner
+        uids, cohorts = [], []
+        for rule in self.mapping:
+            if rule.send_as != "cohort":
+                continue
+            member = self.p[rule.key].astype("boolean").to_numpy(dtype=bool, na_value=False)
+            rows = member & self._cohort_ok()
+            uids.append(user_of[rows])
+            cohorts.append(pa.array([str(rule.cohort_name)] * 1, type=pa.string()).take(
+                pa.array(np.zeros(int(rows.sum()), dtype=np.int32))))
+        return pa.table({"uid": np.concatenate(uids) if uids else np.zeros(0, dtype=np.int64),
+                         "cohort": pa.concat_arrays(cohorts) if cohorts
+                         else pa.array([], type=pa.string())})
+
+
+def _scatter(positions: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    out[positions] = values
+    return out
+
+
+# The evaluators of `Preview.build`: the engine's, and the reference it is tested against.
+EVALUATORS = {"engine": _EngineBuilder, "pandas": _Builder}
+
+
 _COUNT_COLUMNS = ["engage_members", "braze_can_hold", "filter_selects", "matched", "dropped",
                   "extra", *REASONS]
 
 
 def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label: str | None,
-                     as_of: Any) -> "Preview":
+                     as_of: Any, builder: type = _Builder) -> "Preview":
     """The preview of an export kept on disk, a chunk of profiles at a time: the counts of
     each chunk add up to the export's, because every chunk sees the same checks (their values
     taken from whole columns first) and the one rule for shared identifiers over the whole
@@ -731,8 +1082,8 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
             if len(borrowed):
                 rows = pd.concat([chunk, export.take(borrowed, needed)])
                 counted = np.arange(len(rows)) < len(chunk)
-            part = _Builder(mapping, export, email_opt_in, alias_label, as_of, profiles=rows,
-                            counted=counted, params=params).run()
+            part = builder(mapping, export, email_opt_in, alias_label, as_of, profiles=rows,
+                           counted=counted, params=params).run()
             # only the counts and reasons are kept: a chunk's projected state goes with it
             if frame is None:
                 first, frame = part, part.to_frame()
