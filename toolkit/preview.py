@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from toolkit import engine
 from toolkit.braze.limits import LIMITS
@@ -752,6 +753,8 @@ class _EngineBuilder(_Builder):
 
     def __init__(self, mapping: "Mapping", export: EngageExport, email_opt_in: bool,
                  alias_label: str | None, as_of: Any, **chunk: Any) -> None:
+        # one chunk of an export kept on disk: the export's pass found the shared keys
+        self._shared = chunk.pop("shared", None)
         self._chunk = chunk
         self._encodings: dict[str, tuple[pa.Array, np.ndarray]] = {}
         super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
@@ -762,57 +765,42 @@ class _EngineBuilder(_Builder):
 
     # -- identifiers ---------------------------------------------------------------------------
     def _identify(self) -> None:
-        """`braze_user_keys` and `shared_keys` as one engine pass: the kind of identifier each
-        profile is held by (the first present of user_id, braze_id, alias, email), the
-        anonymous-only profiles, and the rows a later row with the same key wins from."""
+        """`braze_user_keys` and `shared_keys` without a key text per profile: the kind of
+        identifier each profile is held by (the first present of user_id, braze_id, alias,
+        email), the anonymous-only profiles, and — one engine pass, unless the export's pass
+        gave them — the rows a later row with the same key wins from."""
         columns = self.p.columns
-        candidates = [("external_id", "user_id"), ("braze_id", "braze_id")]
-        if self.alias_label:
-            candidates.append(("alias", "segment_id"))
-        if self.email_opt_in:
-            candidates.append(("email", "email"))
-        candidates = [(kind, name) for kind, name in candidates if name in columns]
-        read = [c for c in dict.fromkeys([name for _, name in candidates]
-                                         + ["user_id", "email", "anonymous_id"]) if c in columns]
+        candidates = _candidates(columns, self.email_opt_in, self.alias_label)
+        present: dict[str, np.ndarray] = {}
+
+        def has(name: str) -> np.ndarray:   # a non-empty text
+            if name not in present:
+                if name not in columns:
+                    present[name] = np.zeros(self.n, dtype=bool)
+                else:
+                    present[name] = pc.fill_null(pc.not_equal(
+                        pa.array(self.p[name].astype("string")), ""), False).to_numpy(
+                        zero_copy_only=False)
+            return present[name]
+
+        kind = np.zeros(self.n, dtype=np.uint8)
+        for k, name in reversed(candidates):   # the first present one wins
+            kind[has(name)] = _KINDS[k]
+        self.kind = kind
+        self.has_key = kind > 0
+        self._masks[("", "anonymous_only")] = ~self.has_key & has("anonymous_id") \
+            & ~has("email") & ~has("user_id")
+        self._masks[("", "cohort_ok")] = (kind == _KINDS["external_id"]) | \
+            (kind == _KINDS["alias"])
+        if self._shared is not None:
+            self._own(*self._shared)
+            return
         table = pa.table({"p": np.arange(self.n, dtype=np.int64),
-                          **{c: pa.array(self.p[c].astype("string")) for c in read}})
-
-        def present(name: str) -> str:   # a non-empty text
-            return f"coalesce({engine.quote(name)} <> '', false)" if name in read else "false"
-
-        kind = ("CASE " + " ".join(f"WHEN {present(name)} THEN {_KINDS[k]}"
-                                   for k, name in candidates) + " ELSE 0 END") \
-            if candidates else "0"
-        value = ("CASE " + " ".join(f"WHEN {present(name)} THEN {engine.quote(name)}"
-                                    for _, name in candidates) + " END") \
-            if candidates else "NULL"
-        anonymous = (f"({kind}) = 0 AND {present('anonymous_id')} AND NOT {present('email')} "
-                     f"AND NOT {present('user_id')}")
+                          **{name: pa.array(self.p[name].astype("string"))
+                             for _, name in candidates}})
         with engine.connect() as db:
             db.register("ids", table)
-            found = db.execute(f"SELECT ({kind})::UTINYINT AS kind, {anonymous} AS anonymous "
-                               "FROM ids").fetchnumpy()
-            # keys are grouped by a 64-bit hash first (an integer aggregate: fast); only the
-            # rows whose hash repeats are grouped by their real key, so a collision is never
-            # taken for a shared identifier
-            shared = db.execute(
-                f"WITH h AS MATERIALIZED (SELECT p, hash(({kind})::UTINYINT, {value}) AS h "
-                f"FROM ids WHERE ({kind}) > 0), "
-                "c AS (SELECT p FROM h WHERE h IN (SELECT h FROM h GROUP BY h "
-                "HAVING count(*) > 1)), "
-                f"k AS (SELECT ids.p, ({kind})::UTINYINT AS kind, {value} AS v FROM ids "
-                "SEMI JOIN c USING (p)), "
-                "s AS (SELECT kind, v, max(p) AS last FROM k GROUP BY kind, v "
-                "HAVING count(*) > 1) "
-                "SELECT k.p, s.last FROM k JOIN s USING (kind, v) WHERE k.p <> s.last "
-                "ORDER BY k.p").fetchnumpy()
-        self.kind = np.asarray(found["kind"], dtype=np.uint8)
-        self.has_key = self.kind > 0
-        self._masks[("", "anonymous_only")] = np.asarray(found["anonymous"], dtype=bool)
-        self._masks[("", "cohort_ok")] = (self.kind == _KINDS["external_id"]) | \
-            (self.kind == _KINDS["alias"])
-        self._own(np.asarray(shared["p"], dtype=np.int64),
-                  np.asarray(shared["last"], dtype=np.int64))
+            self._own(*_shared_rows(db, "ids", candidates))
 
     # -- texts, once per distinct text ---------------------------------------------------------
     def _texts(self, col: pd.Series) -> tuple[pa.Array, np.ndarray]:
@@ -832,8 +820,7 @@ class _EngineBuilder(_Builder):
         usable = pc.fill_null(pc.and_(pc.greater_equal(length, 1),
                                       pc.less_equal(length, LIMITS.string_length)),
                               False).to_numpy(zero_copy_only=False)
-        return _most_common(dict(zip(pc.filter(distinct, usable).to_pylist(),
-                                     counts[usable].tolist())))
+        return _most_common_of(pc.filter(distinct, usable), counts[usable])
 
     def _same_text(self, col: pd.Series, top: str) -> np.ndarray:
         distinct, codes = self._texts(col)
@@ -1025,6 +1012,45 @@ class _EngineBuilder(_Builder):
                          else pa.array([], type=pa.string())})
 
 
+def _candidates(columns, email_opt_in: bool, alias_label: str | None) -> list[tuple[str, str]]:
+    """(identifier kind, profile column) in the order `braze_user_keys` tries them."""
+    found = [("external_id", "user_id"), ("braze_id", "braze_id")]
+    if alias_label:
+        found.append(("alias", "segment_id"))
+    if email_opt_in:
+        found.append(("email", "email"))
+    return [(kind, name) for kind, name in found if name in columns]
+
+
+def _shared_rows(db, relation: str, candidates: list[tuple[str, str]]) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """`shared_keys` on the engine over ``relation`` (``p``, the profile's position, and the
+    candidate columns): the rows a later row with the same Braze key wins from, and each one's
+    winner. Keys are grouped by a 64-bit hash first (an integer aggregate); only the rows whose
+    hash repeats are grouped by their real key, so a collision is never taken for a shared
+    identifier. No key text is built: (kind, identifier) is the key."""
+    empty = np.zeros(0, dtype=np.int64)
+    if not candidates:
+        return empty, empty
+
+    def present(name: str) -> str:
+        return f"coalesce({engine.quote(name)} <> '', false)"
+
+    kind = ("(CASE " + " ".join(f"WHEN {present(name)} THEN {_KINDS[k]}" for k, name in candidates)
+            + " ELSE 0 END)::UTINYINT")
+    value = "CASE " + " ".join(f"WHEN {present(name)} THEN {engine.quote(name)}"
+                               for _, name in candidates) + " END"
+    found = db.execute(
+        f"WITH h AS MATERIALIZED (SELECT p, hash({kind}, {value}) AS h FROM {relation} "
+        f"WHERE {kind} > 0), "
+        "c AS (SELECT p FROM h WHERE h IN (SELECT h FROM h GROUP BY h HAVING count(*) > 1)), "
+        f"k AS (SELECT r.p, {kind} AS kind, {value} AS v FROM {relation} r SEMI JOIN c USING (p)), "
+        "s AS (SELECT kind, v, max(p) AS last FROM k GROUP BY kind, v HAVING count(*) > 1) "
+        "SELECT k.p, s.last FROM k JOIN s USING (kind, v) WHERE k.p <> s.last ORDER BY k.p"
+    ).fetchnumpy()
+    return (np.asarray(found["p"], dtype=np.int64), np.asarray(found["last"], dtype=np.int64))
+
+
 def _scatter(positions: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n, dtype=bool)
     out[positions] = values
@@ -1049,15 +1075,22 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
 
     ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
     needed = list(dict.fromkeys(ident + [r.key for r in mapping if r.key in export.columns]))
-    found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
-    lose, winner = found.lose, found.winner
-    del found
+    on_engine = builder is _EngineBuilder
+    if on_engine:   # one engine pass over the file, no key text per profile
+        lose, winner = _stored_shared_rows(export, email_opt_in, alias_label)
+    else:
+        found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
+        lose, winner = found.lose, found.winner
+        del found
     params = {}
     for rule in mapping:
         if rule.kind == "trait" and rule.sends_attribute and rule.key in export.columns:
             vt = mapping.value_type(export, rule.key)
             head = next(export.chunks([rule.key], rows=1_000))[rule.key]
             if mapping.convert(rule, head, vt).json_type == "string":
+                if on_engine and _stored_text(export, rule.key):
+                    params[rule.key] = _stored_most_common(export, rule.key)
+                    continue
                 # counted chunk by chunk: a whole text column is the largest thing to hold
                 counts: dict = {}
                 for part in export.chunks([rule.key]):
@@ -1082,8 +1115,15 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
             if len(borrowed):
                 rows = pd.concat([chunk, export.take(borrowed, needed)])
                 counted = np.arange(len(rows)) < len(chunk)
+            options = {}
+            if on_engine:   # the export's shared keys, as positions in these rows
+                mine = (lose >= lo) & (lose < hi)
+                won = winner[mine]
+                local = np.where(won < hi, won - lo,
+                                 len(chunk) + np.searchsorted(borrowed, won))
+                options["shared"] = (lose[mine] - lo, local.astype(np.int64))
             part = builder(mapping, export, email_opt_in, alias_label, as_of, profiles=rows,
-                           counted=counted, params=params).run()
+                           counted=counted, params=params, **options).run()
             # only the counts and reasons are kept: a chunk's projected state goes with it
             if frame is None:
                 first, frame = part, part.to_frame()
@@ -1106,6 +1146,48 @@ def _build_in_chunks(mapping: "Mapping", export, email_opt_in: bool, alias_label
                                     as_of=first.as_of),
                    frame=frame, filters=first.filters, warnings=first.warnings,
                    freshness=first.freshness, reasons=reasons, user_count=users)
+
+
+def _stored_shared_rows(export: StoredExport, email_opt_in: bool,
+                        alias_label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """`export_keys`' losing rows and their winners, in one engine pass over the export's file
+    (the engine streams it with bounded memory)."""
+    candidates = _candidates(export.columns, email_opt_in, alias_label)
+    if not candidates:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    columns = ", ".join(engine.quote(name) for _, name in candidates)
+    relation = (f"(SELECT file_row_number AS p, {columns} FROM read_parquet("
+                f"{engine.literal(str(export.path))}, file_row_number = true))")
+    with engine.connect() as db:
+        return _shared_rows(db, relation, candidates)
+
+
+def _stored_text(export: StoredExport, key: str) -> bool:
+    """Whether the export's file keeps ``key`` as text (its values are the texts then)."""
+    kind = pq.read_schema(export.path).field(key).type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _stored_most_common(export: StoredExport, key: str) -> str | None:
+    """`_most_common` of a text column kept on disk, counted by the engine: the profiles per
+    distinct text of 1–255 characters, in order of first appearance, as `_text_counts` counts
+    them chunk by chunk."""
+    col = engine.quote(key)
+    with engine.connect() as db:
+        found = db.sql(
+            f"SELECT {col} AS v, count(*) AS n, min(file_row_number) AS first FROM read_parquet("
+            f"{engine.literal(str(export.path))}, file_row_number = true) WHERE length({col}) "
+            f"BETWEEN 1 AND {int(LIMITS.string_length)} GROUP BY {col} ORDER BY first"
+        ).to_arrow_table()
+    return _most_common_of(found.column("v"), found.column("n").to_numpy())
+
+
+def _most_common_of(values: "pa.Array | pa.ChunkedArray", counts: np.ndarray) -> str | None:
+    """`_most_common` of texts and their counts (in order of first appearance) given as
+    arrays: ranked by the same sort, so ties go the same way."""
+    ranked = pd.Series(counts, dtype="int64").sort_values(ascending=False)
+    return None if ranked.empty else str(values[int(ranked.index[0])].as_py())
 
 
 def _is_event_filter(f: Filter) -> bool:
