@@ -837,17 +837,25 @@ class _EngineBuilder(_Builder):
         mapping, export = self.mapping, self.export
         shared = mapping.shared_events()
         values: dict[str, pd.Series] = {}
+        self._plain: dict[str, tuple[pd.Series, np.ndarray]] = {}
         for rule in mapping:
             if rule.sends_attribute:
-                conv = mapping.convert(rule, self.p[rule.key], mapping.value_type(export, rule.key))
+                value_type = mapping.value_type(export, rule.key)
+                column = self.p[rule.key]
+                conv = mapping.convert(rule, column, value_type)
                 self.conversions[rule.key] = conv
                 values[str(rule.attribute)] = conv.values
+                self._plain.pop(str(rule.attribute), None)
+                if _plain_text(rule, value_type, column, conv):
+                    self._plain[str(rule.attribute)] = (
+                        column, self._mask(rule.key, "invalid", conv.invalid))
         events = [(rule, *self._event_arrays(rule, values=False))
                   for rule in mapping if rule.sends_event]
         from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
 
         bar = tqdm(total=2 * len(mapping), desc="preview: Braze filters", unit="step",
-                   disable=self.n < PROGRESS_FROM or not self._all_counted, leave=False)
+                   disable=self.n < PROGRESS_FROM or self._chunk.get("profiles") is not None,
+                   leave=False)   # a chunk's progress is the export's bar
         try:
             checks, filters = [], {}
             for rule in mapping:
@@ -917,13 +925,20 @@ class _EngineBuilder(_Builder):
             state = BrazeState(pd.DataFrame({name: values.array}, index=pd.RangeIndex(self.n)),
                                as_of=self.as_of)
             return f.evaluate(state).to_numpy(dtype=bool)
-        distinct, codes = self._texts(values.rename(f"attribute:{name}"))
+        plain = self._plain.get(name)
+        # a plain text attribute holds the column's own texts, blank where Braze refuses
+        # them: its distinct texts are the column's, read once for the value checks too
+        distinct, codes = self._texts(plain[0] if plain else values.rename(f"attribute:{name}"))
         # the distinct texts, then blank (the profiles without a value)
         texts = pd.array(pa.concat_arrays([distinct, pa.nulls(1, distinct.type)]),
                          dtype=values.dtype)
         state = BrazeState(pd.DataFrame({name: texts}, index=pd.RangeIndex(len(texts))),
                            as_of=self.as_of)
-        return f.evaluate(state).to_numpy(dtype=bool)[codes]
+        answer = f.evaluate(state).to_numpy(dtype=bool)
+        selected = answer[codes]
+        if plain is not None:
+            selected[plain[1]] = answer[-1]
+        return selected
 
     def _select_sql(self, filters: list[Filter], values: dict[str, pd.Series],
                     events: list) -> list[np.ndarray]:
@@ -1010,6 +1025,24 @@ class _EngineBuilder(_Builder):
         return pa.table({"uid": np.concatenate(uids) if uids else np.zeros(0, dtype=np.int64),
                          "cohort": pa.concat_arrays(cohorts) if cohorts
                          else pa.array([], type=pa.string())})
+
+
+# Profile fields whose conversion rewrites the text (payload_rules.convert)
+_REWRITTEN_FIELDS = frozenset({"dob", "gender", "country", "language"})
+
+
+def _plain_text(rule: "Rule", value_type: str, column: pd.Series,
+                conv: payload_rules.Conversion) -> bool:
+    """Whether the conversion of a text column kept its texts, blanking only the values Braze
+    refuses (``conv.invalid``): `payload_rules.convert`'s plain text path, checked."""
+    if conv.json_type != "string" or value_type in ("boolean", "number", "datetime", "list",
+                                                    "object") \
+            or str(rule.attribute) in _REWRITTEN_FIELDS \
+            or not isinstance(column.dtype, pd.StringDtype):
+        return False
+    blank = conv.values.isna().to_numpy(dtype=bool)
+    return bool(np.array_equal(blank, column.isna().to_numpy(dtype=bool)
+                               | conv.invalid.to_numpy(dtype=bool)))
 
 
 def _candidates(columns, email_opt_in: bool, alias_label: str | None) -> list[tuple[str, str]]:
