@@ -7,6 +7,7 @@ Braze can hold, users the filter selects, and why the others are dropped.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any, Callable
@@ -755,6 +756,7 @@ class _EngineBuilder(_Builder):
                  alias_label: str | None, as_of: Any, **chunk: Any) -> None:
         # one chunk of an export kept on disk: the export's pass found the shared keys
         self._shared = chunk.pop("shared", None)
+        self._finding: Future | None = None
         self._chunk = chunk
         self._encodings: dict[str, tuple[pa.Array, np.ndarray]] = {}
         super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
@@ -798,9 +800,20 @@ class _EngineBuilder(_Builder):
         table = pa.table({"p": np.arange(self.n, dtype=np.int64),
                           **{name: pa.array(self.p[name].astype("string"))
                              for _, name in candidates}})
-        with engine.connect() as db:
-            db.register("ids", table)
-            self._own(*_shared_rows(db, "ids", candidates))
+
+        def find() -> tuple[np.ndarray, np.ndarray]:
+            with engine.connect() as db:
+                db.register("ids", table)
+                return _shared_rows(db, "ids", candidates)
+
+        # the engine looks for shared keys while the values are converted (`_owned`)
+        self._finding = _background().submit(find)
+
+    def _owned(self) -> None:
+        """Wait for the rows that lose a shared key (the owners are known then)."""
+        if self._finding is not None:
+            found, self._finding = self._finding, None
+            self._own(*found.result())
 
     # -- texts, once per distinct text ---------------------------------------------------------
     def _texts(self, col: pd.Series) -> tuple[pa.Array, np.ndarray]:
@@ -849,6 +862,8 @@ class _EngineBuilder(_Builder):
                 if _plain_text(rule, value_type, column, conv):
                     self._plain[str(rule.attribute)] = (
                         column, self._mask(rule.key, "invalid", conv.invalid))
+        if any(rule.sends_event for rule in mapping):
+            self._owned()   # a losing row sends no events
         events = [(rule, *self._event_arrays(rule, values=False))
                   for rule in mapping if rule.sends_event]
         from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
@@ -867,7 +882,9 @@ class _EngineBuilder(_Builder):
                 selected = self._select([c.filter for _, _, c in checks], values, events)
             except (FilterError, _Unsupported):
                 bar.close()
+                self._owned()
                 return self._reference().run()
+            self._owned()
             rows, reasons = [], {}
             counted_owner = self.sent if self._all_counted else self.sent & self.counted
             done = set()
@@ -942,6 +959,7 @@ class _EngineBuilder(_Builder):
 
     def _select_sql(self, filters: list[Filter], values: dict[str, pd.Series],
                     events: list) -> list[np.ndarray]:
+        self._owned()
         reads = _Reads()
         for f in filters:
             reads._add(f)
@@ -1027,6 +1045,16 @@ class _EngineBuilder(_Builder):
                          else pa.array([], type=pa.string())})
 
 
+_EXECUTOR: list[ThreadPoolExecutor] = []
+
+
+def _background() -> ThreadPoolExecutor:
+    """One worker thread for engine queries that overlap the NumPy and pandas work."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview"))
+    return _EXECUTOR[0]
+
+
 # Profile fields whose conversion rewrites the text (payload_rules.convert)
 _REWRITTEN_FIELDS = frozenset({"dob", "gender", "country", "language"})
 
@@ -1074,10 +1102,10 @@ def _shared_rows(db, relation: str, candidates: list[tuple[str, str]]) -> tuple[
     value = "CASE " + " ".join(f"WHEN {present(name)} THEN {engine.quote(name)}"
                                for _, name in candidates) + " END"
     found = db.execute(
-        f"WITH h AS MATERIALIZED (SELECT p, hash({kind}, {value}) AS h FROM {relation} "
-        f"WHERE {kind} > 0), "
-        "c AS (SELECT p FROM h WHERE h IN (SELECT h FROM h GROUP BY h HAVING count(*) > 1)), "
-        f"k AS (SELECT r.p, {kind} AS kind, {value} AS v FROM {relation} r SEMI JOIN c USING (p)), "
+        f"WITH d AS (SELECT hash({kind}, {value}) AS h FROM {relation} WHERE {kind} > 0 "
+        "GROUP BY 1 HAVING count(*) > 1), "
+        f"k AS (SELECT p, {kind} AS kind, {value} AS v FROM {relation} WHERE {kind} > 0 "
+        f"AND hash({kind}, {value}) IN (SELECT h FROM d)), "
         "s AS (SELECT kind, v, max(p) AS last FROM k GROUP BY kind, v HAVING count(*) > 1) "
         "SELECT k.p, s.last FROM k JOIN s USING (kind, v) WHERE k.p <> s.last ORDER BY k.p"
     ).fetchnumpy()
