@@ -528,6 +528,7 @@ class _Builder:
         conv = self.conversions[rule.key]
         value = (self.params[rule.key] if rule.key in self.params
                  else self._most_common_text(col) if conv.json_type == "string"
+                 else self._median_number(col) if conv.json_type == "number"
                  else value_parameter(rule, conv, col))
         if value is None:
             return None
@@ -543,7 +544,7 @@ class _Builder:
                           "regex filters are case-insensitive in Braze")
         if conv.json_type == "number":
             median = value
-            x = pd.to_numeric(col, errors="coerce").astype("Float64")
+            x = self._numbers(col)
             f = NumberAttribute(attr, "more_than", median)
             return _Check(rule.key, f"value > {median:g}", True, f,
                           (x > median).to_numpy(dtype=bool, na_value=False))
@@ -575,6 +576,14 @@ class _Builder:
 
     def _empty_text(self, col: pd.Series) -> np.ndarray:
         return (col.astype("string") == "").to_numpy(dtype=bool, na_value=False)
+
+    def _numbers(self, col: pd.Series) -> pd.Series:
+        """The column's numbers as the value check compares them (and value_parameter)."""
+        return pd.to_numeric(col, errors="coerce").astype("Float64")
+
+    def _median_number(self, col: pd.Series) -> float | None:
+        x = self._numbers(col)   # value_parameter's median of a number column
+        return None if x.notna().sum() == 0 else float(x.median())
 
     def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
         """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
@@ -803,6 +812,9 @@ class _EngineBuilder(_Builder):
 
         def find() -> tuple[np.ndarray, np.ndarray]:
             with engine.connect() as db:
+                # one engine thread beside this one: the work overlaps, the cores are not
+                # oversubscribed
+                db.execute("SET threads = 1")
                 db.register("ids", table)
                 return _shared_rows(db, "ids", candidates)
 
@@ -839,6 +851,11 @@ class _EngineBuilder(_Builder):
         distinct, codes = self._texts(col)
         same = pc.fill_null(pc.equal(pc.utf8_lower(distinct), top.lower()), False)
         return np.append(same.to_numpy(zero_copy_only=False), False)[codes]
+
+    def _numbers(self, col: pd.Series) -> pd.Series:
+        if ("numbers", col.name) not in self._encodings:
+            self._encodings[("numbers", col.name)] = super()._numbers(col)
+        return self._encodings[("numbers", col.name)]
 
     def _empty_text(self, col: pd.Series) -> np.ndarray:
         distinct, codes = self._texts(col)
