@@ -21,15 +21,14 @@ import pyarrow.parquet as pq
 from toolkit import engine
 from toolkit.braze.limits import LIMITS
 from toolkit.braze import payload_rules
-from toolkit.braze.filters import (AllOf, AnyOf, BooleanAttribute,
+from toolkit.braze.filters import (VALUE_VIEWS, AllOf, AnyOf, BooleanAttribute,
                                    CustomEventCount, CustomEventPropertyCount, DateAttribute,
                                    Filter, NumberAttribute, SegmentCohort, StringAttribute)
+from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
+from toolkit.braze.filters_sql import _column as _sql_column
 from toolkit.braze.state import BrazeState, braze_user_keys
 from toolkit.engage.model import EngageExport
 from toolkit.engage.store import StoredExport
-from toolkit.braze.filters import VALUE_VIEWS
-from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
-from toolkit.braze.filters_sql import _column as _sql_column
 from toolkit.errors import FilterError, MappingError
 from toolkit.sync.projection import IDENTITY_COLUMNS, export_keys, shared_keys
 
@@ -767,12 +766,12 @@ class _EngineBuilder(_Builder):
         self._shared = chunk.pop("shared", None)
         self._finding: Future | None = None
         self._chunk = chunk
-        self._encodings: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        self._encodings: dict[tuple, Any] = {}   # per column: its texts, its numbers
         super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
 
-    def _reference(self, as_of: Any = None) -> _Builder:
+    def _reference(self) -> _Builder:
         return _Builder(self.mapping, self.export, self.email_opt_in, self.alias_label,
-                        self.as_of_given if as_of is None else as_of, **self._chunk)
+                        self.as_of_given, **self._chunk)
 
     # -- identifiers ---------------------------------------------------------------------------
     def _identify(self) -> None:
@@ -828,10 +827,11 @@ class _EngineBuilder(_Builder):
             self._own(*found.result())
 
     # -- texts, once per distinct text ---------------------------------------------------------
-    def _texts(self, col: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    def _texts(self, col: pd.Series, name: Any = None) -> tuple[pa.Array, np.ndarray]:
         """(distinct texts in order of first appearance, each profile's index into them; blank
-        profiles get the index one past the end) of a column, encoded once per column."""
-        name = col.name
+        profiles get the index one past the end) of a column, encoded once per column (``name``:
+        what it is kept as, the column's name unless given)."""
+        name = ("column", col.name) if name is None else name
         if name not in self._encodings:
             encoded = pc.dictionary_encode(_text_array(col))
             self._encodings[name] = (encoded.dictionary, pc.fill_null(
@@ -920,8 +920,10 @@ class _EngineBuilder(_Builder):
                     bar.update()
         finally:
             bar.close()
-        as_of = self.as_of
-        return self._preview(lambda: self._reference(as_of).projected_state(), rows, filters,
+        # the state, when looked at, is the reference's: only what it is built from is kept
+        args = (self.mapping, self.export, self.email_opt_in, self.alias_label, self.as_of)
+        chunk = self._chunk
+        return self._preview(lambda: _Builder(*args, **chunk).projected_state(), rows, filters,
                              reasons, shared)
 
     def _select(self, filters: list[Filter], values: dict[str, pd.Series],
@@ -962,7 +964,8 @@ class _EngineBuilder(_Builder):
         plain = self._plain.get(name)
         # a plain text attribute holds the column's own texts, blank where Braze refuses
         # them: its distinct texts are the column's, read once for the value checks too
-        distinct, codes = self._texts(plain[0] if plain else values.rename(f"attribute:{name}"))
+        distinct, codes = self._texts(plain[0]) if plain else \
+            self._texts(values, ("attribute", name))
         # the distinct texts, then blank (the profiles without a value)
         texts = pd.array(pa.concat_arrays([distinct, pa.nulls(1, distinct.type)]),
                          dtype=values.dtype)

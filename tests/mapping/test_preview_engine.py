@@ -170,3 +170,11 @@ def test_the_engine_equals_the_reference_chunk_by_chunk(generated, how, tmp_path
     assert np.array_equal(p.dropped(stored.audiences[0])["segment_id"].to_numpy(),
                           Preview.build(m, memory).dropped(stored.audiences[0])["segment_id"]
                           .to_numpy())
+
+
+@pytest.mark.parametrize("send_as", ["attribute", "event", "cohort"])
+def test_an_empty_export_previews_the_same(send_as):
+    export = make_export({"segment_id": [], "user_id": [], "vip": [], "fav": []},
+                         [("vip", "audience", "boolean"), ("fav", "trait", "string")])
+    m = Mapping.from_export(export).set("vip", send_as=send_as, cohort_name="VIP")
+    assert assert_same(m, export).user_count == 0
