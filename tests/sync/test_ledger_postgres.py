@@ -266,3 +266,14 @@ def test_a_user_who_may_not_connect_is_told_which_grant_is_missing(postgres_serv
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as con:
             con.execute(f"GRANT CONNECT ON DATABASE {database} TO PUBLIC")
+
+
+def test_a_released_ledger_is_free_at_once(postgres_url, schema, tmp_path):
+    url = f"{postgres_url}?schema={schema}"
+    with Ledger(url, workspace="ws#1", directory=tmp_path) as a, \
+            Ledger(url, workspace="ws#1", directory=tmp_path) as b:
+        for _ in range(20):
+            with a.exclusive("apply"):
+                pass
+            with b.exclusive("apply"):   # no wait: a's lock was released, not just dropped
+                pass

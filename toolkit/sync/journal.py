@@ -458,7 +458,11 @@ class PostgresJournal:
         try:
             yield
         finally:
-            conn.close()  # ending the session releases the lock
+            try:  # released at once (closing alone frees it only when the server notices)
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_TOOLKIT_LOCKS, self.key))
+            except self.psycopg.Error:
+                pass  # the session is gone, and the lock with it
+            conn.close()
 
     # -- files ---------------------------------------------------------------------------
     def _index(self, name: str) -> tuple | None:
