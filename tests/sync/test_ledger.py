@@ -1,6 +1,7 @@
 """The sync ledger: per-workspace file, state and versions, batch records, corrupt/locked files."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -181,3 +182,59 @@ def test_checksums_skip_unchanged_users_and_a_changed_user_is_diffed_field_by_fi
         p = plan(changed, mapping, led)
         assert p.manifest["changed_users"] == 1
         assert list(p.operations["value"]) == ["12345.5"]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, where, request):
+    """Two processes fold the same acknowledged batches: the one that switches second sees the
+    snapshot moved under it, drops its own file and folds again (here: nothing left)."""
+    if where == "postgresql":
+        url = request.getfixturevalue("postgres_url") + "?schema=overtaken_" + tmp_path.name[-8:]
+        open_a = lambda: Ledger(url, workspace="ws#1", directory=tmp_path / "a")  # noqa: E731
+        open_b = lambda: Ledger(url, workspace="ws#1", directory=tmp_path / "b")  # noqa: E731
+    else:
+        open_a = open_b = lambda: Ledger(path=tmp_path / "l.sqlite", workspace="ws#1")  # noqa: E731
+    export = make_export(40)
+    mapping = Mapping.from_export(export)
+    with open_a() as a, open_b() as b:
+        acknowledge_all_rows(plan(export, mapping, a), a)
+        fold, folds = a._fold, []
+
+        def overtaken(rows, current):
+            out = fold(rows, current)
+            folds.append(out[1])
+            if len(folds) == 1:
+                assert b.materialize() > 0      # b switches first
+            return out
+
+        a._fold = overtaken
+        assert a.materialize() == 0
+        assert len(folds) == 1 and a._meta("state_file") != folds[0]
+        assert not a._journal.has(folds[0])      # the overtaken fold's file is gone
+        assert a.snapshot().users == 40 and plan(export, mapping, a).is_empty
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_after_a_complete_sync_the_ledger_keeps_only_what_it_still_needs(tmp_path, where,
+                                                                         request):
+    """The current snapshot and the convergence record's left-out file: the plan copy and the
+    snapshots folded over are removed (the 1M ledger's size target depends on it)."""
+    export = make_export(60)
+    mapping = Mapping.from_export(export)
+    if where == "postgresql":
+        url = request.getfixturevalue("postgres_url") + "?schema=tidy_" + tmp_path.name[-8:]
+        led = Ledger(url, workspace="ws#1", directory=tmp_path)
+    else:
+        led = Ledger(path=tmp_path / "l.sqlite", workspace="ws#1")
+    with led:
+        for n in (30, 60):   # two syncs: the first one's snapshot is folded over
+            p = plan(make_export(n), mapping, led)
+            led.record_plan(p)
+            acknowledge_all_rows(p, led)
+            led.materialize()
+        assert led.record_converged(p)
+        kept = sorted(name for prefix in (led._journal.prefix,) for kind in ("state-", "plans/",
+                      "converged") for name, _ in led._journal.names(prefix + kind))
+        assert kept == sorted([led._meta("state_file"),
+                               json.loads(led._meta("converged"))["left_out"]])
+        assert plan(export, mapping, led).is_empty

@@ -31,7 +31,8 @@ import pyarrow.csv as pacsv
 from toolkit.engage.profiles_sync import arrow_frame, materialise
 from toolkit.errors import WarehouseError
 
-__all__ = ["LAYOUTS", "SCHEMES", "is_database_url", "read_database", "redact", "write_tables"]
+__all__ = ["LAYOUTS", "SCHEMES", "explain_connect_error", "is_database_url", "read_database",
+           "redact", "write_tables"]
 
 # URL scheme -> dialect
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql",
@@ -92,6 +93,31 @@ def _scrub(text: str, url: str) -> str:
     for secret in _secrets(url):
         text = text.replace(secret, "***")
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def explain_connect_error(exc: BaseException, url: str) -> tuple[str, str]:
+    """(message, fix) for a failed PostgreSQL connection to ``url``, the password scrubbed."""
+    text = str(exc)
+    parts = urlsplit(url)
+    database = (parts.path or "/").lstrip("/") or "(default)"
+    rules = (  # what the server said -> what the user should do
+        ("password authentication failed", "the server refused the login",
+         "check the user name and password in the URL (or PGPASSWORD / ~/.pgpass)"),
+        ("no password supplied", "the server wants a password",
+         "put it in the URL (postgresql://user:password@host/db) or in PGPASSWORD"),
+        ("permission denied for database", f"the user may not connect to database {database!r}",
+         f"ask the database owner to run: GRANT CONNECT ON DATABASE {database} TO <this user>"),
+        ("does not exist", f"database {database!r} or the user does not exist",
+         "check the database name at the end of the URL and the user name"),
+        ("invalid", "the URL is not a valid PostgreSQL connection string",
+         "write it as postgresql://user:password@host:5432/database"),
+    )
+    for needle, message, hint in rules:
+        if needle in text:
+            return f"{message} ({_scrub(text, url)})", hint
+    return (f"cannot reach the PostgreSQL server ({_scrub(text, url)})",
+            "check the host and port in the URL, that the server is running and that it "
+            "accepts TCP connections")
 
 
 def _q(name: str) -> str:
@@ -159,26 +185,8 @@ class _Postgres(_Database):
         self.con.read_only = True
 
     def _connect_error(self, exc: BaseException) -> WarehouseError:
-        text = str(exc)
-        parts = urlsplit(self.url)
-        database = (parts.path or "/").lstrip("/") or "(default)"
-        rules = (  # what the server said -> what the user should do
-            ("password authentication failed", "the server refused the login",
-             "check the user name and password in the URL (or PGPASSWORD / ~/.pgpass)"),
-            ("no password supplied", "the server wants a password",
-             "put it in the URL (postgresql://user:password@host/db) or in PGPASSWORD"),
-            ("does not exist", f"database {database!r} or the user does not exist",
-             "check the database name at the end of the URL and the user name"),
-            ("invalid", "the URL is not a valid PostgreSQL connection string",
-             "write it as postgresql://user:password@host:5432/database"),
-        )
-        for needle, message, hint in rules:
-            if needle in text:
-                return WarehouseError(f"{message} ({_scrub(text, self.url)})", url=self.shown,
-                                      hint=hint)
-        return WarehouseError(f"cannot reach the PostgreSQL server ({_scrub(text, self.url)})",
-                              url=self.shown, hint="check the host and port in the URL, that "
-                              "the server is running and that it accepts TCP connections")
+        message, hint = explain_connect_error(exc, self.url)
+        return WarehouseError(message, url=self.shown, hint=hint)
 
     def rows(self, sql: str) -> list[tuple]:
         try:

@@ -31,7 +31,8 @@ from toolkit import engine
 from toolkit.documents import read_document, write_document
 from toolkit.errors import (BrazeAPIError, BrazeAuthError, ConfigError, LedgerError, LedgerMoved,
                             Outcome, ReportError)
-from toolkit.sync.ledger import Ledger, Rows, describe_workspace
+from toolkit.sync.journal import is_ledger_url
+from toolkit.sync.ledger import Ledger, Rows, describe_workspace, reopen_ledger
 from toolkit.sync.plan import Batch, Plan
 
 __all__ = ["apply", "SyncReport"]
@@ -200,6 +201,8 @@ def _open_ledger(plan: Plan, client, ledger) -> Ledger:
         out = ledger
     elif ledger is not None:
         out = Ledger(path=ledger, workspace=client)
+    elif plan.ledger_path and is_ledger_url(plan.ledger_path):
+        out = reopen_ledger(plan.ledger_path, client)
     elif plan.ledger_path and Path(plan.ledger_path).exists():
         out = Ledger(path=plan.ledger_path, workspace=client)
     else:
@@ -207,7 +210,7 @@ def _open_ledger(plan: Plan, client, ledger) -> Ledger:
     if out.workspace != client.workspace:
         raise LedgerError(f"the ledger belongs to {describe_workspace(out.workspace)}, the client "
                           f"targets {describe_workspace(client.workspace)}; nothing was sent",
-                          file=str(out.path), hint="use the ledger of the workspace you apply to")
+                          file=out.location, hint="use the ledger of the workspace you apply to")
     return out
 
 
@@ -218,7 +221,7 @@ def _check_ledger(plan: Plan, ledger: Ledger) -> None:
                 f"it is at version {ledger.version}, older than the plan's "
                 f"{plan.ledger_version} (replaced or restored?)")
         raise LedgerMoved(f"the ledger moved since this plan was made: {what}; nothing was sent",
-                          file=str(ledger.path),
+                          file=ledger.location,
                           hint="plan again from the current ledger and approve the new plan")
     if not any(b.kind == "events" for b in plan.batches()):
         return
@@ -227,7 +230,7 @@ def _check_ledger(plan: Plan, ledger: Ledger) -> None:
         raise LedgerMoved(f"plan {owner} already sent events stamped "
                           f"{plan.options['event_time'][:19]}Z to this workspace; a plan's events "
                           "need a time of their own so `settle` can tell them apart; nothing was "
-                          "sent", file=str(ledger.path),
+                          "sent", file=ledger.location,
                           hint="plan again from this ledger (it picks a free time) and approve "
                                "the new plan")
     clash = _held_by_others(plan, ledger)
@@ -235,7 +238,7 @@ def _check_ledger(plan: Plan, ledger: Ledger) -> None:
         raise LedgerMoved(
             f"{clash:,} event(s) of this plan may already be in Braze: another apply sent them "
             "after this plan was made and never got Braze's answer; nothing was sent",
-            file=str(ledger.path),
+            file=ledger.location,
             hint="settle those batches (`python -m toolkit settle`), then plan again and "
                  "approve the new plan")
 

@@ -44,6 +44,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from html import escape
@@ -60,9 +61,11 @@ from toolkit import engine
 from toolkit.engine import literal, quote
 from toolkit.errors import LedgerError
 from toolkit.sync.diff import checksum_sql
+from toolkit.sync.journal import (_FIX_CORRUPT, PostgresJournal, SqliteJournal, _try_lock,
+                                   is_ledger_url, ledger_location)
 
 __all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES",
-           "describe_workspace", "LEGACY_WORKSPACE"]
+           "describe_workspace", "LEGACY_WORKSPACE", "reopen_ledger"]
 
 SCHEMA_VERSION = 2
 BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "failed", "resolved")
@@ -72,29 +75,8 @@ TRANSIENT_FINDINGS = frozenset({"uncertain_events_held", "api_key_changed", "eve
 # Statuses after which a batch needs nothing more from this plan.
 FINAL_STATUSES = ("acknowledged", "rejected", "resolved")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (
-    field TEXT NOT NULL, uid TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (field, uid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS batches (
-    plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-    objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
-    PRIMARY KEY (plan, batch));
-CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
-CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    version INTEGER PRIMARY KEY, plan TEXT NOT NULL, batch TEXT NOT NULL, rows INTEGER NOT NULL,
-    at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS plans (
-    plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
-    recorded_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS event_times (
-    second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
-"""
-# columns added to ``plans`` after schema 2 was first released (added on open when missing)
-_PLAN_COLUMNS = {"event_time": "TEXT", "create_users": "INTEGER"}
+_SET_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
+             "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 # "<endpoint>#<8 hex digits of the key's sha256>": how workspaces were named before they had names
 LEGACY_WORKSPACE = re.compile(r"(?P<endpoint>.+)#(?P<key>[0-9a-f]{8})")
 _NAMED_WORKSPACE = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9 ._-]{0,63})@(?P<endpoint>\w+://.+)")
@@ -126,14 +108,6 @@ class Rows:
                            "rejected": list(self.rejected)}, separators=(",", ":"))
 
 
-_FIX_CORRUPT = ("restore it from a backup. Moving it aside also works for attributes (a new ledger "
-                "resends every value once) but NOT for events: with an empty ledger every current "
-                "member looks new, so 'Audience Entered' would be sent again; map audiences as "
-                "attributes for that first run, or check Braze before approving any events")
-_FIX_LOCKED = ("another apply or notebook kernel is writing to this ledger; wait for it to finish "
-               "or stop it, then retry")
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -142,22 +116,10 @@ def _safe_name(workspace: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", workspace).strip("_") or "workspace"
 
 
-def _try_lock(handle) -> bool:
-    """Take an exclusive, non-blocking OS lock on an open file; False when another has it."""
-    try:
-        import fcntl  # lazy: platform-specific (POSIX)
-    except ImportError:  # Windows
-        import msvcrt  # lazy: platform-specific (Windows)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
+def _state_version(name: str | None) -> int:
+    """The ledger version a snapshot's name says it holds (-1: not a versioned snapshot)."""
+    found = re.search(r"state-(\d{9})-", name or "")
+    return int(found.group(1)) if found else -1
 
 
 def describe_workspace(identity: str | None) -> str:
@@ -182,7 +144,7 @@ def _endpoint_of(identity: str | None) -> str | None:
     return None
 
 
-def _mismatch(stored: str, wanted: str, path: Path) -> LedgerError:
+def _mismatch(stored: str, wanted: str, location: str) -> LedgerError:
     """The refusal of a ledger opened for another workspace, with the fix for each case."""
     here, there = _endpoint_of(stored), _endpoint_of(wanted)
     named_stored = _NAMED_WORKSPACE.fullmatch(stored)
@@ -206,7 +168,7 @@ def _mismatch(stored: str, wanted: str, path: Path) -> LedgerError:
                 "ledger is then re-labelled to the workspace name and works with any of its keys")
     else:
         hint = "use the ledger of the workspace you target (Ledger(client)), or another path"
-    return LedgerError(message, file=str(path), hint=hint)
+    return LedgerError(message, file=location, hint=hint)
 
 
 def _relocate(old: Path, new: Path) -> Path:
@@ -249,25 +211,49 @@ def default_ledger_path(workspace: str, directory: "str | os.PathLike[str] | Non
     return base / ".toolkit" / f"ledger-{_safe_name(workspace)}.sqlite"
 
 
+def reopen_ledger(location: str, workspace: Any) -> "Ledger":
+    """The ledger a plan was made against, from the location the plan recorded: a file, or a
+    server URL whose password the plan never kept — then ``BRAZE_LEDGER_URL`` must name the
+    same server, database and schema (or the URL must need no password: PGPASSWORD,
+    ~/.pgpass)."""
+    if not is_ledger_url(location):
+        return Ledger(path=location, workspace=workspace)
+    configured = os.environ.get("BRAZE_LEDGER_URL")
+    if configured and is_ledger_url(configured) and ledger_location(configured) == location:
+        return Ledger(configured, workspace=workspace)
+    if "***" not in location:
+        return Ledger(location, workspace=workspace)
+    raise LedgerError("this plan was made against the shared ledger at "
+                      f"{location}, and its password is not kept in plans; nothing was sent",
+                      file=location,
+                      hint="set BRAZE_LEDGER_URL to that ledger's URL (with its password, in "
+                           "the environment or .env), or pass ledger='postgresql://…' to apply")
+
+
 class Ledger:
     """What one Braze workspace acknowledged (a Parquet state snapshot), plus every batch sent
-    to it (a SQLite journal, WAL).
+    to it (a journal): on this machine (SQLite, the default) or on a PostgreSQL server a team
+    shares.
 
     ``Ledger(client_or_workspace)`` opens the default file for that workspace under
-    ``./.toolkit/``; ``Ledger(path="x.sqlite", workspace=…)`` or ``Ledger("x.sqlite")`` opens a
-    given file (``workspace`` is the identity text or the `BrazeClient`). Opening a file made for
-    another workspace raises `LedgerError`; one made before workspaces were named is re-labelled
-    when opened with the client (same key) it was made with.
+    ``./.toolkit/`` — or, when ``BRAZE_LEDGER_URL`` is set, the ledger at that URL;
+    ``Ledger(path="x.sqlite", workspace=…)`` or ``Ledger("x.sqlite")`` opens a given file
+    (``workspace`` is the identity text or the `BrazeClient`); ``Ledger("postgresql://…",
+    workspace=…)`` opens (and creates) the ledger in schema ``braze_sync`` of that database
+    (``schema=`` or ``?schema=…`` for another). Opening a ledger made for another workspace raises
+    `LedgerError`; one made before workspaces were named is re-labelled when opened with the client
+    (same key) it was made with.
     """
 
     def __init__(self, target: Any = None, *, path: "str | os.PathLike[str] | None" = None,
                  workspace: Any = None, directory: "str | os.PathLike[str] | None" = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, schema: str | None = None) -> None:
         client = None
         if target is not None:
             if hasattr(target, "workspace") and not isinstance(target, (str, os.PathLike)):
                 client = target
-            elif isinstance(target, os.PathLike) or str(target).endswith((".sqlite", ".db")):
+            elif (isinstance(target, os.PathLike) or is_ledger_url(target)
+                  or str(target).endswith((".sqlite", ".db"))):
                 path = path or target
             else:
                 workspace = workspace or str(target)
@@ -277,6 +263,8 @@ class Ledger:
         if client is not None:
             workspace = workspace or client.workspace
         legacy = getattr(client, "legacy_workspace", None)
+        if path is None and directory is None and os.environ.get("BRAZE_LEDGER_URL"):
+            path = os.environ["BRAZE_LEDGER_URL"]
         if path is None:
             if workspace is None:
                 raise LedgerError("a ledger needs a Braze workspace or a file path",
@@ -285,69 +273,49 @@ class Ledger:
             old = default_ledger_path(legacy, directory) if legacy else None
             if old is not None and old != path and old.exists() and not path.exists():
                 path = _relocate(old, path)
-        self.path = Path(path)
         self._closed = False
         self._lock = threading.RLock()
-        self._conn = self._open(timeout)
+        if is_ledger_url(path):
+            cache = Path(directory) / ".toolkit" / "ledger-cache" if directory else None
+            self._journal = PostgresJournal(str(path), schema=schema, timeout=timeout,
+                                            cache=cache)
+        else:
+            self._journal = SqliteJournal(Path(path), timeout)
+        self.path: Path | None = self._journal.path
         self.relabelled_from: str | None = None
         self.workspace = self._claim(workspace, legacy)
 
-    # -- opening -----------------------------------------------------------------------
-    def _error(self, exc: BaseException, action: str) -> LedgerError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return LedgerError(f"the ledger is locked ({action})", file=str(self.path),
-                               hint=_FIX_LOCKED)
-        return LedgerError(f"the ledger cannot be {action}: {text}", file=str(self.path),
-                           hint=_FIX_CORRUPT)
+    @property
+    def location(self) -> str:
+        """Where the ledger is, as shown to people: its file, or its server URL (password
+        hidden) and schema."""
+        return self._journal.location
 
-    def _open(self, timeout: float) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(f"cannot create the ledger folder: {exc.strerror}",
-                              file=str(self.path.parent),
-                              hint="pass path=… to a writable place") from None
-        try:
-            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL keeps every committed transaction across a killed process (not power loss),
-            # which is the failure the resume logic is built for.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
-            if "batch_index" not in columns:  # schema 1
-                conn.execute("ALTER TABLE batches ADD COLUMN batch_index INTEGER")
-            have = {r[1] for r in conn.execute("PRAGMA table_info(plans)")}
-            for column, kind in _PLAN_COLUMNS.items():
-                if column not in have:
-                    conn.execute(f"ALTER TABLE plans ADD COLUMN {column} {kind}")
-            conn.execute("PRAGMA quick_check(1)").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc, "opened") from None
-        return conn
+    @property
+    def shared(self) -> bool:
+        """True when the ledger is on a server (several people and machines use it)."""
+        return self._journal.kind != "sqlite"
 
     def _claim(self, workspace: str | None, legacy: str | None = None) -> str | None:
         meta = dict(self._query("SELECT key, value FROM meta"))
         if "schema" in meta and int(meta["schema"]) > SCHEMA_VERSION:
             raise LedgerError(f"the ledger was written by a newer toolkit (schema {meta['schema']})",
-                              file=str(self.path), hint="upgrade the toolkit")
+                              file=self.location, hint="upgrade the toolkit")
         stored = meta.get("workspace")
         if stored is not None and workspace is not None and stored != workspace:
             if legacy is None or stored != legacy:
-                raise _mismatch(stored, workspace, self.path)
+                raise _mismatch(stored, workspace, self.location)
             # made before workspaces were named, opened with the key it was made with: from now
             # on it belongs to the workspace, whatever key reaches it
             self._write(lambda c: c.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                _SET_META,
                 [("workspace", workspace), ("previous_workspace", stored),
                  ("relabelled_at", _now())]))
             self.relabelled_from = stored
             stored = workspace
         if stored is None and workspace is not None:
             self._write(lambda c: c.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                _SET_META,
                 [("workspace", workspace), ("schema", str(SCHEMA_VERSION)), ("created_at", _now())]))
         elif "schema" in meta and int(meta["schema"]) < SCHEMA_VERSION:
             self._migrate()
@@ -356,57 +324,26 @@ class Ledger:
     # -- low-level access ----------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise self._error(exc, "read") from None
+            return self._journal.query(sql, params)
 
     def _write(self, fn) -> Any:
-        """Run ``fn(conn)`` in one IMMEDIATE transaction (all or nothing)."""
+        """Run ``fn(conn)`` in one transaction (all or nothing); writers take turns."""
         with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn(self._conn)
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-                return out
-            except sqlite3.DatabaseError as exc:
-                raise self._error(exc, "written") from None
+            return self._journal.write(fn)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._conn.close()
+            self._journal.close()
 
     @contextmanager
     def exclusive(self, what: str = "apply"):
-        """Hold this ledger for one writer process at a time (an OS file lock next to the
-        ledger, released even when the process is killed). A second apply on the same ledger
-        raises `LedgerError` instead of sending the same batches twice."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            handle = open(lock_path, "a+")
-        except OSError as exc:
-            raise LedgerError(f"cannot create the ledger lock file: {exc.strerror}",
-                              file=str(lock_path), hint="make the ledger folder writable") from None
-        try:
-            if not _try_lock(handle):
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise LedgerError(
-                    f"the ledger is in use by {holder}; nothing was sent", file=str(self.path),
-                    hint="wait for the other apply to finish (a killed apply frees it at once), "
-                         "then run again: it resumes where the other one stopped")
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{what} pid {os.getpid()} since {_now()}")
-            handle.flush()
+        """Hold this ledger for one writer process at a time (an OS file lock next to a SQLite
+        ledger, an advisory lock on a PostgreSQL one — both released even when the process is
+        killed). A second apply on the same ledger raises `LedgerError` instead of sending the
+        same batches twice."""
+        with self._journal.exclusive(what):
             yield self
-        finally:
-            handle.close()  # closing the descriptor releases the lock
 
     def __enter__(self) -> "Ledger":
         return self
@@ -424,8 +361,16 @@ class Ledger:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def _sidecar(self, suffix: str) -> Path:
-        return self.path.with_name(self.path.name + suffix)
+    def _file(self, name: str) -> Path:
+        """A local path of the ledger's stored file ``name`` (fetched from the server for a
+        shared ledger)."""
+        return self._journal.file(name)
+
+    def _new_name(self, kind: str, tag: str = "") -> str:
+        """A new stored file's name: ``<ledger>.<kind>-<tag>-<unique>.parquet``."""
+        # unique across processes and across ledger objects of one process (two folds at once)
+        unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return f"{self._journal.prefix}{kind}-{tag + '-' if tag else ''}{unique}.parquet"
 
     def snapshot(self) -> Snapshot | None:
         """The current state snapshot (after folding what is acknowledged), or None when Braze
@@ -434,7 +379,7 @@ class Ledger:
         name = self._meta("state_file")
         if not name:
             return None
-        path = self.path.with_name(name)
+        path = self._file(name)
         try:
             schema = pq.read_schema(path)
             users = pq.ParquetFile(path).metadata.num_rows
@@ -497,28 +442,36 @@ class Ledger:
     def materialize(self) -> int:
         """Fold acknowledged batches' state into a new snapshot (in change order, one pass on
         the engine, switched to in one journal transaction); returns how many users' values
-        changed."""
+        changed. When another process switched the snapshot meanwhile (a shared ledger, or a
+        notebook beside an apply), the fold is made again on top of the new one."""
         with self._lock:
-            rows = self._query(
-                "SELECT b.plan, b.batch, b.pending, c.version FROM batches b JOIN changes c "
-                "ON c.plan = b.plan AND c.batch = b.batch WHERE b.pending IS NOT NULL "
-                "ORDER BY c.version")
-            if not rows:
-                return 0
-            written, name = self._fold(rows)
-            spec = self._meta("checksum_digest") or ""
+            while True:
+                rows = self._query(
+                    "SELECT b.plan, b.batch, b.pending, c.version FROM batches b JOIN changes c "
+                    "ON c.plan = b.plan AND c.batch = b.batch WHERE b.pending IS NOT NULL "
+                    "ORDER BY c.version")
+                if not rows:
+                    return 0
+                base = self._meta("state_file")
+                written, name = self._fold(rows, base)
+                spec = self._meta("checksum_digest") or ""
 
-            def switch(conn: sqlite3.Connection) -> None:
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                 [("state_file", name), ("state_spec", spec)])
-                conn.executemany("UPDATE batches SET pending = NULL WHERE plan = ? AND batch = ?",
-                                 [(p, b) for p, b, _, _ in rows])
+                def switch(conn) -> bool:
+                    now = conn.execute("SELECT value FROM meta WHERE key = 'state_file'").fetchall()
+                    if (now[0][0] if now else None) != base:
+                        return False
+                    conn.executemany(_SET_META, [("state_file", name), ("state_spec", spec)])
+                    conn.executemany("UPDATE batches SET pending = NULL WHERE plan = ? AND "
+                                     "batch = ?", [(p, b) for p, b, _, _ in rows])
+                    return True
 
-            self._write(switch)
+                if self._write(switch):
+                    break
+                self._journal.remove([name])
             self._remove_stale_files()
             return written
 
-    def _fold(self, rows: list[tuple]) -> tuple[int, str]:
+    def _fold(self, rows: list[tuple], current: str | None) -> tuple[int, str]:
         explicit: list[tuple[str, str, str | None, int]] = []
         refs: dict[str, list[tuple[int, int]]] = {}
         rejected: list[tuple[str, int, str]] = []
@@ -532,11 +485,9 @@ class Ledger:
         files = dict(self._query("SELECT plan, file FROM plans"))
         kinds = json.loads(self._meta("checksum_fields") or "[]")
         digest = self._meta("checksum_digest") or ""
-        current = self._meta("state_file")
         version = max(int(r[3]) for r in rows)
-        name = f"{self.path.name}.state-{version:09d}-{os.getpid()}.parquet"
-        out = self.path.with_name(name)
-        tmp = out.with_name(out.name + ".tmp")
+        name = self._new_name("state", f"{version:09d}")
+        tmp = self._journal.staging(name)
         with engine.connect() as db:
             parts = []
             if explicit:
@@ -555,11 +506,11 @@ class Ledger:
             for plan, batches in refs.items():
                 if plan not in files:
                     raise LedgerError(f"the ledger lost the operations of plan {plan}",
-                                      file=str(self.path), hint=_FIX_CORRUPT)
+                                      file=self.location, hint=_FIX_CORRUPT)
                 db.register(f"refs_{len(parts)}", pa.table({
                     "batch": pa.array([b for b, _ in batches], pa.int64()),
                     "version": pa.array([v for _, v in batches], pa.int64())}))
-                src = literal(str((self.path.parent / files[plan])))
+                src = literal(str(self._file(files[plan])))
                 skip = (f" AND NOT EXISTS (SELECT 1 FROM rejected_raw x WHERE x.plan = "
                         f"{literal(plan)} AND x.batch = o.batch AND x.uid = o.uid AND x.field = o.field)"
                         if rejected else "")
@@ -570,7 +521,7 @@ class Ledger:
             db.execute("CREATE TEMP TABLE updates AS " + " UNION ALL ".join(parts))
             new_fields = [r[0] for r in db.execute(
                 "SELECT DISTINCT field FROM updates ORDER BY field").fetchall()]
-            old = self.path.with_name(current) if current else None
+            old = self._file(current) if current else None
             old_fields = ([n for n in pq.read_schema(old).names if n not in ("uid", "checksum")]
                           if old is not None else [])
             all_fields = sorted(set(old_fields) | set(new_fields))
@@ -601,32 +552,42 @@ class Ledger:
                        f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
                        f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
             written = db.execute("SELECT count(*) FROM upd").fetchall()[0][0]
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        self._journal.store(tmp, name)
         return int(written), name
 
     def _remove_stale_files(self) -> None:
-        """Snapshots other than the current one, and plan copies nothing refers to any more."""
+        """Snapshots other than the current one, left-out files of old convergence records,
+        and plan copies nothing refers to any more (a newer snapshot, or a plan with no batch
+        recorded yet, is kept for an hour: another process may be about to use it)."""
         current = self._meta("state_file")
-        prefixes = [self.path.name, self._meta("previous_name")]
-        for prefix in filter(None, prefixes):
-            for path in self.path.parent.glob(prefix + ".state-*"):
-                if path.name != current:
-                    path.unlink(missing_ok=True)
+        record = self._meta("converged")
+        left = json.loads(record).get("left_out") if record else None
+        prefixes = [self._journal.prefix, (self._meta("previous_name") or "") + "."]
+        # a snapshot newer than the current one may be another process's fold, about to be
+        # switched to: kept until it is old enough to be an orphan
+        newest = _state_version(current)
+        stale = [name for prefix in dict.fromkeys(p for p in prefixes if p != ".")
+                 for kind in ("state-", "converged") for name, fresh in self._journal.names(
+                     prefix + kind) if name not in (current, left) and not (
+                     fresh and _state_version(name) >= newest)]
+        self._journal.remove(stale, keep_if="name IN (SELECT value FROM meta WHERE key = "
+                                            "'state_file')")
+        cutoff = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(
+            timespec="milliseconds")
         needed = {r[0] for r in self._query(
             "SELECT DISTINCT plan FROM batches WHERE pending IS NOT NULL OR (kind = 'events' AND "
             "status IN ('sent', 'unknown')) OR status IN ('pending', 'sent', 'unknown', 'failed')")}
-        for plan, file in self._query("SELECT plan, file FROM plans"):
-            if plan not in needed:
-                (self.path.parent / file).unlink(missing_ok=True)
+        # a plan recorded moments ago may not have its batches recorded yet: its apply is
+        # about to start
+        for plan, file, recorded, batches in self._query(
+                "SELECT p.plan, p.file, p.recorded_at, (SELECT count(*) FROM batches b WHERE "
+                "b.plan = p.plan) FROM plans p"):
+            if plan not in needed and (batches or recorded < cutoff):
+                self._journal.remove([file])
                 self._write(lambda c, p=plan: c.execute("DELETE FROM plans WHERE plan = ?", (p,)))
         previous = self._meta("previous_name")
-        if previous:
-            try:  # the plan copies of a ledger renamed from its old name, once all are gone
-                self.path.with_name(previous + ".plans").rmdir()
-            except OSError:
-                pass
+        if previous:  # the plan copies of a ledger renamed from its old name, once all are gone
+            self._journal.remove_folder(previous + ".plans")
 
     def _migrate(self) -> None:
         """Schema 1 kept state as SQLite rows: move them into a snapshot (no checksums yet:
@@ -634,9 +595,8 @@ class Ledger:
         count = self._query("SELECT COUNT(*) FROM state")[0][0]
         if count:
             rows = self._query("SELECT field, uid, value FROM state")
-            name = f"{self.path.name}.state-migrated-{os.getpid()}.parquet"
-            out = self.path.with_name(name)
-            tmp = out.with_name(out.name + ".tmp")
+            name = self._new_name("state", "migrated")
+            tmp = self._journal.staging(name)
             fields = sorted({r[0] for r in rows})
             with engine.connect() as db:
                 db.register("rows_raw", pa.table({
@@ -649,18 +609,17 @@ class Ledger:
                            f"GROUP BY uid ORDER BY uid) TO {literal(str(tmp))} "
                            "(FORMAT parquet, COMPRESSION zstd)")
             del rows
-            os.replace(tmp, out)
+            self._journal.store(tmp, name)
 
-            def switch(conn: sqlite3.Connection) -> None:
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            def switch(conn) -> None:
+                conn.executemany(_SET_META,
                                  [("state_file", name), ("state_spec", "")])
                 conn.execute("DELETE FROM state")
             self._write(switch)
-        self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
-                                        (str(SCHEMA_VERSION),)))
+        self._write(lambda c: c.execute(_SET_META, ("schema", str(SCHEMA_VERSION))))
         if count:
             with self._lock:
-                self._conn.execute("VACUUM")
+                self._journal.vacuum()
 
     # -- event times -----------------------------------------------------------------------
     @staticmethod
@@ -675,7 +634,7 @@ class Ledger:
         if base.tzinfo is None:
             base = base.replace(tzinfo=timezone.utc)
 
-        def pick(conn: sqlite3.Connection) -> datetime:
+        def pick(conn) -> datetime:
             when = base
             while conn.execute("SELECT 1 FROM event_times WHERE second = ?",
                                (self._second(when),)).fetchone():
@@ -703,7 +662,7 @@ class Ledger:
         previous = self._meta("key_fingerprint")
         if previous != fingerprint:
             self._write(lambda c: c.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('key_fingerprint', ?)", (fingerprint,)))
+                _SET_META, ("key_fingerprint", fingerprint)))
         return previous if previous not in (None, fingerprint) else None
 
     # -- convergence ---------------------------------------------------------------------
@@ -718,23 +677,23 @@ class Ledger:
         if not digest or self.awaiting_settle()[0]:
             return False
         self.materialize()
-        target = self._sidecar(".converged.parquet")
-        tmp = target.with_name(target.name + ".tmp")
+        name = self._new_name("converged", plan.id)
+        tmp = self._journal.staging(name)
         if plan.left_path is not None and plan.left_path.exists():
             shutil.copyfile(plan.left_path, tmp)
         else:
             pq.write_table(pa.table({c: pa.array([], pa.string()) for c in (
                 "segment_id", "uid", "rule", "code", "reason")}), tmp)
-        os.replace(tmp, target)
+        self._journal.store(tmp, name)
         record = {"digest": digest, "version": self.version, "plan": plan.id,
-                  "left_out": target.name, "recorded_at": _now(),
+                  "left_out": name, "recorded_at": _now(),
                   "findings": [{k: getattr(f, k) for k in ("severity", "code", "message", "row",
                                                             "column", "fix", "segment_id")}
                                for f in plan.findings if f.code not in TRANSIENT_FINDINGS],
                   **{k: plan.manifest.get(k) for k in (
                       "fields", "field_digest", "profiles", "users", "cohorts")}}
-        self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('converged', ?)",
-                                        (json.dumps(record, ensure_ascii=False, default=str),)))
+        self._write(lambda c: c.execute(_SET_META, ("converged", json.dumps(
+            record, ensure_ascii=False, default=str))))
         return True
 
     def converged(self, digest: str) -> dict | None:
@@ -750,7 +709,7 @@ class Ledger:
             return None
         if record.get("digest") != digest or record.get("version") != self.version:
             return None
-        path = self.path.with_name(str(record.get("left_out")))
+        path = self._file(str(record.get("left_out")))
         if not path.exists() or self.awaiting_settle()[0]:
             return None
         return dict(record, left_out=path)
@@ -760,31 +719,28 @@ class Ledger:
         """Keep a copy of ``plan``'s operations beside the ledger (acknowledged batches refer
         to its rows) and make its fields the ones per-user checksums are computed over. Its
         event time and update mode are kept with it (`toolkit.settle` reads them)."""
-        directory = self._sidecar(".plans")
-        name = f"{directory.name}/{plan.id}.parquet"
-        target = self.path.parent / name
-        if not target.exists():
-            directory.mkdir(exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
+        name = f"{self._journal.prefix}plans/{plan.id}.parquet"
+        if not self._journal.has(name):
+            tmp = self._journal.staging(name)
             shutil.copyfile(plan.ops_path, tmp)
-            os.replace(tmp, target)
+            self._journal.store(tmp, name)
         fields = json.dumps(sorted(plan.fields))
         event_time = plan.options.get("event_time")
         has_events = any(b.kind == "events" for b in plan.batches())
 
-        def write(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR IGNORE INTO plans (plan, file, fields, digest, recorded_at, "
-                      "event_time, create_users) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        def write(c) -> None:
+            c.execute("INSERT INTO plans (plan, file, fields, digest, recorded_at, event_time, "
+                      "create_users) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                       (plan.id, name, fields, plan.field_digest or "", _now(), event_time,
                        int(bool(plan.options.get("create_users")))))
-            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            c.executemany(_SET_META,
                           [("checksum_fields", fields),
                            ("checksum_digest", plan.field_digest or "")])
             if has_events and event_time:
                 second = self._second(datetime.fromisoformat(event_time.replace("Z", "+00:00")))
                 c.execute("INSERT INTO event_times (second, reserved_at, plan) VALUES (?, ?, ?) "
                           "ON CONFLICT (second) DO UPDATE SET plan = excluded.plan "
-                          "WHERE plan IS NULL", (second, _now(), plan.id))
+                          "WHERE event_times.plan IS NULL", (second, _now(), plan.id))
 
         self._write(write)
 
@@ -794,8 +750,8 @@ class Ledger:
         known from an earlier, interrupted apply keep their status."""
         now = _now()
         self._write(lambda c: c.executemany(
-            "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, items, recorded_at,"
-            " batch_index) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            "INSERT INTO batches (plan, batch, kind, status, objects, items, recorded_at, "
+            "batch_index) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(plan, b[0], b[1], b[2], b[3], now, b[4] if len(b) > 4 else None) for b in batches]))
 
     def batch_statuses(self, plan: str) -> dict[str, str]:
@@ -842,7 +798,7 @@ class Ledger:
                 pending = json.dumps(state, separators=(",", ":")) if state else None
             prepared.append((batch, status, count, pending, reason))
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn) -> int:
             version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM changes").fetchall()[0][0]
             now = _now()
             changes = []
@@ -853,8 +809,8 @@ class Ledger:
             conn.executemany("INSERT INTO changes VALUES (?, ?, ?, ?, ?)", changes)
             # a batch answered without being recorded first (a hand-made state change) gets a row
             conn.executemany(
-                "INSERT OR IGNORE INTO batches (plan, batch, kind, status, objects, recorded_at) "
-                "VALUES (?, ?, 'other', 'pending', ?, ?)",
+                "INSERT INTO batches (plan, batch, kind, status, objects, recorded_at) "
+                "VALUES (?, ?, 'other', 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 [(plan, batch, count, now) for batch, _, count, _, _ in prepared])
             # pending = NULL when nothing was acknowledged, so a batch answered twice (resolve)
             # never carries stale state
@@ -875,7 +831,7 @@ class Ledger:
             return []
         with engine.connect() as db:
             return db.execute("SELECT field, uid, after FROM read_parquet(?) WHERE batch = ?",
-                              [str((self.path.parent / files[plan])), int(index)]).fetchall()
+                              [str(self._file(files[plan])), int(index)]).fetchall()
 
     def uncertain_events(self) -> pd.DataFrame:
         """Event batches that left but whose outcome is unknown (crash, timeout): their events
@@ -927,7 +883,7 @@ class Ledger:
                 with engine.connect() as db:
                     events = [tuple(r) for r in db.execute(
                         "SELECT uid, name, field FROM read_parquet(?) WHERE batch = ?",
-                        [str(self.path.parent / file), int(index)]).fetchall()]
+                        [str(self._file(file)), int(index)]).fetchall()]
             out.append({"plan": plan, "batch": batch, "status": status, "objects": int(objects),
                         "sent_at": sent_at, "event_time": event_time,
                         "create_users": None if create is None else bool(create),
@@ -951,11 +907,11 @@ class Ledger:
                                             else "")
         if rows:
             raise LedgerError(f"{len(rows)} uncertain event batches are named {batch!r}",
-                              batch=spec, file=str(self.path),
+                              batch=spec, file=self.location,
                               hint="name it with its plan: " + ", ".join(
                                   f"{p}/{b}" for p, b in rows))
         raise LedgerError("no uncertain event batch with that name", batch=spec,
-                          file=str(self.path),
+                          file=self.location,
                           hint=(f"the batches awaiting a decision are: {listed}" if waiting else
                                 "no event batch awaits a decision: nothing to settle"))
 
@@ -974,7 +930,7 @@ class Ledger:
             state = (f"it is {rows[0][1]}" if rows else "the ledger has no batch of that name "
                                                          "in that plan")
             raise LedgerError(f"no uncertain batch {plan}/{batch}: {state}", batch=batch,
-                              plan=plan, file=str(self.path),
+                              plan=plan, file=self.location,
                               hint="`python -m toolkit settle` lists the batches awaiting a "
                                    "decision (ledger.uncertain_events() in code)")
         items = self._items(plan, rows[0][2], rows[0][3]) if landed else []
@@ -992,12 +948,12 @@ class Ledger:
                                       + " FROM {snapshot}")[0]
             per_field = {c: int(n) for c, n in zip(cols, counts) if n}
         statuses = dict(self._query("SELECT status, COUNT(*) FROM batches GROUP BY status"))
-        return {"path": str(self.path), "workspace": self.workspace, "version": self.version,
+        return {"path": self.location, "workspace": self.workspace, "version": self.version,
                 "fields": per_field, "batches": statuses}
 
     def __repr__(self) -> str:
         if self._closed:
-            return f"<Ledger {self.path} workspace={self.workspace!r} (closed)>"
+            return f"<Ledger {self.location} workspace={self.workspace!r} (closed)>"
         s = self.summary()
         return (f"<Ledger {s['path']} workspace={s['workspace']!r} version={s['version']} "
                 f"fields={len(s['fields'])} batches={sum(s['batches'].values())}>")
@@ -1006,7 +962,7 @@ class Ledger:
         if self._closed:
             return (f"<div class='toolkit-ledger'><b>Sync ledger</b> (closed) for "
                     f"<code>{escape(str(self.workspace))}</code><br><small>"
-                    f"{escape(str(self.path))}</small></div>")
+                    f"{escape(self.location)}</small></div>")
         s = self.summary()
         fields = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>"
                          for k, v in sorted(s["fields"].items()))

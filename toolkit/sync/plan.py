@@ -107,7 +107,7 @@ def _resolve_target(workspace, ledger):
         elif ledger.workspace not in (None, workspace):
             raise PlanError(f"the ledger belongs to {describe_workspace(ledger.workspace)}, not "
                             f"to {describe_workspace(workspace)}", field="ledger",
-                            file=str(ledger.path),
+                            file=ledger.location,
                             hint="pass the ledger of the workspace you target, or none (its "
                                  "default ledger is used)")
     elif client is not None:
@@ -277,7 +277,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": str(getattr(export, "source", "") or ""), "workspace": workspace,
         "ledger_version": ledger.version if ledger is not None else 0,
-        "ledger_path": str(ledger.path) if ledger is not None else None,
+        "ledger_path": ledger.location if ledger is not None else None,
         "options": options, "cohorts": about["cohorts"], "fields": about["fields"],
         "field_digest": about["field_digest"], "input_digest": digest,
         "profiles": about["profiles"], "users": about["users"],

@@ -346,7 +346,7 @@ def settle(ledger=None, client=None, *, wait: "timedelta | int | float | str" = 
             raise SettleError(
                 f"the ledger belongs to {describe_workspace(ledger.workspace)}, the client "
                 f"targets {describe_workspace(client.workspace)}; nothing was decided",
-                file=str(ledger.path), hint="settle with a client of the ledger's workspace")
+                file=ledger.location, hint="settle with a client of the ledger's workspace")
         with ledger.exclusive("settle"):
             return _settle_locked(ledger, client, wait, now, landed, not_landed)
     finally:
@@ -356,7 +356,7 @@ def settle(ledger=None, client=None, *, wait: "timedelta | int | float | str" = 
 
 def _settle_locked(ledger, client, wait: timedelta, now: datetime, landed: list[str],
                    not_landed: list[str]) -> SettleReport:
-    report = SettleReport(workspace=str(ledger.workspace), ledger=str(ledger.path),
+    report = SettleReport(workspace=str(ledger.workspace), ledger=ledger.location,
                           checked_at=_iso(now), wait_s=wait.total_seconds())
     batches = ledger.uncertain_batches()
     if landed or not_landed:
