@@ -767,6 +767,7 @@ class _EngineBuilder(_Builder):
         self._finding: Future | None = None
         self._chunk = chunk
         self._encodings: dict[tuple, Any] = {}   # per column: its texts, its numbers
+        self._early: dict[tuple, Future] = {}
         super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
 
     def _reference(self) -> _Builder:
@@ -833,10 +834,19 @@ class _EngineBuilder(_Builder):
         what it is kept as, the column's name unless given)."""
         name = ("column", col.name) if name is None else name
         if name not in self._encodings:
-            encoded = pc.dictionary_encode(_text_array(col))
-            self._encodings[name] = (encoded.dictionary, pc.fill_null(
-                encoded.indices, len(encoded.dictionary)).to_numpy(zero_copy_only=False))
+            early = self._early.pop(name, None)
+            self._encodings[name] = early.result() if early is not None else _encode(col)
         return self._encodings[name]
+
+    def _encode_early(self) -> None:
+        """Start encoding the text columns of the trait rules (Arrow, without the GIL) in the
+        worker while this thread converts values."""
+        for rule in self.mapping:
+            if rule.kind == "trait" and rule.key in self.p.columns and \
+                    isinstance(self.p[rule.key].dtype, pd.StringDtype) and \
+                    ("column", rule.key) not in self._encodings:
+                self._early[("column", rule.key)] = _background().submit(
+                    _encode, self.p[rule.key])
 
     def _most_common_text(self, col: pd.Series) -> str | None:
         distinct, codes = self._texts(col)
@@ -866,6 +876,7 @@ class _EngineBuilder(_Builder):
     def run(self) -> Preview:
         mapping, export = self.mapping, self.export
         shared = mapping.shared_events()
+        self._encode_early()
         values: dict[str, pd.Series] = {}
         self._plain: dict[str, tuple[pd.Series, np.ndarray]] = {}
         for rule in mapping:
@@ -1069,10 +1080,17 @@ _EXECUTOR: list[ThreadPoolExecutor] = []
 
 
 def _background() -> ThreadPoolExecutor:
-    """One worker thread for engine queries that overlap the NumPy and pandas work."""
+    """One worker thread for engine queries and Arrow kernels that overlap the pandas work."""
     if not _EXECUTOR:
         _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview"))
     return _EXECUTOR[0]
+
+
+def _encode(col: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """`_EngineBuilder._texts` of a column."""
+    encoded = pc.dictionary_encode(_text_array(col))
+    return encoded.dictionary, pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(
+        zero_copy_only=False)
 
 
 # Profile fields whose conversion rewrites the text (payload_rules.convert)
