@@ -764,6 +764,7 @@ class _EngineBuilder(_Builder):
                  alias_label: str | None, as_of: Any, **chunk: Any) -> None:
         # one chunk of an export kept on disk: the export's pass found the shared keys
         self._shared = chunk.pop("shared", None)
+        self._find: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
         self._finding: Future | None = None
         self._chunk = chunk
         self._encodings: dict[tuple, Any] = {}   # per column: its texts, its numbers
@@ -818,11 +819,13 @@ class _EngineBuilder(_Builder):
                 db.register("ids", table)
                 return _shared_rows(db, "ids", candidates)
 
-        # the engine looks for shared keys while the values are converted (`_owned`)
-        self._finding = _background().submit(find)
+        # the engine looks for shared keys while the values are converted (`run`, `_owned`)
+        self._find = find
 
     def _owned(self) -> None:
         """Wait for the rows that lose a shared key (the owners are known then)."""
+        if self._find is not None:
+            self._finding, self._find = _background().submit(self._find), None
         if self._finding is not None:
             found, self._finding = self._finding, None
             self._own(*found.result())
@@ -863,6 +866,8 @@ class _EngineBuilder(_Builder):
         return np.append(same.to_numpy(zero_copy_only=False), False)[codes]
 
     def _numbers(self, col: pd.Series) -> pd.Series:
+        if isinstance(col.dtype, pd.Float64Dtype):
+            return col   # to_numeric and astype keep a Float64 column's values as they are
         if ("numbers", col.name) not in self._encodings:
             self._encodings[("numbers", col.name)] = super()._numbers(col)
         return self._encodings[("numbers", col.name)]
@@ -876,7 +881,9 @@ class _EngineBuilder(_Builder):
     def run(self) -> Preview:
         mapping, export = self.mapping, self.export
         shared = mapping.shared_events()
-        self._encode_early()
+        self._encode_early()   # the texts are needed first (value checks), the owners last
+        if self._find is not None:
+            self._finding, self._find = _background().submit(self._find), None
         values: dict[str, pd.Series] = {}
         self._plain: dict[str, tuple[pd.Series, np.ndarray]] = {}
         for rule in mapping:
