@@ -54,15 +54,17 @@ _FIX_LOCKED = ("another apply or notebook kernel is writing to this ledger; wait
 _FIX_BUSY = ("wait for the other apply to finish (a killed apply frees it at once), then run "
              "again: it resumes where the other one stopped")
 
-_SQLITE_SCHEMA = """
+# The journal's tables. SQLite files made before ``batch_index`` and the ``plans`` columns get
+# them on open (ALTER TABLE); a PostgreSQL schema is created complete, with the file store.
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state (
     field TEXT NOT NULL, uid TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (field, uid)) WITHOUT ROWID;
+    PRIMARY KEY (field, uid)){without_rowid};
 CREATE TABLE IF NOT EXISTS batches (
     plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
     objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
+    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT{batch_columns},
     PRIMARY KEY (plan, batch));
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
 CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
@@ -71,34 +73,17 @@ CREATE TABLE IF NOT EXISTS changes (
     at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plans (
     plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
-    recorded_at TEXT NOT NULL);
+    recorded_at TEXT NOT NULL{plan_columns});
 CREATE TABLE IF NOT EXISTS event_times (
     second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
 """
 # columns added to ``plans`` after schema 2 was first released (added on open when missing)
 _PLAN_COLUMNS = {"event_time": "TEXT", "create_users": "INTEGER"}
-
-# The same tables on PostgreSQL, created complete, plus the file store.
-_POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (
-    field TEXT NOT NULL, uid TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (field, uid));
-CREATE TABLE IF NOT EXISTS batches (
-    plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-    objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
-    batch_index INTEGER, PRIMARY KEY (plan, batch));
-CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
-CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    version INTEGER PRIMARY KEY, plan TEXT NOT NULL, batch TEXT NOT NULL, rows INTEGER NOT NULL,
-    at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS plans (
-    plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
-    recorded_at TEXT NOT NULL, event_time TEXT, create_users INTEGER);
-CREATE TABLE IF NOT EXISTS event_times (
-    second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
+_SQLITE_SCHEMA = _TABLES.format(without_rowid=" WITHOUT ROWID", batch_columns="",
+                                plan_columns="")
+_POSTGRES_SCHEMA = _TABLES.format(
+    without_rowid="", batch_columns=", batch_index INTEGER",
+    plan_columns="".join(f", {c} {t}" for c, t in _PLAN_COLUMNS.items())) + """
 CREATE TABLE IF NOT EXISTS file_index (
     name TEXT PRIMARY KEY, size BIGINT NOT NULL, sha256 TEXT NOT NULL, parts INTEGER NOT NULL,
     stored_at TEXT NOT NULL);
