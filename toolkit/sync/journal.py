@@ -227,6 +227,20 @@ class SqliteJournal:
         finally:
             handle.close()  # closing the descriptor releases the lock
 
+    def holder(self) -> str | None:
+        """Who holds the ledger for an apply or settle right now (None: nobody)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        if not lock_path.exists():
+            return None
+        try:
+            with open(lock_path, "a+") as handle:
+                if _try_lock(handle):
+                    return None
+                handle.seek(0)
+                return handle.read().strip() or "another process"
+        except OSError:
+            return None
+
     # -- files ---------------------------------------------------------------------------
     def file(self, name: str) -> Path:
         """The local path of stored file ``name`` (it may not exist)."""
@@ -425,13 +439,7 @@ class PostgresJournal:
             got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                (_TOOLKIT_LOCKS, self.key)).fetchone()[0]
             if not got:
-                holder = conn.execute(
-                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN "
-                    "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
-                    "l.classid = %s AND l.objid = %s AND l.granted LIMIT 1",
-                    (_TOOLKIT_LOCKS, self.key)).fetchone()
-                who = (f"{holder[0]} (connected since {holder[1]:%Y-%m-%d %H:%M:%S %Z})"
-                       if holder and holder[0] else "another process")
+                who = self._holder(conn) or "another process"
                 raise LedgerError(f"the ledger is in use by {who}; nothing was sent",
                                   file=self.location, hint=_FIX_BUSY)
         except self.psycopg.Error as exc:
@@ -448,6 +456,24 @@ class PostgresJournal:
             except self.psycopg.Error:
                 pass  # the session is gone, and the lock with it
             conn.close()
+
+    def _holder(self, conn) -> str | None:
+        row = conn.execute(
+            "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
+            "AND l.granted LIMIT 1", (_TOOLKIT_LOCKS, self.key)).fetchone()
+        if row is None:
+            return None
+        return (f"{row[0]} (connected since {row[1]:%Y-%m-%d %H:%M:%S %Z})" if row[0]
+                else "another process")
+
+    def holder(self) -> str | None:
+        """Who holds the ledger for an apply or settle right now (None: nobody)."""
+        with self._lock:
+            try:
+                return self._holder(self._conn)
+            except self.psycopg.Error as exc:
+                raise self.error(exc, "read") from None
 
     # -- files ---------------------------------------------------------------------------
     def _index(self, name: str) -> tuple | None:
