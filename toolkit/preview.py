@@ -769,6 +769,8 @@ class _EngineBuilder(_Builder):
         self._chunk = chunk
         self._encodings: dict[tuple, Any] = {}   # per column: its texts, its numbers
         self._early: dict[tuple, Future] = {}
+        # attribute → (its column, invalid mask) when its values are the column's own texts
+        self._plain: dict[str, tuple[pd.Series, np.ndarray]] = {}
         super().__init__(mapping, export, email_opt_in, alias_label, as_of, **chunk)
 
     def _reference(self) -> _Builder:
@@ -885,7 +887,6 @@ class _EngineBuilder(_Builder):
         if self._find is not None:
             self._finding, self._find = _background().submit(self._find), None
         values: dict[str, pd.Series] = {}
-        self._plain: dict[str, tuple[pd.Series, np.ndarray]] = {}
         for rule in mapping:
             if rule.sends_attribute:
                 value_type = mapping.value_type(export, rule.key)
