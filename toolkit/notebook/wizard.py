@@ -47,7 +47,7 @@ from toolkit.sandbox.server import BrazeSandbox
 from toolkit.secrets import Secret, read_env_file
 from toolkit.segment_check import check_segments
 from toolkit.sync.apply import apply
-from toolkit.sync.journal import is_ledger_url
+from toolkit.sync.journal import is_ledger_url, ledger_location
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import parse_duration, plan
 from toolkit.sync.verify import verify
@@ -895,8 +895,6 @@ def _ledger_secret(text: str, where: str, source: str) -> Secret:
 
 
 def _ledger_location(url: Secret) -> str:
-    from toolkit.sync.journal import ledger_location  # the password-hiding form of a URL
-
     try:
         return ledger_location(url.reveal())
     except ValueError:

@@ -71,7 +71,7 @@ class LocalPostgres:
         if not (self.initdb and self.pg_ctl):
             return f"PostgreSQL (initdb, pg_ctl) not found; {INSTALL_HINT}"
         try:
-            import psycopg  # noqa: F401  (lazy: the driver only when a server is wanted)
+            import psycopg  # noqa: F401  # lazy: the driver only when a server is wanted
         except ImportError:
             return "psycopg is not installed; pip install 'psycopg[binary]'"
         if os.geteuid() == 0:
