@@ -35,11 +35,12 @@ import reliability_harness as h  # noqa: E402
 RATES = (0.01, 0.10, 0.30)
 
 
-def fault_matrix(seeds: int, quick: bool) -> tuple[list, float]:
+def fault_matrix(seeds: int, quick: bool, ledger_url: str | None = None) -> tuple[list, float]:
     rows = []
     h.sample_export()                      # load once, outside every timing
     with tempfile.TemporaryDirectory() as tmp:
-        base = [h.run_cell("everything", 0.0, seed=seed, tmpdir=Path(tmp) / f"base-{seed}")
+        base = [h.run_cell("everything", 0.0, seed=seed, tmpdir=Path(tmp) / f"base-{seed}",
+                           ledger_url=ledger_url)
                 for seed in range(1, seeds + 1)]
         baseline = sum(c.seconds for c in base) / len(base)
         rows.append(("(none: baseline)", 0.0, base))
@@ -47,7 +48,8 @@ def fault_matrix(seeds: int, quick: bool) -> tuple[list, float]:
             for rate in RATES:
                 if quick and mix == "429 storm" and rate > 0.01:
                     continue
-                cells = [h.run_cell(mix, rate, seed=seed, tmpdir=Path(tmp) / f"{mix}-{rate}-{seed}")
+                cells = [h.run_cell(mix, rate, seed=seed, tmpdir=Path(tmp) / f"{mix}-{rate}-{seed}",
+                                    ledger_url=ledger_url)
                          for seed in range(1, seeds + 1)]
                 rows.append((mix, rate, cells))
     return rows, baseline
@@ -70,7 +72,7 @@ def print_matrix(rows: list, baseline: float) -> None:
               f"{sum(c.duplicated for c in cells):>12}{secs:>9.2f}{secs / baseline:>7.1f}")
 
 
-def crash_campaign(kills: int) -> dict:
+def crash_campaign(kills: int, ledger_url: str | None = None) -> dict:
     """SIGKILL a real apply process ``kills`` times across one sync, resume, settle, check."""
     import test_crash as tc
     from toolkit.braze.client import BrazeClient
@@ -85,7 +87,7 @@ def crash_campaign(kills: int) -> dict:
                              "endpoints": ("/users/track",)}) as sb:
         tmp = Path(tmp)
         client = BrazeClient.for_sandbox(sb)
-        ledger_path = tmp / "ledger.sqlite"
+        ledger_path = (h.fresh_ledger_url(ledger_url) if ledger_url else tmp / "ledger.sqlite")
         with Ledger(path=ledger_path, workspace=client.workspace) as ledger:
             first = h.make_plan(export, mapping, ledger, client, batch_size=tc.BATCH_SIZE)
         first.approve(by="bench", expires_in="1h")
@@ -228,15 +230,36 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2, help="runs per fault cell")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in the crash campaign")
     parser.add_argument("--quick", action="store_true", help="skip the slow 429 storms at 10%%+")
+    parser.add_argument("--ledger", default=None, metavar="URL",
+                        help="run the fault matrix and the crash campaign with the ledger on "
+                             "PostgreSQL (a fresh schema per run at this URL; 'local-postgresql' "
+                             "starts a throwaway server as the tests do)")
     args = parser.parse_args()
+    server = None
+    if args.ledger == "local-postgresql":
+        from tests.pgserver import PostgresServer
+
+        server = PostgresServer().start()
+        args.ledger = server.url
+    try:
+        return _campaign(args)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _campaign(args) -> int:
     logging.getLogger("toolkit").setLevel(logging.ERROR)   # retries log a warning each
 
     t0 = time.monotonic()
-    rows, baseline = fault_matrix(args.seeds, args.quick)
+    rows, baseline = fault_matrix(args.seeds, args.quick, args.ledger)
+    if args.ledger:
+        from toolkit.sync.journal import ledger_location
+        print(f"ledger: PostgreSQL, a fresh schema per run at {ledger_location(args.ledger)}")
     print(f"\nFault matrix: sample shop, {args.seeds} seed(s) per cell; baseline (no faults) "
           f"{baseline:.2f}s\n")
     print_matrix(rows, baseline)
-    crash = crash_campaign(args.kills)
+    crash = crash_campaign(args.kills, args.ledger)
     print(f"\nCrash campaign: {crash['kills']} SIGKILLs across {crash['batches']} batches, "
           f"uncertain event batches decided {crash['landed']} landed / {crash['not_landed']} "
           f"not; mismatches {crash['mismatches']}, duplicated events {crash['duplicated']} "

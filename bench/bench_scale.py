@@ -144,6 +144,7 @@ class Bench:
         self.done: set[str] = set()
         self.state: dict[str, Any] = {}
         self.resources = ExitStack()
+        self.ledger_url: str | None = None   # a PostgreSQL ledger (--ledger) instead of SQLite
 
     def measure(self, name: str, what: str, fn: Callable[[Row], Any], repeat: int = 1) -> Row:
         """Time ``fn(row)`` (the best of ``repeat`` runs) and record the peak RSS during it; an
@@ -208,7 +209,29 @@ class Bench:
         return self.state["mapping"]
 
     def ledger_size(self) -> int:
-        return _size(self.run_dir / "ledger")
+        """Bytes of the ledger: its folder (SQLite), or its schema's tables on the server
+        (PostgreSQL; the local cache of its files is not counted)."""
+        if not self.ledger_url:
+            return _size(self.run_dir / "ledger")
+        import psycopg
+
+        from toolkit.sync.journal import _split_url
+
+        url, schema = _split_url(self.ledger_url, None)
+        with psycopg.connect(url, autocommit=True) as con:
+            return int(con.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN "
+                "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                "c.relkind = 'r'", (schema,)).fetchone()[0])
+
+    def open_ledger(self):
+        import toolkit
+
+        if self.ledger_url:
+            return toolkit.Ledger(self.ledger_url, workspace=self.state["client"].workspace,
+                                  directory=self.run_dir / "ledger")
+        return toolkit.Ledger(path=self.run_dir / "ledger" / "ledger.sqlite",
+                              workspace=self.state["client"].workspace)
 
     def plan(self, export, row: Row):
         import toolkit
@@ -334,8 +357,7 @@ class Bench:
             row.note = f"{len(mapping.rules)} rules, {len(frame)} preview rows"
 
         def first_plan(row: Row) -> None:
-            st["ledger"] = toolkit.Ledger(path=self.run_dir / "ledger" / "ledger.sqlite",
-                                          workspace=st["client"].workspace)
+            st["ledger"] = self.open_ledger()
             st["plan"] = self.plan(st["export"], row)
             row.sizes["ledger"] = self.ledger_size()
 
@@ -509,8 +531,8 @@ def targets(rows: dict[str, Row], profiles: int) -> list[dict[str, Any]]:
 
 
 def print_report(profiles: int, rows: list[Row], verdicts: list[dict[str, Any]],
-                 load_average: list[float]) -> None:
-    print(f"\nbench_scale: {profiles:,} profiles, default mapping of all_shoppers.csv "
+                 load_average: list[float], ledger: str = "SQLite file") -> None:
+    print(f"\nbench_scale: {profiles:,} profiles, ledger: {ledger}, default mapping of all_shoppers.csv "
           f"(1 audience + 5 traits as attributes); change file: {CHANGE:.0%} of profiles\n"
           f"1-min load average {load_average[0]:.1f} at the start, {load_average[1]:.1f} at "
           f"the end ({os.cpu_count()} CPUs)")
@@ -546,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
                              "user as Python objects: about 1.5 KB each, too many for 10M on "
                              "24 GiB), record every batch of the plan as acknowledged in the "
                              "ledger, as apply does, and fold it; replan and change then run")
+    parser.add_argument("--ledger", default=None, metavar="URL",
+                        help="keep the ledger on PostgreSQL (a fresh schema at this URL; "
+                             "'local-postgresql' starts a throwaway server as the tests do) "
+                             "instead of the embedded SQLite file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the plan, ledger and Parquet files under bench/out/scale-N/run")
     args = parser.parse_args(argv)
@@ -567,17 +593,32 @@ def main(argv: list[str] | None = None) -> int:
     load_average = [os.getloadavg()[0]]
     bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1))
     bench.acknowledge = args.acknowledge
+    server = None
     try:
+        if args.ledger:
+            url = args.ledger
+            if url == "local-postgresql":
+                from tests.pgserver import PostgresServer
+
+                server = PostgresServer().start()
+                url = server.url
+            bench.ledger_url = f"{url}{'&' if '?' in url else '?'}schema=bench_{os.getpid()}"
         bench.run()
     finally:
+        if server is not None:
+            server.stop()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     load_average.append(os.getloadavg()[0])
     rows = {r.name: r for r in bench.rows}
     verdicts = targets(rows, args.profiles)
-    print_report(args.profiles, bench.rows, verdicts, load_average)
+    from toolkit.sync.journal import ledger_location
+
+    shown = ledger_location(bench.ledger_url) if bench.ledger_url else "SQLite file"
+    print_report(args.profiles, bench.rows, verdicts, load_average, shown)
     print(json.dumps({
         "bench": "bench_scale", "profiles": args.profiles, "change_fraction": CHANGE,
+        "ledger": shown,
         "load_average": load_average, "cpus": os.cpu_count(), "generator": generated,
         "stages": {r.name: {"what": r.what, "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,
                             "sizes_bytes": r.sizes, **r.figures, "error": r.error,

@@ -299,12 +299,20 @@ class CellResult:
     examples: list
 
 
+def fresh_ledger_url(url: str) -> str:
+    """``url`` (a PostgreSQL ledger URL) with a schema of its own: one campaign run's ledger."""
+    import uuid
+
+    return f"{url}{'&' if '?' in url else '?'}schema=campaign_{uuid.uuid4().hex[:10]}"
+
+
 def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float = 0.4,
              slow_seconds: float = 0.8, batch_size: int = 75,
-             read_back: bool = False) -> CellResult:
+             read_back: bool = False, ledger_url: str | None = None) -> CellResult:
     """A full sync of the sample shop against a sandbox injecting ``mix`` at ``rate``, settled
     by the operator (or, with ``read_back``, by `toolkit.settle`, each decision checked against
-    the sandbox), with every invariant checked."""
+    the sandbox), with every invariant checked. ``ledger_url``: keep the ledger on that
+    PostgreSQL server (a fresh schema) instead of a SQLite file."""
     from toolkit.braze.client import BrazeClient
     from toolkit.sandbox.server import BrazeSandbox
     from toolkit.sync.ledger import Ledger
@@ -316,7 +324,8 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
                       rate_limits={"/users/track": (3000, 1.0)}) as sb:
         client = BrazeClient.for_sandbox(sb, backoff=(0.01, 0.1), timeout=timeout, seed=seed,
                                          max_retries=6)
-        with Ledger(client, directory=tmpdir) as ledger:
+        where = fresh_ledger_url(ledger_url) if ledger_url else client
+        with Ledger(where, workspace=client, directory=tmpdir) as ledger:
             first = make_plan(export, mapping, ledger, client, batch_size=batch_size)
             first.approve(by="reliability", expires_in="1h")
             # answers the client gave up on land later: wait for them before looking

@@ -17,14 +17,17 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from reliability_harness import (REPO, Settlement, check_state, decide_uncertain,
-                                 duplicated_events, make_plan, sample_export, sample_mapping)
+                                 duplicated_events, fresh_ledger_url, make_plan, sample_export,
+                                 sample_mapping)
 from toolkit.braze.client import BrazeClient
 from toolkit.errors import LedgerError
 from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.apply import apply
+from toolkit.sync.journal import _split_url, is_ledger_url
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import Plan
 
@@ -44,8 +47,16 @@ def _apply_cmd(plan: Path, sb: BrazeSandbox, ledger: Path) -> list[str]:
             str(ledger), "--no-progress", "--workers", "2", "--env-file", os.devnull]
 
 
-def _progress(ledger: Path, plan_id: str) -> int:
+def _progress(ledger: "Path | str", plan_id: str) -> int:
     """Batches of the plan that left (sent or answered), read without disturbing the writer."""
+    if is_ledger_url(ledger):
+        url, schema = _split_url(str(ledger), None)
+        try:
+            with psycopg.connect(url, connect_timeout=5, autocommit=True) as con:
+                return con.execute(f'SELECT COUNT(*) FROM "{schema}".batches WHERE plan = %s '
+                                   "AND status != 'pending'", (plan_id,)).fetchone()[0]
+        except psycopg.Error:
+            return 0
     try:
         con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.05)
         try:
@@ -104,15 +115,18 @@ def _settle(sb, client, ledger, export, mapping, first: Plan) -> Settlement:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_sigkill_at_random_points_then_resume(seed, tmp_path):
+@pytest.mark.parametrize("seed,where", [(1, "sqlite"), (2, "sqlite"), (3, "postgresql")])
+def test_sigkill_at_random_points_then_resume(seed, where, tmp_path, request):
+    """The ``postgresql`` run keeps the ledger on the test server: each killed apply's advisory
+    lock goes with its session, so the next one starts at once and resumes."""
     rng = random.Random(seed)
     export = sample_export()
     mapping = sample_mapping(export)
     with BrazeSandbox(seed=seed, faults={"rate_slow": 1.0, "slow_seconds": SLOW_S,
                                          "endpoints": ("/users/track",)}) as sb:
         client = BrazeClient.for_sandbox(sb)
-        ledger_path = tmp_path / "ledger.sqlite"
+        ledger_path = (fresh_ledger_url(request.getfixturevalue("postgres_url"))
+                       if where == "postgresql" else tmp_path / "ledger.sqlite")
         with Ledger(path=ledger_path, workspace=client.workspace) as ledger:
             first = make_plan(export, mapping, ledger, client, batch_size=BATCH_SIZE)
         first.approve(by="tester", expires_in="1h")

@@ -32,6 +32,15 @@ def test_full_sync_survives_faults(mix, rate, tmp_path):
     assert result.requests > 0
 
 
+@pytest.mark.slow
+def test_full_sync_survives_faults_with_the_ledger_on_postgresql(postgres_url, tmp_path):
+    """The heaviest mix with the team ledger on the test server: the same guarantees."""
+    result = run_cell("everything", 0.30, seed=11, tmpdir=tmp_path, ledger_url=postgres_url)
+    assert result.faults > 0 and (result.retries > 0 or result.uncertain > 0)
+    assert result.mismatches == 0, result.examples
+    assert result.duplicated == 0
+
+
 READ_BACK_CELLS = [("everything", 0.30), ("slow > timeout", 0.30)]
 
 

@@ -181,3 +181,33 @@ def test_checksums_skip_unchanged_users_and_a_changed_user_is_diffed_field_by_fi
         p = plan(changed, mapping, led)
         assert p.manifest["changed_users"] == 1
         assert list(p.operations["value"]) == ["12345.5"]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, where, request):
+    """Two processes fold the same acknowledged batches: the one that switches second sees the
+    snapshot moved under it, drops its own file and folds again (here: nothing left)."""
+    if where == "postgresql":
+        url = request.getfixturevalue("postgres_url") + "?schema=overtaken_" + tmp_path.name[-8:]
+        open_a = lambda: Ledger(url, workspace="ws#1", directory=tmp_path / "a")  # noqa: E731
+        open_b = lambda: Ledger(url, workspace="ws#1", directory=tmp_path / "b")  # noqa: E731
+    else:
+        open_a = open_b = lambda: Ledger(path=tmp_path / "l.sqlite", workspace="ws#1")  # noqa: E731
+    export = make_export(40)
+    mapping = Mapping.from_export(export)
+    with open_a() as a, open_b() as b:
+        acknowledge_all_rows(plan(export, mapping, a), a)
+        fold, folds = a._fold, []
+
+        def overtaken(rows, current):
+            out = fold(rows, current)
+            folds.append(out[1])
+            if len(folds) == 1:
+                assert b.materialize() > 0      # b switches first
+            return out
+
+        a._fold = overtaken
+        assert a.materialize() == 0
+        assert len(folds) == 1 and a._meta("state_file") != folds[0]
+        assert not a._journal.has(folds[0])      # the overtaken fold's file is gone
+        assert a.snapshot().users == 40 and plan(export, mapping, a).is_empty

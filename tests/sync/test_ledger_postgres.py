@@ -213,6 +213,7 @@ def test_a_user_without_rights_on_the_schema_gets_the_grant_to_ask_for(postgres_
     role, secret = f"r_{uuid.uuid4().hex[:8]}", "Role-Secret-1b9e"
     with psycopg.connect(postgres_url, autocommit=True) as con:
         con.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+        # (PUBLIC has no CREATE on a database by default; made explicit for older servers)
         con.execute(f"REVOKE CREATE ON DATABASE {postgres_server.url.rsplit('/', 1)[1]} "
                     "FROM PUBLIC")
     url = postgres_server.url_for(user=role, password=secret)
@@ -246,3 +247,22 @@ def test_a_saved_plan_keeps_no_password_and_applies_through_braze_ledger_url(
         with Ledger(client) as again:    # BRAZE_LEDGER_URL is the default ledger now
             assert again.shared and again.location == ledger_location(url)
             assert again.version > 0 and plan(export, mapping, again).is_empty
+
+
+def test_a_user_who_may_not_connect_is_told_which_grant_is_missing(postgres_server, postgres_url,
+                                                                   tmp_path):
+    role, secret = f"n_{uuid.uuid4().hex[:8]}", "NoConnect-Secret-4c1d"
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+        con.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+    try:
+        with pytest.raises(LedgerError) as err:
+            Ledger(postgres_server.url_for(user=role, password=secret), workspace="ws#1",
+                   directory=tmp_path)
+        text = str(err.value)
+        assert "may not connect" in text and f"GRANT CONNECT ON DATABASE {database}" in text
+        assert secret not in text
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as con:
+            con.execute(f"GRANT CONNECT ON DATABASE {database} TO PUBLIC")

@@ -105,6 +105,8 @@ def explain_connect_error(exc: BaseException, url: str) -> tuple[str, str]:
          "check the user name and password in the URL (or PGPASSWORD / ~/.pgpass)"),
         ("no password supplied", "the server wants a password",
          "put it in the URL (postgresql://user:password@host/db) or in PGPASSWORD"),
+        ("permission denied for database", f"the user may not connect to database {database!r}",
+         f"ask the database owner to run: GRANT CONNECT ON DATABASE {database} TO <this user>"),
         ("does not exist", f"database {database!r} or the user does not exist",
          "check the database name at the end of the URL and the user name"),
         ("invalid", "the URL is not a valid PostgreSQL connection string",

@@ -368,7 +368,8 @@ class Ledger:
 
     def _new_name(self, kind: str, tag: str = "") -> str:
         """A new stored file's name: ``<ledger>.<kind>-<tag>-<unique>.parquet``."""
-        unique = f"{os.getpid()}" if self._journal.kind == "sqlite" else uuid.uuid4().hex[:12]
+        # unique across processes and across ledger objects of one process (two folds at once)
+        unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return f"{self._journal.prefix}{kind}-{tag + '-' if tag else ''}{unique}.parquet"
 
     def snapshot(self) -> Snapshot | None:
