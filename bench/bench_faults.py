@@ -254,8 +254,8 @@ def _campaign(args) -> int:
     t0 = time.monotonic()
     rows, baseline = fault_matrix(args.seeds, args.quick, args.ledger)
     if args.ledger:
-        from toolkit.sync.journal import ledger_location
-        print(f"ledger: PostgreSQL, a fresh schema per run at {ledger_location(args.ledger)}")
+        from toolkit.engage.warehouse import redact
+        print(f"ledger: PostgreSQL, a fresh schema per run on {redact(args.ledger)}")
     print(f"\nFault matrix: sample shop, {args.seeds} seed(s) per cell; baseline (no faults) "
           f"{baseline:.2f}s\n")
     print_matrix(rows, baseline)

@@ -483,9 +483,10 @@ class PostgresJournal:
         digest = hashlib.sha256()
         with self._lock:
             try:
-                with open(tmp, "wb") as out:
+                # binary results: bytea arrives as its bytes, not as hex text twice the size
+                with open(tmp, "wb") as out, self._conn.cursor(binary=True) as cur:
                     for part in range(int(parts)):
-                        row = self._conn.execute(
+                        row = cur.execute(
                             "SELECT data FROM files WHERE name = %s AND part = %s",
                             (name, part)).fetchone()
                         if row is None:

@@ -557,8 +557,8 @@ class Ledger:
 
     def _remove_stale_files(self) -> None:
         """Snapshots other than the current one, left-out files of old convergence records,
-        and plan copies nothing refers to any more (files and plans younger than an hour are
-        kept: another process may be about to switch to them)."""
+        and plan copies nothing refers to any more (a newer snapshot, or a plan with no batch
+        recorded yet, is kept for an hour: another process may be about to use it)."""
         current = self._meta("state_file")
         record = self._meta("converged")
         left = json.loads(record).get("left_out") if record else None
@@ -577,8 +577,12 @@ class Ledger:
         needed = {r[0] for r in self._query(
             "SELECT DISTINCT plan FROM batches WHERE pending IS NOT NULL OR (kind = 'events' AND "
             "status IN ('sent', 'unknown')) OR status IN ('pending', 'sent', 'unknown', 'failed')")}
-        for plan, file, recorded in self._query("SELECT plan, file, recorded_at FROM plans"):
-            if plan not in needed and recorded < cutoff:
+        # a plan recorded moments ago may not have its batches recorded yet: its apply is
+        # about to start
+        for plan, file, recorded, batches in self._query(
+                "SELECT p.plan, p.file, p.recorded_at, (SELECT count(*) FROM batches b WHERE "
+                "b.plan = p.plan) FROM plans p"):
+            if plan not in needed and (batches or recorded < cutoff):
                 self._journal.remove([file])
                 self._write(lambda c, p=plan: c.execute("DELETE FROM plans WHERE plan = ?", (p,)))
         previous = self._meta("previous_name")
