@@ -9,8 +9,9 @@ is one entry plus the method that draws it. Everything the wizard knows lives in
 (started on demand) or the workspace named by ``BRAZE_REST_ENDPOINT`` / ``BRAZE_API_KEY`` — a key
 is never typed into a widget, since widget values are sent to the browser and saved with the
 notebook. The plan step's Ledger field takes a team's shared ledger (``postgresql://…``, a password
-input emptied once used; or ``BRAZE_LEDGER_URL``), shown only as the ledger's ``location``. Pushing runs in a background thread inside a kernel, so the notebook stays responsive
-while the progress bar moves; the bar, the counters and any tqdm bar read one `SyncProgress`.
+input emptied once used; or ``BRAZE_LEDGER_URL``), shown only as the ledger's ``location``.
+Pushing runs in a background thread inside a kernel, so the notebook stays responsive while the
+progress bar moves; the bar, the counters and any tqdm bar read one `SyncProgress`.
 """
 from __future__ import annotations
 
@@ -1777,9 +1778,11 @@ class GuidedSync:
             note = (" Each built-in sandbox is a new workspace, and a ledger belongs to one "
                     "workspace: give the sandbox a schema of its own (<code>?schema=…</code>).")
         elif url is None:
+            also = (" (or set <code>BRAZE_LEDGER_URL</code>)" if s.target == "workspace"
+                    else "")
             note = (" A team shares one ledger on PostgreSQL: type its <code>postgresql://"
-                    "</code> URL above (or set <code>BRAZE_LEDGER_URL</code>), so nobody "
-                    "resends what a colleague already synced.")
+                    f"</code> URL above{also}, so nobody resends what a colleague already "
+                    "synced.")
         return (f"<p class='gs-wrap' style='margin:2px 0'><small><b>Ledger:</b> "
                 f"{html.escape(s.ledger_description(), quote=False)}.{note}</small></p>")
 
