@@ -345,6 +345,12 @@ class Ledger:
         with self._journal.exclusive(what):
             yield self
 
+    @property
+    def in_use_by(self) -> str | None:
+        """Who holds this ledger for an apply or settle right now — "apply pid 123 since …",
+        or on a server "toolkit apply pid 123 on HOST (connected since …)" — or None."""
+        return self._journal.holder()
+
     def __enter__(self) -> "Ledger":
         return self
 
@@ -971,8 +977,12 @@ class Ledger:
         settle = (f"<p><b>{events:,} event(s) in {waiting:,} batch(es) await settling</b>: run "
                   "<code>python -m toolkit settle</code> (or <code>toolkit.settle(ledger, "
                   "client)</code>).</p>" if waiting else "")
+        holder = self.in_use_by
+        busy = f"<p><b>In use by {escape(holder)}</b>: an apply or settle is running.</p>" \
+            if holder else ""
+        where = "shared ledger" if self.shared else "ledger on this machine"
         return (f"<div class='toolkit-ledger'><b>Sync ledger</b> for "
                 f"<code>{escape(str(s['workspace']))}</code> · version {s['version']:,}<br>"
-                f"<small>{escape(s['path'])}</small>"
+                f"<small>{where}: {escape(s['path'])}</small>{busy}"
                 f"<table><tr><th>field</th><th>users</th></tr>{fields}</table>"
                 f"<p>Batches: {batches or 'none'}</p>{settle}</div>")
