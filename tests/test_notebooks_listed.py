@@ -1,4 +1,4 @@
-"""Every notebook under notebooks/ is listed in README's table of notebooks (and nothing else is)."""
+"""Every notebook under notebooks/ is listed in README's table of notebooks, and nothing else."""
 from __future__ import annotations
 
 import re

@@ -9,7 +9,8 @@
 
 API keys come from the environment or ``.env`` (``BRAZE_API_KEY``, ``BRAZE_PARTNER_API_KEY``,
 ``BRAZE_DATA_IMPORT_KEY``), never from a flag, and are never printed; so does a team's shared
-ledger (``BRAZE_LEDGER_URL``, or ``--ledger postgresql://…``), shown only with its password hidden; the workspace name from
+ledger (``BRAZE_LEDGER_URL``, or ``--ledger postgresql://…``), shown only with its password
+hidden; the workspace name from
 ``BRAZE_WORKSPACE`` or ``--workspace`` (the ledger belongs to the instance and that name, not to
 the key). ``--sandbox [URL]`` targets a sandbox started with ``python -m toolkit sandbox`` (URL
 and key from ``SANDBOX_URL`` / ``SANDBOX_API_KEY``; workspace name "sandbox"). Exit codes: 0
