@@ -359,9 +359,11 @@ class _Run:
 
     def acknowledge(self, batch: Batch, rejected: dict[int, str], *, status="acknowledged",
                     attempts=1, note=None) -> None:
-        ops = self.ops(batch)
+        ops = self.in_flight.pop(batch.id, None)
         rows = batch.stop - batch.start
-        n_rej, bad = self._reject_rows(batch, ops, rejected) if rejected else (0, [])
+        # the rows are read only when Braze rejected something in the batch
+        n_rej, bad = self._reject_rows(batch, ops if ops is not None else self.plan.rows_of(
+            batch), rejected) if rejected else (0, [])
         # Braze took every object but the rejected ones: a reference to the batch's rows of the
         # plan (less the rejected rows) is the state it acknowledged.
         reason = note
@@ -544,9 +546,10 @@ def _stats(client) -> dict[str, int]:
 def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
     plan, ledger = run.plan, run.ledger
     # Attribute batches are marked 'sent' a few at a time and their answers committed a few at a
-    # time (a resend is harmless); event batches one by one, so a crash leaves at most the
-    # batches really in flight uncertain.
-    group = 1 if batches[0].kind == "events" else 2 * max(1, int(getattr(client, "max_workers",
+    # time (a resend is harmless; 4 per worker: each commit costs about as much as building a
+    # request, and a crash resends at most that many); event batches one by one, so a crash
+    # leaves at most the batches really in flight uncertain.
+    group = 1 if batches[0].kind == "events" else 4 * max(1, int(getattr(client, "max_workers",
                                                                            4)))
     run.group = group
 
@@ -561,9 +564,14 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
             run.sent_at[b.id] = time.monotonic()
             run.counts["batches_sent"] += 1
             run.counts["objects_sent"] += b.objects
-            rows = plan.rows_of(b)
-            run.in_flight[b.id] = rows
-            yield plan.encoded_payload(b, rows)
+            if b.kind == "attributes":
+                # cut out of the plan's file with no Python object per operation; the rows are
+                # read only for an answer that needs them (a rejection), see _Run.ops
+                yield plan.encoded_payload(b)
+            else:
+                rows = plan.rows_of(b)
+                run.in_flight[b.id] = rows
+                yield plan.encoded_payload(b, rows)
 
     try:
         for index, result in client.track_batches(payloads()):
