@@ -458,14 +458,23 @@ class Plan:
 
     def _digest_file(self) -> tuple[dict[str, bytes], int]:
         """Per-column digests of the operations file, streamed."""
+        from concurrent.futures import ThreadPoolExecutor
+
         per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
         rows = 0
         try:
             file = pq.ParquetFile(self.ops_path, pre_buffer=False)
-            for batch in file.iter_batches(batch_size=131_072, columns=list(OPERATION_COLUMNS)):
-                rows += batch.num_rows
-                for c in OPERATION_COLUMNS:
-                    per_column[c].update(batch.column(c))
+            # a row group at a time, its columns hashed side by side (sha256 and Arrow's casts
+            # release the GIL): apply waits for this before sending anything
+            def hash_column(named: tuple[str, pa.ChunkedArray]) -> None:
+                per_column[named[0]].update(named[1])
+
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                    thread_name_prefix="plan-digest") as pool:
+                for group in range(file.metadata.num_row_groups):
+                    table = file.read_row_group(group, columns=list(OPERATION_COLUMNS))
+                    rows += table.num_rows
+                    list(pool.map(hash_column, [(c, table.column(c)) for c in OPERATION_COLUMNS]))
             file.close()
         except (OSError, pa.ArrowException, KeyError) as exc:
             raise PlanAltered(f"the plan's operations file cannot be read: {exc}",
