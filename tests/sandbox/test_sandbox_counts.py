@@ -2,6 +2,12 @@
 default ``keep="users"`` sandbox does, with no per-user values kept (benchmarks at 10M users)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import requests
 from hypothesis import given, settings
@@ -217,6 +223,30 @@ def test_braze_ids_address_counted_users():
     status, _, stats = store.track({"attributes": [{"braze_id": ids[1], "x": 4}]})
     assert (status, stats["data_points"], stats["skipped"]) == (201, 1, 0)
     assert store.label(store._find("braze_id", ids[1])) == ids[1]
+
+
+def test_the_command_line_starts_a_counting_sandbox():
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "sandbox", "--api-key", KEY,
+                             "--keep", "counts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        url = proc.stdout.readline().strip().split("=", 1)[1]
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {KEY}"
+        r = session.post(url + "/users/track", timeout=10,
+                         json={"attributes": [{"external_id": "u", "a": 1, "b": "x"}]})
+        assert r.status_code == 201
+        r = session.post(url + "/users/export/ids", timeout=10,
+                         json={"external_ids": ["u"], "fields_to_export": ["external_id"]})
+        assert r.status_code == 400 and "keep='counts'" in r.json()["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "2 data points" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_keep_is_a_rule_table():
