@@ -1,6 +1,7 @@
 """The sync ledger: per-workspace file, state and versions, batch records, corrupt/locked files."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -211,3 +212,29 @@ def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, wher
         assert len(folds) == 1 and a._meta("state_file") != folds[0]
         assert not a._journal.has(folds[0])      # the overtaken fold's file is gone
         assert a.snapshot().users == 40 and plan(export, mapping, a).is_empty
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_after_a_complete_sync_the_ledger_keeps_only_what_it_still_needs(tmp_path, where,
+                                                                         request):
+    """The current snapshot and the convergence record's left-out file: the plan copy and the
+    snapshots folded over are removed (the 1M ledger's size target depends on it)."""
+    export = make_export(60)
+    mapping = Mapping.from_export(export)
+    if where == "postgresql":
+        url = request.getfixturevalue("postgres_url") + "?schema=tidy_" + tmp_path.name[-8:]
+        led = Ledger(url, workspace="ws#1", directory=tmp_path)
+    else:
+        led = Ledger(path=tmp_path / "l.sqlite", workspace="ws#1")
+    with led:
+        for n in (30, 60):   # two syncs: the first one's snapshot is folded over
+            p = plan(make_export(n), mapping, led)
+            led.record_plan(p)
+            acknowledge_all_rows(p, led)
+            led.materialize()
+        assert led.record_converged(p)
+        kept = sorted(name for prefix in (led._journal.prefix,) for kind in ("state-", "plans/",
+                      "converged") for name, _ in led._journal.names(prefix + kind))
+        assert kept == sorted([led._meta("state_file"),
+                               json.loads(led._meta("converged"))["left_out"]])
+        assert plan(export, mapping, led).is_empty

@@ -266,3 +266,29 @@ def test_a_user_who_may_not_connect_is_told_which_grant_is_missing(postgres_serv
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as con:
             con.execute(f"GRANT CONNECT ON DATABASE {database} TO PUBLIC")
+
+
+def test_a_released_ledger_is_free_at_once(postgres_url, schema, tmp_path):
+    url = f"{postgres_url}?schema={schema}"
+    with Ledger(url, workspace="ws#1", directory=tmp_path) as a, \
+            Ledger(url, workspace="ws#1", directory=tmp_path) as b:
+        for _ in range(20):
+            with a.exclusive("apply"):
+                pass
+            with b.exclusive("apply"):   # no wait: a's lock was released, not just dropped
+                pass
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_a_ledger_says_who_holds_it(postgres_url, schema, tmp_path, where):
+    target = f"{postgres_url}?schema={schema}" if where == "postgresql" else tmp_path / "l.sqlite"
+    with Ledger(target, workspace="ws#1", directory=tmp_path) as a, \
+            Ledger(target, workspace="ws#1", directory=tmp_path) as b:
+        assert a.in_use_by is None and "In use by" not in b._repr_html_()
+        with a.exclusive("settle"):
+            holder = b.in_use_by
+            assert holder is not None and f"settle pid {os.getpid()}" in holder
+            assert "In use by" in b._repr_html_() and PASSWORD not in b._repr_html_()
+        assert b.in_use_by is None
+        where_shown = "shared ledger" if where == "postgresql" else "ledger on this machine"
+        assert where_shown in a._repr_html_()

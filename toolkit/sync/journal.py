@@ -54,15 +54,17 @@ _FIX_LOCKED = ("another apply or notebook kernel is writing to this ledger; wait
 _FIX_BUSY = ("wait for the other apply to finish (a killed apply frees it at once), then run "
              "again: it resumes where the other one stopped")
 
-_SQLITE_SCHEMA = """
+# The journal's tables. SQLite files made before ``batch_index`` and the ``plans`` columns get
+# them on open (ALTER TABLE); a PostgreSQL schema is created complete, with the file store.
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state (
     field TEXT NOT NULL, uid TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (field, uid)) WITHOUT ROWID;
+    PRIMARY KEY (field, uid)){without_rowid};
 CREATE TABLE IF NOT EXISTS batches (
     plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
     objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
+    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT{batch_columns},
     PRIMARY KEY (plan, batch));
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
 CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
@@ -71,34 +73,17 @@ CREATE TABLE IF NOT EXISTS changes (
     at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plans (
     plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
-    recorded_at TEXT NOT NULL);
+    recorded_at TEXT NOT NULL{plan_columns});
 CREATE TABLE IF NOT EXISTS event_times (
     second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
 """
 # columns added to ``plans`` after schema 2 was first released (added on open when missing)
 _PLAN_COLUMNS = {"event_time": "TEXT", "create_users": "INTEGER"}
-
-# The same tables on PostgreSQL, created complete, plus the file store.
-_POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (
-    field TEXT NOT NULL, uid TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
-    PRIMARY KEY (field, uid));
-CREATE TABLE IF NOT EXISTS batches (
-    plan TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-    objects INTEGER NOT NULL, items TEXT, reason TEXT, sends INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL, sent_at TEXT, answered_at TEXT, pending TEXT,
-    batch_index INTEGER, PRIMARY KEY (plan, batch));
-CREATE INDEX IF NOT EXISTS batches_status ON batches (status, kind);
-CREATE INDEX IF NOT EXISTS batches_pending ON batches (plan) WHERE pending IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    version INTEGER PRIMARY KEY, plan TEXT NOT NULL, batch TEXT NOT NULL, rows INTEGER NOT NULL,
-    at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS plans (
-    plan TEXT PRIMARY KEY, file TEXT NOT NULL, fields TEXT NOT NULL, digest TEXT NOT NULL,
-    recorded_at TEXT NOT NULL, event_time TEXT, create_users INTEGER);
-CREATE TABLE IF NOT EXISTS event_times (
-    second TEXT PRIMARY KEY, reserved_at TEXT NOT NULL, plan TEXT);
+_SQLITE_SCHEMA = _TABLES.format(without_rowid=" WITHOUT ROWID", batch_columns="",
+                                plan_columns="")
+_POSTGRES_SCHEMA = _TABLES.format(
+    without_rowid="", batch_columns=", batch_index INTEGER",
+    plan_columns="".join(f", {c} {t}" for c, t in _PLAN_COLUMNS.items())) + """
 CREATE TABLE IF NOT EXISTS file_index (
     name TEXT PRIMARY KEY, size BIGINT NOT NULL, sha256 TEXT NOT NULL, parts INTEGER NOT NULL,
     stored_at TEXT NOT NULL);
@@ -241,6 +226,20 @@ class SqliteJournal:
             yield
         finally:
             handle.close()  # closing the descriptor releases the lock
+
+    def holder(self) -> str | None:
+        """Who holds the ledger for an apply or settle right now (None: nobody)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        if not lock_path.exists():
+            return None
+        try:
+            with open(lock_path, "a+") as handle:
+                if _try_lock(handle):
+                    return None
+                handle.seek(0)
+                return handle.read().strip() or "another process"
+        except OSError:
+            return None
 
     # -- files ---------------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -440,13 +439,7 @@ class PostgresJournal:
             got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                (_TOOLKIT_LOCKS, self.key)).fetchone()[0]
             if not got:
-                holder = conn.execute(
-                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN "
-                    "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
-                    "l.classid = %s AND l.objid = %s AND l.granted LIMIT 1",
-                    (_TOOLKIT_LOCKS, self.key)).fetchone()
-                who = (f"{holder[0]} (connected since {holder[1]:%Y-%m-%d %H:%M:%S %Z})"
-                       if holder and holder[0] else "another process")
+                who = self._holder(conn) or "another process"
                 raise LedgerError(f"the ledger is in use by {who}; nothing was sent",
                                   file=self.location, hint=_FIX_BUSY)
         except self.psycopg.Error as exc:
@@ -458,7 +451,29 @@ class PostgresJournal:
         try:
             yield
         finally:
-            conn.close()  # ending the session releases the lock
+            try:  # released at once (closing alone frees it only when the server notices)
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_TOOLKIT_LOCKS, self.key))
+            except self.psycopg.Error:
+                pass  # the session is gone, and the lock with it
+            conn.close()
+
+    def _holder(self, conn) -> str | None:
+        row = conn.execute(
+            "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
+            "AND l.granted LIMIT 1", (_TOOLKIT_LOCKS, self.key)).fetchone()
+        if row is None:
+            return None
+        return (f"{row[0]} (connected since {row[1]:%Y-%m-%d %H:%M:%S %Z})" if row[0]
+                else "another process")
+
+    def holder(self) -> str | None:
+        """Who holds the ledger for an apply or settle right now (None: nobody)."""
+        with self._lock:
+            try:
+                return self._holder(self._conn)
+            except self.psycopg.Error as exc:
+                raise self.error(exc, "read") from None
 
     # -- files ---------------------------------------------------------------------------
     def _index(self, name: str) -> tuple | None:

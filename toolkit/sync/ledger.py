@@ -345,6 +345,12 @@ class Ledger:
         with self._journal.exclusive(what):
             yield self
 
+    @property
+    def in_use_by(self) -> str | None:
+        """Who holds this ledger for an apply or settle right now — "apply pid 123 since …",
+        or on a server "toolkit apply pid 123 on HOST (connected since …)" — or None."""
+        return self._journal.holder()
+
     def __enter__(self) -> "Ledger":
         return self
 
@@ -557,8 +563,8 @@ class Ledger:
 
     def _remove_stale_files(self) -> None:
         """Snapshots other than the current one, left-out files of old convergence records,
-        and plan copies nothing refers to any more (files and plans younger than an hour are
-        kept: another process may be about to switch to them)."""
+        and plan copies nothing refers to any more (a newer snapshot, or a plan with no batch
+        recorded yet, is kept for an hour: another process may be about to use it)."""
         current = self._meta("state_file")
         record = self._meta("converged")
         left = json.loads(record).get("left_out") if record else None
@@ -577,8 +583,12 @@ class Ledger:
         needed = {r[0] for r in self._query(
             "SELECT DISTINCT plan FROM batches WHERE pending IS NOT NULL OR (kind = 'events' AND "
             "status IN ('sent', 'unknown')) OR status IN ('pending', 'sent', 'unknown', 'failed')")}
-        for plan, file, recorded in self._query("SELECT plan, file, recorded_at FROM plans"):
-            if plan not in needed and recorded < cutoff:
+        # a plan recorded moments ago may not have its batches recorded yet: its apply is
+        # about to start
+        for plan, file, recorded, batches in self._query(
+                "SELECT p.plan, p.file, p.recorded_at, (SELECT count(*) FROM batches b WHERE "
+                "b.plan = p.plan) FROM plans p"):
+            if plan not in needed and (batches or recorded < cutoff):
                 self._journal.remove([file])
                 self._write(lambda c, p=plan: c.execute("DELETE FROM plans WHERE plan = ?", (p,)))
         previous = self._meta("previous_name")
@@ -967,8 +977,12 @@ class Ledger:
         settle = (f"<p><b>{events:,} event(s) in {waiting:,} batch(es) await settling</b>: run "
                   "<code>python -m toolkit settle</code> (or <code>toolkit.settle(ledger, "
                   "client)</code>).</p>" if waiting else "")
+        holder = self.in_use_by
+        busy = f"<p><b>In use by {escape(holder)}</b>: an apply or settle is running.</p>" \
+            if holder else ""
+        where = "shared ledger" if self.shared else "ledger on this machine"
         return (f"<div class='toolkit-ledger'><b>Sync ledger</b> for "
                 f"<code>{escape(str(s['workspace']))}</code> · version {s['version']:,}<br>"
-                f"<small>{escape(s['path'])}</small>"
+                f"<small>{where}: {escape(s['path'])}</small>{busy}"
                 f"<table><tr><th>field</th><th>users</th></tr>{fields}</table>"
                 f"<p>Batches: {batches or 'none'}</p>{settle}</div>")
