@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", choices=("users", "counts"), default="users",
                         help="what the workspace holds: every user (default), or 'counts': "
                              "requests validated, refused and billed exactly as with 'users' "
-                             "but no attribute values or events kept (about 100 bytes a user, "
+                             "but no attribute values or events kept (about 120 bytes a user, "
                              "for benchmarks at 10M users; no /users/export/ids or segments)")
     parser.add_argument("--partner-api-key", default=None, help="cohort partner key to accept")
     parser.add_argument("--client-secret", default=None, help="cohort client secret to accept")

@@ -164,7 +164,7 @@ class BrazeSandbox:
 
     ``keep`` says what the workspace holds. ``"users"`` (the default): every user's identifiers,
     profile fields, attributes, events and purchases, about 1.5 KB of Python objects a user.
-    ``"counts"``, for benchmarks at 10M users (about 100 bytes a user): every request is
+    ``"counts"``, for benchmarks at 10M users (about 120 bytes a user): every request is
     authorised, rate limited, validated, refused and billed exactly as with ``"users"`` — the
     same code decides — and the users' existence, emails and phones, attribute types, event
     names, cohort members and data points are kept exactly, but not attribute values or event

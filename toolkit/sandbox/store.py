@@ -893,7 +893,7 @@ class CountStore(Store):
     names, cohort members, data points, and counts of events and purchases per name. Not kept:
     attribute and profile-field values, event and purchase records — so ``/users/export/ids``
     and segments (which read them) answer 400 saying so, and the inspection frames are refused.
-    About 100 bytes a user instead of ~1.5 KB: 10M users fit in about 1 GB. A user's braze_id
+    About 120 bytes a user instead of ~1.5 KB (9M users: a 1.1 GB process). A user's braze_id
     is the digest of its place in creation order (ids are never shown in this mode).
     """
 
