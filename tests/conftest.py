@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.pgserver import PostgresServer
+from toolkit.errors import ToolkitError
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +16,7 @@ def postgres_server():
         pytest.skip(why)
     try:
         server.start()
-    except (RuntimeError, OSError, ImportError) as exc:
+    except (ToolkitError, RuntimeError, OSError, ImportError) as exc:
         server.stop()
         pytest.skip(f"PostgreSQL could not be started: {exc}")
     yield server

@@ -292,3 +292,20 @@ def test_a_ledger_says_who_holds_it(postgres_url, schema, tmp_path, where):
         assert b.in_use_by is None
         where_shown = "shared ledger" if where == "postgresql" else "ledger on this machine"
         assert where_shown in a._repr_html_()
+
+
+def test_braze_ledger_url_in_the_clients_env_file_is_the_default_ledger(postgres_url, schema,
+                                                                        tmp_path, monkeypatch):
+    monkeypatch.delenv("BRAZE_LEDGER_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = tmp_path / "team.env"
+    env.write_text(f"BRAZE_LEDGER_URL={postgres_url}?schema={schema}\n")
+    with BrazeSandbox(seed=5) as sandbox, \
+            BrazeClient.for_sandbox(sandbox, env_file=str(env)) as client:
+        with Ledger(client) as led:
+            assert led.shared and led.location == ledger_location(f"{postgres_url}?schema={schema}")
+        env.write_text("BRAZE_LEDGER_URL=ledgers/team.sqlite\n")
+        with pytest.raises(LedgerError) as err:
+            Ledger(client)
+        assert "must be a postgresql:// URL" in str(err.value)
+        assert not (tmp_path / "ledgers").exists()

@@ -8,8 +8,10 @@ is one entry plus the method that draws it. Everything the wizard knows lives in
 `GuidedSync.run_all`) drive the same code headless. The target is the built-in Braze sandbox
 (started on demand) or the workspace named by ``BRAZE_REST_ENDPOINT`` / ``BRAZE_API_KEY`` — a key
 is never typed into a widget, since widget values are sent to the browser and saved with the
-notebook. Pushing runs in a background thread inside a kernel, so the notebook stays responsive
-while the progress bar moves; the bar, the counters and any tqdm bar read one `SyncProgress`.
+notebook. The plan step's Ledger field takes a team's shared ledger (``postgresql://…``, a password
+input emptied once used; or ``BRAZE_LEDGER_URL``), shown only as the ledger's ``location``.
+Pushing runs in a background thread inside a kernel, so the notebook stays responsive while the
+progress bar moves; the bar, the counters and any tqdm bar read one `SyncProgress`.
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ from toolkit.notebook.progress import SyncProgress
 from toolkit.notebook.terms import http_calls, legend_html, planned_totals, totals_frame
 from toolkit.preview import REASONS
 from toolkit.sandbox.server import BrazeSandbox
-from toolkit.secrets import read_env_file
+from toolkit.secrets import Secret, read_env_file
 from toolkit.segment_check import check_segments
 from toolkit.sync.apply import apply
+from toolkit.sync.journal import is_ledger_url, ledger_location
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import parse_duration, plan
 from toolkit.sync.verify import verify
@@ -61,6 +64,10 @@ SEND_AS_LABELS = {"attribute": "custom attribute", "event": "custom events",
 # how long an approval lasts: label -> duration text for Plan.approve(expires_in=…)
 APPROVAL_DURATIONS = {"1 hour": "1h", "8 hours": "8h", "24 hours": "24h", "7 days": "7d"}
 PARTNER_KEYS = ("BRAZE_PARTNER_API_KEY", "BRAZE_DATA_IMPORT_KEY")
+LEDGER_URL = "BRAZE_LEDGER_URL"   # the team's shared ledger; like a key, it may hold a password
+_LEDGER_URL_HINT = ("type the team's ledger as postgresql://user:password@host:5432/database "
+                    "(add ?schema=NAME for a schema other than braze_sync), or leave the field "
+                    "empty for this machine's ledger")
 _REPO = Path(__file__).resolve().parents[2]
 _SAMPLES_DIR = _REPO / "data" / "samples"
 # (label, path under data/samples) — the bundled exports an analyst can start from.
@@ -190,6 +197,7 @@ class GuidedSyncState:
         self.create_users = target == "sandbox"
         self.client = None
         self.ledger = None
+        self.ledger_url: Secret | None = None   # a shared ledger typed into the Ledger field
         self.plan = None
         self.approved_by: str | None = None
         self.report = None
@@ -409,6 +417,51 @@ class GuidedSyncState:
                 self._reset(after=_INDEX["preview"])
         return self._attempt(action)
 
+    def set_ledger(self, url: "str | Secret | None") -> bool:
+        """Which ledger remembers what Braze holds: empty (None or "") for the default one —
+        ``BRAZE_LEDGER_URL`` (environment or ``.env``) for a Braze workspace when set, else this
+        machine's file — or a ``postgresql://`` URL: the team's shared ledger (re-plans). The
+        URL is kept as a `Secret` and shown only as the ledger's ``location``."""
+        def action():
+            text = (url.reveal() if isinstance(url, Secret) else url or "").strip()
+            chosen = _ledger_secret(text, "the Ledger field", "typed") if text else None
+            if chosen != self.ledger_url:
+                self._disconnect()
+                self.ledger_url = chosen
+                self._reset(after=_INDEX["preview"])
+        return self._attempt(action)
+
+    def ledger_choice(self) -> tuple[Secret | None, str]:
+        """(the shared ledger's URL or None for a file, where that choice comes from)."""
+        if self.ledger_url is not None:
+            return self.ledger_url, "typed into the Ledger field"
+        if self.target == "workspace":
+            if os.environ.get(LEDGER_URL):
+                return _ledger_secret(os.environ[LEDGER_URL], LEDGER_URL,
+                                      f"${LEDGER_URL}"), f"from {LEDGER_URL}"
+            from_file = read_env_file(".env").get(LEDGER_URL)
+            if from_file:
+                return _ledger_secret(from_file, LEDGER_URL, ".env"), f"from {LEDGER_URL} in .env"
+        return None, ("beside the built-in sandbox" if self.target == "sandbox"
+                      else "this machine's default")
+
+    def ledger_description(self) -> str:
+        """The ledger in words, password hidden: where it is and whose it is."""
+        try:
+            url, why = self.ledger_choice()
+        except ConfigError:
+            return f"{LEDGER_URL} is not a postgresql:// URL: fix it, or type the URL here"
+        if self.ledger is not None:
+            where = self.ledger.location
+        elif url is not None:
+            where = _ledger_location(url)
+        elif self.target == "workspace":
+            where = ".toolkit/ledger-<workspace>.sqlite"
+        else:
+            where = "a file beside the sandbox"
+        kind = "the team's shared ledger" if url is not None else "this machine's ledger"
+        return f"{kind} — {where} ({why})"
+
     @property
     def workspace(self) -> str | None:
         """The target's identity (endpoint#key fingerprint), once connected."""
@@ -452,7 +505,9 @@ class GuidedSyncState:
             client = BrazeClient(interactive=False)
             directory = None
         try:
-            ledger = Ledger(client, directory=directory)
+            url, _why = self.ledger_choice()
+            ledger = (Ledger(url.reveal(), workspace=client, directory=directory)
+                      if url is not None else Ledger(client, directory=directory))
         except ToolkitError:
             client.close()
             raise
@@ -688,9 +743,12 @@ class GuidedSyncState:
                         f"Braze rejected {len(report.rejected):,} object(s); the rejected CSV "
                         f"names each profile, field and reason. They stay out of the ledger, "
                         f"so the next plan offers them again once fixed."))
+        shared = (" It must use the team's shared ledger too: set BRAZE_LEDGER_URL in the "
+                  "job's environment (the command never carries the password)."
+                  if self.ledger is not None and self.ledger.shared else "")
         out.append(("Schedule it",
                     "Notebook 04 re-runs this mapping daily (plan → approve by policy → apply → "
-                    "verify), sending only what changed. Run it with papermill from the "
+                    f"verify), sending only what changed.{shared} Run it with papermill from the "
                     "repository root:"))
         if self.mapping_file is not None:
             out.append(("Reuse the reviewed mapping",
@@ -782,7 +840,9 @@ class GuidedSyncState:
         """Where the wizard is and what it did, as plain values (for logs and tests)."""
         out: dict[str, Any] = {"step": self.step + 1, "step_name": STEPS[self.step],
                                "source": self.source, "target": self.target,
-                               "workspace": self.workspace, "approved_by": self.approved_by,
+                               "workspace": self.workspace,
+                               "ledger": None if self.ledger is None else self.ledger.location,
+                               "approved_by": self.approved_by,
                                "error": None if self.error is None else self.error.message}
         if self.plan is not None:
             out["plan"] = planned_totals(self.plan)
@@ -806,7 +866,8 @@ class GuidedSyncState:
         rows: list[tuple[str, Any]] = [
             ("step", f"{s['step']} of {len(STEPS)} — {s['step_name']}"),
             ("export", s["source"] or "not chosen"), ("target", TARGETS[self.target]),
-            ("workspace", s["workspace"] or "not connected")]
+            ("workspace", s["workspace"] or "not connected"),
+            ("ledger", self.ledger_description())]
         if "plan" in s:
             p = s["plan"]
             rows.append(("plan", f"{p['operations']:,} operations → {p['objects']:,} objects in "
@@ -821,6 +882,24 @@ class GuidedSyncState:
             rows.append(("verified", "yes" if s["verified"] else "mismatches found"))
         error = views.error_html(self.error) if self.error is not None else ""
         return f"<div><b>Guided sync state</b>{views.table(rows)}{error}</div>"
+
+
+def _ledger_secret(text: str, where: str, source: str) -> Secret:
+    """A shared ledger's URL as a `Secret`; anything else is refused without echoing it (it may
+    be a password pasted on its own)."""
+    text = text.strip()
+    if not is_ledger_url(text):
+        scheme = text.split("://", 1)[0] + "://" if "://" in text else "a file path"
+        raise ConfigError(f"{where} takes a postgresql:// URL, not {scheme}", field=where,
+                          hint=_LEDGER_URL_HINT)
+    return Secret(text, name="ledger URL", source=source)
+
+
+def _ledger_location(url: Secret) -> str:
+    try:
+        return ledger_location(url.reveal())
+    except ValueError:
+        return "postgresql://… (unreadable URL)"
 
 
 def _resolve_path(text: str) -> Path:
@@ -1067,6 +1146,18 @@ class GuidedSync:
         self.create_users_box = w.Checkbox(value=self.state.create_users, indent=False,
                                            layout=w.Layout(width="auto"),
                                            description="create users Braze does not know yet")
+        # The Ledger field: a password input, emptied as soon as it is used, so a shared
+        # ledger's password is never kept in a widget (widget values are saved with the notebook)
+        self.ledger_field = w.Password(
+            description="Ledger", style=style, continuous_update=False,
+            placeholder="empty: the default ledger · postgresql://user:password@host:5432/db",
+            layout=w.Layout(width="min(520px, 100%)"))
+        self.ledger_button = w.Button(description="Use this ledger", icon="database",
+                                      layout=w.Layout(width="auto"),
+                                      tooltip="empty: the default ledger; a postgresql:// URL: "
+                                              "the team's shared ledger (re-plans)")
+        self.ledger_html = w.HTML()
+        self.ledger_button.on_click(lambda _: self._do(self._use_ledger))
         self.replan_button = w.Button(description="Re-plan", tooltip="build the plan again")
         self.save_plan_button = w.Button(description="Save plan", icon="save",
                                          tooltip="write the plan as JSON into the output folder")
@@ -1199,6 +1290,12 @@ class GuidedSync:
     def _save_mapping(self) -> None:
         self.state.save_mapping(self.mapping_path_text.value.strip() or None)
         self.state.error = None
+
+    def _use_ledger(self) -> None:
+        typed = self.ledger_field.value
+        self._set(self.ledger_field, "")   # the password must not stay in the widget
+        if self.state.set_ledger(typed):
+            self.state.build_plan()
 
     def _push(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -1660,11 +1757,34 @@ class GuidedSync:
         self.plan_html.value = "".join(parts)
         self.save_plan_button.disabled = s.plan is None
         self._draw(self.plan_image, "plan", s.plan, lambda: plots.plan_composition(s.plan))
+        self.ledger_html.value = self._ledger_html()
         w = self._w
         return [self.target_toggle,
+                w.HBox([self.ledger_field, self.ledger_button],
+                       layout=w.Layout(flex_flow="row wrap", align_items="center")),
+                self.ledger_html,
                 w.HBox([self.create_users_box, self.replan_button, self.save_plan_button],
                        layout=w.Layout(flex_flow="row wrap", align_items="center")),
                 self.plan_html, self.plan_image]
+
+    def _ledger_html(self) -> str:
+        s = self.state
+        try:
+            url, _why = s.ledger_choice()
+        except ConfigError:
+            url = None
+        note = ""
+        if url is not None and s.target == "sandbox":
+            note = (" Each built-in sandbox is a new workspace, and a ledger belongs to one "
+                    "workspace: give the sandbox a schema of its own (<code>?schema=…</code>).")
+        elif url is None:
+            also = (" (or set <code>BRAZE_LEDGER_URL</code>)" if s.target == "workspace"
+                    else "")
+            note = (" A team shares one ledger on PostgreSQL: type its <code>postgresql://"
+                    f"</code> URL above{also}, so nobody resends what a colleague already "
+                    "synced.")
+        return (f"<p class='gs-wrap' style='margin:2px 0'><small><b>Ledger:</b> "
+                f"{html.escape(s.ledger_description(), quote=False)}.{note}</small></p>")
 
     # step 6 ---------------------------------------------------------------------------------
     def _step_approve(self) -> list:

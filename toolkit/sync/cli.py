@@ -8,7 +8,9 @@
     python -m toolkit demo
 
 API keys come from the environment or ``.env`` (``BRAZE_API_KEY``, ``BRAZE_PARTNER_API_KEY``,
-``BRAZE_DATA_IMPORT_KEY``), never from a flag, and are never printed; the workspace name from
+``BRAZE_DATA_IMPORT_KEY``), never from a flag, and are never printed; so does a team's shared
+ledger (``BRAZE_LEDGER_URL``, or ``--ledger postgresql://…``), shown only with its password
+hidden; the workspace name from
 ``BRAZE_WORKSPACE`` or ``--workspace`` (the ledger belongs to the instance and that name, not to
 the key). ``--sandbox [URL]`` targets a sandbox started with ``python -m toolkit sandbox`` (URL
 and key from ``SANDBOX_URL`` / ``SANDBOX_API_KEY``; workspace name "sandbox"). Exit codes: 0
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +30,8 @@ from toolkit.braze.limits import LIMITS
 from toolkit.errors import ConfigError
 
 __all__ = ["plan_command", "approve_command", "apply_command", "verify_command", "settle_command",
-           "demo_command", "EXIT_SETTLE", "target_arguments", "client_from_args"]
+           "demo_command", "EXIT_SETTLE", "target_arguments", "client_from_args",
+           "ledger_setting"]
 
 EXIT_SETTLE = 3     # event batches with an unknown outcome await `python -m toolkit settle`
 
@@ -49,8 +53,60 @@ def target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Braze workspace's name (default $BRAZE_WORKSPACE; 'sandbox' "
                              "with --sandbox); the ledger belongs to it, not to the API key")
     parser.add_argument("--env-file", default=".env", help="file of KEY=VALUE settings")
-    parser.add_argument("--ledger", default=None, help="ledger file (default: "
-                        ".toolkit/ledger-<workspace>.sqlite)")
+    parser.add_argument("--ledger", default=None, metavar="FILE|URL",
+                        help="the sync ledger: a file (default .toolkit/ledger-<workspace>.sqlite)"
+                             " or a team's shared ledger on PostgreSQL, postgresql://USER@HOST:"
+                             "5432/DB (schema braze_sync; ?schema=NAME for another). Default "
+                             "$BRAZE_LEDGER_URL, from the environment or the env file; keep the "
+                             "password there (or in PGPASSWORD / ~/.pgpass), not on the command "
+                             "line. Shown with its password hidden")
+
+
+LEDGER_URL = "BRAZE_LEDGER_URL"   # a team's shared ledger; like a key, it may carry a password
+
+
+def _check_ledger_url(value: str, where: str) -> None:
+    """Refuse a ledger setting that is neither a file path nor a ``postgresql://`` URL (another
+    scheme would otherwise be taken for a file name)."""
+    from toolkit.sync.journal import is_ledger_url  # lazy: the ledger loads with its command
+
+    scheme = value.split("://", 1)[0] if "://" in value else None
+    if scheme is not None and not is_ledger_url(value):
+        raise ConfigError(f"{where} must be a ledger file or a postgresql:// URL, not a "
+                          f"{scheme}:// URL", field=where,
+                          hint="write it as postgresql://user:password@host:5432/database "
+                               "(?schema=NAME for a schema other than braze_sync), or give a "
+                               "file path such as .toolkit/ledger.sqlite")
+    if where == LEDGER_URL and not is_ledger_url(value):
+        raise ConfigError(f"{LEDGER_URL} must be a postgresql:// URL", field=LEDGER_URL,
+                          hint="write it as postgresql://user:password@host:5432/database; for "
+                               "a ledger file use --ledger FILE instead")
+
+
+@contextmanager
+def ledger_setting(args: argparse.Namespace):
+    """While a command runs: ``BRAZE_LEDGER_URL`` from the env file when the environment has
+    none, so a ``.env`` line works exactly like the variable (the default ledger of every step,
+    and the password of a saved plan's shared ledger). The URL is never printed: outputs show
+    the ledger's ``location``, password hidden."""
+    if getattr(args, "ledger", None):
+        _check_ledger_url(args.ledger, "--ledger")
+    env_file = getattr(args, "env_file", None)
+    added = False
+    if not os.environ.get(LEDGER_URL) and env_file:
+        from toolkit.secrets import read_env_file  # lazy: only commands that use a ledger
+
+        found = read_env_file(env_file).get(LEDGER_URL)
+        if found:
+            os.environ[LEDGER_URL] = found
+            added = True
+    try:
+        if os.environ.get(LEDGER_URL):
+            _check_ledger_url(os.environ[LEDGER_URL], LEDGER_URL)
+        yield
+    finally:
+        if added:
+            os.environ.pop(LEDGER_URL, None)
 
 
 def client_from_args(args: argparse.Namespace, *, workers: int = 4):
@@ -81,6 +137,8 @@ def _partner_keys(args: argparse.Namespace) -> dict:
 def _print_plan(p) -> None:
     c = p.cost()
     _out(f"Plan {p.id} for {p.workspace} (ledger version {p.ledger_version})")
+    if p.ledger_path:
+        _out(f"  ledger: {p.ledger_path}")
     if p.is_empty:
         headline = p.headline()
         _out("  " + headline[:1].lower() + headline[1:])
@@ -341,10 +399,21 @@ def _command(add, run, doc):
     return SimpleNamespace(add_arguments=add, run=run, __doc__=doc)
 
 
-plan_command = _command(_plan_arguments, _run_plan, "plan a sync of an export with a mapping")
+def _with_ledger(run):
+    """``run`` inside `ledger_setting`: the commands that open a ledger."""
+    def wrapped(args: argparse.Namespace) -> int:
+        with ledger_setting(args):
+            return run(args)
+    wrapped.__doc__ = run.__doc__
+    return wrapped
+
+
+plan_command = _command(_plan_arguments, _with_ledger(_run_plan),
+                        "plan a sync of an export with a mapping")
 approve_command = _command(_approve_arguments, _run_approve, "approve a saved plan")
-apply_command = _command(_apply_arguments, _run_apply, "apply an approved plan to Braze")
+apply_command = _command(_apply_arguments, _with_ledger(_run_apply),
+                         "apply an approved plan to Braze")
 verify_command = _command(_verify_arguments, _run_verify, "read back a sample of a sync report")
-settle_command = _command(_settle_arguments, _run_settle,
+settle_command = _command(_settle_arguments, _with_ledger(_run_settle),
                   "decide event batches whose outcome is unknown, from Braze's read-back")
 demo_command = _command(_demo_arguments, _run_demo, "the whole flow on the bundled sample")

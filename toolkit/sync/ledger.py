@@ -60,12 +60,14 @@ import pyarrow.parquet as pq
 from toolkit import engine
 from toolkit.engine import literal, quote
 from toolkit.errors import LedgerError
+from toolkit.secrets import read_env_file
 from toolkit.sync.diff import checksum_sql
 from toolkit.sync.journal import (_FIX_CORRUPT, PostgresJournal, SqliteJournal, _try_lock,
                                    is_ledger_url, ledger_location)
 
 __all__ = ["Ledger", "Snapshot", "Rows", "default_ledger_path", "BATCH_STATUSES",
-           "describe_workspace", "LEGACY_WORKSPACE", "reopen_ledger"]
+           "describe_workspace", "LEGACY_WORKSPACE", "reopen_ledger",
+           "configured_ledger_url"]
 
 SCHEMA_VERSION = 2
 BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "failed", "resolved")
@@ -211,6 +213,24 @@ def default_ledger_path(workspace: str, directory: "str | os.PathLike[str] | Non
     return base / ".toolkit" / f"ledger-{_safe_name(workspace)}.sqlite"
 
 
+def configured_ledger_url(client: Any = None) -> str | None:
+    """The team's shared ledger when one is configured: ``BRAZE_LEDGER_URL`` from the
+    environment, else from the client's env file (``.env`` by default, as its API key).
+    A setting that is not a ``postgresql://`` URL is refused, not taken for a file name."""
+    value = os.environ.get("BRAZE_LEDGER_URL")
+    env_file = getattr(client, "_env_file", None)
+    if not value and env_file:
+        value = read_env_file(env_file).get("BRAZE_LEDGER_URL")
+    if not value:
+        return None
+    if not is_ledger_url(value):
+        raise LedgerError("BRAZE_LEDGER_URL must be a postgresql:// URL; nothing was read or "
+                          "sent", field="BRAZE_LEDGER_URL",
+                          hint="write it as postgresql://user:password@host:5432/database (a "
+                               "ledger file is passed as path=… or --ledger FILE instead)")
+    return value
+
+
 def reopen_ledger(location: str, workspace: Any) -> "Ledger":
     """The ledger a plan was made against, from the location the plan recorded: a file, or a
     server URL whose password the plan never kept — then ``BRAZE_LEDGER_URL`` must name the
@@ -218,8 +238,8 @@ def reopen_ledger(location: str, workspace: Any) -> "Ledger":
     ~/.pgpass)."""
     if not is_ledger_url(location):
         return Ledger(path=location, workspace=workspace)
-    configured = os.environ.get("BRAZE_LEDGER_URL")
-    if configured and is_ledger_url(configured) and ledger_location(configured) == location:
+    configured = configured_ledger_url(workspace)
+    if configured and ledger_location(configured) == location:
         return Ledger(configured, workspace=workspace)
     if "***" not in location:
         return Ledger(location, workspace=workspace)
@@ -263,8 +283,8 @@ class Ledger:
         if client is not None:
             workspace = workspace or client.workspace
         legacy = getattr(client, "legacy_workspace", None)
-        if path is None and directory is None and os.environ.get("BRAZE_LEDGER_URL"):
-            path = os.environ["BRAZE_LEDGER_URL"]
+        if path is None and directory is None:
+            path = configured_ledger_url(client)
         if path is None:
             if workspace is None:
                 raise LedgerError("a ledger needs a Braze workspace or a file path",
