@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -30,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolkit import engine
@@ -458,8 +460,6 @@ class Plan:
 
     def _digest_file(self) -> tuple[dict[str, bytes], int]:
         """Per-column digests of the operations file, streamed."""
-        from concurrent.futures import ThreadPoolExecutor
-
         per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
         rows = 0
         try:
@@ -629,8 +629,6 @@ class Plan:
                          b"}]}"))
 
     def _attribute_pieces(self, table: pa.Table) -> pa.Array:
-        import pyarrow.compute as pc
-
         uid, name, value, batch = (table.column(c).combine_chunks() if isinstance(
             table.column(c), pa.ChunkedArray) else table.column(c)
             for c in ("uid", "name", "value", "batch"))
