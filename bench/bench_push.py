@@ -43,11 +43,13 @@ def ensure_files(profiles: int) -> list[Path]:
 
 
 @contextmanager
-def sandbox(*extra: str):
-    """A fresh sandbox subprocess; yields its URL."""
+def sandbox(*extra: str, pids: list[int] | None = None):
+    """A fresh sandbox subprocess; yields its URL (its process id is appended to ``pids``)."""
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "sandbox", "--api-key", API_KEY,
                              *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         line = proc.stdout.readline().strip()
         if not line.startswith("SANDBOX_URL="):

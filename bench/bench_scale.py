@@ -1,6 +1,7 @@
 """Benchmark the sync engine at 1M–10M profiles: per stage time, peak RSS, sizes; bare baselines.
 
     python bench/bench_scale.py [--profiles 1000000] [--stages S,…] [--skip S,…] [--keep]
+                                [--sandbox-keep users|counts]
 
 Input: ``data/samples/generate.py --profiles N --change 0.1`` written once into
 bench/out/scale-<N>/ (gitignored) and reused: ``all_shoppers.csv`` (every profile; the default
@@ -21,8 +22,12 @@ Stages, in one process, in this order (``--stages``/``--skip`` pick them by name
            subprocess's workspace, and its ``cost()``
   save     ``plan.save(path)``: the size of everything it writes
   apply    ``plan.approve`` + ``toolkit.apply`` to that sandbox; then the baseline: the same
-           payloads (the first ``--push-batches``) POSTed by bench_push's bare loop to a fresh
-           sandbox
+           payloads (the first ``--push-batches``) POSTed by bench_push's bare loop, in a
+           process of its own, to a fresh sandbox. Both sandboxes keep what ``--sandbox-keep`` says: ``users`` (the default:
+           every user's state, ~1.5 KB a user, too much for 10M on 24 GiB) or ``counts``
+           (`BrazeSandbox(keep="counts")`: every request validated, refused and billed exactly
+           as with ``users`` but no attribute values or events kept, ~120 bytes a user), so a
+           10M apply is measured for real; the rows and the JSON line say which
   replan   the same export planned again: must be 0 operations
   change   ``toolkit.load(all_shoppers_changed.csv, audience="all_shoppers")``, then its plan
 
@@ -57,7 +62,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_push import API_KEY, WORKERS, push_bare, sandbox  # noqa: E402
+from bench_push import API_KEY, WORKERS, sandbox  # noqa: E402
 
 STAGES = ["read", "diff", "load", "preview", "plan", "save", "apply", "replan", "change"]
 NEEDS = {"preview": "load", "plan": "load", "save": "plan", "apply": "plan", "replan": "apply",
@@ -137,8 +142,10 @@ class Bench:
     """Runs the stages, keeps what passes between them and every row measured."""
 
     def __init__(self, files: dict[str, Path], run_dir: Path, selected: list[str],
-                 push_batches: int, repeat: int) -> None:
+                 push_batches: int, repeat: int, sandbox_keep: str = "users") -> None:
         self.files, self.run_dir = files, run_dir
+        self.sandbox_keep = sandbox_keep
+        self.sandbox_pids: list[int] = []
         self.selected, self.push_batches, self.repeat = selected, push_batches, repeat
         self.rows: list[Row] = []
         self.done: set[str] = set()
@@ -193,13 +200,17 @@ class Bench:
         import toolkit
 
         try:
-            url = self.resources.enter_context(sandbox())
+            url = self.resources.enter_context(sandbox(*self.sandbox_args(),
+                                                       pids=self.sandbox_pids))
             self.state["client"] = self.resources.enter_context(toolkit.BrazeClient(
                 url, API_KEY, env_file=None, interactive=False, max_workers=WORKERS))
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             self.rows.append(Row("plan", "first toolkit.plan", error=f"sandbox: {exc}"))
             self.selected = [s for s in self.selected if s != "plan"]
+
+    def sandbox_args(self) -> tuple[str, ...]:
+        return ("--keep", self.sandbox_keep)
 
     def mapping(self):
         if "mapping" not in self.state:
@@ -377,10 +388,15 @@ class Bench:
             apply_s = time.perf_counter() - start
             objects = report.counts["objects_acknowledged"]
             row.figures.update(approve_seconds=approve_s, apply_seconds=apply_s, objects=objects,
-                               objects_per_second=objects / apply_s, status=report.status)
+                               objects_per_second=objects / apply_s, status=report.status,
+                               sandbox_keep=self.sandbox_keep,
+                               sandbox_peak_rss=_process_peak(self.sandbox_pids[-1]),
+                               data_points=report.data_points, timings=report.timings)
             row.sizes["ledger"] = self.ledger_size()
             row.note = (f"{report.status}: {objects:,} objects in {apply_s:.1f} s "
-                        f"({objects / apply_s:,.0f}/s); approve {approve_s:.2f} s")
+                        f"({objects / apply_s:,.0f}/s); approve {approve_s:.2f} s; sandbox "
+                        f"keep={self.sandbox_keep}, its peak RSS "
+                        f"{_mb(row.figures['sandbox_peak_rss'])} MB")
             if report.status != "complete":
                 raise RuntimeError(f"apply ended {report.status}: {report.counts}")
 
@@ -426,7 +442,8 @@ class Bench:
         self.stage("save", "plan.save", save)
         if getattr(self, "acknowledge", False):
             self.stage("apply", "approve + acknowledge every batch in the ledger", acknowledge)
-        elif self.stage("apply", "approve + toolkit.apply → sandbox process", apply) and \
+        elif self.stage("apply", f"approve + toolkit.apply → sandbox process "
+                                 f"(keep={self.sandbox_keep})", apply) and \
                 "apply" in self.done:
             self.bare_push()
         st.pop("plan", None)
@@ -438,19 +455,58 @@ class Bench:
             self.measure("close ledger", "ledger.close(): what stays on disk", close_ledger)
 
     def bare_push(self) -> None:
-        """bench_push's bare loop, on the same payloads (the first --push-batches requests)."""
+        """bench_push's bare loop, on the same payloads (the first --push-batches requests), in
+        a process of its own: its payloads are decoded there before it is timed, so the ~1 GB
+        of Python objects they make at 10M never weigh on this process's later stages."""
         plan = self.state["plan"]
-        payloads = [plan.payload(b) for b in plan.batches()[:self.push_batches]]
-        objects = sum(len(v) for p in payloads for k, v in p.items() if isinstance(v, list))
+        path = self.run_dir / "bare-payloads.jsonl"
+        objects = requests = 0
+        with path.open("w", encoding="utf-8") as out:
+            for b in plan.batches()[:self.push_batches]:
+                payload = plan.payload(b)
+                objects += sum(len(v) for v in payload.values() if isinstance(v, list))
+                requests += 1
+                out.write(json.dumps(payload) + "\n")
 
         def push(row: Row) -> None:
-            with sandbox() as url:
-                seconds = push_bare(payloads, url)
-            row.figures.update(objects=objects, requests=len(payloads), push_seconds=seconds,
-                               objects_per_second=objects / seconds)
-            row.note = (f"{objects:,} objects, {len(payloads):,} requests in {seconds:.1f} s "
-                        f"({objects / seconds:,.0f}/s)")
-        self.measure("bare push", f"bare POST loop, {WORKERS} threads (baseline)", push)
+            with sandbox(*self.sandbox_args()) as url:
+                done = subprocess.run([sys.executable, "-c", _BARE_PUSH, str(ROOT / "bench"),
+                                       str(path), url], capture_output=True, text=True,
+                                      cwd=ROOT, check=False)
+            if done.returncode:
+                raise RuntimeError(f"bare loop failed: {done.stderr.strip()[-300:]}")
+            seconds = float(done.stdout.split()[-1])
+            row.figures.update(objects=objects, requests=requests, push_seconds=seconds,
+                               objects_per_second=objects / seconds,
+                               sandbox_keep=self.sandbox_keep)
+            row.note = (f"{objects:,} objects, {requests:,} requests in {seconds:.1f} s "
+                        f"({objects / seconds:,.0f}/s, own process); sandbox "
+                        f"keep={self.sandbox_keep}")
+        self.measure("bare push", f"bare POST loop, {WORKERS} threads (baseline, "
+                                  f"keep={self.sandbox_keep})", push)
+        path.unlink(missing_ok=True)
+
+
+# The bare loop's process: bench_push.push_bare on payloads read from a JSON-lines file.
+_BARE_PUSH = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from bench_push import push_bare
+with open(sys.argv[2], encoding="utf-8") as f:
+    payloads = [json.loads(line) for line in f]
+print(push_bare(payloads, sys.argv[3]))
+"""
+
+
+def _process_peak(pid: int) -> int | None:
+    """Another process's peak RSS (VmHWM), while it runs."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _sql(path: Path) -> str:
@@ -531,8 +587,10 @@ def targets(rows: dict[str, Row], profiles: int) -> list[dict[str, Any]]:
 
 
 def print_report(profiles: int, rows: list[Row], verdicts: list[dict[str, Any]],
-                 load_average: list[float], ledger: str = "SQLite file") -> None:
-    print(f"\nbench_scale: {profiles:,} profiles, ledger: {ledger}, default mapping of all_shoppers.csv "
+                 load_average: list[float], ledger: str = "SQLite file",
+                 sandbox_keep: str = "users") -> None:
+    print(f"\nbench_scale: {profiles:,} profiles, ledger: {ledger}, sandbox keeps "
+          f"{sandbox_keep}, default mapping of all_shoppers.csv "
           f"(1 audience + 5 traits as attributes); change file: {CHANGE:.0%} of profiles\n"
           f"1-min load average {load_average[0]:.1f} at the start, {load_average[1]:.1f} at "
           f"the end ({os.cpu_count()} CPUs)")
@@ -564,10 +622,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of load and of the bare reads, best taken (default 3)")
     parser.add_argument("--acknowledge", action="store_true",
-                        help="instead of applying to a sandbox subprocess (which holds every "
-                             "user as Python objects: about 1.5 KB each, too many for 10M on "
-                             "24 GiB), record every batch of the plan as acknowledged in the "
-                             "ledger, as apply does, and fold it; replan and change then run")
+                        help="instead of applying to a sandbox subprocess, record every "
+                             "batch of the plan as acknowledged in the ledger, as apply does, "
+                             "and fold it; replan and change then run (no HTTP: for a real "
+                             "apply at 10M use --sandbox-keep counts)")
+    parser.add_argument("--sandbox-keep", choices=("users", "counts"), default="users",
+                        help="what the sandbox subprocesses of apply and the bare loop keep: "
+                             "every user (default; ~1.5 KB a user, too much for 10M on 24 GiB) "
+                             "or 'counts' (requests validated, refused and billed exactly as "
+                             "with 'users', ~120 bytes a user: applies 10M for real)")
     parser.add_argument("--ledger", default=None, metavar="URL",
                         help="keep the ledger on PostgreSQL (a fresh schema at this URL; "
                              "'local-postgresql' starts a throwaway server as the tests do) "
@@ -591,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     # exports kept on disk (from TOOLKIT_STORE_FROM bytes: the 10M file) go with the run
     os.environ.setdefault("TOOLKIT_CACHE", str(run_dir / "exports"))
     load_average = [os.getloadavg()[0]]
-    bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1))
+    bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1),
+                  args.sandbox_keep)
     bench.acknowledge = args.acknowledge
     server = None
     try:
@@ -615,10 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.sync.journal import ledger_location
 
     shown = ledger_location(bench.ledger_url) if bench.ledger_url else "SQLite file"
-    print_report(args.profiles, bench.rows, verdicts, load_average, shown)
+    print_report(args.profiles, bench.rows, verdicts, load_average, shown, args.sandbox_keep)
     print(json.dumps({
         "bench": "bench_scale", "profiles": args.profiles, "change_fraction": CHANGE,
-        "ledger": shown,
+        "ledger": shown, "sandbox_keep": None if args.acknowledge else args.sandbox_keep,
         "load_average": load_average, "cpus": os.cpu_count(), "generator": generated,
         "stages": {r.name: {"what": r.what, "seconds": r.seconds, "peak_rss_bytes": r.peak_rss,
                             "sizes_bytes": r.sizes, **r.figures, "error": r.error,

@@ -288,6 +288,25 @@ def test_verify_finds_a_value_that_differs(export, sandbox, client, ledger):
     assert list(bad["name"]) == ["total_revenue_180_days"]
 
 
+@pytest.mark.parametrize("sample", [3, 20, 10_000])
+def test_the_verify_sample_is_the_users_of_smallest_hash_however_it_is_asked(
+        export, client, ledger, monkeypatch, sample):
+    """The sample asks first among users under a hash bound; it must be the very sample the
+    question over every user gives (and fall back to that when too few pass the bound)."""
+    import toolkit.sync.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "EXPECTED_SAMPLE", sample)
+    p, report = _sync(export, _mapping(export), client, ledger)
+    users = p.manifest["cost"]["users"]
+    assert users > 4 * 3
+    p.manifest["cost"] = {**p.manifest["cost"], "users": 0}      # no bound: every user asked
+    run = type("Run", (), {"acked": [b.index for b in p.batches()], "rejected_users": set()})
+    everyone = apply_module._expected_sample(p, run)
+    p.manifest["cost"]["users"] = users
+    assert apply_module._expected_sample(p, run) == everyone == report.expected
+    assert len(everyone) == min(sample, users)
+
+
 def test_report_round_trip_and_no_secrets_anywhere(export, sandbox, client, ledger, tmp_path):
     mapping = _mapping(export).set("dormant_shopper", send_as="cohort")
     p, report = _sync(export, mapping, client, ledger)

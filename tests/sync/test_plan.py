@@ -376,6 +376,34 @@ def test_the_encoded_payload_apply_sends_is_the_payload_the_plan_shows(export, l
     assert kinds == {"attributes", "events"}
 
 
+@pytest.mark.parametrize("row_group", [5, 64, 122_880])
+@pytest.mark.parametrize("options", [{"create_users": True}, {"alias_label": "segment_id"}])
+def test_attribute_bodies_cut_from_the_file_are_byte_for_byte_the_assembled_ones(
+        export, led, monkeypatch, row_group, options):
+    """apply's attribute bodies come from one Arrow column per row group; they must equal what
+    encoded_payload assembles from the rows (which equals the plan's payload, above), for
+    batches inside a row group, across two (assembled), and identifiers JSON must escape."""
+    import toolkit.sync.diff as diff_module
+
+    monkeypatch.setattr(diff_module, "ROW_GROUP", row_group)
+    export.profiles.loc[3, "user_id"] = 'quo"te\\ é'
+    export.profiles.loc[5, "user_id"] = "tab\there"
+    p = plan(export, Mapping.from_export(export), led, batch_size=4, **options)
+    cut = crossing = 0
+    for b in p.batches():
+        if b.kind != "attributes":
+            continue
+        fast = p.encoded_payload(b)
+        slow = p.encoded_payload(b, p.rows_of(b, ("uid", "name", "value")))
+        assert fast.body == slow.body, b
+        assert json.loads(fast.body) == p.payload(b)
+        inside = p._ops_reader().locate(b.start, b.stop) is not None
+        assert (p._attributes_body(b) is not None) == inside
+        cut += inside
+        crossing += not inside
+    assert cut and (crossing if row_group == 64 else True)
+
+
 def test_cost_and_summary_counted_while_writing_equal_a_read_of_the_file(export, led):
     from toolkit.mapping import Mapping as _Mapping
 

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--permissions", default=None, metavar="LIST",
                         help="comma-separated REST API key permissions (default: all), e.g. "
                              "users.track,users.export.ids to see the segment check's 403")
+    parser.add_argument("--keep", choices=("users", "counts"), default="users",
+                        help="what the workspace holds: every user (default), or 'counts': "
+                             "requests validated, refused and billed exactly as with 'users' "
+                             "but no attribute values or events kept (about 120 bytes a user, "
+                             "for benchmarks at 10M users; no /users/export/ids or segments)")
     parser.add_argument("--partner-api-key", default=None, help="cohort partner key to accept")
     parser.add_argument("--client-secret", default=None, help="cohort client secret to accept")
 
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                            rate_limits=_rate_limits(args.rate_limit), faults=_faults(args),
                            partner_api_key=args.partner_api_key, client_secret=args.client_secret,
                            read_delay=args.read_delay, estimate_error=args.estimate_error,
+                           keep=args.keep,
                            permissions=None if args.permissions is None else
                            [p.strip() for p in args.permissions.split(",") if p.strip()])
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -101,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"SANDBOX_API_KEY={sandbox.api_key}")
         print(f"SANDBOX_PARTNER_API_KEY={sandbox.partner_api_key}")
         print(f"SANDBOX_CLIENT_SECRET={sandbox.client_secret}")
-        print(f"Braze sandbox serving on {sandbox.url} (seed {sandbox.seed}); "
+        print(f"Braze sandbox serving on {sandbox.url} (seed {sandbox.seed}, keeps "
+              f"{sandbox.keep}); "
               f"Ctrl-C or SIGTERM stops it.", flush=True)
         while not stop.wait(0.5):
             pass

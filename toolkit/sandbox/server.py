@@ -35,7 +35,7 @@ from toolkit.braze.ratelimit import FixedWindow, RateLimiter
 from toolkit.errors import SandboxError, ToolkitError
 from toolkit.sandbox.faults import Faults, FaultPlan
 from toolkit.sandbox.segments import SegmentBook, member_key
-from toolkit.sandbox.store import Store
+from toolkit.sandbox.store import KEEP, KEPT_COUNTS
 from toolkit.sandbox.timeparse import parse_time
 
 __all__ = ["BrazeSandbox", "Faults", "Answer"]
@@ -68,6 +68,9 @@ _ROUTES = {
     "/sandbox/segments/estimate": "POST",
 }
 _EXPORTS = "/sandbox/exports/"
+# endpoints that read every user's attributes and events: answered 400 by keep="counts"
+_READS_USERS = frozenset({"/users/export/segment", "/sandbox/segments",
+                          "/sandbox/segments/estimate"})
 
 
 @dataclass
@@ -158,6 +161,16 @@ class BrazeSandbox:
     estimate (off by up to ``estimate_error`` × all users, as Braze's estimates are);
     ``export_delay`` is how long a ``/users/export/segment`` file takes to become ready.
     ``permissions`` (also :meth:`set_permissions`) narrows what the API key may call (None: all).
+
+    ``keep`` says what the workspace holds. ``"users"`` (the default): every user's identifiers,
+    profile fields, attributes, events and purchases, about 1.5 KB of Python objects a user.
+    ``"counts"``, for benchmarks at 10M users (about 120 bytes a user): every request is
+    authorised, rate limited, validated, refused and billed exactly as with ``"users"`` — the
+    same code decides — and the users' existence, emails and phones, attribute types, event
+    names, cohort members and data points are kept exactly, but not attribute values or event
+    and purchase records: ``/users/export/ids`` and segment building answer 400, and
+    :meth:`profiles`, :meth:`events`, :meth:`purchases` and the segment methods raise
+    `SandboxError`. :meth:`summary` works in both.
     """
 
     def __init__(self, api_key: str | None = None, *, port: int = 0, seed: int = 0,
@@ -168,7 +181,11 @@ class BrazeSandbox:
                  partner_api_key: str | None = None, client_secret: str | None = None,
                  array_length_limit: int = LIMITS.array_length, read_delay: float = 0.0,
                  permissions: "Iterable[str] | None" = None, estimate_error: float = 0.01,
-                 export_delay: float = 0.3) -> None:
+                 export_delay: float = 0.3, keep: str = "users") -> None:
+        if keep not in KEEP:
+            raise SandboxError(f"keep must be one of {', '.join(map(repr, KEEP))}, got {keep!r}",
+                               hint="'users' keeps every user (the default); 'counts' only what "
+                                    "validation and billing need, for benchmarks at 10M users")
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise SandboxError("api_key must be a non-empty string or None (generated)")
         if not isinstance(max_objects_per_array, int) or max_objects_per_array < 1:
@@ -182,7 +199,8 @@ class BrazeSandbox:
         self.client_secret = client_secret or f"secret-{secrets.token_hex(8)}"
         self.seed = seed
         self._auth = f"Bearer {self.api_key}"
-        self._store = Store(seed=seed, max_objects_per_array=max_objects_per_array,
+        self.keep = keep
+        self._store = KEEP[keep](seed=seed, max_objects_per_array=max_objects_per_array,
                             combined_limit=combined_limit, array_length_limit=array_length_limit,
                             read_delay=_checked_delay(read_delay))
         self._segments = SegmentBook(self._store, estimate_error=_checked_error(estimate_error),
@@ -296,6 +314,7 @@ class BrazeSandbox:
         (joined with AND). Braze's ``description`` of it is the filters as the dashboard words
         them, unless ``description`` gives another text. A new segment has no size estimate
         until the daily job runs (:meth:`estimate_segments`)."""
+        self._need_users("create_segment()")
         return self._segments.create(name, filters, tags=tags, text_description=text_description,
                                      description=description,
                                      analytics_tracking=analytics_tracking)
@@ -308,6 +327,7 @@ class BrazeSandbox:
     def estimate_segments(self, at: Any = None) -> dict[str, int]:
         """Run Braze's daily segment-size estimate now (or for the day of ``at``): one point
         per segment in ``/segments/data_series``. Returns segment id → estimated size."""
+        self._need_users("estimate_segments()")
         return self._segments.estimate(at)
 
     def segments(self):
@@ -351,6 +371,18 @@ class BrazeSandbox:
         return RateLimiter(limits, meter=FixedWindow)
 
     # ------------------------------------------------------------------ inspection
+    def summary(self) -> dict:
+        """What the workspace holds, as counts: keep, users, data_points, attribute_types,
+        events and purchases per name, cohort sizes (works whatever ``keep`` is)."""
+        with self._store.lock:
+            return self._store.summary()
+
+    def _need_users(self, what: str) -> None:
+        if self.keep != "users":
+            raise SandboxError(f"{what} needs every user's state, which {KEPT_COUNTS} does not "
+                               f"keep", hint="use summary(), or start the sandbox with "
+                                             "keep='users' (the default)")
+
     @property
     def data_points(self) -> int:
         """Data points written so far, counted as Braze bills them (reference §7)."""
@@ -358,6 +390,7 @@ class BrazeSandbox:
 
     def profiles(self):
         """One row per user: identifiers, profile fields, then custom attributes."""
+        self._need_users("profiles()")
         import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
@@ -369,6 +402,7 @@ class BrazeSandbox:
 
     def events(self):
         """One row per stored custom event: user identifiers, name, time, properties, app_id."""
+        self._need_users("events()")
         import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
@@ -380,6 +414,7 @@ class BrazeSandbox:
 
     def purchases(self):
         """One row per stored purchase."""
+        self._need_users("purchases()")
         import pandas as pd  # lazy: pandas only for inspection; the request path is stdlib
 
         with self._store.lock:
@@ -398,7 +433,7 @@ class BrazeSandbox:
         with self._store.lock:
             rows = [{"cohort_id": cid, "name": c.get("name"), "created_at": c["created_at"],
                      "size": len(c["members"]),
-                     "members": sorted(_user_key(u) for u in c["members"].values())}
+                     "members": sorted(self._store.label(u) for u in c["members"].values())}
                     for cid, c in self._store.cohorts.items()]
         frame = pd.DataFrame(rows, columns=["cohort_id", "name", "created_at", "size", "members"])
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
@@ -424,12 +459,14 @@ class BrazeSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "serving"
         return (f"BrazeSandbox(url={self.url!r}, key={self.key_fingerprint}, {state}, "
-                f"users={len(self._store.users)}, data_points={self.data_points})")
+                f"keep={self.keep!r}, users={self._store.user_count}, "
+                f"data_points={self.data_points})")
 
     def _repr_html_(self) -> str:
         rows = [("URL", self.url), ("API key", f"fingerprint {self.key_fingerprint} (sb.api_key)"),
                 ("State", "closed" if self._closed else "serving"),
-                ("Users", len(self._store.users)), ("Events", len(self._store.event_log)),
+                ("Keeps", self.keep), ("Users", self._store.user_count),
+                ("Events", sum(self.summary()["events"].values())),
                 ("Cohorts", len(self._store.cohorts)), ("Data points", self.data_points),
                 ("Requests", len(self._log))]
         body = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th>"
@@ -572,6 +609,10 @@ class BrazeSandbox:
 
     def _dispatch(self, endpoint: str, body: Any, query: str, partner: bool):
         store = self._store
+        if endpoint in _READS_USERS and self.keep != "users":
+            return 400, {"message": f"{endpoint} reads users' attributes and events, which "
+                                    f"{KEPT_COUNTS} does not keep; start it with keep='users' "
+                                    f"(the default)"}, {}
         if partner:
             if type(body) is not dict:
                 return 400, {"message": "Bad Request: the body must be a JSON object"}, {}
@@ -724,9 +765,3 @@ def _checked(faults: Faults) -> Faults:
 _ID_COLUMNS = ("external_id", "braze_id", "alias_name", "alias_label", "email", "phone")
 
 
-def _user_key(u) -> str:
-    if u.external_id is not None:
-        return u.external_id
-    if u.aliases:
-        return f"{u.aliases[0][0]}:{u.aliases[0][1]}"
-    return u.braze_id

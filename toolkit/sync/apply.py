@@ -359,9 +359,11 @@ class _Run:
 
     def acknowledge(self, batch: Batch, rejected: dict[int, str], *, status="acknowledged",
                     attempts=1, note=None) -> None:
-        ops = self.ops(batch)
+        ops = self.in_flight.pop(batch.id, None)
         rows = batch.stop - batch.start
-        n_rej, bad = self._reject_rows(batch, ops, rejected) if rejected else (0, [])
+        # the rows are read only when Braze rejected something in the batch
+        n_rej, bad = self._reject_rows(batch, ops if ops is not None else self.plan.rows_of(
+            batch), rejected) if rejected else (0, [])
         # Braze took every object but the rejected ones: a reference to the batch's rows of the
         # plan (less the rejected rows) is the state it acknowledged.
         reason = note
@@ -544,9 +546,10 @@ def _stats(client) -> dict[str, int]:
 def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
     plan, ledger = run.plan, run.ledger
     # Attribute batches are marked 'sent' a few at a time and their answers committed a few at a
-    # time (a resend is harmless); event batches one by one, so a crash leaves at most the
-    # batches really in flight uncertain.
-    group = 1 if batches[0].kind == "events" else 2 * max(1, int(getattr(client, "max_workers",
+    # time (a resend is harmless; 4 per worker: each commit costs about as much as building a
+    # request, and a crash resends at most that many); event batches one by one, so a crash
+    # leaves at most the batches really in flight uncertain.
+    group = 1 if batches[0].kind == "events" else 4 * max(1, int(getattr(client, "max_workers",
                                                                            4)))
     run.group = group
 
@@ -561,9 +564,14 @@ def _send_track(run: _Run, client, batches: list[Batch], before: dict) -> None:
             run.sent_at[b.id] = time.monotonic()
             run.counts["batches_sent"] += 1
             run.counts["objects_sent"] += b.objects
-            rows = plan.rows_of(b)
-            run.in_flight[b.id] = rows
-            yield plan.encoded_payload(b, rows)
+            if b.kind == "attributes":
+                # cut out of the plan's file with no Python object per operation; the rows are
+                # read only for an answer that needs them (a rejection), see _Run.ops
+                yield plan.encoded_payload(b)
+            else:
+                rows = plan.rows_of(b)
+                run.in_flight[b.id] = rows
+                yield plan.encoded_payload(b, rows)
 
     try:
         for index, result in client.track_batches(payloads()):
@@ -645,18 +653,30 @@ def _expected_sample(plan: Plan, run: _Run) -> list[dict]:
     if not run.acked:
         return []
 
+    # The sample is the EXPECTED_SAMPLE users of smallest hash. Asking first only among users
+    # whose hash is below a bound that about 4× as many users pass gives the same answer (every
+    # user left out hashes higher) without grouping every user of a large plan; when fewer pass,
+    # the question is asked of all.
+    top = (1 << 64) - 1
+    users = int(((plan.manifest.get("cost") or {}).get("users")) or 0)
+    bounds = [top] if users <= 4 * EXPECTED_SAMPLE else [top * 4 * EXPECTED_SAMPLE // users, top]
     with engine.connect() as db:
         db.register("acked_raw", pa.table({"batch": pa.array(sorted(set(run.acked)), pa.int64())}))
         db.register("rejected_raw", pa.table({"uid": pa.array(sorted(run.rejected_users),
                                                               pa.string())}))
-        rows = db.execute(f"""
-            WITH ops AS (SELECT * FROM read_parquet(?) WHERE op <> 'cohort'
-                         AND batch IN (SELECT batch FROM acked_raw)
-                         AND uid NOT IN (SELECT uid FROM rejected_raw)),
-                 chosen AS (SELECT DISTINCT uid FROM ops ORDER BY hash(uid), uid
-                            LIMIT {EXPECTED_SAMPLE})
-            SELECT uid, segment_id, op, name, value FROM ops WHERE uid IN (SELECT uid FROM chosen)
-            ORDER BY uid""", [str(plan.ops_path)]).fetchall()
+        for bound in bounds:
+            rows = db.execute(f"""
+                WITH ops AS (SELECT * FROM read_parquet(?) WHERE op <> 'cohort'
+                             AND hash(uid) <= {bound}::UBIGINT
+                             AND batch IN (SELECT batch FROM acked_raw)
+                             AND uid NOT IN (SELECT uid FROM rejected_raw)),
+                     chosen AS (SELECT DISTINCT uid FROM ops ORDER BY hash(uid), uid
+                                LIMIT {EXPECTED_SAMPLE})
+                SELECT uid, segment_id, op, name, value FROM ops
+                WHERE uid IN (SELECT uid FROM chosen) ORDER BY uid""",
+                [str(plan.ops_path)]).fetchall()
+            if len({r[0] for r in rows}) >= EXPECTED_SAMPLE:
+                break
     out: dict[str, dict] = {}
     for uid, seg, op, name, value in rows:
         entry = out.setdefault(uid, {"braze_user": uid, "segment_id": seg,

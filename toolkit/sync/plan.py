@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -30,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolkit import engine
@@ -58,6 +60,11 @@ _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 @lru_cache(maxsize=1 << 16)
 def _decode(text: str) -> Any:
     return json.loads(text)
+
+
+def _plain(text: str) -> bool:
+    """JSON writes ``text`` between quotes as it is (nothing to escape)."""
+    return text.isprintable() and '"' not in text and "\\" not in text
 
 
 @lru_cache(maxsize=1 << 12)
@@ -306,40 +313,54 @@ def _write_left_out(frame: pd.DataFrame, path: Path) -> None:
 
 
 class _OpsReader:
-    """Row ranges of a plan's operations file, decoded one row group at a time (sequential
-    reads, as apply makes them, decode each group once)."""
+    """Row ranges of a plan's operations file, read one row group at a time as Arrow (apply
+    reads in order); the two latest groups stay loaded, so the rows of a batch still in flight
+    when the next group is read are at hand. Only the rows and columns asked for become Python
+    objects."""
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    KEPT = 2
+
+    def __init__(self, path: Path) -> None:
         self.file = pq.ParquetFile(path, pre_buffer=False)
-        self.columns = list(columns)
         meta = self.file.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.starts = [0, *np.cumsum(sizes).tolist()]
-        self._group = -1
-        self._data: dict[str, list] = {}
+        self._groups: dict[int, dict[str, Any]] = {}
 
-    def _load(self, group: int) -> None:
-        if group != self._group:
-            table = self.file.read_row_group(group, columns=self.columns)
-            self._data = {c: table.column(c).to_pylist() for c in self.columns}
-            self._group = group
+    def group(self, group: int) -> dict[str, Any]:
+        """``{"table": …}`` of one row group (callers may cache more in it)."""
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = {"table": self.file.read_row_group(group).combine_chunks()}
+            self._groups[group] = entry
+            while len(self._groups) > self.KEPT:
+                del self._groups[next(iter(self._groups))]
+        return entry
 
-    def rows(self, start: int, stop: int) -> dict[str, list]:
-        out: dict[str, list] = {c: [] for c in self.columns}
+    def locate(self, start: int, stop: int) -> tuple[int, int, int] | None:
+        """``(group, first, stop)`` within one row group holding rows start..stop, else None."""
+        group = bisect.bisect_right(self.starts, start) - 1
+        if group < 0 or stop > self.starts[group + 1]:
+            return None
+        base = self.starts[group]
+        return group, start - base, stop - base
+
+    def rows(self, start: int, stop: int, columns: tuple[str, ...]) -> dict[str, list]:
+        out: dict[str, list] = {c: [] for c in columns}
         at = start
         while at < stop:
             group = bisect.bisect_right(self.starts, at) - 1
-            self._load(group)
             base = self.starts[group]
             end = min(stop, self.starts[group + 1])
-            for c in self.columns:
-                out[c].extend(self._data[c][at - base:end - base])
+            part = self.group(group)["table"].slice(at - base, end - at)
+            for c in columns:
+                out[c].extend(part.column(c).to_pylist())
             at = end
         return out
 
     def close(self) -> None:
         self.file.close()
-        self._data = {}
+        self._groups = {}
 
 
 
@@ -443,10 +464,17 @@ class Plan:
         rows = 0
         try:
             file = pq.ParquetFile(self.ops_path, pre_buffer=False)
-            for batch in file.iter_batches(batch_size=131_072, columns=list(OPERATION_COLUMNS)):
-                rows += batch.num_rows
-                for c in OPERATION_COLUMNS:
-                    per_column[c].update(batch.column(c))
+            # a row group at a time, its columns hashed side by side (sha256 and Arrow's casts
+            # release the GIL): apply waits for this before sending anything
+            def hash_column(named: tuple[str, pa.ChunkedArray]) -> None:
+                per_column[named[0]].update(named[1])
+
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                    thread_name_prefix="plan-digest") as pool:
+                for group in range(file.metadata.num_row_groups):
+                    table = file.read_row_group(group, columns=list(OPERATION_COLUMNS))
+                    rows += table.num_rows
+                    list(pool.map(hash_column, [(c, table.column(c)) for c in OPERATION_COLUMNS]))
             file.close()
         except (OSError, pa.ArrowException, KeyError) as exc:
             raise PlanAltered(f"the plan's operations file cannot be read: {exc}",
@@ -499,11 +527,12 @@ class Plan:
     def rows_of(self, batch: Batch, columns: tuple[str, ...] = (
             "uid", "segment_id", "op", "name", "value", "change", "field", "after")) -> dict:
         """The operation rows of one batch, column by column (lists)."""
-        if self._reader is None or self._reader.columns != list(columns):
-            if self._reader is not None:
-                self._reader.close()
-            self._reader = _OpsReader(self.ops_path, columns)
-        return self._reader.rows(batch.start, batch.stop)
+        return self._ops_reader().rows(batch.start, batch.stop, columns)
+
+    def _ops_reader(self) -> _OpsReader:
+        if self._reader is None:
+            self._reader = _OpsReader(self.ops_path)
+        return self._reader
 
     def payload(self, batch: Batch, rows: dict | None = None) -> dict:
         """The exact JSON body of one batch (``/users/track`` body, or a cohort change)."""
@@ -538,7 +567,11 @@ class Plan:
     def encoded_payload(self, batch: Batch, rows: dict | None = None):
         """`payload` of an attributes or events batch as JSON bytes, assembled from the
         operations' JSON texts without decoding them (what apply sends)."""
-        rows = rows if rows is not None else self.rows_of(batch)
+        if rows is None and batch.kind == "attributes":
+            body = self._attributes_body(batch)
+            if body is not None:
+                return EncodedTrack(body, ("attributes",))
+        rows = rows if rows is not None else self.rows_of(batch, ("uid", "name", "value"))
         uid, names, values = rows["uid"], rows["name"], rows["value"]
         flag = "false" if self.options.get("create_users", False) else "true"
         ident = self._identifier_text
@@ -566,8 +599,66 @@ class Plan:
                             ("events",))
 
     def _identifier_text(self, uid: str) -> str:
-        ident = self.identifier(uid)
-        return _dumps(ident)[1:-1]
+        kind, _, value = uid.partition(":")
+        if kind == "external_id" and _plain(value):
+            return '"external_id":"' + value + '"'     # what _dumps writes, without its cost
+        return _dumps(self.identifier(uid))[1:-1]
+
+    def _attributes_body(self, batch: Batch) -> bytes | None:
+        """The body `encoded_payload` assembles, cut out of one Arrow text column computed per
+        row group (each operation's piece of JSON, a user's first one opening its object), with
+        no Python object per operation: the rows between two offsets of that column are the
+        batch's objects. None when the batch is empty, crosses a row group or has a null."""
+        reader = self._ops_reader()
+        where = reader.locate(batch.start, batch.stop) if batch.stop > batch.start else None
+        if where is None:
+            return None
+        group, a, b = where
+        entry = reader.group(group)
+        pieces = entry.get("pieces")
+        if pieces is None:
+            pieces = entry["pieces"] = self._attribute_pieces(entry["table"])
+        if pieces.slice(a, b - a).null_count:
+            return None
+        offsets = np.frombuffer(pieces.buffers()[1], dtype=np.int32,
+                                count=len(pieces) + 1, offset=4 * pieces.offset)
+        data = memoryview(pieces.buffers()[2])
+        # every piece of a user's first operation starts with "},{": the batch's first two
+        # characters are dropped and its last object closed
+        return b"".join((b'{"attributes":[', data[int(offsets[a]) + 2:int(offsets[b])],
+                         b"}]}"))
+
+    def _attribute_pieces(self, table: pa.Table) -> pa.Array:
+        uid, name, value, batch = (table.column(c).combine_chunks() if isinstance(
+            table.column(c), pa.ChunkedArray) else table.column(c)
+            for c in ("uid", "name", "value", "batch"))
+        n = len(uid)
+        if n == 0:
+            return pa.array([], pa.string())
+        # a user's first operation in its batch opens the user's object
+        first = np.zeros(n, dtype=bool)
+        for column in (uid, batch):
+            first[pc.run_end_encode(column).run_ends.to_numpy()[:-1]] = True
+        first[0] = True
+        at = pa.array(np.flatnonzero(first))
+        opening = uid.take(at)
+        rest = pc.utf8_slice_codeunits(opening, 12)
+        ident = pc.binary_join_element_wise('"external_id":"', rest, '"', "")
+        slow = pc.invert(pc.fill_null(pc.and_(
+            pc.starts_with(opening, "external_id:"),
+            pc.invert(pc.match_substring_regex(rest, r'["\\\x00-\x1f]'))), False))
+        if pc.any(slow).as_py():
+            texts = [self._identifier_text(u) for u in opening.filter(slow).to_pylist()]
+            ident = pc.replace_with_mask(ident, slow, pa.array(texts, pa.string()))
+        flag = "false" if self.options.get("create_users", False) else "true"
+        head = pc.binary_join_element_wise("},{", ident, ',"_update_existing_only":' + flag + ",",
+                                           "")
+        lead = pc.replace_with_mask(pa.repeat(pa.scalar(",", pa.string()), n), pa.array(first),
+                                    head)
+        names = pc.unique(name)
+        keys = pc.take(pa.array([None if x is None else _key_text(x) for x in names.to_pylist()],
+                                pa.string()), pc.index_in(name, value_set=names))
+        return pc.binary_join_element_wise(lead, keys, value, "").cast(pa.string())
 
     def payloads(self) -> Iterator[tuple[Batch, dict]]:
         for batch in self.batches():
