@@ -6,6 +6,7 @@ would have.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -309,3 +310,20 @@ def test_braze_ledger_url_in_the_clients_env_file_is_the_default_ledger(postgres
             Ledger(client)
         assert "must be a postgresql:// URL" in str(err.value)
         assert not (tmp_path / "ledgers").exists()
+
+
+def test_another_machines_cache_keeps_only_the_files_the_ledger_still_has(postgres_url, schema,
+                                                                         tmp_path):
+    url = f"{postgres_url}?schema={schema}"
+    mapping = Mapping.from_export(make_export(20))
+    with Ledger(url, workspace="ws#1", directory=_machine(tmp_path, "a")) as a, \
+            Ledger(url, workspace="ws#1", directory=_machine(tmp_path, "b")) as b:
+        cache = tmp_path / "b" / ".toolkit" / "ledger-cache"
+        for n in (20, 30, 40):   # a syncs three times; b plans after each
+            acknowledge_all_rows(plan(make_export(n), mapping, a), a)
+            a.materialize()
+            assert plan(make_export(n), mapping, b).is_empty
+            cached = sorted(p.name for p in cache.rglob("*.parquet"))
+            # the current snapshot and b's own convergence record (its plan had nothing to send)
+            record = json.loads(b._meta("converged"))
+            assert cached == sorted([b._meta("state_file"), record["left_out"]]), cached

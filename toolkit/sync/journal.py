@@ -517,7 +517,18 @@ class PostgresJournal:
                               "match their recorded SHA-256)", file=self.location,
                               hint=_FIX_CORRUPT)
         os.replace(tmp, local)
+        self._prune_cache()
         return local
+
+    def _prune_cache(self) -> None:
+        """Drop cached copies of files the ledger no longer has (snapshots folded over, plan
+        copies done with), so a machine's cache holds about one version of the state, not
+        every version it ever read. Files being written (``.tmp``, ``.download``) are left."""
+        stored = {name for name, _ in self.names("")}
+        for path in self.directory.rglob("*.parquet"):
+            name = path.relative_to(self.directory).as_posix()
+            if name not in stored:
+                path.unlink(missing_ok=True)
 
     def staging(self, name: str) -> Path:
         target = self.directory / name

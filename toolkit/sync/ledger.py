@@ -718,8 +718,12 @@ class Ledger:
                                for f in plan.findings if f.code not in TRANSIENT_FINDINGS],
                   **{k: plan.manifest.get(k) for k in (
                       "fields", "field_digest", "profiles", "users", "cohorts")}}
+        previous = self._meta("converged")
         self._write(lambda c: c.execute(_SET_META, ("converged", json.dumps(
             record, ensure_ascii=False, default=str))))
+        replaced = json.loads(previous).get("left_out") if previous else None
+        if replaced and replaced != name:   # the record it replaces needs its file no more
+            self._journal.remove([replaced])
         return True
 
     def converged(self, digest: str) -> dict | None:
