@@ -11,10 +11,8 @@ minute, so 429s are waited out (``Retry-After``), with a bounded number of retri
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -26,7 +24,9 @@ import requests
 import pandas as pd
 
 from toolkit.engage.query import Definition, parse
+from toolkit.engage.segment_http import get_with_retries
 from toolkit.errors import DefinitionError, PublicAPIError
+from toolkit.secrets import key_fingerprint
 
 __all__ = ["AudienceDefinition", "Definitions", "load_definitions", "SegmentPublicAPI",
            "DEFAULT_PUBLIC_API_URL", "TOKEN_ENV"]
@@ -195,10 +195,6 @@ def load_definitions(source: str | os.PathLike | dict | list, *, key: str | None
                        source="pasted query")
 
 
-def _fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
-
-
 class SegmentPublicAPI:
     """A Public API session for one Engage space: ``audiences()`` pages through every definition."""
 
@@ -227,53 +223,35 @@ class SegmentPublicAPI:
 
     def __repr__(self) -> str:
         return (f"<SegmentPublicAPI space {self.space_id} at {self.base_url}, token "
-                f"#{_fingerprint(self._token)}>")
+                f"#{key_fingerprint(self._token)}>")
 
     def _repr_html_(self) -> str:
         return (f"<p><b>Segment Public API</b> space <code>{escape(self.space_id)}</code> at "
-                f"{escape(self.base_url)}, token #{_fingerprint(self._token)}; "
+                f"{escape(self.base_url)}, token #{key_fingerprint(self._token)}; "
                 f"{self.stats['requests']} requests, {self.stats['429s']} rate-limited</p>")
 
     def _get(self, path: str, params: dict) -> dict:
         url = f"{self.base_url}/spaces/{quote(self.space_id)}/{path}"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": _ACCEPT}
-        for attempt in range(self.max_retries + 1):
-            self.stats["requests"] += 1
-            try:
-                resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout)
-            except requests.RequestException as exc:
-                if attempt < self.max_retries:
-                    self.stats["retries"] += 1
-                    time.sleep(self.backoff * 2 ** attempt)
-                    continue
-                raise PublicAPIError(f"the Public API could not be reached "
-                                     f"({type(exc).__name__})", request=f"GET /{path}",
-                                     hint="check the network and the base URL") from None
-            if resp.status_code == 429 or resp.status_code >= 500:
-                self.stats["429s"] += resp.status_code == 429
-                if attempt < self.max_retries:
-                    self.stats["retries"] += 1
-                    wait = resp.headers.get("Retry-After")
-                    try:
-                        delay = float(wait) if wait is not None else self.backoff * 2 ** attempt
-                    except ValueError:
-                        delay = self.backoff * 2 ** attempt
-                    time.sleep(min(delay, 60.0))
-                    continue
-            if resp.status_code != 200:
-                raise self._error(resp, path)
-            try:
-                body = resp.json()
-            except ValueError:
-                raise PublicAPIError("the Public API answered with something other than JSON",
-                                     request=f"GET /{path}", status=resp.status_code,
-                                     hint="check the base URL points at api.segmentapis.com"
-                                     ) from None
-            if not isinstance(body, dict):
-                raise PublicAPIError("the Public API answered with an unexpected shape",
-                                     request=f"GET /{path}", hint="expected a JSON object")
-            return body
-        raise AssertionError("unreachable")  # pragma: no cover
+        resp = get_with_retries(
+            self.session, url, params=params, headers=headers, timeout=self.timeout,
+            max_retries=self.max_retries, backoff=self.backoff, stats=self.stats,
+            unreachable=lambda exc: PublicAPIError(
+                f"the Public API could not be reached ({type(exc).__name__})",
+                request=f"GET /{path}", hint="check the network and the base URL"))
+        if resp.status_code != 200:
+            raise self._error(resp, path)
+        try:
+            body = resp.json()
+        except ValueError:
+            raise PublicAPIError("the Public API answered with something other than JSON",
+                                 request=f"GET /{path}", status=resp.status_code,
+                                 hint="check the base URL points at api.segmentapis.com"
+                                 ) from None
+        if not isinstance(body, dict):
+            raise PublicAPIError("the Public API answered with an unexpected shape",
+                                 request=f"GET /{path}", hint="expected a JSON object")
+        return body
 
     def _error(self, resp: requests.Response, path: str) -> PublicAPIError:
         try:
@@ -282,13 +260,13 @@ class SegmentPublicAPI:
         except (ValueError, AttributeError):
             detail = resp.reason
         hints = {401: f"the token was refused: check {TOKEN_ENV} (token "
-                      f"#{_fingerprint(self._token)})",
+                      f"#{key_fingerprint(self._token)})",
                  403: "the token lacks access to this space's audiences: check its role in "
                       "Settings > Workspace settings > Access Management > Tokens",
                  404: "check the space id (spa_…); the Audiences API is in alpha and must be "
                       "enabled for the workspace",
                  429: "the Public API allows 25 list requests per minute; wait and retry"}
-        text = str(detail).replace(self._token, "#" + _fingerprint(self._token))
+        text = str(detail).replace(self._token, "#" + key_fingerprint(self._token))
         return PublicAPIError(f"the Public API answered {resp.status_code}: {text}",
                               request=f"GET /{path}", status=resp.status_code,
                               hint=hints.get(resp.status_code, "see the message above"))

@@ -10,8 +10,6 @@ only a short fingerprint appears in reprs and errors.
 """
 from __future__ import annotations
 
-import hashlib
-import time
 from html import escape
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote
@@ -23,16 +21,14 @@ import requests
 from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import Typed, identifier_frame, type_python_values
 from toolkit.engage.model import Findings
+from toolkit.engage.segment_http import get_with_retries
 from toolkit.errors import ProfileAPIError
+from toolkit.secrets import key_fingerprint
 
 __all__ = ["ProfileAPI", "load_profile_api", "profile_path_id", "DEFAULT_BASE_URL"]
 
 DEFAULT_BASE_URL = "https://profiles.segment.com"
 _ID_TYPES = ("user_id", "email", "anonymous_id", "braze_id")
-
-
-def _fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
 def profile_path_id(identifier: str) -> str:
@@ -69,60 +65,41 @@ class ProfileAPI:
 
     def __repr__(self) -> str:
         return (f"<ProfileAPI space {self.space_id} at {self.base_url}, token "
-                f"#{_fingerprint(self._token)}>")
+                f"#{key_fingerprint(self._token)}>")
 
     def _repr_html_(self) -> str:
         return (f"<p><b>Segment Profile API</b> space <code>{escape(self.space_id)}</code> at "
-                f"{escape(self.base_url)}, token #{_fingerprint(self._token)}; "
+                f"{escape(self.base_url)}, token #{key_fingerprint(self._token)}; "
                 f"{self.stats['requests']} requests, {self.stats['429s']} rate-limited</p>")
 
     def _get(self, path: str, params: dict) -> dict:
         url = f"{self.base_url}/v1/spaces/{quote(self.space_id)}/{path}"
-        for attempt in range(self.max_retries + 1):
-            self.stats["requests"] += 1
+        resp = get_with_retries(
+            self.session, url, params=params, timeout=self.timeout,
+            max_retries=self.max_retries, backoff=self.backoff, stats=self.stats,
+            unreachable=lambda exc: ProfileAPIError(
+                f"the Profile API could not be reached ({type(exc).__name__})",
+                request=f"GET /{path}", hint="check the network and the base URL"))
+        if resp.status_code == 404:
+            raise _NotFound(path)
+        if resp.status_code >= 400:
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout)
-            except requests.RequestException as exc:
-                if attempt < self.max_retries:
-                    self.stats["retries"] += 1
-                    time.sleep(self.backoff * 2 ** attempt)
-                    continue
-                raise ProfileAPIError(f"the Profile API could not be reached ({type(exc).__name__})",
-                                      request=f"GET /{path}",
-                                      hint="check the network and the base URL") from None
-            if resp.status_code == 429 or resp.status_code >= 500:
-                if resp.status_code == 429:
-                    self.stats["429s"] += 1
-                if attempt < self.max_retries:
-                    self.stats["retries"] += 1
-                    retry_after = resp.headers.get("Retry-After")
-                    try:
-                        wait = float(retry_after) if retry_after else self.backoff * 2 ** attempt
-                    except ValueError:
-                        wait = self.backoff * 2 ** attempt
-                    time.sleep(min(wait, 60.0))
-                    continue
-            if resp.status_code == 404:
-                raise _NotFound(path)
-            if resp.status_code >= 400:
-                try:
-                    error = resp.json().get("error", {})
-                    detail = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
-                except ValueError:
-                    detail = resp.text[:200]
-                hint = ("check the access token and the space id" if resp.status_code in (401, 403)
-                        else "slow down or retry later" if resp.status_code == 429 else None)
-                raise ProfileAPIError(f"HTTP {resp.status_code} {detail}",
-                                      request=f"GET /{path}", status=resp.status_code,
-                                      token=f"#{_fingerprint(self._token)}", hint=hint)
-            try:
-                return resp.json()
+                error = resp.json().get("error", {})
+                detail = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
             except ValueError:
-                raise ProfileAPIError("the Profile API answered with something other than JSON",
-                                      request=f"GET /{path}",
-                                      hint="check that base_url is the Profile API "
-                                           "(https://profiles.segment.com)") from None
-        raise AssertionError("unreachable")
+                detail = resp.text[:200]
+            hint = ("check the access token and the space id" if resp.status_code in (401, 403)
+                    else "slow down or retry later" if resp.status_code == 429 else None)
+            raise ProfileAPIError(f"HTTP {resp.status_code} {detail}",
+                                  request=f"GET /{path}", status=resp.status_code,
+                                  token=f"#{key_fingerprint(self._token)}", hint=hint)
+        try:
+            return resp.json()
+        except ValueError:
+            raise ProfileAPIError("the Profile API answered with something other than JSON",
+                                  request=f"GET /{path}",
+                                  hint="check that base_url is the Profile API "
+                                       "(https://profiles.segment.com)") from None
 
     def _pages(self, path: str, params: dict) -> Iterator[dict]:
         params = {**params, "limit": self.page_size}
