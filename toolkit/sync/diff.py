@@ -144,15 +144,19 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
 
 
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
-    """Values whose JSON type differs from the type Braze already holds for the attribute."""
+    """Values whose JSON type differs from the type Braze already holds for the attribute:
+    (segment_id, uid, rule, pos, k), k being the field's number."""
     parts = []
     for i, s in enumerate(specs):
         if s.kind == "value" and s.op == "attribute":
-            parts.append(f"SELECT segment_id, uid, {literal(s.rule)} AS rule FROM j WHERE "
-                         f"NOT coalesce({s.refused}, false) AND {_kind(s.column)} <> {_kind(f's{i}')}")
+            parts.append(f"SELECT segment_id, uid, {literal(s.rule)} AS rule, pos, {i} AS k "
+                         f"FROM j WHERE NOT coalesce({s.refused}, false) AND "
+                         f"{_kind(s.column)} <> {_kind(f's{i}')}")
     if not parts:
-        return pd.DataFrame({"segment_id": [], "uid": [], "rule": []}, dtype=object)
-    return db.execute("\nUNION ALL\n".join(parts)).df()
+        return pd.DataFrame({"segment_id": [], "uid": [], "rule": [], "pos": [], "k": []},
+                            dtype=object).astype({"pos": np.int64, "k": np.int64})
+    # by field, then by profile: the same order whichever users were diffed
+    return db.execute("SELECT * FROM (" + "\nUNION ALL\n".join(parts) + ") ORDER BY k, pos").df()
 
 
 def _struct(spec: FieldSpec, k: int, held: bool, *, op: str, change: str, name: str,

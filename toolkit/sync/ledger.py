@@ -38,6 +38,7 @@ texts only.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -108,6 +109,15 @@ class Rows:
     def encode(self) -> str:
         return json.dumps({"batch": self.index, "rows": self.rows,
                            "rejected": list(self.rejected)}, separators=(",", ":"))
+
+
+def file_digest(path: "str | os.PathLike[str]") -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _now() -> str:
@@ -587,14 +597,15 @@ class Ledger:
         recorded yet, is kept for an hour: another process may be about to use it)."""
         current = self._meta("state_file")
         record = self._meta("converged")
-        left = json.loads(record).get("left_out") if record else None
+        kept = json.loads(record) if record else {}
+        left, inputs = kept.get("left_out"), kept.get("inputs")
         prefixes = [self._journal.prefix, (self._meta("previous_name") or "") + "."]
         # a snapshot newer than the current one may be another process's fold, about to be
         # switched to: kept until it is old enough to be an orphan
         newest = _state_version(current)
         stale = [name for prefix in dict.fromkeys(p for p in prefixes if p != ".")
                  for kind in ("state-", "converged") for name, fresh in self._journal.names(
-                     prefix + kind) if name not in (current, left) and not (
+                     prefix + kind) if name not in (current, left, inputs) and not (
                      fresh and _state_version(name) >= newest)]
         self._journal.remove(stale, keep_if="name IN (SELECT value FROM meta WHERE key = "
                                             "'state_file')")
@@ -711,20 +722,37 @@ class Ledger:
             pq.write_table(pa.table({c: pa.array([], pa.string()) for c in (
                 "segment_id", "uid", "rule", "code", "reason")}), tmp)
         self._journal.store(tmp, name)
+        previous = self._meta("converged")
+        before = json.loads(previous) if previous else {}
+        inputs = self._store_inputs(plan)
+        if inputs is None and before.get("digest") == digest:
+            inputs = before.get("inputs")   # the same export again: its inputs still hold
         record = {"digest": digest, "version": self.version, "plan": plan.id,
-                  "left_out": name, "recorded_at": _now(),
+                  "left_out": name, "inputs": inputs, "recorded_at": _now(),
                   "findings": [{k: getattr(f, k) for k in ("severity", "code", "message", "row",
                                                             "column", "fix", "segment_id")}
                                for f in plan.findings if f.code not in TRANSIENT_FINDINGS],
                   **{k: plan.manifest.get(k) for k in (
                       "fields", "field_digest", "profiles", "users", "cohorts")}}
-        previous = self._meta("converged")
         self._write(lambda c: c.execute(_SET_META, ("converged", json.dumps(
             record, ensure_ascii=False, default=str))))
-        replaced = json.loads(previous).get("left_out") if previous else None
-        if replaced and replaced != name:   # the record it replaces needs its file no more
-            self._journal.remove([replaced])
+        # the record it replaces needs its files no more
+        self._journal.remove([f for f in (before.get("left_out"), before.get("inputs"))
+                              if f and f not in (name, inputs)])
         return True
+
+    def _store_inputs(self, plan) -> str | None:
+        """Keep the plan's inputs file (`toolkit.sync.projection.inputs_table`) when it is the
+        one the plan was made with (its sha256 is in the fingerprinted manifest); its name."""
+        src = getattr(plan, "inputs_path", None)
+        want = plan.manifest.get("inputs_digest")
+        if src is None or not want or not Path(src).exists() or file_digest(src) != want:
+            return None
+        name = self._new_name("converged", plan.id + "-inputs")
+        tmp = self._journal.staging(name)
+        shutil.copyfile(src, tmp)
+        self._journal.store(tmp, name)
+        return name
 
     def converged(self, digest: str) -> dict | None:
         """The convergence record (see `record_converged`) when it is for an export with input
@@ -743,6 +771,23 @@ class Ledger:
         if not path.exists() or self.awaiting_settle()[0]:
             return None
         return dict(record, left_out=path)
+
+    def converged_inputs(self) -> Path | None:
+        """The inputs of the export the ledger last converged to, while that is still true
+        (nothing acknowledged since, nothing awaiting settle): a plan of a changed export then
+        projects and diffs only the users whose row changed. None otherwise (or for a record
+        made without them): the plan takes the full path."""
+        text = self._meta("converged")
+        try:
+            record = json.loads(text) if text else {}
+        except ValueError:
+            return None
+        if not record.get("inputs") or record.get("version") != self.version:
+            return None
+        if self.awaiting_settle()[0]:
+            return None
+        path = self._file(str(record["inputs"]))
+        return path if path.exists() else None
 
     # -- plans and batches ---------------------------------------------------------------
     def record_plan(self, plan) -> None:

@@ -44,8 +44,10 @@ from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, Pl
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
 from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result, name_batches
-from toolkit.sync.ledger import Ledger, describe_workspace
-from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, input_digest, project
+from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
+from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
+                                     PreviousInput, dumps as _dumps, inputs_table, project,
+                                     row_hashes, write_inputs)
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
@@ -53,6 +55,9 @@ PLAN_FORMAT = "engage-braze-plan"
 PLAN_FORMAT_VERSION = 2
 SAMPLE_PAYLOADS = 3
 PROGRESS_FROM = 200_000           # profiles from which plan shows a progress bar by default
+# plan a changed export from the ledger's record of the last converged one (tests switch it off
+# to compare with the full path)
+_INCREMENTAL = True
 OP_KINDS = ("attribute", "event", "cohort")
 _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 
@@ -200,9 +205,11 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     workdir = Path(tempfile.mkdtemp(prefix="toolkit-plan-"))
     ops_path = workdir / "plan.ops.parquet"
     left_path = workdir / "plan.left_out.parquet"
+    inputs_path = inputs_digest = None
     with engine.connect() as db:   # one connection for the whole plan
-        digest = input_digest(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                              cohorts_available=credentials is not None, db=db)
+        hashes = row_hashes(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                            cohorts_available=credentials is not None, db=db)
+        digest = hashes.digest
         stored = ledger.converged(digest) if ledger is not None else None
         if stored is not None:
             # the ledger already holds everything this very input asks for: nothing to send, and
@@ -215,12 +222,19 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                                             "cohorts")}
             about["converged"] = stored["plan"]
         else:
+            # a changed export after a sync that converged: only the users whose row changed
+            # are projected and diffed, every other one is known to hold what it asks for
+            previous = None
+            kept = ledger.converged_inputs() if ledger is not None and _INCREMENTAL else None
+            if kept is not None:
+                previous = PreviousInput.read(kept, hashes.shape)
             bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
             projection = project(export, mapping, email_opt_in=email_opt_in,
                                  alias_label=alias_label,
                                  cohorts_available=credentials is not None, db=db,
-                                 spill=workdir)
-            bar.set_description(f"plan: diff of {projection.users:,} users")
+                                 spill=workdir, previous=previous, hashes=hashes)
+            diffed = projection.users if projection.projected is None else projection.projected
+            bar.set_description(f"plan: diff of {diffed:,} users")
             findings = projection.findings
             snapshot = ledger.snapshot() if ledger is not None else None
             held = ledger.held_items() if ledger is not None else None
@@ -230,21 +244,29 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             finally:
                 bar.close()
             left_out = projection.left_out
-            if len(result.conflicts):
-                conflicts = result.conflicts
+            conflicts = result.conflicts
+            if projection.earlier_conflicts is not None and len(projection.earlier_conflicts):
+                conflicts = pd.concat([conflicts, projection.earlier_conflicts],
+                                      ignore_index=True).sort_values(
+                    ["k", "pos"], kind="stable", ignore_index=True)
+            if len(conflicts):
                 for rule, group in conflicts.groupby("rule", sort=False):
                     findings.add("error", "type_conflict",
                                  f"{len(group):,} value(s) of {rule!r} change type from what "
                                  "Braze holds; Braze refuses them", column=rule,
                                  fix="keep the attribute's type, or send to a new attribute name")
                 left_out = pd.concat([left_out, conflicts.assign(
-                    code="type_conflict",
-                    reason="value type differs from the type Braze holds for this attribute")],
-                    ignore_index=True)
+                    code=CONFLICT_CODE, reason=CONFLICT_REASON)], ignore_index=True)
             _write_left_out(left_out, left_path)
+            if ledger is not None:
+                inputs_path = workdir / "plan.inputs.parquet"
+                write_inputs(inputs_table(hashes, projection, conflicts), inputs_path)
+                inputs_digest = file_digest(inputs_path)
             about = {"fields": [[f.field, f.kind] for f in projection.fields],
                      "field_digest": projection.spec_digest(), "profiles": projection.profiles,
                      "users": projection.users, "cohorts": projection.cohorts}
+            if previous is not None:
+                about["diffed_users"] = diffed
     waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
     if waiting_batches:
         held_text = (f"; {result.held:,} event(s) this plan would send to the same users for the "
@@ -294,8 +316,13 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     }
     if "converged" in about:
         manifest["converged_with"] = about["converged"]
+    if "diffed_users" in about:
+        manifest["diffed_users"] = about["diffed_users"]
+    if inputs_digest is not None:
+        manifest["inputs_digest"] = inputs_digest
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
-               owned_dir=workdir, column_digests=(result.digests, result.rows))
+               owned_dir=workdir, column_digests=(result.digests, result.rows),
+               inputs_path=inputs_path)
     out.manifest["cost"] = out._compute_cost(result)
     out.manifest["summary"] = result.tally if result.rows else []
     if (ledger is not None and stored is None and not result.rows and not result.held
@@ -374,8 +401,11 @@ class Plan:
     def __init__(self, manifest: dict, ops_path: Path, left_path: Path | None = None, *,
                  findings: Findings | None = None, batches: pd.DataFrame | None = None,
                  owned_dir: Path | None = None,
-                 column_digests: "tuple[dict[str, bytes], int] | None" = None) -> None:
+                 column_digests: "tuple[dict[str, bytes], int] | None" = None,
+                 inputs_path: Path | None = None) -> None:
         self.manifest = manifest
+        # what the ledger keeps of this export once the plan is applied (see Ledger.record_converged)
+        self.inputs_path = Path(inputs_path) if inputs_path is not None else None
         self.ops_path = Path(ops_path)
         self.left_path = Path(left_path) if left_path is not None else None
         self.findings = findings if findings is not None else Findings()
@@ -449,6 +479,8 @@ class Plan:
                 "columns": list(OPERATION_COLUMNS), "rows": m["rows"], "cost": m.get("cost")}
         if m.get("input_digest"):   # the ledger records it as converged after a complete apply
             head["input_digest"] = m["input_digest"]
+        if m.get("inputs_digest"):  # … and keeps the inputs file it names
+            head["inputs_digest"] = m["inputs_digest"]
         digests, rows = self._column_digests or (None, None)
         if digests is None:
             digests, rows = self._digest_file()
@@ -882,17 +914,29 @@ class Plan:
         stem = path.name[:-5] if path.name.endswith(".json") else path.name
         return path, path.with_name(stem + ".ops.parquet"), path.with_name(stem + ".left_out.parquet")
 
+    @staticmethod
+    def inputs_file_for(path: "str | os.PathLike[str]") -> Path:
+        """The inputs file saved beside a plan saved as ``path`` (row hashes of its export,
+        kept by the ledger after a complete apply so the next plan of a changed export
+        projects only the changed users)."""
+        path = Path(path)
+        stem = path.name[:-5] if path.name.endswith(".json") else path.name
+        return path.with_name(stem + ".inputs.parquet")
+
     def save(self, path: "str | os.PathLike[str]") -> Path:
-        """Write the plan: ``path`` (the JSON manifest) and, beside it, ``<stem>.ops.parquet``
-        and ``<stem>.left_out.parquet``. No secrets: identities, values and options only."""
+        """Write the plan: ``path`` (the JSON manifest) and, beside it, ``<stem>.ops.parquet``,
+        ``<stem>.left_out.parquet`` and (a plan made against a ledger)
+        ``<stem>.inputs.parquet``. No secrets: identities, values and options only."""
         manifest_path, ops_path, left_path = self.files_for(path)
         data = dict(self.manifest, fingerprint=self.fingerprint,
                     operations_file=ops_path.name, left_out_file=left_path.name,
                     findings=[{k: getattr(f, k) for k in ("severity", "code", "message", "row",
                                                           "column", "fix", "segment_id")}
                               for f in self.findings])
+        inputs_path = self.inputs_file_for(path)
         try:
-            for src, dst in ((self.ops_path, ops_path), (self.left_path, left_path)):
+            for src, dst in ((self.ops_path, ops_path), (self.left_path, left_path),
+                             (self.inputs_path, inputs_path)):
                 if src is not None and src.exists() and not (dst.exists() and src.samefile(dst)):
                     tmp = dst.with_name(dst.name + ".tmp")
                     shutil.copyfile(src, tmp)
@@ -921,8 +965,10 @@ class Plan:
         _check_operations(ops_path, int(data["rows"]))
         data = {k: v for k, v in data.items()
                 if k not in ("findings", "fingerprint", "operations_file", "left_out_file")}
+        inputs_path = cls.inputs_file_for(path)
         return cls(data, ops_path, left_path if data.get("rows") is not None else None,
-                   findings=findings)
+                   findings=findings,
+                   inputs_path=inputs_path if data.get("inputs_digest") else None)
 
 
 def _bad(file: str | None, field: str, what: str) -> PlanError:

@@ -37,7 +37,8 @@ from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
 __all__ = ["Projection", "FieldSpec", "project", "owners", "shared_keys", "json_texts",
-           "input_digest", "LEFT_OUT_COLUMNS"]
+           "input_digest", "row_hashes", "InputHashes", "PreviousInput", "inputs_table",
+           "write_inputs", "LEFT_OUT_COLUMNS"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
@@ -46,7 +47,7 @@ IDENTITY_COLUMNS = ("segment_id", "user_id", "braze_id", "email", "anonymous_id"
 # Raise when the projection's output for the same input changes: stored input digests (the
 # ledger's record of an export it has converged to) then stop matching, and plans take the
 # full path once.
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 
 
 def dumps(value: Any) -> str:
@@ -229,34 +230,51 @@ def _hashable(column: pd.Series) -> pa.Array:
     return pa.array(column)
 
 
-def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-                 cohorts_available: bool = True, db=None) -> str:
-    """A digest of everything `project` reads: the identifier and mapped columns row by row (in
-    order: the last row wins a shared identifier), their types, the mapped computations, the
-    mapping and the options. Equal digests mean equal projections, so a ledger that recorded
-    convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
-    the diff. Hashed on the engine, two independent 64-bit hashes per row folded with XOR."""
+@dataclass
+class InputHashes:
+    """What `row_hashes` read: the input ``digest`` (equal digests, equal projections), the
+    ``shape`` digest (everything but the rows: mapping, options, columns and their types,
+    computations) and a 64-bit hash of every profile's row — its identifier and mapped columns,
+    not its position — in export order (``rows``, uint64)."""
+
+    digest: str
+    shape: str
+    rows: np.ndarray
+
+
+def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+               cohorts_available: bool = True, db=None) -> InputHashes:
+    """Hash everything `project` reads (see `InputHashes`), one pass over the export on the
+    engine. The digest covers the rows in order (the last row wins a shared identifier) with
+    two independent hashes: the per-row hashes in sequence, and a hash of each row with its
+    position folded with XOR."""
     keys = [r.key for r in mapping.rules]
     columns = list(dict.fromkeys(
         [c for c in IDENTITY_COLUMNS if c in export.columns]
         + [k for k in keys if k in export.columns]))
     values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
-    first = second = count = 0
+    second = count = 0
+    ordered = hashlib.sha256()
+    parts: list[np.ndarray] = []
     dtypes: list = []
     with engine.using(db) as conn:
-        # XOR is associative: chunks of an export kept on disk fold into the same digest
         for chunk in export.chunks(columns):
             arrays = {f"c{i}": _hashable(chunk[c]) for i, c in enumerate(columns)}
             arrays["pos"] = pa.array(chunk.index.to_numpy(dtype=np.int64))
             dtypes = dtypes or [[c, str(chunk[c].dtype)] for c in columns]
             conn.register("digest_input", pa.table(arrays))
-            a, b, n = conn.execute(
-                f"SELECT coalesce(bit_xor(hash(pos, {values})), 0), "
-                f"coalesce(bit_xor(hash('b', {values}, pos)), 0), count(*) FROM digest_input"
-            ).fetchall()[0]
+            got = conn.execute(f"SELECT hash({values}) AS h, hash('b', {values}, pos) AS b, pos "
+                               "FROM digest_input").fetchnumpy()
             conn.unregister("digest_input")
-            first, second, count = first ^ int(a), second ^ int(b), count + int(n)
-    row = (first, second, count)
+            h = np.asarray(got["h"], dtype=np.uint64)
+            pos = np.asarray(got["pos"], dtype=np.int64)
+            if len(pos) > 1 and not (pos[1:] > pos[:-1]).all():  # keep the export's order
+                h = h[np.argsort(pos, kind="stable")]
+            parts.append(h)
+            ordered.update(h.astype("<u8").tobytes())
+            if len(h):
+                second ^= int(np.bitwise_xor.reduce(np.asarray(got["b"], dtype=np.uint64)))
+            count += len(h)
     comps = export.computations
     comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
     head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
@@ -264,9 +282,23 @@ def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: st
             "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
             "mapping": mapping.to_dict(),
             "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
-                        "cohorts_available": bool(cohorts_available)},
-            "rows": [int(row[2]), str(row[0]), str(row[1])]}
-    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+                        "cohorts_available": bool(cohorts_available)}}
+    shape = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    head["rows"] = [count, ordered.hexdigest(), str(second)]
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return InputHashes(digest, shape, rows)
+
+
+def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+                 cohorts_available: bool = True, db=None) -> str:
+    """A digest of everything `project` reads: the identifier and mapped columns row by row (in
+    order: the last row wins a shared identifier), their types, the mapped computations, the
+    mapping and the options. Equal digests mean equal projections, so a ledger that recorded
+    convergence to one (`Ledger.converged`) lets an unchanged export skip the projection and
+    the diff. See `row_hashes`."""
+    return row_hashes(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                      cohorts_available=cohorts_available, db=db).digest
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +445,11 @@ class Projection:
     cohorts: list[dict] = field(default_factory=list)
     profiles: int = 0
     user_count: int | None = None
+    owner: "np.ndarray | None" = None      # which profiles Braze receives (one per user)
+    # a projection of the changed rows alone (``project(previous=…)``): the type conflicts its
+    # unchanged users had, and how many users it projected
+    earlier_conflicts: "pd.DataFrame | None" = None
+    projected: int | None = None
 
     @property
     def users(self) -> int:
@@ -426,29 +463,206 @@ class Projection:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------------------------
+# what a ledger keeps of the export it converged to
+
+INPUTS_FORMAT = "engage-braze-inputs/1"
+CONFLICT_CODE = "type_conflict"
+CONFLICT_REASON = "value type differs from the type Braze holds for this attribute"
+_INPUTS_SCHEMA = pa.schema([("h", pa.uint64()), ("site", pa.int32()), ("segment_id", pa.string()),
+                            ("uid", pa.string()), ("rule", pa.string()), ("code", pa.string()),
+                            ("reason", pa.string())])
+
+
+def _plain_text(values) -> pa.Array:
+    arr = pa.array(values.array if isinstance(values, pd.Series) else values)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    return arr.cast(pa.string())
+
+
+def inputs_table(hashes: InputHashes, projection: Projection,
+                 conflicts: pd.DataFrame | None) -> pa.Table:
+    """What a ledger keeps of an export beside its convergence record, so that a plan of a
+    changed export projects and diffs only the users whose row changed: the row hash of every
+    profile Braze receives (``site`` null), and every profile left out for its own row — the
+    row hash, the site that left it out and the left-out row — plus the type conflicts found
+    (``site`` = the field's number). Profiles left out for sharing an identifier are not kept:
+    they depend on other rows and are found again."""
+    h = hashes.rows
+    owner = projection.owner
+    owners = h[owner] if owner is not None else np.zeros(0, np.uint64)
+    n = len(owners)
+    nulls = pa.nulls(n, pa.string())
+    parts = [pa.table({"h": pa.array(owners, pa.uint64()), "site": pa.nulls(n, pa.int32()),
+                       "segment_id": nulls, "uid": nulls, "rule": nulls, "code": nulls,
+                       "reason": nulls}, schema=_INPUTS_SCHEMA)]
+    left = projection.left_out
+    if len(left):
+        left = left[left["code"].astype(object) != "shared_identifier"]
+        pos = left["pos"].to_numpy(dtype=np.int64)
+        parts.append(pa.table({
+            "h": pa.array(h[pos], pa.uint64()), "site": pa.array(left["site"].to_numpy(np.int32)),
+            **{c: _plain_text(left[c]) for c in ("segment_id", "uid", "rule", "code", "reason")}},
+            schema=_INPUTS_SCHEMA))
+    if conflicts is not None and len(conflicts):
+        pos = conflicts["pos"].to_numpy(dtype=np.int64)
+        k = len(conflicts)
+        parts.append(pa.table({
+            "h": pa.array(h[pos], pa.uint64()), "site": pa.array(conflicts["k"].to_numpy(np.int32)),
+            "segment_id": _plain_text(conflicts["segment_id"]), "uid": _plain_text(conflicts["uid"]),
+            "rule": _plain_text(conflicts["rule"]), "code": pa.array([CONFLICT_CODE] * k, pa.string()),
+            "reason": pa.array([CONFLICT_REASON] * k, pa.string())}, schema=_INPUTS_SCHEMA))
+    table = pa.concat_tables(parts)
+    return table.replace_schema_metadata({"format": INPUTS_FORMAT, "shape": hashes.shape,
+                                          "spec": projection.spec_digest()})
+
+
+def write_inputs(table: pa.Table, path: Path) -> None:
+    """Write an `inputs_table` (row hashes do not compress: plain encoding, no dictionary)."""
+    pq.write_table(table, path, compression="zstd", use_dictionary=["rule", "code", "reason"])
+
+
+@dataclass
+class PreviousInput:
+    """An `inputs_table` read back: what the ledger knows of the export it converged to."""
+
+    owners: pa.Array
+    entries: pa.Table
+    shape: str
+    spec: str
+
+    @classmethod
+    def read(cls, path: "str | Path", shape: str) -> "PreviousInput | None":
+        """The inputs kept at ``path`` when they are of an export of this ``shape`` (same
+        mapping, options, columns and types), else None."""
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException):
+            return None
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        if meta.get("format") != INPUTS_FORMAT or meta.get("shape") != shape:
+            return None
+        table = table.replace_schema_metadata(None)
+        owner = pc.is_null(table["site"])
+        return cls(table.filter(owner)["h"].combine_chunks(),
+                   table.filter(pc.invert(owner)).combine_chunks(), shape, meta.get("spec", ""))
+
+    def split(self, h: np.ndarray, owner: np.ndarray, has_key: np.ndarray,
+              db=None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions to project, positions whose left-out rows are taken from before): a
+        profile Braze receives is unchanged when a profile Braze received before had the same
+        row hash (the row decides the user's key and values); a profile without a key when one
+        with the same row hash was left out before."""
+        owners = np.flatnonzero(owner)
+        keyless = np.flatnonzero(~has_key)
+        unsyncable = self.entries.filter(pc.is_in(self.entries["code"],
+                                                  pa.array(UNSYNCABLE_CODES)))["h"]
+        with engine.using(db) as conn:
+            conn.register("prev_owner", pa.table({"h": self.owners}))
+            conn.register("prev_keyless", pa.table({"h": unsyncable}))
+            conn.register("now_rows", pa.table({
+                "p": np.concatenate([owners, keyless]),
+                "h": np.concatenate([h[owners], h[keyless]]),
+                "o": np.concatenate([np.ones(len(owners), bool), np.zeros(len(keyless), bool)])}))
+            same = conn.execute(
+                "SELECT p FROM now_rows n WHERE (n.o AND EXISTS (SELECT 1 FROM prev_owner x WHERE "
+                "x.h = n.h)) OR (NOT n.o AND EXISTS (SELECT 1 FROM prev_keyless x WHERE "
+                "x.h = n.h)) ORDER BY p").fetchnumpy()["p"]
+            for name in ("prev_owner", "prev_keyless", "now_rows"):
+                conn.unregister(name)
+        same = np.asarray(same, dtype=np.int64)
+        mask = owner | ~has_key
+        mask[same] = False
+        return np.flatnonzero(mask), same
+
+    def entries_of(self, positions: np.ndarray, h: np.ndarray,
+                   db=None) -> tuple[list[pa.Table], pd.DataFrame]:
+        """The left-out rows (parts by site, for `_left_out_frame`) and type conflicts
+        (segment_id, uid, rule, pos, k) kept for the unchanged profiles at ``positions``."""
+        with engine.using(db) as conn:
+            conn.register("prev_entries", self.entries)
+            conn.register("reused", pa.table({"pos": positions, "h": h[positions]}))
+            table = conn.sql(
+                "SELECT r.pos, e.site, e.segment_id, e.uid, e.rule, e.code, e.reason FROM "
+                "reused r JOIN (SELECT DISTINCT * FROM prev_entries WHERE code <> "
+                "'shared_identifier') e ON e.h = r.h ORDER BY e.code = 'type_conflict', e.site, "
+                "r.pos").to_arrow_table()
+            conn.unregister("prev_entries")
+            conn.unregister("reused")
+        table = table.cast(pa.schema([("pos", pa.int64()), ("site", pa.int32()),
+                                      *[(c, pa.string()) for c in ("segment_id", "uid", "rule",
+                                                                   "code", "reason")]]))
+        conflict = pc.equal(table["code"], CONFLICT_CODE).to_numpy(zero_copy_only=False)
+        split = int(np.argmax(conflict)) if conflict.any() else table.num_rows
+        entries, found = table.slice(0, split), table.slice(split)
+        conflicts = pd.DataFrame({
+            "segment_id": found["segment_id"].to_numpy(zero_copy_only=False).astype(object),
+            "uid": found["uid"].to_numpy(zero_copy_only=False).astype(object),
+            "rule": found["rule"].to_numpy(zero_copy_only=False).astype(object),
+            "pos": found["pos"].to_numpy(), "k": found["site"].to_numpy().astype(np.int64)})
+        sites = entries["site"].to_numpy()
+        cuts = np.flatnonzero(np.diff(sites)) + 1 if len(sites) else np.zeros(0, np.int64)
+        bounds = [0, *cuts.tolist(), len(sites)]
+        parts = [entries.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return parts, conflicts
+
+
 class _Notes:
-    """Findings gathered over an export's chunks, in first-seen order: the counted ones ("<n>
-    profile(s) …") summed over the chunks, the others said once."""
+    """Findings gathered over an export's chunks. Every chunk makes the same calls in the same
+    order (whatever its rows), each numbered by its *site*, so the findings come out in site
+    order however the export is cut: the counted ones ("<n> profile(s) …") count the left-out
+    profiles of their site, the others are said once."""
 
     def __init__(self) -> None:
-        self.items: dict[tuple, list] = {}
+        self.once: dict[int, tuple] = {}
+        self.counted: dict[int, tuple] = {}
+        self._site = 0
 
-    def count(self, severity: str, code: str, n: int, what: str, *, column=None, fix=None) -> None:
-        key = ("count", severity, code, what, column, fix)
-        self.items.setdefault(key, [0])[0] += int(n)
+    def begin_chunk(self) -> None:
+        self._site = 0
 
-    def add(self, severity: str, code: str, message: str, *, column=None, fix=None) -> None:
-        self.items.setdefault(("once", severity, code, message, column, fix), [None])
+    def next_site(self) -> int:
+        self._site += 1
+        return self._site
 
-    def findings(self) -> Findings:
+    def add(self, severity: str, code: str, message: str | None, *, column=None,
+            fix=None) -> None:
+        """A finding said once (``message`` None: nothing this time, the site still counts)."""
+        site = self.next_site()
+        if message is not None:
+            self.once.setdefault(site, (severity, code, message, column, fix))
+
+    def template(self, site: int, severity: str, code: str, what: str, column=None,
+                 fix=None) -> None:
+        self.counted.setdefault(site, (severity, code, what, column, fix))
+
+    def findings(self, counts: dict[int, int]) -> Findings:
+        """The findings, given how many profiles each site left out."""
+        items: dict[tuple, list] = {}
+        for site in sorted(set(self.once) | set(self.counted)):
+            if site in self.counted:
+                n = int(counts.get(site, 0))
+                if n:
+                    items.setdefault(("count", *self.counted[site]), [0])[0] += n
+            else:
+                items.setdefault(("once", *self.once[site]), [None])
         out = Findings()
-        for (how, severity, code, text, column, fix), (n,) in self.items.items():
+        for (how, severity, code, text, column, fix), (n,) in items.items():
             out.add(severity, code, f"{n:,} {text}" if how == "count" else text, column=column,
                     fix=fix)
         return out
 
 
 _LEFT_OUT_TEXT = pa.dictionary(pa.int32(), pa.string())
+_LEFT_OUT_SCHEMA = pa.schema([("segment_id", pa.string()), ("uid", pa.string()),
+                              ("rule", _LEFT_OUT_TEXT), ("code", _LEFT_OUT_TEXT),
+                              ("reason", _LEFT_OUT_TEXT), ("pos", pa.int64()),
+                              ("site", pa.int32())])
+# codes of profiles left out for their own row alone (nothing but the row decides them)
+UNSYNCABLE_CODES = ("email_only", "anonymous_only", "no_identifier")
 
 
 def _repeated(value: str | None, n: int) -> pa.DictionaryArray:
@@ -457,22 +671,44 @@ def _repeated(value: str | None, n: int) -> pa.DictionaryArray:
 
 
 def _left_out_frame(parts: list[pa.Table]) -> pd.DataFrame:
-    """The left-out profiles as one frame, one reason after another (as an export read in one
-    piece lists them): strings stay in Arrow, reasons are categories."""
-    order: dict = {}
+    """The left-out profiles as one frame: one reason after another, in the order of the sites
+    that left them out (a reason's first site first), by position within a site — the same
+    however the export was cut into chunks. Strings stay in Arrow, reasons are categories;
+    ``pos`` and ``site`` say which profile and which site."""
+    by_site: dict[int, list[pa.Table]] = {}
     for part in parts:
-        order.setdefault((part["code"][0].as_py(), part["rule"][0].as_py()), len(order))
-    parts = sorted(parts, key=lambda t: order[(t["code"][0].as_py(), t["rule"][0].as_py())])
-    if not parts:
-        return pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS})
-    table = pa.concat_tables(parts)
+        if part.num_rows:
+            by_site.setdefault(int(part["site"][0].as_py()), []).append(part)
+    if not by_site:
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in LEFT_OUT_COLUMNS}).assign(
+            pos=pd.Series(dtype=np.int64), site=pd.Series(dtype=np.int32))
+    first: dict[tuple, int] = {}
+    about: dict[int, tuple] = {}
+    for site in sorted(by_site):
+        t = by_site[site][0]
+        about[site] = tuple(t[c][0].as_py() for c in ("rule", "code", "reason"))
+        first.setdefault(about[site][:2], site)
+    tables = []
+    for site in sorted(by_site, key=lambda s: (first[about[s][:2]], s)):
+        group = by_site[site]
+        plain = pa.concat_tables([t.select(["segment_id", "uid", "pos"]) for t in group])
+        if len(group) > 1:
+            plain = plain.take(pc.sort_indices(plain["pos"]))
+        n = plain.num_rows
+        rule, code, reason = about[site]
+        tables.append(pa.table({
+            "segment_id": plain["segment_id"], "uid": plain["uid"], "rule": _repeated(rule, n),
+            "code": _repeated(code, n), "reason": _repeated(reason, n), "pos": plain["pos"],
+            "site": pa.array(np.full(n, site, np.int32))}, schema=_LEFT_OUT_SCHEMA))
+    table = pa.concat_tables(tables)
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
 
 
 class _Collect:
     def __init__(self, profiles: pd.DataFrame, keys: pd.Series, syncable: np.ndarray,
-                 notes: _Notes, value_types: dict[str, str]) -> None:
+                 notes: _Notes, value_types: dict[str, str], positions: np.ndarray) -> None:
         self.profiles = profiles
+        self.positions = positions
         self.keys = keys
         self.syncable = syncable
         self.findings = notes
@@ -486,7 +722,12 @@ class _Collect:
         self.left_out: list[pa.Table] = []
 
     def leave_out(self, mask: np.ndarray, *, rule: str | None, code: str, reason: str,
-                  uid: bool = True) -> None:
+                  uid: bool = True, note: tuple | None = None) -> None:
+        """Leave the masked profiles out; ``note`` = (severity, what, fix): the counted finding
+        "<n> <what>" of this site (said when it leaves anyone out)."""
+        site = self.findings.next_site()
+        if note is not None:
+            self.findings.template(site, note[0], code, note[1], column=rule, fix=note[2])
         pos = np.flatnonzero(mask)
         if len(pos):
             take = pa.array(pos)
@@ -498,7 +739,8 @@ class _Collect:
                 "uid": (self.uids.take(take).cast(pa.string()) if uid
                         else pa.nulls(n, pa.string())),
                 "rule": _repeated(rule, n), "code": _repeated(code, n),
-                "reason": _repeated(reason, n)}))
+                "reason": _repeated(reason, n), "pos": pa.array(self.positions[pos]),
+                "site": pa.array(np.full(n, site, np.int32))}))
 
     def owned(self, values: pa.Array) -> pa.Array:
         """The rows of the profiles Braze receives (a filter: cheaper than a take)."""
@@ -508,32 +750,66 @@ class _Collect:
                severity: str = "error") -> None:
         """Leave the masked profiles out *and* tell the approver: one step, so no value is ever
         dropped silently. The finding reads "<count> <what>"."""
-        mask = mask & self.syncable
-        if mask.any():
-            self.leave_out(mask, rule=rule, code=code, reason=reason)
-            self.findings.count(severity, code, int(mask.sum()), what, column=rule, fix=fix)
+        self.leave_out(mask & self.syncable, rule=rule, code=code, reason=reason,
+                       note=(severity, what, fix))
 
 
 def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
-            cohorts_available: bool = True, db=None, spill: "Path | None" = None) -> Projection:
+            cohorts_available: bool = True, db=None, spill: "Path | None" = None,
+            previous: "PreviousInput | None" = None,
+            hashes: "InputHashes | None" = None) -> Projection:
     """The desired Braze state of ``export`` under ``mapping`` (see the module docstring);
     ``db``: an engine connection to use (default: a fresh one). An export kept on disk is
     projected a chunk at a time into a Parquet file in ``spill`` (default: a new temporary
-    folder), so memory stays bounded whatever its size."""
+    folder), so memory stays bounded whatever its size.
+
+    With ``previous`` (the `PreviousInput` of an export the ledger has converged to, same shape)
+    and this export's ``hashes``, only the users whose row changed are projected: the table
+    holds those users alone (every other user is known to be converged), while the left-out
+    profiles and findings are those of the whole export — the unchanged rows' own taken from
+    ``previous``."""
     mapped = [r.key for r in mapping.rules if r.key in export.columns]
-    needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
     # pass 1: every profile's Braze key, to apply the one rule for shared keys over the export
     # (a connection of its own, closed at once: the engine's memory goes back before the rest)
     found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
-    has_key, owner, shadowed = found.has_key, found.owner(), found.shadowed()
-    # an export in one piece reuses its keys; one kept on disk makes each chunk's again below
-    reuse = found.keys
+    owner = found.owner()
     shared_note = None
     if len(found.lose):
         shared_note = (
             f"{len(found.lose):,} profile(s) share a Braze identifier with a later profile; the "
             "last row in the export is sent, the others are left out. "
             + _disagreements(export, found.key_of, found.lose, found.winner, mapped))
+    rows = reused = None
+    if previous is not None:
+        if hashes is None or len(hashes.rows) != export.profile_count:
+            raise ValueError("project(previous=…) needs this export's row hashes")
+        rows, reused = previous.split(hashes.rows, owner, found.has_key, db)
+        rows = np.union1d(rows, found.lose)   # losers: their finding names their winners
+    result, specs, parts, notes, cohorts, users = _project_rows(
+        export, mapping, found, owner, rows, shared_note, email_opt_in, alias_label,
+        cohorts_available, spill)
+    earlier = None
+    if previous is not None:
+        users = int(owner.sum())
+        entries, earlier = previous.entries_of(reused, hashes.rows, db)
+        parts.extend(entries)
+    frame = _left_out_frame(parts)
+    counts = frame["site"].value_counts().to_dict() if len(frame) else {}
+    return Projection(result, specs, frame, notes.findings(counts), cohorts,
+                      export.profile_count, user_count=users, owner=owner,
+                      earlier_conflicts=earlier,
+                      projected=None if rows is None else int(owner[rows].sum()))
+
+
+def _project_rows(export, mapping, found: "ExportKeys", owner: np.ndarray, rows, shared_note,
+                  email_opt_in, alias_label, cohorts_available, spill):
+    """Pass 2 of `project`: the rows at positions ``rows`` (None: every row), a chunk at a
+    time. Returns (table or Parquet path, fields, left-out parts, notes, cohorts, users)."""
+    mapped = [r.key for r in mapping.rules if r.key in export.columns]
+    needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
+    has_key, shadowed = found.has_key, found.shadowed()
+    # an export in one piece reuses its keys; one kept on disk makes each chunk's again below
+    reuse = found.keys
     value_types = {r.key: str(export.computation(r.key)["value_type"]) for r in mapping.rules
                    if r.key in export.columns}
     notes = _Notes()
@@ -547,14 +823,22 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     try:
         for i, chunk in enumerate(export.chunks(needed)):
             start = int(chunk.index[0]) if len(chunk) else 0
-            part = slice(start, start + len(chunk))
-            chunk_keys = (pd.Series(pd.array(reuse, dtype="string"), index=chunk.index)
-                          if reuse is not None else braze_user_keys(
+            positions = np.arange(start, start + len(chunk), dtype=np.int64)
+            keys = reuse.slice(start, len(chunk)) if reuse is not None else None
+            if rows is not None:   # only these rows: the others are known from before
+                lo, hi = np.searchsorted(rows, [start, start + len(chunk)])
+                at = rows[lo:hi] - start
+                chunk = chunk.iloc[at]
+                positions = positions[at]
+                keys = keys.take(pa.array(at)) if keys is not None else None
+            chunk_keys = (pd.Series(pd.array(keys, dtype="string"), index=chunk.index)
+                          if keys is not None else braze_user_keys(
                               chunk, email_opt_in=email_opt_in, alias_label=alias_label)[0])
+            notes.begin_chunk()
             table, dropped, specs, cohorts = _project_chunk(
-                chunk, chunk_keys, owner[part], has_key[part], shadowed[part], start, notes,
-                value_types, export, mapping, email_opt_in, alias_label, cohorts_available,
-                shared_note)
+                chunk, chunk_keys, owner[positions], has_key[positions], shadowed[positions],
+                positions, notes, value_types, export, mapping, email_opt_in, alias_label,
+                cohorts_available, shared_note)
             left_out.extend(dropped)
             users += table.num_rows
             if i == 0:
@@ -573,25 +857,23 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
         if writer is not None:
             writer.close()
     result = out_path if out_path is not None else (tables[0] if tables else pa.table({}))
-    frame = _left_out_frame(left_out)
-    return Projection(result, specs, frame, notes.findings(), cohorts, export.profile_count,
-                      user_count=users)
+    return result, specs, left_out, notes, cohorts, users
 
 
-def _project_chunk(profiles, keys, owner, has_key, shadowed, start, notes, value_types, export,
-                   mapping, email_opt_in, alias_label, cohorts_available, shared_note):
-    """One chunk of profiles (positions ``start``…) → its rows of the projection, its
-    left-out profiles, and the fields and cohorts the mapping produces."""
-    c = _Collect(profiles, keys, owner, notes, value_types)
+def _project_chunk(profiles, keys, owner, has_key, shadowed, positions, notes, value_types,
+                   export, mapping, email_opt_in, alias_label, cohorts_available, shared_note):
+    """One chunk of profiles (at ``positions`` in the export) → its rows of the projection, its
+    left-out profiles, and the fields and cohorts the mapping produces. Makes the same calls
+    whatever the rows (see `_Notes`)."""
+    c = _Collect(profiles, keys, owner, notes, value_types, positions)
     _report_unsyncable(c, has_key, email_opt_in, alias_label)
-    if shared_note is not None:
-        c.leave_out(shadowed, rule=None, code="shared_identifier",
-                    reason="another profile with the same Braze identifier comes later in the "
-                           "export; its values are sent")
-        notes.add("warning", "shared_identifier", shared_note,
-                  fix="merge the profiles in Segment (or fix the identifier), then export again")
+    c.leave_out(shadowed, rule=None, code="shared_identifier",
+                reason="another profile with the same Braze identifier comes later in the "
+                       "export; its values are sent")
+    notes.add("warning", "shared_identifier", shared_note,
+              fix="merge the profiles in Segment (or fix the identifier), then export again")
     columns: dict[str, pa.Array] = {
-        "pos": pa.array(np.flatnonzero(owner) + start, pa.int64()),
+        "pos": pa.array(positions[owner], pa.int64()),
         "uid": c.owned(c.uids),
         "segment_id": c.owned(c.segment_ids),
     }
@@ -636,8 +918,6 @@ def _report_unsyncable(c: _Collect, has_key: np.ndarray, email_opt_in: bool,
                        alias_label: str | None) -> None:
     profiles = c.profiles
     n = len(profiles)
-    if not n:
-        return
 
     def has(col):
         return (profiles[col].notna().to_numpy(dtype=bool) if col in profiles.columns
@@ -654,12 +934,9 @@ def _report_unsyncable(c: _Collect, has_key: np.ndarray, email_opt_in: bool,
     for mask, code, reason in ((email_only, "email_only", email_reason),
                                (anon_only, "anonymous_only", anon_reason),
                                (bare, "no_identifier", "no identifier Braze can use")):
-        if mask.any():
-            c.leave_out(mask, rule=None, code=code, reason=reason, uid=False)
-            c.findings.count("warning", code, int(mask.sum()),
-                             f"profile(s) not syncable: {reason}",
-                             fix="give them a user_id in Segment, or plan with alias_label / "
-                                 "email_opt_in")
+        c.leave_out(mask, rule=None, code=code, reason=reason, uid=False, note=(
+            "warning", f"profile(s) not syncable: {reason}",
+            "give them a user_id in Segment, or plan with alias_label / email_opt_in"))
 
 
 def _membership_text(c: _Collect, member: pd.Series) -> pa.Array:
