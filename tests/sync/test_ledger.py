@@ -217,8 +217,9 @@ def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, wher
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
 def test_after_a_complete_sync_the_ledger_keeps_only_what_it_still_needs(tmp_path, where,
                                                                          request):
-    """The current snapshot and the convergence record's left-out file: the plan copy and the
-    snapshots folded over are removed (the 1M ledger's size target depends on it)."""
+    """The current snapshot and the convergence record's left-out and inputs files: the plan
+    copy and the snapshots folded over are removed (the 1M ledger's size target depends on
+    it)."""
     export = make_export(60)
     mapping = Mapping.from_export(export)
     if where == "postgresql":
@@ -235,6 +236,6 @@ def test_after_a_complete_sync_the_ledger_keeps_only_what_it_still_needs(tmp_pat
         assert led.record_converged(p)
         kept = sorted(name for prefix in (led._journal.prefix,) for kind in ("state-", "plans/",
                       "converged") for name, _ in led._journal.names(prefix + kind))
-        assert kept == sorted([led._meta("state_file"),
-                               json.loads(led._meta("converged"))["left_out"]])
+        record = json.loads(led._meta("converged"))
+        assert kept == sorted([led._meta("state_file"), record["left_out"], record["inputs"]])
         assert plan(export, mapping, led).is_empty

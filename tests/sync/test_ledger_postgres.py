@@ -326,4 +326,5 @@ def test_another_machines_cache_keeps_only_the_files_the_ledger_still_has(postgr
             cached = sorted(p.name for p in cache.rglob("*.parquet"))
             # the current snapshot and b's own convergence record (its plan had nothing to send)
             record = json.loads(b._meta("converged"))
-            assert cached == sorted([b._meta("state_file"), record["left_out"]]), cached
+            assert cached == sorted([b._meta("state_file"), record["left_out"],
+                                     record["inputs"]]), cached

@@ -97,51 +97,55 @@ def shared_keys(keys, db=None) -> tuple[np.ndarray, np.ndarray]:
 
 def export_keys(export, db=None, *, email_opt_in: bool = False,
                 alias_label: str | None = None) -> "ExportKeys":
-    """Every profile's Braze key and what the one rule for shared keys makes of them. An
-    export in one piece is looked at whole on the engine. One kept on disk goes a chunk at a
-    time keeping only a 64-bit hash per profile (80 MB for 10M profiles; neither Python nor
-    the engine ever holds all its keys): rows whose hashes repeat are the few candidates,
-    read again and compared by their real keys, so a hash collision is never taken for a
-    shared identifier."""
+    """Every profile's Braze key and what the one rule for shared keys makes of them, a chunk
+    at a time keeping a 64-bit hash per profile (80 MB for 10M profiles; an export kept on
+    disk never has all its keys in memory): rows whose hashes repeat are the few candidates,
+    compared by their real keys, so a hash collision is never taken for a shared identifier.
+    An export in one piece keeps its keys too."""
     ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
-    chunks = export.chunks(ident)
-    first = next(chunks, None)
-    if first is None:
-        empty = np.zeros(0, dtype=np.int64)
-        return ExportKeys(empty, empty, np.zeros(0, dtype=bool), {}, None)
-    second = next(chunks, None)
-    if second is None:
-        keys = _keys_of(first, email_opt_in, alias_label)
-        lose, winner = shared_keys(keys, db)
-        key_of = {int(p): keys[int(p)].as_py() for p in lose[:SHARED_IDENTIFIER_EXAMPLES]}
-        return ExportKeys(lose, winner, pc.is_valid(keys).to_numpy(zero_copy_only=False),
-                          key_of, keys)
-    hashes, positions, has_parts = [], [], []
+    hashes, has_parts, whole = [], [], None
     with engine.using(db) as conn:
-        for chunk in itertools.chain([first, second], chunks):
+        for i, chunk in enumerate(export.chunks(ident)):
             keys = _keys_of(chunk, email_opt_in, alias_label)
             has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
             has_parts.append(has)
-            # hashed by the engine, straight from Arrow: no Python string per profile
-            conn.register("key_chunk", pa.table({"k": pc.filter(keys, pa.array(has))}))
-            hashes.append(np.asarray(conn.execute("SELECT hash(k) AS h FROM key_chunk")
-                                     .fetchnumpy()["h"], dtype=np.uint64))
-            conn.unregister("key_chunk")
-            positions.append(chunk.index.to_numpy(dtype=np.int64)[has])
+            hashes.append(_hash_keys(conn, keys, has))
+            whole = keys if i == 0 else None
             del keys, chunk
-            engine.release_memory()
-    h = np.concatenate(hashes)
-    p = np.concatenate(positions)
-    del hashes, positions
-    order = np.argsort(h, kind="stable")
-    sorted_h = h[order]
-    same = sorted_h[1:] == sorted_h[:-1]
-    repeated = np.zeros(len(sorted_h), dtype=bool)
-    repeated[1:] |= same
-    repeated[:-1] |= same
-    candidates = np.sort(p[order[repeated]])
+            if i:
+                engine.release_memory()
+        kh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        has_key = np.concatenate(has_parts) if has_parts else np.zeros(0, bool)
+        del hashes, has_parts
+        candidates = _repeated_keys(conn, kh, has_key)
     lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in, alias_label)
-    return ExportKeys(lose, winner, np.concatenate(has_parts), key_of, None)
+    return ExportKeys(lose, winner, has_key, key_of, whole, kh)
+
+
+def _hash_keys(conn, keys: pa.Array, has: np.ndarray) -> np.ndarray:
+    """The engine's 64-bit hash of every key (0 where there is none), straight from Arrow: no
+    Python string per profile."""
+    out = np.zeros(len(keys), np.uint64)
+    if has.any():
+        conn.register("key_chunk", pa.table({"k": pc.filter(keys, pa.array(has))}))
+        out[has] = np.asarray(conn.execute("SELECT hash(k) AS h FROM key_chunk")
+                              .fetchnumpy()["h"], dtype=np.uint64)
+        conn.unregister("key_chunk")
+    return out
+
+
+def _repeated_keys(conn, kh: np.ndarray, has_key: np.ndarray) -> np.ndarray:
+    """Positions (sorted) of the profiles whose key hash another profile's repeats."""
+    if not has_key.any():
+        return np.zeros(0, np.int64)
+    conn.register("key_hashes", pa.table({"h": kh, "has": has_key,
+                                          "p": np.arange(len(kh), dtype=np.int64)}))
+    found = conn.execute(
+        "WITH k AS (SELECT p, h FROM key_hashes WHERE has), "
+        "twice AS (SELECT h FROM k GROUP BY h HAVING count(*) > 1) "
+        "SELECT p FROM k SEMI JOIN twice USING (h) ORDER BY p").fetchnumpy()["p"]
+    conn.unregister("key_hashes")
+    return np.asarray(found, dtype=np.int64)
 
 
 def _keys_of(chunk: pd.DataFrame, email_opt_in: bool, alias_label: str | None) -> pa.Array:
@@ -179,6 +183,7 @@ class ExportKeys:
     has_key: np.ndarray
     key_of: dict
     keys: "pa.Array | None" = None
+    kh: "np.ndarray | None" = None   # the engine's hash of every profile's key (0: none)
 
     def owner(self) -> np.ndarray:
         owner = self.has_key.copy()
@@ -446,6 +451,7 @@ class Projection:
     profiles: int = 0
     user_count: int | None = None
     owner: "np.ndarray | None" = None      # which profiles Braze receives (one per user)
+    keys: "ExportKeys | None" = None       # every profile's key as the one rule saw them
     # a projection of the changed rows alone (``project(previous=…)``): the type conflicts its
     # unchanged users had, and how many users it projected
     earlier_conflicts: "pd.DataFrame | None" = None
@@ -469,7 +475,8 @@ class Projection:
 INPUTS_FORMAT = "engage-braze-inputs/1"
 CONFLICT_CODE = "type_conflict"
 CONFLICT_REASON = "value type differs from the type Braze holds for this attribute"
-_INPUTS_SCHEMA = pa.schema([("h", pa.uint64()), ("site", pa.int32()), ("segment_id", pa.string()),
+_INPUTS_SCHEMA = pa.schema([("h", pa.uint64()), ("kh", pa.uint64()), ("owner", pa.bool_()),
+                            ("site", pa.int32()), ("segment_id", pa.string()),
                             ("uid", pa.string()), ("rule", pa.string()), ("code", pa.string()),
                             ("reason", pa.string())])
 
@@ -486,51 +493,59 @@ def _plain_text(values) -> pa.Array:
 def inputs_table(hashes: InputHashes, projection: Projection,
                  conflicts: pd.DataFrame | None) -> pa.Table:
     """What a ledger keeps of an export beside its convergence record, so that a plan of a
-    changed export projects and diffs only the users whose row changed: the row hash of every
-    profile Braze receives (``site`` null), and every profile left out for its own row — the
-    row hash, the site that left it out and the left-out row — plus the type conflicts found
-    (``site`` = the field's number). Profiles left out for sharing an identifier are not kept:
-    they depend on other rows and are found again."""
+    changed export projects and diffs only the users whose row changed: every profile's row
+    hash, key hash (null: no key) and whether Braze receives its values (``owner``), in export
+    order; then every profile left out for its own row — its row hash, the site that left it
+    out and the left-out row — and the type conflicts found (``site`` = the field's number).
+    Profiles left out for sharing an identifier are not kept: they depend on other rows and
+    are found again."""
     h = hashes.rows
-    owner = projection.owner
-    owners = h[owner] if owner is not None else np.zeros(0, np.uint64)
-    n = len(owners)
-    nulls = pa.nulls(n, pa.string())
-    parts = [pa.table({"h": pa.array(owners, pa.uint64()), "site": pa.nulls(n, pa.int32()),
-                       "segment_id": nulls, "uid": nulls, "rule": nulls, "code": nulls,
-                       "reason": nulls}, schema=_INPUTS_SCHEMA)]
+    n = len(h)
+    kh = projection.keys.kh
+    has = projection.keys.has_key
+    parts = [pa.table({
+        "h": pa.array(h, pa.uint64()), "kh": pa.array(kh, pa.uint64(), mask=~has),
+        "owner": pa.array(projection.owner), "site": pa.nulls(n, pa.int32()),
+        **{c: pa.nulls(n, pa.string()) for c in ("segment_id", "uid", "rule", "code", "reason")}},
+        schema=_INPUTS_SCHEMA)]
+
+    def entries(frame: pd.DataFrame, site, code=None, reason=None) -> pa.Table:
+        pos = frame["pos"].to_numpy(dtype=np.int64)
+        k = len(frame)
+        return pa.table({
+            "h": pa.array(h[pos], pa.uint64()), "kh": pa.nulls(k, pa.uint64()),
+            "owner": pa.nulls(k, pa.bool_()), "site": pa.array(site, pa.int32()),
+            "segment_id": _plain_text(frame["segment_id"]), "uid": _plain_text(frame["uid"]),
+            "rule": _plain_text(frame["rule"]),
+            "code": (_plain_text(frame["code"]) if code is None
+                     else pa.array([code] * k, pa.string())),
+            "reason": (_plain_text(frame["reason"]) if reason is None
+                       else pa.array([reason] * k, pa.string()))}, schema=_INPUTS_SCHEMA)
+
     left = projection.left_out
     if len(left):
         left = left[left["code"].astype(object) != "shared_identifier"]
-        pos = left["pos"].to_numpy(dtype=np.int64)
-        parts.append(pa.table({
-            "h": pa.array(h[pos], pa.uint64()), "site": pa.array(left["site"].to_numpy(np.int32)),
-            **{c: _plain_text(left[c]) for c in ("segment_id", "uid", "rule", "code", "reason")}},
-            schema=_INPUTS_SCHEMA))
+        parts.append(entries(left, left["site"].to_numpy(np.int32)))
     if conflicts is not None and len(conflicts):
-        pos = conflicts["pos"].to_numpy(dtype=np.int64)
-        k = len(conflicts)
-        parts.append(pa.table({
-            "h": pa.array(h[pos], pa.uint64()), "site": pa.array(conflicts["k"].to_numpy(np.int32)),
-            "segment_id": _plain_text(conflicts["segment_id"]), "uid": _plain_text(conflicts["uid"]),
-            "rule": _plain_text(conflicts["rule"]), "code": pa.array([CONFLICT_CODE] * k, pa.string()),
-            "reason": pa.array([CONFLICT_REASON] * k, pa.string())}, schema=_INPUTS_SCHEMA))
+        parts.append(entries(conflicts, conflicts["k"].to_numpy(np.int32), CONFLICT_CODE,
+                             CONFLICT_REASON))
     table = pa.concat_tables(parts)
     return table.replace_schema_metadata({"format": INPUTS_FORMAT, "shape": hashes.shape,
                                           "spec": projection.spec_digest()})
 
 
 def write_inputs(table: pa.Table, path: Path) -> None:
-    """Write an `inputs_table` (row hashes do not compress: plain encoding, no dictionary)."""
-    pq.write_table(table, path, compression="zstd", use_dictionary=["rule", "code", "reason"])
+    """Write an `inputs_table` (hashes do not compress: no dictionary for them)."""
+    pq.write_table(table, path, compression="zstd",
+                   use_dictionary=["rule", "code", "reason", "segment_id", "uid"])
 
 
 @dataclass
 class PreviousInput:
     """An `inputs_table` read back: what the ledger knows of the export it converged to."""
 
-    owners: pa.Array
-    entries: pa.Table
+    rows: pa.Table       # h, kh, owner of every profile
+    entries: pa.Table    # h, site, segment_id, uid, rule, code, reason
     shape: str
     spec: str
 
@@ -546,37 +561,53 @@ class PreviousInput:
         if meta.get("format") != INPUTS_FORMAT or meta.get("shape") != shape:
             return None
         table = table.replace_schema_metadata(None)
-        owner = pc.is_null(table["site"])
-        return cls(table.filter(owner)["h"].combine_chunks(),
-                   table.filter(pc.invert(owner)).combine_chunks(), shape, meta.get("spec", ""))
+        row = pc.is_valid(table["owner"])
+        return cls(table.filter(row).select(["h", "kh", "owner"]),
+                   table.filter(pc.invert(row)).drop_columns(["kh", "owner"]).combine_chunks(),
+                   shape, meta.get("spec", ""))
 
-    def split(self, h: np.ndarray, owner: np.ndarray, has_key: np.ndarray,
-              db=None) -> tuple[np.ndarray, np.ndarray]:
-        """(positions to project, positions whose left-out rows are taken from before): a
-        profile Braze receives is unchanged when a profile Braze received before had the same
-        row hash (the row decides the user's key and values); a profile without a key when one
-        with the same row hash was left out before."""
-        owners = np.flatnonzero(owner)
-        keyless = np.flatnonzero(~has_key)
-        unsyncable = self.entries.filter(pc.is_in(self.entries["code"],
-                                                  pa.array(UNSYNCABLE_CODES)))["h"]
+    def keys(self, export, h: np.ndarray, *, email_opt_in: bool, alias_label: str | None,
+             db=None) -> tuple["ExportKeys", np.ndarray, np.ndarray]:
+        """`export_keys` of the changed export, reading the keys only of rows not seen before
+        (the row decides its key: a row seen before has the key hash it had then), and which
+        rows changed: (keys, positions to project, positions whose left-out rows are taken
+        from before). A profile Braze receives is unchanged when Braze received a profile
+        with the same row hash before (the row decides the user's key and values); a profile
+        without a key when one with the same row hash was left out before."""
+        n = len(h)
+        ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+        kh = np.zeros(n, np.uint64)
+        has_key = np.zeros(n, bool)
+        known = np.zeros(n, bool)
+        was_owner = np.zeros(n, bool)
         with engine.using(db) as conn:
-            conn.register("prev_owner", pa.table({"h": self.owners}))
-            conn.register("prev_keyless", pa.table({"h": unsyncable}))
-            conn.register("now_rows", pa.table({
-                "p": np.concatenate([owners, keyless]),
-                "h": np.concatenate([h[owners], h[keyless]]),
-                "o": np.concatenate([np.ones(len(owners), bool), np.zeros(len(keyless), bool)])}))
-            same = conn.execute(
-                "SELECT p FROM now_rows n WHERE (n.o AND EXISTS (SELECT 1 FROM prev_owner x WHERE "
-                "x.h = n.h)) OR (NOT n.o AND EXISTS (SELECT 1 FROM prev_keyless x WHERE "
-                "x.h = n.h)) ORDER BY p").fetchnumpy()["p"]
-            for name in ("prev_owner", "prev_keyless", "now_rows"):
-                conn.unregister(name)
-        same = np.asarray(same, dtype=np.int64)
-        mask = owner | ~has_key
-        mask[same] = False
-        return np.flatnonzero(mask), same
+            conn.register("prev_rows", self.rows)
+            conn.register("now_rows", pa.table({"h": h, "p": np.arange(n, dtype=np.int64)}))
+            got = conn.execute(
+                "SELECT n.p, coalesce(r.kh, 0) AS kh, r.kh IS NOT NULL AS has, r.owner FROM "
+                "now_rows n JOIN prev_rows r USING (h)").fetchnumpy()
+            conn.unregister("prev_rows")
+            conn.unregister("now_rows")
+            p = np.asarray(got["p"], dtype=np.int64)
+            known[p] = True
+            kh[p] = np.asarray(got["kh"], dtype=np.uint64)
+            has_key[p] = np.asarray(got["has"], dtype=bool)
+            was_owner[p[np.asarray(got["owner"], dtype=bool)]] = True   # any of equal rows
+            del got, p
+            new = np.flatnonzero(~known)
+            if len(new):
+                keys = _keys_of(export.take(new, ident), email_opt_in, alias_label)
+                has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+                kh[new] = _hash_keys(conn, keys, has)
+                has_key[new] = has
+            candidates = _repeated_keys(conn, kh, has_key)
+        lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in,
+                                             alias_label)
+        found = ExportKeys(lose, winner, has_key, key_of, None, kh)
+        owner = found.owner()
+        same = (owner & known & was_owner) | (~has_key & known)
+        project_rows = np.flatnonzero(((owner | ~has_key) & ~same) | found.shadowed())
+        return found, project_rows, np.flatnonzero(same)
 
     def entries_of(self, positions: np.ndarray, h: np.ndarray,
                    db=None) -> tuple[list[pa.Table], pd.DataFrame]:
@@ -769,9 +800,17 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     profiles and findings are those of the whole export — the unchanged rows' own taken from
     ``previous``."""
     mapped = [r.key for r in mapping.rules if r.key in export.columns]
-    # pass 1: every profile's Braze key, to apply the one rule for shared keys over the export
-    # (a connection of its own, closed at once: the engine's memory goes back before the rest)
-    found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
+    rows = reused = None
+    if previous is not None:
+        if hashes is None or len(hashes.rows) != export.profile_count:
+            raise ValueError("project(previous=…) needs this export's row hashes")
+        found, rows, reused = previous.keys(export, hashes.rows, email_opt_in=email_opt_in,
+                                            alias_label=alias_label, db=db)
+    else:
+        # pass 1: every profile's Braze key, to apply the one rule for shared keys over the
+        # export (a connection of its own, closed at once: the engine's memory goes back
+        # before the rest)
+        found = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
     owner = found.owner()
     shared_note = None
     if len(found.lose):
@@ -779,12 +818,6 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
             f"{len(found.lose):,} profile(s) share a Braze identifier with a later profile; the "
             "last row in the export is sent, the others are left out. "
             + _disagreements(export, found.key_of, found.lose, found.winner, mapped))
-    rows = reused = None
-    if previous is not None:
-        if hashes is None or len(hashes.rows) != export.profile_count:
-            raise ValueError("project(previous=…) needs this export's row hashes")
-        rows, reused = previous.split(hashes.rows, owner, found.has_key, db)
-        rows = np.union1d(rows, found.lose)   # losers: their finding names their winners
     result, specs, parts, notes, cohorts, users = _project_rows(
         export, mapping, found, owner, rows, shared_note, email_opt_in, alias_label,
         cohorts_available, spill)
@@ -796,7 +829,7 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     frame = _left_out_frame(parts)
     counts = frame["site"].value_counts().to_dict() if len(frame) else {}
     return Projection(result, specs, frame, notes.findings(counts), cohorts,
-                      export.profile_count, user_count=users, owner=owner,
+                      export.profile_count, user_count=users, owner=owner, keys=found,
                       earlier_conflicts=earlier,
                       projected=None if rows is None else int(owner[rows].sum()))
 
