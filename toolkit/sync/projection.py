@@ -250,36 +250,30 @@ class InputHashes:
 def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
                cohorts_available: bool = True, db=None) -> InputHashes:
     """Hash everything `project` reads (see `InputHashes`), one pass over the export on the
-    engine. The digest covers the rows in order (the last row wins a shared identifier) with
-    two independent hashes: the per-row hashes in sequence, and a hash of each row with its
-    position folded with XOR."""
+    engine: a 64-bit hash of each row (as the per-user checksums of the ledger are), and the
+    digest over those hashes in order (the last row wins a shared identifier) and the shape."""
     keys = [r.key for r in mapping.rules]
     columns = list(dict.fromkeys(
         [c for c in IDENTITY_COLUMNS if c in export.columns]
         + [k for k in keys if k in export.columns]))
     values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
-    second = count = 0
     ordered = hashlib.sha256()
     parts: list[np.ndarray] = []
     dtypes: list = []
     with engine.using(db) as conn:
         for chunk in export.chunks(columns):
             arrays = {f"c{i}": _hashable(chunk[c]) for i, c in enumerate(columns)}
-            arrays["pos"] = pa.array(chunk.index.to_numpy(dtype=np.int64))
             dtypes = dtypes or [[c, str(chunk[c].dtype)] for c in columns]
+            if not len(chunk):
+                continue
+            # one row in, one hash out, in order (the engine keeps the insertion order)
             conn.register("digest_input", pa.table(arrays))
-            got = conn.execute(f"SELECT hash({values}) AS h, hash('b', {values}, pos) AS b, pos "
-                               "FROM digest_input").fetchnumpy()
+            h = np.asarray(conn.execute(f"SELECT hash({values}) AS h FROM digest_input")
+                           .fetchnumpy()["h"], dtype=np.uint64)
             conn.unregister("digest_input")
-            h = np.asarray(got["h"], dtype=np.uint64)
-            pos = np.asarray(got["pos"], dtype=np.int64)
-            if len(pos) > 1 and not (pos[1:] > pos[:-1]).all():  # keep the export's order
-                h = h[np.argsort(pos, kind="stable")]
             parts.append(h)
             ordered.update(h.astype("<u8").tobytes())
-            if len(h):
-                second ^= int(np.bitwise_xor.reduce(np.asarray(got["b"], dtype=np.uint64)))
-            count += len(h)
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     comps = export.computations
     comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
     head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
@@ -289,9 +283,8 @@ def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str 
             "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
                         "cohorts_available": bool(cohorts_available)}}
     shape = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
-    head["rows"] = [count, ordered.hexdigest(), str(second)]
+    head["rows"] = [len(rows), ordered.hexdigest()]
     digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
-    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return InputHashes(digest, shape, rows)
 
 
@@ -531,13 +524,14 @@ def inputs_table(hashes: InputHashes, projection: Projection,
                              CONFLICT_REASON))
     table = pa.concat_tables(parts)
     return table.replace_schema_metadata({"format": INPUTS_FORMAT, "shape": hashes.shape,
-                                          "spec": projection.spec_digest()})
+                                          "spec": projection.spec_digest(), "rows": str(n)})
 
 
 def write_inputs(table: pa.Table, path: Path) -> None:
-    """Write an `inputs_table` (hashes do not compress: no dictionary for them)."""
-    pq.write_table(table, path, compression="zstd",
-                   use_dictionary=["rule", "code", "reason", "segment_id", "uid"])
+    """Write an `inputs_table` (hashes do not compress: stored plain)."""
+    pq.write_table(table, path, compression={c: "none" if c in ("h", "kh") else "zstd"
+                                             for c in table.column_names},
+                   use_dictionary=["owner", "rule", "code", "reason"])
 
 
 @dataclass
@@ -561,9 +555,12 @@ class PreviousInput:
         if meta.get("format") != INPUTS_FORMAT or meta.get("shape") != shape:
             return None
         table = table.replace_schema_metadata(None)
-        row = pc.is_valid(table["owner"])
-        return cls(table.filter(row).select(["h", "kh", "owner"]),
-                   table.filter(pc.invert(row)).drop_columns(["kh", "owner"]).combine_chunks(),
+        n = int(meta.get("rows", -1))
+        if not 0 <= n <= table.num_rows:
+            return None
+        rows = table.slice(0, n).select(["h", "kh", "owner"])
+        return cls(pa.table({c: rows[c].combine_chunks() for c in rows.column_names}),
+                   table.slice(n).drop_columns(["kh", "owner"]).combine_chunks(),
                    shape, meta.get("spec", ""))
 
     def keys(self, export, h: np.ndarray, *, email_opt_in: bool, alias_label: str | None,
@@ -576,24 +573,35 @@ class PreviousInput:
         without a key when one with the same row hash was left out before."""
         n = len(h)
         ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+        old_h = self.rows["h"].to_numpy()
+        # most rows stay where they were: those compare in place, the rest by hash
+        m = min(n, len(old_h))
+        known = np.zeros(n, bool)
+        known[:m] = h[:m] == old_h[:m]
         kh = np.zeros(n, np.uint64)
         has_key = np.zeros(n, bool)
-        known = np.zeros(n, bool)
         was_owner = np.zeros(n, bool)
+        at = np.flatnonzero(known)
+        old_kh = self.rows["kh"]
+        kh[at] = old_kh.fill_null(0).to_numpy()[at]
+        has_key[at] = old_kh.is_valid().to_numpy(zero_copy_only=False)[at]
+        was_owner[at] = self.rows["owner"].to_numpy(zero_copy_only=False)[at]
         with engine.using(db) as conn:
-            conn.register("prev_rows", self.rows)
-            conn.register("now_rows", pa.table({"h": h, "p": np.arange(n, dtype=np.int64)}))
-            got = conn.execute(
-                "SELECT n.p, coalesce(r.kh, 0) AS kh, r.kh IS NOT NULL AS has, r.owner FROM "
-                "now_rows n JOIN prev_rows r USING (h)").fetchnumpy()
-            conn.unregister("prev_rows")
-            conn.unregister("now_rows")
-            p = np.asarray(got["p"], dtype=np.int64)
-            known[p] = True
-            kh[p] = np.asarray(got["kh"], dtype=np.uint64)
-            has_key[p] = np.asarray(got["has"], dtype=bool)
-            was_owner[p[np.asarray(got["owner"], dtype=bool)]] = True   # any of equal rows
-            del got, p
+            rest = np.flatnonzero(~known)
+            if len(rest):
+                conn.register("prev_rows", self.rows)
+                conn.register("now_rows", pa.table({"h": h[rest], "p": rest}))
+                got = conn.execute(
+                    "SELECT n.p, coalesce(r.kh, 0) AS kh, r.kh IS NOT NULL AS has, r.owner "
+                    "FROM now_rows n JOIN prev_rows r USING (h)").fetchnumpy()
+                conn.unregister("prev_rows")
+                conn.unregister("now_rows")
+                p = np.asarray(got["p"], dtype=np.int64)
+                known[p] = True
+                kh[p] = np.asarray(got["kh"], dtype=np.uint64)
+                has_key[p] = np.asarray(got["has"], dtype=bool)
+                was_owner[p[np.asarray(got["owner"], dtype=bool)]] = True   # any equal row
+                del got, p
             new = np.flatnonzero(~known)
             if len(new):
                 keys = _keys_of(export.take(new, ident), email_opt_in, alias_label)
