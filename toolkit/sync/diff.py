@@ -102,7 +102,11 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_cols = "".join(f", coalesce(h.h{k}, false) AS h{k}" for k in range(len(specs)))
     state_cols = "".join(f", s.{quote(sp.field)} AS s{k}" if sp.field in have else
                          f", NULL::VARCHAR AS s{k}" for k, sp in enumerate(specs))
-    if snapshot is not None:
+    subset = snapshot is not None and projection.projected is not None
+    if subset:
+        changed_users = _diff_changed_rows(db, snapshot, kinds, digest, have, state_cols,
+                                           held_cols)
+    elif snapshot is not None:
         src = f"read_parquet({literal(str(snapshot.path))})"
         if snapshot.checksum_spec == digest:
             ledger_ck = "checksum"
@@ -128,13 +132,14 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     else:
         db.execute("CREATE TEMP TABLE changed AS SELECT * FROM desired")
         joins = "LEFT JOIN (SELECT NULL::VARCHAR AS uid WHERE false) s ON c.uid = s.uid"
-    if held_cols:
+    if held_cols and not subset:
         joins += " LEFT JOIN held h ON c.uid = h.uid"
     # j keeps the export's row order: the operations are produced in it, with no sort
-    db.execute(f"CREATE TEMP TABLE j AS SELECT c.*{state_cols}{held_cols} FROM changed c "
-               f"{joins} ORDER BY c.pos")
-    changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
-    db.execute("DROP TABLE changed")
+    if not subset:
+        db.execute(f"CREATE TEMP TABLE j AS SELECT c.*{state_cols}{held_cols} FROM changed c "
+                   f"{joins} ORDER BY c.pos")
+        changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
+        db.execute("DROP TABLE changed")
     db.execute("DROP VIEW desired")
     db.unregister("desired_raw")
 
@@ -153,6 +158,22 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows, tally)
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
                       digests, tally.rows(), tally.users(), tally.attribute_users)
+
+
+def _diff_changed_rows(db, snapshot, kinds, digest: str, have, state_cols: str,
+                       held_cols: str) -> int:
+    """``j`` for a projection of the changed rows alone (`project(previous=…)`: few users):
+    compared with the snapshot and given their state and held flags in one pass over it, in
+    the export's row order. Returns how many users differ."""
+    src = f"read_parquet({literal(str(snapshot.path))})"
+    ledger_ck = ("s.checksum" if snapshot.checksum_spec == digest else checksum_sql(
+        kinds, lambda f: f"s.{quote(f)}" if f in have else "NULL", digest))
+    held = " LEFT JOIN held h ON c.uid = h.uid" if held_cols else ""
+    db.execute(f"CREATE TEMP TABLE j AS SELECT c.*{state_cols}{held_cols} FROM desired c "
+               f"LEFT JOIN {src} s "
+               f"ON c.uid = s.uid{held} WHERE {ledger_ck} IS DISTINCT FROM c.checksum "
+               "ORDER BY c.pos")
+    return db.execute("SELECT count(*) FROM j").fetchall()[0][0]
 
 
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:

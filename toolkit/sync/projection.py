@@ -117,7 +117,7 @@ def export_keys(export, db=None, *, email_opt_in: bool = False,
         kh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         has_key = np.concatenate(has_parts) if has_parts else np.zeros(0, bool)
         del hashes, has_parts
-        candidates = _repeated_keys(conn, kh, has_key)
+        candidates = _repeated_keys(kh, has_key)
     lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in, alias_label)
     return ExportKeys(lose, winner, has_key, key_of, whole, kh)
 
@@ -134,18 +134,23 @@ def _hash_keys(conn, keys: pa.Array, has: np.ndarray) -> np.ndarray:
     return out
 
 
-def _repeated_keys(conn, kh: np.ndarray, has_key: np.ndarray) -> np.ndarray:
+def _repeated_keys(kh: np.ndarray, has_key: np.ndarray) -> np.ndarray:
     """Positions (sorted) of the profiles whose key hash another profile's repeats."""
-    if not has_key.any():
+    values = np.sort(kh[has_key])
+    twice = values[1:][values[1:] == values[:-1]]
+    if not len(twice):
         return np.zeros(0, np.int64)
-    conn.register("key_hashes", pa.table({"h": kh, "has": has_key,
-                                          "p": np.arange(len(kh), dtype=np.int64)}))
-    found = conn.execute(
-        "WITH k AS (SELECT p, h FROM key_hashes WHERE has), "
-        "twice AS (SELECT h FROM k GROUP BY h HAVING count(*) > 1) "
-        "SELECT p FROM k SEMI JOIN twice USING (h) ORDER BY p").fetchnumpy()["p"]
-    conn.unregister("key_hashes")
-    return np.asarray(found, dtype=np.int64)
+    return np.flatnonzero(has_key & np.isin(kh, np.unique(twice)))
+
+
+def _rows_at(export, positions: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """The rows at ``positions`` (sorted) of ``columns``, a chunk at a time."""
+    parts = []
+    for chunk in export.chunks(columns):
+        start = int(chunk.index[0]) if len(chunk) else 0
+        lo, hi = np.searchsorted(positions, [start, start + len(chunk)])
+        parts.append(chunk.iloc[positions[lo:hi] - start])
+    return pd.concat(parts) if len(parts) != 1 else parts[0]
 
 
 def _keys_of(chunk: pd.DataFrame, email_opt_in: bool, alias_label: str | None) -> pa.Array:
@@ -604,11 +609,11 @@ class PreviousInput:
                 del got, p
             new = np.flatnonzero(~known)
             if len(new):
-                keys = _keys_of(export.take(new, ident), email_opt_in, alias_label)
+                keys = _keys_of(_rows_at(export, new, ident), email_opt_in, alias_label)
                 has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
                 kh[new] = _hash_keys(conn, keys, has)
                 has_key[new] = has
-            candidates = _repeated_keys(conn, kh, has_key)
+            candidates = _repeated_keys(kh, has_key)
         lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in,
                                              alias_label)
         found = ExportKeys(lose, winner, has_key, key_of, None, kh)
