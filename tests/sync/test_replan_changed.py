@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from .builders import make_export
@@ -75,8 +75,12 @@ def _both_ways(export, mapping, client, ledger, monkeypatch, **options):
         assert made.manifest[key] == full.manifest[key], key
     assert made.cost() == full.cost()
     # what the ledger keeps of each, for the plan after: the same too
-    assert pq.read_table(made.inputs_path).equals(pq.read_table(full.inputs_path))
+    assert _inputs(made).equals(_inputs(full))
     return made, full
+
+
+def _inputs(p):
+    return pa.ipc.open_file(str(p.inputs_path)).read_all()
 
 
 def _flip(column, rows):
@@ -247,8 +251,9 @@ def test_a_saved_plan_brings_its_row_hashes_and_a_tampered_file_is_not_kept(
     second = plan(changed, mapping, ledger, workspace=client, create_users=True)
     saved = second.approve(by="tester").save(tmp_path / "q.json")
     inputs = Plan.inputs_file_for(saved)
-    table = pq.read_table(inputs)
-    pq.write_table(table.slice(0, table.num_rows // 2), inputs)     # half the users forgotten
+    table = pa.ipc.open_file(str(inputs)).read_all()
+    with pa.ipc.new_file(str(inputs), table.schema) as out:     # half the users forgotten
+        out.write_table(table.slice(0, table.num_rows // 2))
     assert apply(Plan.load(saved), client, ledger, progress=False).status == "complete"
     assert ledger.converged_inputs() is None      # not kept: the next change takes the full path
     third = plan(_edited(changed, CHANGES["trait values changed"]), mapping, ledger,

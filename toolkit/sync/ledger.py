@@ -402,11 +402,11 @@ class Ledger:
         shared ledger)."""
         return self._journal.file(name)
 
-    def _new_name(self, kind: str, tag: str = "") -> str:
-        """A new stored file's name: ``<ledger>.<kind>-<tag>-<unique>.parquet``."""
+    def _new_name(self, kind: str, tag: str = "", ext: str = "parquet") -> str:
+        """A new stored file's name: ``<ledger>.<kind>-<tag>-<unique>.<ext>``."""
         # unique across processes and across ledger objects of one process (two folds at once)
         unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return f"{self._journal.prefix}{kind}-{tag + '-' if tag else ''}{unique}.parquet"
+        return f"{self._journal.prefix}{kind}-{tag + '-' if tag else ''}{unique}.{ext}"
 
     def snapshot(self) -> Snapshot | None:
         """The current state snapshot (after folding what is acknowledged), or None when Braze
@@ -748,7 +748,7 @@ class Ledger:
         want = plan.manifest.get("inputs_digest")
         if src is None or not want or not Path(src).exists() or file_digest(src) != want:
             return None
-        name = self._new_name("converged", plan.id + "-inputs")
+        name = self._new_name("converged", plan.id + "-inputs", "arrow")
         tmp = self._journal.staging(name)
         shutil.copyfile(src, tmp)
         self._journal.store(tmp, name)

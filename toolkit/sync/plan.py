@@ -259,7 +259,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                     code=CONFLICT_CODE, reason=CONFLICT_REASON)], ignore_index=True)
             _write_left_out(left_out, left_path)
             if ledger is not None:
-                inputs_path = workdir / "plan.inputs.parquet"
+                inputs_path = workdir / "plan.inputs.arrow"
                 write_inputs(inputs_table(hashes, projection, conflicts), inputs_path)
                 inputs_digest = file_digest(inputs_path)
             about = {"fields": [[f.field, f.kind] for f in projection.fields],
@@ -921,12 +921,12 @@ class Plan:
         projects only the changed users)."""
         path = Path(path)
         stem = path.name[:-5] if path.name.endswith(".json") else path.name
-        return path.with_name(stem + ".inputs.parquet")
+        return path.with_name(stem + ".inputs.arrow")
 
     def save(self, path: "str | os.PathLike[str]") -> Path:
         """Write the plan: ``path`` (the JSON manifest) and, beside it, ``<stem>.ops.parquet``,
         ``<stem>.left_out.parquet`` and (a plan made against a ledger)
-        ``<stem>.inputs.parquet``. No secrets: identities, values and options only."""
+        ``<stem>.inputs.arrow``. No secrets: identities, values and options only."""
         manifest_path, ops_path, left_path = self.files_for(path)
         data = dict(self.manifest, fingerprint=self.fingerprint,
                     operations_file=ops_path.name, left_out_file=left_path.name,

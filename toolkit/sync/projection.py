@@ -474,7 +474,7 @@ INPUTS_FORMAT = "engage-braze-inputs/1"
 CONFLICT_CODE = "type_conflict"
 CONFLICT_REASON = "value type differs from the type Braze holds for this attribute"
 _INPUTS_SCHEMA = pa.schema([("h", pa.uint64()), ("kh", pa.uint64()), ("owner", pa.bool_()),
-                            ("site", pa.int32()), ("segment_id", pa.string()),
+                            ("pos", pa.int64()), ("site", pa.int32()), ("segment_id", pa.string()),
                             ("uid", pa.string()), ("rule", pa.string()), ("code", pa.string()),
                             ("reason", pa.string())])
 
@@ -493,8 +493,9 @@ def inputs_table(hashes: InputHashes, projection: Projection,
     """What a ledger keeps of an export beside its convergence record, so that a plan of a
     changed export projects and diffs only the users whose row changed: every profile's row
     hash, key hash (null: no key) and whether Braze receives its values (``owner``), in export
-    order; then every profile left out for its own row — its row hash, the site that left it
-    out and the left-out row — and the type conflicts found (``site`` = the field's number).
+    order; then every profile left out for its own row — its row hash and position, the site
+    that left it out and the left-out row — and the type conflicts found (``site`` = the
+    field's number).
     Profiles left out for sharing an identifier are not kept: they depend on other rows and
     are found again."""
     h = hashes.rows
@@ -503,7 +504,8 @@ def inputs_table(hashes: InputHashes, projection: Projection,
     has = projection.keys.has_key
     parts = [pa.table({
         "h": pa.array(h, pa.uint64()), "kh": pa.array(kh, pa.uint64(), mask=~has),
-        "owner": pa.array(projection.owner), "site": pa.nulls(n, pa.int32()),
+        "owner": pa.array(projection.owner), "pos": pa.nulls(n, pa.int64()),
+        "site": pa.nulls(n, pa.int32()),
         **{c: pa.nulls(n, pa.string()) for c in ("segment_id", "uid", "rule", "code", "reason")}},
         schema=_INPUTS_SCHEMA)]
 
@@ -512,7 +514,8 @@ def inputs_table(hashes: InputHashes, projection: Projection,
         k = len(frame)
         return pa.table({
             "h": pa.array(h[pos], pa.uint64()), "kh": pa.nulls(k, pa.uint64()),
-            "owner": pa.nulls(k, pa.bool_()), "site": pa.array(site, pa.int32()),
+            "owner": pa.nulls(k, pa.bool_()), "pos": pa.array(pos),
+            "site": pa.array(site, pa.int32()),
             "segment_id": _plain_text(frame["segment_id"]), "uid": _plain_text(frame["uid"]),
             "rule": _plain_text(frame["rule"]),
             "code": (_plain_text(frame["code"]) if code is None
@@ -533,10 +536,10 @@ def inputs_table(hashes: InputHashes, projection: Projection,
 
 
 def write_inputs(table: pa.Table, path: Path) -> None:
-    """Write an `inputs_table` (hashes do not compress: stored plain)."""
-    pq.write_table(table, path, compression={c: "none" if c in ("h", "kh") else "zstd"
-                                             for c in table.column_names},
-                   use_dictionary=["owner", "rule", "code", "reason"])
+    """Write an `inputs_table` as an Arrow IPC file: hashes do not compress, and the next plan
+    maps it into memory instead of decoding it."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 @dataclass
@@ -544,7 +547,7 @@ class PreviousInput:
     """An `inputs_table` read back: what the ledger knows of the export it converged to."""
 
     rows: pa.Table       # h, kh, owner of every profile
-    entries: pa.Table    # h, site, segment_id, uid, rule, code, reason
+    entries: pa.Table    # h, pos, site, segment_id, uid, rule, code, reason
     shape: str
     spec: str
 
@@ -553,7 +556,7 @@ class PreviousInput:
         """The inputs kept at ``path`` when they are of an export of this ``shape`` (same
         mapping, options, columns and types), else None."""
         try:
-            table = pq.read_table(path)
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except (OSError, pa.ArrowException):
             return None
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
@@ -564,16 +567,18 @@ class PreviousInput:
         if not 0 <= n <= table.num_rows:
             return None
         rows = table.slice(0, n).select(["h", "kh", "owner"])
+        entries = table.slice(n).drop_columns(["kh", "owner"]).combine_chunks()
+        if entries["pos"].null_count:
+            return None
         return cls(pa.table({c: rows[c].combine_chunks() for c in rows.column_names}),
-                   table.slice(n).drop_columns(["kh", "owner"]).combine_chunks(),
-                   shape, meta.get("spec", ""))
+                   entries, shape, meta.get("spec", ""))
 
     def keys(self, export, h: np.ndarray, *, email_opt_in: bool, alias_label: str | None,
-             db=None) -> tuple["ExportKeys", np.ndarray, np.ndarray]:
+             db=None) -> tuple["ExportKeys", np.ndarray, np.ndarray, np.ndarray]:
         """`export_keys` of the changed export, reading the keys only of rows not seen before
         (the row decides its key: a row seen before has the key hash it had then), and which
         rows changed: (keys, positions to project, positions whose left-out rows are taken
-        from before). A profile Braze receives is unchanged when Braze received a profile
+        from before, which rows are where they were). A profile Braze receives is unchanged when Braze received a profile
         with the same row hash before (the row decides the user's key and values); a profile
         without a key when one with the same row hash was left out before."""
         n = len(h)
@@ -620,28 +625,45 @@ class PreviousInput:
         owner = found.owner()
         same = (owner & known & was_owner) | (~has_key & known)
         project_rows = np.flatnonzero(((owner | ~has_key) & ~same) | found.shadowed())
-        return found, project_rows, np.flatnonzero(same)
+        in_place = np.zeros(n, bool)
+        in_place[:m] = h[:m] == old_h[:m]
+        return found, project_rows, np.flatnonzero(same), in_place
 
-    def entries_of(self, positions: np.ndarray, h: np.ndarray,
+    def entries_of(self, positions: np.ndarray, h: np.ndarray, in_place: np.ndarray,
                    db=None) -> tuple[list[pa.Table], pd.DataFrame]:
         """The left-out rows (parts by site, for `_left_out_frame`) and type conflicts
-        (segment_id, uid, rule, pos, k) kept for the unchanged profiles at ``positions``."""
-        with engine.using(db) as conn:
-            conn.register("prev_entries", self.entries)
-            conn.register("reused", pa.table({"pos": positions, "h": h[positions]}))
-            table = conn.sql(
-                "SELECT r.pos, e.site, e.segment_id, e.uid, e.rule, e.code, e.reason FROM "
-                "reused r JOIN (SELECT DISTINCT * FROM prev_entries WHERE code <> "
-                "'shared_identifier') e ON e.h = r.h ORDER BY e.code = 'type_conflict', e.site, "
-                "r.pos").to_arrow_table()
-            conn.unregister("prev_entries")
-            conn.unregister("reused")
-        table = table.cast(pa.schema([("pos", pa.int64()), ("site", pa.int32()),
-                                      *[(c, pa.string()) for c in ("segment_id", "uid", "rule",
-                                                                   "code", "reason")]]))
-        conflict = pc.equal(table["code"], CONFLICT_CODE).to_numpy(zero_copy_only=False)
-        split = int(np.argmax(conflict)) if conflict.any() else table.num_rows
-        entries, found = table.slice(0, split), table.slice(split)
+        (segment_id, uid, rule, pos, k) kept for the unchanged profiles at ``positions``:
+        a row still where it was has the rows kept at its position, one that moved those of
+        its row hash."""
+        n = len(h)
+        reused = np.zeros(n, bool)
+        reused[positions] = True
+        entries = self.entries.filter(pc.not_equal(self.entries["code"], "shared_identifier"))
+        old = entries["pos"].to_numpy()
+        inside = old < n
+        keep = inside.copy()
+        keep[inside] = (in_place & reused)[old[inside]]
+        parts = [entries.filter(pa.array(keep)).drop_columns(["h"])]
+        moved = np.flatnonzero(reused & ~in_place)
+        if len(moved):
+            with engine.using(db) as conn:
+                conn.register("prev_entries", entries.drop_columns(["pos"]))
+                conn.register("reused", pa.table({"pos": moved, "h": h[moved]}))
+                parts.append(conn.sql(
+                    "SELECT r.pos, e.site, e.segment_id, e.uid, e.rule, e.code, e.reason FROM "
+                    "reused r JOIN (SELECT DISTINCT * FROM prev_entries) e ON e.h = r.h"
+                ).to_arrow_table())
+                conn.unregister("prev_entries")
+                conn.unregister("reused")
+        schema = pa.schema([("pos", pa.int64()), ("site", pa.int32()),
+                            *[(c, pa.string()) for c in ("segment_id", "uid", "rule", "code",
+                                                         "reason")]])
+        table = pa.concat_tables([t.select(schema.names).cast(schema) for t in parts])
+        conflict = pc.equal(table["code"], CONFLICT_CODE)
+        table = table.append_column("c", conflict).sort_by(
+            [("c", "ascending"), ("site", "ascending"), ("pos", "ascending")]).drop_columns(["c"])
+        split = int(pc.sum(conflict).as_py() or 0)
+        entries, found = table.slice(0, table.num_rows - split), table.slice(table.num_rows - split)
         conflicts = pd.DataFrame({
             "segment_id": found["segment_id"].to_numpy(zero_copy_only=False).astype(object),
             "uid": found["uid"].to_numpy(zero_copy_only=False).astype(object),
@@ -817,8 +839,8 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     if previous is not None:
         if hashes is None or len(hashes.rows) != export.profile_count:
             raise ValueError("project(previous=…) needs this export's row hashes")
-        found, rows, reused = previous.keys(export, hashes.rows, email_opt_in=email_opt_in,
-                                            alias_label=alias_label, db=db)
+        found, rows, reused, in_place = previous.keys(
+            export, hashes.rows, email_opt_in=email_opt_in, alias_label=alias_label, db=db)
     else:
         # pass 1: every profile's Braze key, to apply the one rule for shared keys over the
         # export (a connection of its own, closed at once: the engine's memory goes back
@@ -837,7 +859,7 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     earlier = None
     if previous is not None:
         users = int(owner.sum())
-        entries, earlier = previous.entries_of(reused, hashes.rows, db)
+        entries, earlier = previous.entries_of(reused, hashes.rows, in_place, db)
         parts.extend(entries)
     frame = _left_out_frame(parts)
     counts = frame["site"].value_counts().to_dict() if len(frame) else {}
