@@ -138,8 +138,9 @@ def snapshot_time_sql(schema: str, *, table: str, column: str) -> str:
 def state_table_sql(schema: str | None, table: str, columns: int) -> str:
     """The table a ledger keeps its acknowledged state in: a user's key, the checksum of their
     fields (a signed 64-bit integer), and one text column per field (``c0``, ``c1``…; which
-    field each holds is recorded beside it). No key is declared: an engine that indexes adds
-    its index after the rows are loaded, which is faster than maintaining it row by row."""
+    field each holds is recorded beside it). No key or index is declared: the table is written
+    once, from a snapshot whose keys are unique, and only ever read whole by the comparison (a
+    hash join), which an index would not speed up."""
     cols = "".join(f", c{i} VARCHAR" for i in range(columns))
     return f"CREATE TABLE {_table(schema, table)} (uid VARCHAR NOT NULL, checksum BIGINT{cols})"
 
