@@ -109,7 +109,7 @@ def test_auto_moves_the_smaller_side_and_says_why(url, tmp_path):
         theirs = plan(later, mapping, b).manifest["diff"]
         smaller_desired = theirs["desired_bytes"] < theirs["state_bytes"]
         assert theirs["where"] == ("server" if smaller_desired else "local")
-        assert "MB" in theirs["text"] and theirs["ledger"] == a.location
+        assert "B, desired keys" in theirs["text"] and theirs["ledger"] == a.location
         pd.testing.assert_frame_equal(_ops(plan(later, mapping, b)), _ops(mine))
 
 

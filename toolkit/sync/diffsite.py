@@ -83,7 +83,7 @@ class DiffSite:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{max(n, 0) / 1e3:,.1f} KB"
 
 
 @dataclass(frozen=True)
