@@ -183,3 +183,37 @@ def test_a_file_ledger_always_diffs_here(tmp_path):
         led.materialize()
         site = plan(_changed(export), mapping, led, diff_at="server").manifest["diff"]
         assert site["where"] == "local" and site["reason"] == "the ledger is a file on this machine"
+
+
+def test_profiles_sync_in_the_ledgers_database_is_diffed_in_that_server(postgres_url, url, tmp_path):
+    """End to end: Profiles Sync tables and the ledger in one PostgreSQL database."""
+    import dataclasses
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import toolkit
+
+    generate = Path(__file__).resolve().parents[2] / "data" / "samples" / "generate.py"
+    spec = importlib.util.spec_from_file_location("sample_generate_site", generate)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sample_generate_site"] = module
+    spec.loader.exec_module(module)
+    schema = f"ps_{uuid.uuid4().hex[:8]}"
+    assert module.main(["--database", postgres_url, "--schema", schema, "--tables", "segment"]) == 0
+    export = toolkit.load(postgres_url, schema=schema)
+    mapping = Mapping.from_export(export)
+    with _ledger(url, tmp_path, "a") as a:
+        first = plan(export, mapping, a)
+        acknowledge_all_rows(first, a)
+        a.materialize()
+        profiles = export.profiles.copy()
+        trait = next(t for t in export.traits if pd.api.types.is_numeric_dtype(profiles[t]))
+        profiles.loc[profiles.index[:25], trait] = 4321.0
+        later = dataclasses.replace(export, profiles=profiles)
+        server = plan(later, mapping, a)
+        site = server.manifest["diff"]
+        assert site["where"] == "server" and "ledger's own database" in site["reason"]
+        local = plan(later, mapping, a, diff_at="local")
+        pd.testing.assert_frame_equal(_ops(server), _ops(local))
+        assert 0 < server.rows <= 25
