@@ -261,8 +261,9 @@ def test_a_saved_plan_brings_its_row_hashes_and_a_tampered_file_is_not_kept(
     assert "diffed_users" not in third.manifest
 
 
+@pytest.mark.parametrize("diff_at", ["local", "server"])
 def test_a_shared_ledger_plans_a_change_from_another_machine_the_same_way(
-        base, postgres_url, tmp_path, monkeypatch):
+        base, postgres_url, tmp_path, monkeypatch, diff_at):
     from toolkit.braze.client import BrazeClient
     from toolkit.sandbox.server import BrazeSandbox
 
@@ -276,5 +277,6 @@ def test_a_shared_ledger_plans_a_change_from_another_machine_the_same_way(
         with Ledger(url, workspace=client, directory=tmp_path / "bob") as bob:
             assert bob.converged_inputs() is not None      # fetched from the server
             changed = _edited(base, CHANGES["many things at once"])
-            made, _ = _both_ways(changed, mapping, client, bob, monkeypatch)
+            made, _ = _both_ways(changed, mapping, client, bob, monkeypatch, diff_at=diff_at)
             assert 0 < made.manifest["diffed_users"] < made.manifest["users"]
+            assert made.manifest["diff"]["where"] == diff_at
