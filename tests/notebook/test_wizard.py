@@ -110,7 +110,8 @@ def test_clicking_through_every_step_ends_in_a_verified_sync(wizard, tmp_path):
     saved = w.state.saved
     assert {"mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
             "rejected (CSV)", "verification (CSV)"} <= set(saved)
-    assert set(saved) - {"plan operations (Parquet)", "plan left-out profiles (Parquet)"} == {
+    assert set(saved) - {"plan operations (Parquet)", "plan left-out profiles (Parquet)",
+                         "plan row hashes (Arrow)"} == {
         "mapping (YAML)", "plan (JSON)", "report (JSON)", "totals (CSV)", "batches (CSV)",
         "rejected (CSV)", "verification (CSV)"}
     assert all(path.exists() for path in saved.values())

@@ -686,6 +686,10 @@ class GuidedSyncState:
             for label, path in zip(labels, siblings(files["plan (JSON)"])[1:]):
                 if path.exists():
                     files[label] = path
+            inputs = getattr(type(self.plan), "inputs_file_for", None)
+            inputs = inputs(files["plan (JSON)"]) if inputs is not None else None
+            if inputs is not None and inputs.exists():   # the ledger keeps it once converged
+                files["plan row hashes (Arrow)"] = inputs
         files["report (JSON)"] = self.report.save(out / f"{stem}.json")
         totals = self.totals().reset_index()
         tables = {"totals (CSV)": ("totals", totals),
