@@ -536,9 +536,12 @@ def inputs_table(hashes: InputHashes, projection: Projection,
 
 
 def write_inputs(table: pa.Table, path: Path) -> None:
-    """Write an `inputs_table` as an Arrow IPC file: hashes do not compress, and the next plan
-    maps it into memory instead of decoding it."""
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    """Write an `inputs_table` as an Arrow IPC file, its buffers LZ4-compressed: the hashes
+    do not compress (LZ4 keeps them as they are, cheap to read back), the columns empty for
+    most rows do."""
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
 
 
@@ -556,7 +559,7 @@ class PreviousInput:
         """The inputs kept at ``path`` when they are of an export of this ``shape`` (same
         mapping, options, columns and types), else None."""
         try:
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()   # decompresses
         except (OSError, pa.ArrowException):
             return None
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
