@@ -126,23 +126,11 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
             ledger_ck = "checksum"
         else:  # checksums were made for another set of fields: compute them for this one
             ledger_ck = checksum_sql(kinds, lambda f: quote(f) if f in have else "NULL", digest)
-        if projection.projected is not None:
-            # the changed rows alone (few users): their state comes with the comparison, in
-            # one pass over the snapshot
-            ledger_ck = ("s.checksum" if ledger_ck == "checksum" else checksum_sql(
-                kinds, lambda f: f"s.{quote(f)}" if f in have else "NULL", digest))
-            db.execute(f"CREATE TEMP TABLE changed AS SELECT d.*{state_cols} FROM desired d "
-                       f"LEFT JOIN {src} s ON d.uid = s.uid "
-                       f"WHERE {ledger_ck} IS DISTINCT FROM d.checksum")
-            state_cols, joins = "", "LEFT JOIN (SELECT NULL::VARCHAR AS uid WHERE false) s " \
-                                    "ON c.uid = s.uid"
-        else:
-            db.execute(f"CREATE TEMP VIEW ledger_ck AS SELECT uid, {ledger_ck} AS checksum "
-                       f"FROM {src}")
-            db.execute("CREATE TEMP TABLE changed AS SELECT d.* FROM desired d "
-                       "LEFT JOIN ledger_ck l ON d.uid = l.uid "
-                       "WHERE l.checksum IS DISTINCT FROM d.checksum")
-            joins = f"LEFT JOIN {src} s ON c.uid = s.uid"
+        db.execute(f"CREATE TEMP VIEW ledger_ck AS SELECT uid, {ledger_ck} AS checksum FROM {src}")
+        db.execute("CREATE TEMP TABLE changed AS SELECT d.* FROM desired d "
+                   "LEFT JOIN ledger_ck l ON d.uid = l.uid "
+                   "WHERE l.checksum IS DISTINCT FROM d.checksum")
+        joins = f"LEFT JOIN {src} s ON c.uid = s.uid"
     else:
         db.execute("CREATE TEMP TABLE changed AS SELECT * FROM desired")
         joins = "LEFT JOIN (SELECT NULL::VARCHAR AS uid WHERE false) s ON c.uid = s.uid"
