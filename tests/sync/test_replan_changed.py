@@ -280,3 +280,31 @@ def test_a_shared_ledger_plans_a_change_from_another_machine_the_same_way(
             made, _ = _both_ways(changed, mapping, client, bob, monkeypatch, diff_at=diff_at)
             assert 0 < made.manifest["diffed_users"] < made.manifest["users"]
             assert made.manifest["diff"]["where"] == diff_at
+
+
+def _stored(export, folder, name):
+    """The export as kept on disk (a `StoredExport` read a few rows at a time)."""
+    import pyarrow.parquet as pq
+
+    from toolkit.engage.store import StoredExport
+
+    path = folder / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pandas(export.profiles, preserve_index=False), path)
+    return StoredExport(path, export.computations, rows=len(export.profiles),
+                        dtypes=dict(export.profiles.dtypes), snapshot_at=export.snapshot_at,
+                        source=export.source)
+
+
+def test_an_export_kept_on_disk_plans_its_change_in_chunks_the_same_way(
+        base, client, ledger, monkeypatch, tmp_path):
+    monkeypatch.setenv("TOOLKIT_CHUNK_ROWS", "23")     # every step spans several chunks
+    mapping = _mapping(base)
+    _sync(_stored(base, tmp_path, "base"), mapping, client, ledger)
+    changed = _edited(base, CHANGES["many things at once"])
+    made, _ = _both_ways(_stored(changed, tmp_path, "changed"), mapping, client, ledger,
+                         monkeypatch)
+    assert 0 < made.manifest["diffed_users"] < made.manifest["users"]
+    in_memory = plan(changed, mapping, ledger, workspace=client, create_users=True)
+    pd.testing.assert_frame_equal(made.operations, in_memory.operations)
+    pd.testing.assert_frame_equal(made.left_out, in_memory.left_out)
+    assert [str(f) for f in made.findings] == [str(f) for f in in_memory.findings]

@@ -1,6 +1,6 @@
 """The sync ledger: what one Braze workspace has acknowledged, and every batch sent to it.
 
-Two parts, beside each other under ``./.toolkit/`` (one set per Braze workspace identity):
+Three parts, beside each other under ``./.toolkit/`` (one set per Braze workspace identity):
 
 * a **journal** — one SQLite file (WAL mode): ``batches`` holds every batch of every applied
   plan, recorded *before* it is sent and updated after Braze answers (pending → sent →
@@ -14,6 +14,10 @@ Two parts, beside each other under ``./.toolkit/`` (one set per Braze workspace 
   are ``attr:<attribute>``, ``member:<audience>``, ``trait:<key>``, ``cohort:<cohort_id>``, see
   `toolkit.sync.projection`) and a per-user ``checksum`` of those values, so a plan skips an
   unchanged user with one comparison (as Segment Reverse ETL's records table does).
+* the **convergence record** — after a complete apply: the digest of the export Braze now holds,
+  its findings and left-out profiles, and a hash of every profile's row (an Arrow file), so the
+  next plan of the same export has nothing to do and a plan of a changed one diffs only the
+  users whose row changed.
 
 While sending, an acknowledged batch records only a reference to its rows of the plan copy (one
 small write in the same transaction as its status); `materialize` folds everything acknowledged
@@ -722,8 +726,11 @@ class Ledger:
         applied completely (or had nothing to send) from this ledger's current version, with no
         event awaiting settle. A later plan of an export with the same input digest then knows,
         without projecting or diffing, that it has nothing to send; it reuses this plan's
-        findings and left-out profiles (the same input gives the same ones). Returns whether it
-        was recorded."""
+        findings and left-out profiles (the same input gives the same ones). The plan's inputs
+        file (its export's row hashes, `toolkit.sync.projection.inputs_table`) is kept too, when
+        its sha256 is the one the plan's fingerprinted manifest names: a plan of a *changed*
+        export then projects and diffs only the users whose row changed
+        (`converged_inputs`). Returns whether it was recorded."""
         digest = plan.manifest.get("input_digest")
         if not digest or self.awaiting_settle()[0]:
             return False

@@ -3,7 +3,9 @@
 `plan(export, mapping, ledger)` projects the desired Braze state once (`toolkit.sync.projection`),
 diffs it against the workspace's `Ledger` in SQL on the engine (`toolkit.sync.diff`: users whose
 checksum is unchanged cost one comparison) and keeps only changes: new members, exits, changed
-trait values, and events only for transitions. A plan is two files: its operations as Parquet,
+trait values, and events only for transitions. After a sync that converged, the very same export
+costs one pass over its rows, and a changed one is projected and diffed only for the users whose
+row changed (the ledger keeps every row's hash; the result is the full path's exactly). A plan is two files: its operations as Parquet,
 in send order with each operation's request assigned, and a small JSON manifest (options, cost,
 findings, fingerprint, approval); the profiles it leaves out, and why, go in a third, Parquet,
 file. The fingerprint is a sha256 computed while streaming the operations (plus the target
