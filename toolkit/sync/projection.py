@@ -675,7 +675,7 @@ class PreviousInput:
         sites = entries["site"].to_numpy()
         cuts = np.flatnonzero(np.diff(sites)) + 1 if len(sites) else np.zeros(0, np.int64)
         bounds = [0, *cuts.tolist(), len(sites)]
-        parts = [entries.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        parts = [entries.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
         return parts, conflicts
 
 
