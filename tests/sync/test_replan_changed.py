@@ -309,3 +309,16 @@ def test_an_export_kept_on_disk_plans_its_change_in_chunks_the_same_way(
     pd.testing.assert_frame_equal(made.operations, in_memory.operations)
     pd.testing.assert_frame_equal(made.left_out, in_memory.left_out)
     assert [str(f) for f in made.findings] == [str(f) for f in in_memory.findings]
+
+
+def test_applying_a_plan_answered_from_the_record_keeps_the_row_hashes(base, client, ledger):
+    mapping = _mapping(base)
+    _sync(base, mapping, client, ledger)
+    kept = ledger.converged_inputs()
+    again = plan(base, mapping, ledger, workspace=client, create_users=True)
+    assert again.is_empty and again.manifest["converged_with"] and again.inputs_path is None
+    assert apply(again.approve(by="tester"), client, ledger, progress=False).status == "complete"
+    assert ledger.converged_inputs() == kept
+    changed = _edited(base, CHANGES["memberships flipped"])
+    assert "diffed_users" in plan(changed, mapping, ledger, workspace=client,
+                                  create_users=True).manifest

@@ -746,8 +746,10 @@ class Ledger:
         previous = self._meta("converged")
         before = json.loads(previous) if previous else {}
         inputs = self._store_inputs(plan)
-        if inputs is None and before.get("digest") == digest:
-            inputs = before.get("inputs")   # the same export again: its inputs still hold
+        if (inputs is None and before.get("digest") == digest
+                and plan.manifest.get("converged_with") == before.get("plan")
+                and before.get("version") == self.version):
+            inputs = before.get("inputs")   # answered from that very record: its inputs hold
         record = {"digest": digest, "version": self.version, "plan": plan.id,
                   "left_out": name, "inputs": inputs, "recorded_at": _now(),
                   "findings": [{k: getattr(f, k) for k in ("severity", "code", "message", "row",
