@@ -49,8 +49,8 @@ from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_resul
 from toolkit.sync.diffsite import DIFF_AT, DiffSite, choose
 from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
 from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
-                                     PreviousInput, dumps as _dumps, inputs_table, project,
-                                     row_hashes, write_inputs)
+                                     InputsFile, PreviousInput, dumps as _dumps, export_keys,
+                                     project, row_hashes)
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
@@ -236,15 +236,26 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         else:
             # a changed export after a sync that converged: only the users whose row changed
             # are projected and diffed, every other one is known to hold what it asks for
-            previous = None
+            previous = change = None
             kept = ledger.converged_inputs() if ledger is not None and _INCREMENTAL else None
             if kept is not None:
                 previous = PreviousInput.read(kept, hashes.shape)
             bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
+            if previous is not None:
+                keys, *change = previous.keys(export, hashes.rows, email_opt_in=email_opt_in,
+                                              alias_label=alias_label, db=db)
+            else:
+                keys = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
+            if ledger is not None:   # what the ledger keeps once this plan converged
+                inputs_path = workdir / "plan.inputs.arrow"
+                inputs = InputsFile(inputs_path, hashes.shape)
+                inputs.write_rows(hashes, keys)
             projection = project(export, mapping, email_opt_in=email_opt_in,
                                  alias_label=alias_label,
                                  cohorts_available=credentials is not None, db=db,
-                                 spill=workdir, previous=previous, hashes=hashes)
+                                 spill=workdir, previous=previous, hashes=hashes, keys=keys,
+                                 change=change)
+            del previous, change, keys
             diffed = projection.users if projection.projected is None else projection.projected
             bar.set_description(f"plan: diff of {diffed:,} users")
             findings = projection.findings
@@ -273,13 +284,12 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                     code=CONFLICT_CODE, reason=CONFLICT_REASON)], ignore_index=True)
             _write_left_out(left_out, left_path)
             if ledger is not None:
-                inputs_path = workdir / "plan.inputs.arrow"
-                write_inputs(inputs_table(hashes, projection, conflicts), inputs_path)
+                inputs.write_entries(hashes, projection, conflicts)
                 inputs_digest = file_digest(inputs_path)
             about = {"fields": [[f.field, f.kind] for f in projection.fields],
                      "field_digest": projection.spec_digest(), "profiles": projection.profiles,
                      "users": projection.users, "cohorts": projection.cohorts}
-            if previous is not None:
+            if projection.projected is not None:
                 about["diffed_users"] = diffed
     waiting_batches, waiting_events = ledger.awaiting_settle() if ledger is not None else (0, 0)
     if waiting_batches:

@@ -37,8 +37,8 @@ from toolkit.braze.state import braze_user_keys
 from toolkit.engage.model import Findings
 
 __all__ = ["Projection", "FieldSpec", "project", "owners", "shared_keys", "json_texts",
-           "input_digest", "row_hashes", "InputHashes", "PreviousInput", "inputs_table",
-           "write_inputs", "LEFT_OUT_COLUMNS"]
+           "input_digest", "row_hashes", "InputHashes", "PreviousInput", "InputsFile",
+           "read_inputs", "LEFT_OUT_COLUMNS"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
@@ -473,10 +473,11 @@ class Projection:
 INPUTS_FORMAT = "engage-braze-inputs/1"
 CONFLICT_CODE = "type_conflict"
 CONFLICT_REASON = "value type differs from the type Braze holds for this attribute"
-_INPUTS_SCHEMA = pa.schema([("h", pa.uint64()), ("kh", pa.uint64()), ("owner", pa.bool_()),
-                            ("pos", pa.int64()), ("site", pa.int32()), ("segment_id", pa.string()),
-                            ("uid", pa.string()), ("rule", pa.string()), ("code", pa.string()),
-                            ("reason", pa.string())])
+_ROWS_SCHEMA = pa.schema([("h", pa.uint64()), ("kh", pa.uint64()), ("owner", pa.bool_())])
+_ENTRIES_SCHEMA = pa.schema([("h", pa.uint64()), ("pos", pa.int64()), ("site", pa.int32()),
+                             ("segment_id", pa.string()), ("uid", pa.string()),
+                             ("rule", pa.string()), ("code", pa.string()),
+                             ("reason", pa.string())])
 
 
 def _plain_text(values) -> pa.Array:
@@ -488,93 +489,117 @@ def _plain_text(values) -> pa.Array:
     return arr.cast(pa.string())
 
 
-def inputs_table(hashes: InputHashes, projection: Projection,
-                 conflicts: pd.DataFrame | None) -> pa.Table:
+class InputsFile:
     """What a ledger keeps of an export beside its convergence record, so that a plan of a
-    changed export projects and diffs only the users whose row changed: every profile's row
-    hash, key hash (null: no key) and whether Braze receives its values (``owner``), in export
-    order; then every profile left out for its own row — its row hash and position, the site
-    that left it out and the left-out row — and the type conflicts found (``site`` = the
-    field's number).
-    Profiles left out for sharing an identifier are not kept: they depend on other rows and
-    are found again."""
-    h = hashes.rows
-    n = len(h)
-    kh = projection.keys.kh
-    has = projection.keys.has_key
-    parts = [pa.table({
-        "h": pa.array(h, pa.uint64()), "kh": pa.array(kh, pa.uint64(), mask=~has),
-        "owner": pa.array(projection.owner), "pos": pa.nulls(n, pa.int64()),
-        "site": pa.nulls(n, pa.int32()),
-        **{c: pa.nulls(n, pa.string()) for c in ("segment_id", "uid", "rule", "code", "reason")}},
-        schema=_INPUTS_SCHEMA)]
+    changed export projects and diffs only the users whose row changed — written while the
+    plan is made, as two Arrow IPC streams one after the other:
 
-    def entries(frame: pd.DataFrame, site, code=None, reason=None) -> pa.Table:
-        pos = frame["pos"].to_numpy(dtype=np.int64)
-        k = len(frame)
-        return pa.table({
-            "h": pa.array(h[pos], pa.uint64()), "kh": pa.nulls(k, pa.uint64()),
-            "owner": pa.nulls(k, pa.bool_()), "pos": pa.array(pos),
-            "site": pa.array(site, pa.int32()),
-            "segment_id": _plain_text(frame["segment_id"]), "uid": _plain_text(frame["uid"]),
-            "rule": _plain_text(frame["rule"]),
-            "code": (_plain_text(frame["code"]) if code is None
-                     else pa.array([code] * k, pa.string())),
-            "reason": (_plain_text(frame["reason"]) if reason is None
-                       else pa.array([reason] * k, pa.string()))}, schema=_INPUTS_SCHEMA)
+    1. every profile's row hash, key hash (null: no key) and whether Braze receives its values
+       (``owner``), in export order — uncompressed (hashes do not compress), so they are read
+       back by mapping the file, not decoding it; written as soon as the keys are known, so
+       the plan holds none of it while it diffs;
+    2. every profile left out for its own row — its row hash and position, the site that left
+       it out and the left-out row — and the type conflicts found (``site`` = the field's
+       number). Profiles left out for sharing an identifier are not kept: they depend on other
+       rows and are found again."""
 
-    left = projection.left_out
-    if len(left):
-        left = left[left["code"].astype(object) != "shared_identifier"]
-        parts.append(entries(left, left["site"].to_numpy(np.int32)))
-    if conflicts is not None and len(conflicts):
-        parts.append(entries(conflicts, conflicts["k"].to_numpy(np.int32), CONFLICT_CODE,
-                             CONFLICT_REASON))
-    table = pa.concat_tables(parts)
-    return table.replace_schema_metadata({"format": INPUTS_FORMAT, "shape": hashes.shape,
-                                          "spec": projection.spec_digest(), "rows": str(n)})
+    def __init__(self, path: Path, shape: str) -> None:
+        self.path = Path(path)
+        self.shape = shape
+        self._sink = pa.OSFile(str(self.path), "wb")
+
+    def write_rows(self, hashes: InputHashes, keys: "ExportKeys") -> None:
+        """Stream 1; afterwards ``hashes.rows`` and ``keys.kh`` are views of the file."""
+        schema = _ROWS_SCHEMA.with_metadata({"format": INPUTS_FORMAT, "shape": self.shape})
+        owner = keys.owner()
+        table = pa.table({"h": pa.array(hashes.rows, pa.uint64()),
+                          "kh": pa.array(keys.kh, pa.uint64(), mask=~keys.has_key),
+                          "owner": pa.array(owner)}, schema=schema)
+        with pa.ipc.new_stream(self._sink, schema) as writer:
+            writer.write_table(table)
+        self._sink.flush()
+        del table
+        rows = _read_rows(self.path)
+        hashes.rows = _uint64s(rows["h"])
+        keys.kh = _uint64s(rows["kh"])
+
+    def write_entries(self, hashes: InputHashes, projection: "Projection",
+                      conflicts: pd.DataFrame | None) -> None:
+        """Stream 2, and the file is complete."""
+        h = hashes.rows
+
+        def entries(frame: pd.DataFrame, site, code=None, reason=None) -> pa.Table:
+            pos = frame["pos"].to_numpy(dtype=np.int64)
+            k = len(frame)
+            return pa.table({
+                "h": pa.array(h[pos], pa.uint64()), "pos": pa.array(pos),
+                "site": pa.array(site, pa.int32()),
+                "segment_id": _plain_text(frame["segment_id"]), "uid": _plain_text(frame["uid"]),
+                "rule": _plain_text(frame["rule"]),
+                "code": (_plain_text(frame["code"]) if code is None
+                         else pa.array([code] * k, pa.string())),
+                "reason": (_plain_text(frame["reason"]) if reason is None
+                           else pa.array([reason] * k, pa.string()))}, schema=_ENTRIES_SCHEMA)
+
+        parts = [_ENTRIES_SCHEMA.empty_table()]
+        left = projection.left_out
+        if len(left):
+            left = left[left["code"].astype(object) != "shared_identifier"]
+            parts.append(entries(left, left["site"].to_numpy(np.int32)))
+        if conflicts is not None and len(conflicts):
+            parts.append(entries(conflicts, conflicts["k"].to_numpy(np.int32), CONFLICT_CODE,
+                                 CONFLICT_REASON))
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.ipc.new_stream(self._sink, _ENTRIES_SCHEMA, options=options) as writer:
+            writer.write_table(pa.concat_tables(parts))
+        self.close()
+
+    def close(self) -> None:
+        if not self._sink.closed:
+            self._sink.close()
 
 
-def write_inputs(table: pa.Table, path: Path) -> None:
-    """Write an `inputs_table` as an Arrow IPC file, its buffers LZ4-compressed: the hashes
-    do not compress (LZ4 keeps them as they are, cheap to read back), the columns empty for
-    most rows do."""
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
-    with pa.OSFile(str(path), "wb") as sink, \
-            pa.ipc.new_file(sink, table.schema, options=options) as writer:
-        writer.write_table(table)
+def _uint64s(column) -> np.ndarray:
+    """A uint64 column's values as numpy, without a copy (nulls read as the values beneath)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.frombuffer(arr.buffers()[1], dtype=np.uint64)[arr.offset:arr.offset + len(arr)]
+
+
+def _read_rows(path: Path) -> pa.Table:
+    return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+
+
+def read_inputs(path: "str | Path") -> tuple[pa.Table, pa.Table]:
+    """(rows, left-out entries) of an `InputsFile`; the rows keep its schema's metadata."""
+    source = pa.memory_map(str(path))
+    rows = pa.ipc.open_stream(source).read_all()
+    entries = pa.ipc.open_stream(source).read_all()
+    return rows, entries
 
 
 @dataclass
 class PreviousInput:
-    """An `inputs_table` read back: what the ledger knows of the export it converged to."""
+    """An `InputsFile` read back: what the ledger knows of the export it converged to."""
 
     rows: pa.Table       # h, kh, owner of every profile
     entries: pa.Table    # h, pos, site, segment_id, uid, rule, code, reason
     shape: str
-    spec: str
 
     @classmethod
     def read(cls, path: "str | Path", shape: str) -> "PreviousInput | None":
         """The inputs kept at ``path`` when they are of an export of this ``shape`` (same
         mapping, options, columns and types), else None."""
         try:
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()   # decompresses
+            rows, entries = read_inputs(path)
         except (OSError, pa.ArrowException):
             return None
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        if meta.get("format") != INPUTS_FORMAT or meta.get("shape") != shape:
+        meta = {k.decode(): v.decode() for k, v in (rows.schema.metadata or {}).items()}
+        if (meta.get("format") != INPUTS_FORMAT or meta.get("shape") != shape
+                or rows.schema.remove_metadata() != _ROWS_SCHEMA
+                or entries.schema != _ENTRIES_SCHEMA or entries["pos"].null_count):
             return None
-        table = table.replace_schema_metadata(None)
-        n = int(meta.get("rows", -1))
-        if not 0 <= n <= table.num_rows:
-            return None
-        rows = table.slice(0, n).select(["h", "kh", "owner"])
-        entries = table.slice(n).drop_columns(["kh", "owner"]).combine_chunks()
-        if entries["pos"].null_count:
-            return None
-        return cls(pa.table({c: rows[c].combine_chunks() for c in rows.column_names}),
-                   entries, shape, meta.get("spec", ""))
+        return cls(rows.replace_schema_metadata(None).combine_chunks(),
+                   entries.combine_chunks(), shape)
 
     def keys(self, export, h: np.ndarray, *, email_opt_in: bool, alias_label: str | None,
              db=None) -> tuple["ExportKeys", np.ndarray, np.ndarray, np.ndarray]:
@@ -586,7 +611,7 @@ class PreviousInput:
         without a key when one with the same row hash was left out before."""
         n = len(h)
         ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
-        old_h = self.rows["h"].to_numpy()
+        old_h = _uint64s(self.rows["h"])
         # most rows stay where they were: those compare in place, the rest by hash
         m = min(n, len(old_h))
         known = np.zeros(n, bool)
@@ -596,7 +621,7 @@ class PreviousInput:
         was_owner = np.zeros(n, bool)
         at = np.flatnonzero(known)
         old_kh = self.rows["kh"]
-        kh[at] = old_kh.fill_null(0).to_numpy()[at]
+        kh[at] = _uint64s(old_kh)[at]
         has_key[at] = old_kh.is_valid().to_numpy(zero_copy_only=False)[at]
         was_owner[at] = self.rows["owner"].to_numpy(zero_copy_only=False)[at]
         with engine.using(db) as conn:
@@ -826,7 +851,8 @@ class _Collect:
 def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
             cohorts_available: bool = True, db=None, spill: "Path | None" = None,
             previous: "PreviousInput | None" = None,
-            hashes: "InputHashes | None" = None) -> Projection:
+            hashes: "InputHashes | None" = None, keys: "ExportKeys | None" = None,
+            change: "tuple | None" = None) -> Projection:
     """The desired Braze state of ``export`` under ``mapping`` (see the module docstring);
     ``db``: an engine connection to use (default: a fresh one). An export kept on disk is
     projected a chunk at a time into a Parquet file in ``spill`` (default: a new temporary
@@ -836,14 +862,20 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
     and this export's ``hashes``, only the users whose row changed are projected: the table
     holds those users alone (every other user is known to be converged), while the left-out
     profiles and findings are those of the whole export — the unchanged rows' own taken from
-    ``previous``."""
+    ``previous``. ``keys`` (`export_keys`, or with ``previous`` the keys and ``change`` that
+    `PreviousInput.keys` returns) when the caller has them already."""
     mapped = [r.key for r in mapping.rules if r.key in export.columns]
     rows = reused = None
     if previous is not None:
         if hashes is None or len(hashes.rows) != export.profile_count:
             raise ValueError("project(previous=…) needs this export's row hashes")
-        found, rows, reused, in_place = previous.keys(
-            export, hashes.rows, email_opt_in=email_opt_in, alias_label=alias_label, db=db)
+        if keys is None or change is None:
+            keys, *change = previous.keys(export, hashes.rows, email_opt_in=email_opt_in,
+                                          alias_label=alias_label, db=db)
+        found = keys
+        rows, reused, in_place = change
+    elif keys is not None:
+        found = keys
     else:
         # pass 1: every profile's Braze key, to apply the one rule for shared keys over the
         # export (a connection of its own, closed at once: the engine's memory goes back
