@@ -5,10 +5,11 @@ diffs it against the workspace's `Ledger` in SQL on the engine (`toolkit.sync.di
 checksum is unchanged cost one comparison) and keeps only changes: new members, exits, changed
 trait values, and events only for transitions. After a sync that converged, the very same export
 costs one pass over its rows, and a changed one is projected and diffed only for the users whose
-row changed (the ledger keeps every row's hash; the result is the full path's exactly). A plan is two files: its operations as Parquet,
-in send order with each operation's request assigned, and a small JSON manifest (options, cost,
-findings, fingerprint, approval); the profiles it leaves out, and why, go in a third, Parquet,
-file. The fingerprint is a sha256 computed while streaming the operations (plus the target
+row changed (the ledger keeps every row's hash; the result is the full path's exactly). A plan
+is two files: its operations as Parquet, in send order with each operation's request assigned,
+and a small JSON manifest (options, cost, findings, fingerprint, approval); the profiles it
+leaves out, and why, go in a third, Parquet, file (and the row hashes the ledger keeps once it
+converged, in a fourth, Arrow, file). The fingerprint is a sha256 computed while streaming the operations (plus the target
 workspace, ledger version, options and cost); `plan.approve(by=…)` records who approved that
 fingerprint until when, sealed; `toolkit.apply` refuses anything else and streams the requests
 from the file with bounded memory.
