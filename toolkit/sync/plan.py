@@ -9,10 +9,10 @@ row changed (the ledger keeps every row's hash; the result is the full path's ex
 is two files: its operations as Parquet, in send order with each operation's request assigned,
 and a small JSON manifest (options, cost, findings, fingerprint, approval); the profiles it
 leaves out, and why, go in a third, Parquet, file (and the row hashes the ledger keeps once it
-converged, in a fourth, Arrow, file). The fingerprint is a sha256 computed while streaming the operations (plus the target
-workspace, ledger version, options and cost); `plan.approve(by=…)` records who approved that
-fingerprint until when, sealed; `toolkit.apply` refuses anything else and streams the requests
-from the file with bounded memory.
+converged, in a fourth, Arrow, file). The fingerprint is a sha256 computed while streaming the
+operations (plus the target workspace, ledger version, options and cost); `plan.approve(by=…)`
+records who approved that fingerprint until when, sealed; `toolkit.apply` refuses anything else
+and streams the requests from the file with bounded memory.
 """
 from __future__ import annotations
 
