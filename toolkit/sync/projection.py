@@ -103,20 +103,22 @@ def export_keys(export, db=None, *, email_opt_in: bool = False,
     compared by their real keys, so a hash collision is never taken for a shared identifier.
     An export in one piece keeps its keys too."""
     ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
-    hashes, has_parts, whole = [], [], None
+    n = export.profile_count
+    kh = np.zeros(n, np.uint64)      # filled a chunk at a time: never two copies
+    has_key = np.zeros(n, bool)
+    whole = None
+    start = 0
     with engine.using(db) as conn:
-        for i, chunk in enumerate(export.chunks(ident)):
+        for i, chunk in enumerate(export.chunks(ident)):   # in export order
             keys = _keys_of(chunk, email_opt_in, alias_label)
             has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
-            has_parts.append(has)
-            hashes.append(_hash_keys(conn, keys, has))
+            has_key[start:start + len(has)] = has
+            kh[start:start + len(has)] = _hash_keys(conn, keys, has)
+            start += len(has)
             whole = keys if i == 0 else None
             del keys, chunk
             if i:
                 engine.release_memory()
-        kh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        has_key = np.concatenate(has_parts) if has_parts else np.zeros(0, bool)
-        del hashes, has_parts
         candidates = _repeated_keys(kh, has_key)
     lose, winner, key_of = _shared_among(export, candidates, ident, email_opt_in, alias_label)
     return ExportKeys(lose, winner, has_key, key_of, whole, kh)
@@ -263,7 +265,8 @@ def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str 
         + [k for k in keys if k in export.columns]))
     values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
     ordered = hashlib.sha256()
-    parts: list[np.ndarray] = []
+    rows = np.zeros(export.profile_count, dtype=np.uint64)   # filled a chunk at a time
+    start = 0
     dtypes: list = []
     with engine.using(db) as conn:
         for chunk in export.chunks(columns):
@@ -276,9 +279,9 @@ def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str 
             h = np.asarray(conn.execute(f"SELECT hash({values}) AS h FROM digest_input")
                            .fetchnumpy()["h"], dtype=np.uint64)
             conn.unregister("digest_input")
-            parts.append(h)
-            ordered.update(h.astype("<u8").tobytes())
-    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+            rows[start:start + len(h)] = h    # chunks come in export order
+            start += len(h)
+            ordered.update(h.astype("<u8", copy=False).data)
     comps = export.computations
     comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
     head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
@@ -605,8 +608,8 @@ class PreviousInput:
              db=None) -> tuple["ExportKeys", np.ndarray, np.ndarray, np.ndarray]:
         """`export_keys` of the changed export, reading the keys only of rows not seen before
         (the row decides its key: a row seen before has the key hash it had then), and which
-        rows changed: (keys, positions to project, positions whose left-out rows are taken
-        from before, which rows are where they were). A profile Braze receives is unchanged when Braze received a profile
+        rows changed: (keys, positions to project, a mask of the rows whose left-out rows are
+        taken from before, a mask of the rows still where they were). A profile Braze receives is unchanged when Braze received a profile
         with the same row hash before (the row decides the user's key and values); a profile
         without a key when one with the same row hash was left out before."""
         n = len(h)
@@ -619,11 +622,12 @@ class PreviousInput:
         kh = np.zeros(n, np.uint64)
         has_key = np.zeros(n, bool)
         was_owner = np.zeros(n, bool)
-        at = np.flatnonzero(known)
-        old_kh = self.rows["kh"]
-        kh[at] = _uint64s(old_kh)[at]
-        has_key[at] = old_kh.is_valid().to_numpy(zero_copy_only=False)[at]
-        was_owner[at] = self.rows["owner"].to_numpy(zero_copy_only=False)[at]
+        old_kh = self.rows["kh"]   # (masked copies: no index array of every row)
+        np.copyto(kh[:m], _uint64s(old_kh)[:m], where=known[:m])
+        np.copyto(has_key[:m], old_kh.is_valid().to_numpy(zero_copy_only=False)[:m],
+                  where=known[:m])
+        np.copyto(was_owner[:m], self.rows["owner"].to_numpy(zero_copy_only=False)[:m],
+                  where=known[:m])
         with engine.using(db) as conn:
             rest = np.flatnonzero(~known)
             if len(rest):
@@ -655,17 +659,15 @@ class PreviousInput:
         project_rows = np.flatnonzero(((owner | ~has_key) & ~same) | found.shadowed())
         in_place = np.zeros(n, bool)
         in_place[:m] = h[:m] == old_h[:m]
-        return found, project_rows, np.flatnonzero(same), in_place
+        return found, project_rows, same, in_place
 
-    def entries_of(self, positions: np.ndarray, h: np.ndarray, in_place: np.ndarray,
+    def entries_of(self, reused: np.ndarray, h: np.ndarray, in_place: np.ndarray,
                    db=None) -> tuple[list[pa.Table], pd.DataFrame]:
         """The left-out rows (parts by site, for `_left_out_frame`) and type conflicts
-        (segment_id, uid, rule, pos, k) kept for the unchanged profiles at ``positions``:
+        (segment_id, uid, rule, pos, k) kept for the unchanged profiles (mask ``reused``):
         a row still where it was has the rows kept at its position, one that moved those of
         its row hash."""
         n = len(h)
-        reused = np.zeros(n, bool)
-        reused[positions] = True
         entries = self.entries.filter(pc.not_equal(self.entries["code"], "shared_identifier"))
         old = entries["pos"].to_numpy()
         inside = old < n
