@@ -135,7 +135,8 @@ def long_values(column: pa.ChunkedArray, limit: int) -> tuple[np.ndarray, np.nda
 # holds nothing to run: neither is reported.
 FORMULA_RE = r"^[\t\r ]*[=+\-@]"
 _NOT_FORMULA_RE = r"^[\t\r ]*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-][\d\s().-]*)[\t\r ]*$"
-_FORMULA_FIRST_BYTES = np.frombuffer(b"=+-@\t\r ", dtype=np.uint8)
+_FORMULA_FIRST = np.zeros(256, dtype=bool)
+_FORMULA_FIRST[np.frombuffer(b"=+-@\t\r ", dtype=np.uint8)] = True
 
 
 def is_formula_like(text: str) -> bool:
@@ -146,22 +147,25 @@ def is_formula_like(text: str) -> bool:
 def formula_positions(column: pa.ChunkedArray) -> np.ndarray:
     """Positions of the formula-like values of a text column (`is_formula_like`). Only values
     whose first byte could start a formula are matched against the pattern, and those are
-    found from the Arrow buffers with numpy: a column without any costs no regex pass."""
+    found from the Arrow buffers with numpy (a table lookup of each value's first byte): a
+    column without any costs no regex pass."""
     found, start = [], 0
     for arr in column.chunks:
         offsets, data = _text_buffers(arr)
-        lengths = np.diff(offsets)
-        filled = lengths > 0
-        if arr.null_count:
-            filled &= arr.is_valid().to_numpy(zero_copy_only=False)
-        first = np.zeros(len(arr), dtype=np.uint8)
-        first[filled] = data[(offsets[:-1] - offsets[0])[filled]]
-        candidates = np.flatnonzero(filled & np.isin(first, _FORMULA_FIRST_BYTES))
-        if len(candidates):
-            values = arr.take(pa.array(candidates))
-            hit = pc.and_(pc.match_substring_regex(values, FORMULA_RE),
-                          pc.invert(pc.match_substring_regex(values, _NOT_FORMULA_RE)))
-            found.append(candidates[hit.to_numpy(zero_copy_only=False)] + start)
+        if len(data):
+            # each value's first byte; an empty or null value points at its neighbour's (or,
+            # last, past the end: clipped), so candidates are then kept only when not empty
+            first = data.take(offsets[:-1] - offsets[0], mode="clip")
+            candidates = np.flatnonzero(_FORMULA_FIRST[first])
+            if len(candidates):
+                candidates = candidates[offsets[candidates + 1] > offsets[candidates]]
+            if len(candidates):
+                values = arr.take(pa.array(candidates))
+                hit = pc.and_(pc.match_substring_regex(values, FORMULA_RE),
+                              pc.invert(pc.match_substring_regex(values, _NOT_FORMULA_RE)))
+                # a null slot spanning bytes (not as the CSV reader writes them) is no value
+                hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+                found.append(candidates[hit] + start)
         start += len(arr)
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
@@ -535,6 +539,10 @@ class Typed:
         self.string_booleans = string_booleans  # (position, raw value)
         self.non_finite = {k: v for k, v in (non_finite or {}).items() if len(v)}
         self.mixed = mixed
+        # for a text column, (positions of long values, their lengths, formula-like positions)
+        # when its reader computed them alongside the typing (`validation.text_checks`); a
+        # remapped column recomputes them
+        self.text_checks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def remapped(self, values: pd.Series, codes: np.ndarray) -> "Typed":
         """The same findings for merged rows: `codes` maps each position to its merged one."""
@@ -559,6 +567,8 @@ def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[s
     invalid, so the plan keeps what Braze holds), while NaN means no value."""
     if numbers.type != pa.float64():
         numbers = pc.cast(numbers, pa.float64())
+    if all(np.isfinite(_float_values(arr)).all() for arr in numbers.chunks):
+        return numbers, {}  # every slot finite, nulls' included: nothing to find
     odd = pc.invert(pc.fill_null(pc.is_finite(numbers), True))
     if not pc.any(odd).as_py():
         return numbers, {}
@@ -571,6 +581,14 @@ def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[s
         numbers = pc.if_else(pc.fill_null(pc.is_nan(numbers), False),
                              pa.scalar(None, pa.float64()), numbers)
     return numbers, kinds
+
+
+def _float_values(arr: pa.Array) -> np.ndarray:
+    """Every slot of a float64 array as a numpy view, null slots' (arbitrary) values included."""
+    data = arr.buffers()[1]
+    if data is None:
+        return np.zeros(0)
+    return np.frombuffer(data, dtype=np.float64)[arr.offset:arr.offset + len(arr)]
 
 
 def _float_series(numbers: pa.ChunkedArray) -> pd.Series:

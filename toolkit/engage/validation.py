@@ -98,7 +98,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   f"name ({'over 255 characters' if len(key) > LIMITS.name_length else 'starts with $'})",
                   column=key[:LIMITS.name_length], fix="rename the attribute in the mapping (Rule.attribute)")
 
-    hashed = pc.fill_null(pc.starts_with(as_text(sid), "sha256:"), False)
+    hashed = pc.starts_with(as_text(sid), "sha256:")  # null for a null key: not summed
     present = {c: p[c].notna().to_numpy() for c in ("user_id", "braze_id", "email",
                                                      "anonymous_id")}
     unusable = ~(present["user_id"] | present["braze_id"])
@@ -201,8 +201,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "as booleans", column=key,
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
-            text = as_text(p[key])
-            long, chars = long_values(text, LIMITS.string_length)
+            long, chars, formulas = (t.text_checks if t.text_checks is not None
+                                     else text_checks(as_text(p[key])))
             if len(long):
                 row_findings(f, "warning", "long_string",
                              [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
@@ -211,7 +211,6 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              column=key, segment_ids=sid, rows=rows,
                              summary=f"strings over {LIMITS.string_length} characters in {key!r}",
                              fix=f"shorten the value to {LIMITS.string_length} characters or fewer")
-            formulas = formula_positions(text)
             if len(formulas):
                 message = (f"{key!r} value starts like a spreadsheet formula (=, +, -, @): it is "
                            "sent to Braze as text, exactly as it is, but a spreadsheet opening a "
@@ -220,6 +219,22 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              [(int(i), message) for i in formulas[:MAX_ROW_FINDINGS]],
                              total=len(formulas), column=key, segment_ids=sid, rows=rows,
                              summary=f"formula-like values in {key!r}", fix=_FORMULA_FIX)
+
+
+def text_checks(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `check` reads from a text column: (positions of values over Braze's string length,
+    their character counts, positions of formula-like values). A reader may compute them
+    while typing the column (`Typed.text_checks`), in parallel with its other work."""
+    long, chars = long_values(column, LIMITS.string_length)
+    return long, chars, formula_positions(column)
+
+
+def with_text_checks(typed: "Typed", column) -> "Typed":
+    """`typed` with its `text_checks` computed from `column` (its source text, the values
+    `typed` holds) when it is a text column."""
+    if typed.value_type == "string":
+        typed.text_checks = text_checks(column)
+    return typed
 
 
 # What the toolkit does with a value that does not fit its column: the same as with an empty
