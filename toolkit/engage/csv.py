@@ -32,6 +32,7 @@ finding naming its rows, what each column kept and from which row, and what was 
 from __future__ import annotations
 
 import csv as _stdcsv
+import ctypes
 import hashlib
 import io
 import itertools
@@ -55,7 +56,7 @@ from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
-                                   merge_report, rows_text, sample_kind, type_python_values,
+                                   merge_report, rows_text, sample_kinds, type_python_values,
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.engage.validation import with_text_checks
@@ -181,11 +182,15 @@ def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = 
                                 quoted_strings_can_be_null=True)
 
 
-def _predicted_types(header: CsvHeader, columns: list[str]) -> dict[str, pa.DataType]:
+def _predicted_types(header: CsvHeader, columns: list[str],
+                     kinds: dict[str, tuple[str, dict[str, int]]] | None = None
+                     ) -> dict[str, pa.DataType]:
     """Number and datetime columns among `columns`, judged as `type_string_column` would from
     the rows in the header's first megabyte, so that pyarrow's parallel reader parses them
     rather than a later single-threaded pass over their text. Columns whose first
-    `TYPE_SAMPLE` values are not all in that megabyte are left out (read as text)."""
+    `TYPE_SAMPLE` values are not all in that megabyte are left out (read as text). `kinds`
+    receives every judged column's `sample_kinds`: the same as the whole column's, which
+    `type_string_column` then need not sample again."""
     if not columns:
         return {}
     body = header.head if header.complete else header.head[:header.head.rfind(b"\n") + 1]
@@ -202,7 +207,9 @@ def _predicted_types(header: CsvHeader, columns: list[str]) -> dict[str, pa.Data
         values = sample.column(c)
         if not header.complete and len(values) - values.null_count < TYPE_SAMPLE:
             continue
-        kind = sample_kind(values)
+        kind, counts = sample_kinds(values)
+        if kinds is not None:
+            kinds[c] = (kind, counts)
         if kind in _PARSED:
             types[c] = _PARSED[kind]
     return types
@@ -289,16 +296,44 @@ def _odd_quote_count(path: Path) -> bool:
 
 
 def _odd_quotes(data: pa.Buffer) -> bool:
-    """Whether `data` holds an odd number of double quotes: a vectorised count in 1 MB
-    blocks (cache-sized temporaries, about 0.1 s per GB), no Python loop over its bytes."""
-    view = np.frombuffer(data, dtype=np.uint8)
+    """Whether `data` holds an odd number of double quotes. Quotes are rare in an Engage
+    export, so they are first found one by one with C's ``memchr`` (memory speed, no copy);
+    past `_QUOTES_FOUND_ONE_BY_ONE` of them the rest is counted with numpy in cache-sized
+    blocks. No Python loop over the bytes either way."""
+    start, count = 0, 0
+    if _memchr is not None and data.size:
+        base, end = data.address, data.address + data.size
+        at = base
+        while count < _QUOTES_FOUND_ONE_BY_ONE:
+            hit = _memchr(at, 34, end - at)
+            if not hit:
+                return bool(count & 1)
+            count += 1
+            at = hit + 1
+        start = at - base
+    view = np.frombuffer(data, dtype=np.uint8)[start:]
     equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
-    odd = 0
-    for start in range(0, len(view), _QUOTE_SCAN_BLOCK):
-        block = view[start:start + _QUOTE_SCAN_BLOCK]
+    for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
+        block = view[first:first + _QUOTE_SCAN_BLOCK]
         np.equal(block, 34, out=equal[:len(block)])
-        odd ^= int(np.count_nonzero(equal[:len(block)])) & 1
-    return bool(odd)
+        count += int(np.count_nonzero(equal[:len(block)]))
+    return bool(count & 1)
+
+
+def _c_memchr():
+    """libc's ``memchr`` through ctypes (which releases the GIL while it runs); None where
+    there is no C library to load (then numpy counts every quote)."""
+    try:
+        memchr = ctypes.CDLL(None).memchr
+    except (OSError, TypeError, AttributeError):
+        return None
+    memchr.restype = ctypes.c_void_p
+    memchr.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+    return memchr
+
+
+_memchr = _c_memchr()
+_QUOTES_FOUND_ONE_BY_ONE = 1_000
 
 
 def _unclosed_quote(header: CsvHeader) -> ExportFormatError | None:
@@ -466,12 +501,13 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     if header.bom:
         findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
                      fix="nothing to do; the reader handles it")
-    types = {}
+    types: dict[str, pa.DataType] = {}
+    kinds: dict[str, tuple[str, dict[str, int]]] = {}
     if kind == "csv_formatted":
         types = _predicted_types(header, [c for c in header.columns
                                           if c.lower() not in ("key", "external_ids", "traits",
                                                                "value", key)
-                                          and id_column_type(c.lower()) is None])
+                                          and id_column_type(c.lower()) is None], kinds)
     if store is None:
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
     if store:
@@ -485,8 +521,11 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
     lower = {c.lower(): c for c in table.column_names}
-    reader = {"csv_formatted": _formatted, "csv_unformatted": _unformatted,
-              "csv_legacy": _unformatted, "csv_hashed": _hashed, "trait_csv": _trait}[kind]
+    if kind == "csv_formatted":  # the whole file: its sampled kinds are the columns'
+        return _formatted(path, table, lower, key=key, computation_id=computation_id,
+                          findings=findings, kind=kind, kinds=kinds)
+    reader = {"csv_unformatted": _unformatted, "csv_legacy": _unformatted,
+              "csv_hashed": _hashed, "trait_csv": _trait}[kind]
     return reader(path, table, lower, key=key, computation_id=computation_id, findings=findings,
                   kind=kind)
 
@@ -814,7 +853,8 @@ def _audience_comp(key: str, computation_id: str | None) -> dict:
             "value_type": "boolean"}
 
 
-def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+def _formatted(path, table, lower, *, key, computation_id, findings, kind,
+               kinds: dict | None = None) -> EngageExport:
     n = table.num_rows
     ids = _Ids(n)
     traits = _id_columns(table, lower, ids, findings)
@@ -829,7 +869,8 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
     comps = []
     member = None
     for col in traits:  # typed later, in parallel with the identifiers (see _finish)
-        t = partial(_typed_text, table.column(col), audience=col.lower() == key)
+        t = partial(_typed_text, table.column(col), audience=col.lower() == key,
+                    kinds=(kinds or {}).get(col))
         if col.lower() == key:
             member = t
             continue
@@ -843,9 +884,11 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
 
 
-def _typed_text(column: pa.ChunkedArray, *, audience: bool = False) -> Typed:
-    """A CSV column typed, with the validation's text checks when it stays text."""
-    return with_text_checks(type_string_column(column, audience=audience), column)
+def _typed_text(column: pa.ChunkedArray, *, audience: bool = False,
+                kinds: tuple[str, dict[str, int]] | None = None) -> Typed:
+    """A CSV column typed (`kinds`: its `sample_kinds` when already known), with the
+    validation's text checks when it stays text."""
+    return with_text_checks(type_string_column(column, audience=audience, kinds=kinds), column)
 
 
 def _json_ids_into(path: Path, cells: list, column: str, ids: _Ids, findings: Findings) -> None:

@@ -280,7 +280,9 @@ def has_duplicates(values) -> bool:
     present = len(column) - column.null_count
     if present < 2:
         return False
-    parts = _fingerprint_parts(column, 4 if present >= 1 << 16 else 0)
+    # parts of at most ~32k fingerprints: a hash table that size stays in the core's cache
+    # even while other processes use the shared one
+    parts = _fingerprint_parts(column, min(8, (present >> 15).bit_length()))
     if parts is not None and all(pd.Index(np.concatenate(part)).is_unique for part in parts):
         return False
     return len(pc.unique(column.drop_null())) < present
@@ -716,14 +718,15 @@ def sample_kinds(column: pa.ChunkedArray) -> tuple[str, dict[str, int]]:
 MIXED_SHARE = 1 / 3
 
 
-def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Typed:
+def type_string_column(column: pa.ChunkedArray, *, audience: bool = False,
+                       kinds: tuple[str, dict[str, int]] | None = None) -> Typed:
     """Type a CSV column read as text, vectorised with pyarrow (the 1M-row path).
 
     The column's type is the most common kind in a sample of its first non-empty values; the
     whole column is then converted to that kind in one cast when every value fits, else checked
     value by value. Values that do not fit are drift and read as blank; in a number column NaN
     is read as blank too and ±inf kept to be left out (`Typed.non_finite`). No per-row
-    Python."""
+    Python. `kinds`: the column's `sample_kinds` when the caller already has them."""
     col = column
     # already parsed by the CSV reader (see csv._predicted_types), or a parquet float column
     if pa.types.is_floating(col.type):
@@ -736,7 +739,7 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
     if audience:
         value_type = "boolean"
     else:
-        value_type, counts = sample_kinds(col)
+        value_type, counts = kinds if kinds is not None else sample_kinds(col)
     if value_type == "string":
         out = pd.Series(col.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
         return Typed(out, "string", [], [], [], mixed=_mixed(col, counts))
@@ -814,6 +817,18 @@ def _mixed(column: pa.ChunkedArray, counts: dict[str, int]) -> dict | None:
 # -- assembly ----------------------------------------------------------------------------------
 
 def empty_events() -> pd.DataFrame:
+    """An events frame with no rows (its columns typed per the contract); a copy of one
+    template, which costs far less than building the typed columns again."""
+    global _EMPTY_EVENTS
+    if _EMPTY_EVENTS is None:
+        _EMPTY_EVENTS = _new_empty_events()
+    return _EMPTY_EVENTS.copy()
+
+
+_EMPTY_EVENTS: pd.DataFrame | None = None
+
+
+def _new_empty_events() -> pd.DataFrame:
     return pd.DataFrame({
         "segment_id": pd.Series(dtype="string"),
         "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),

@@ -99,8 +99,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   column=key[:LIMITS.name_length], fix="rename the attribute in the mapping (Rule.attribute)")
 
     hashed = pc.starts_with(as_text(sid), "sha256:")  # null for a null key: not summed
-    present = {c: p[c].notna().to_numpy() for c in ("user_id", "braze_id", "email",
-                                                     "anonymous_id")}
+    present = {c: _present(p[c]) for c in ("user_id", "braze_id", "email", "anonymous_id")}
     unusable = ~(present["user_id"] | present["braze_id"])
     anonymous = unusable & ~present["email"] & present["anonymous_id"]
     email_only = unusable & present["email"]
@@ -219,6 +218,17 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              [(int(i), message) for i in formulas[:MAX_ROW_FINDINGS]],
                              total=len(formulas), column=key, segment_ids=sid, rows=rows,
                              summary=f"formula-like values in {key!r}", fix=_FORMULA_FIX)
+
+
+def _present(values: pd.Series) -> np.ndarray:
+    """Which values are not missing, read from the Arrow validity (no pass when none or all
+    are missing)."""
+    if not isinstance(values.array, pd.arrays.ArrowStringArray):
+        return values.notna().to_numpy()
+    arr = as_text(values)
+    if arr.null_count in (0, len(arr)):
+        return np.full(len(arr), arr.null_count == 0)
+    return pc.is_valid(arr).to_numpy(zero_copy_only=False)
 
 
 def text_checks(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
