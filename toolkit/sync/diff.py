@@ -50,6 +50,7 @@ class DiffResult:
     tally: list = field(default_factory=list)   # [rule, op, change, name, operations], sorted
     users: int = 0                 # users with at least one operation
     attribute_users: int = 0       # users with at least one attribute operation
+    transfer: tuple = (0, 0)       # bytes sent to and received from the ledger's server
 
 
 def _kind(expr: str) -> str:
@@ -102,7 +103,20 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_cols = "".join(f", coalesce(h.h{k}, false) AS h{k}" for k in range(len(specs)))
     state_cols = "".join(f", s.{quote(sp.field)} AS s{k}" if sp.field in have else
                          f", NULL::VARCHAR AS s{k}" for k, sp in enumerate(specs))
-    if snapshot is not None:
+    transfer = (0, 0)
+    remote = getattr(snapshot, "remote", False)
+    if remote:
+        # the comparison runs in the ledger's server: keys and checksums go in, the changed
+        # users come back with their previous values (s0, s1…), and j is built from those
+        prev, sent, received = snapshot.changed(
+            db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
+            [sp.field for sp in specs])
+        db.register("prev_raw", prev)
+        db.execute("CREATE TEMP TABLE changed AS SELECT d.*"
+                   + "".join(f", p.s{k}" for k in range(len(specs)))
+                   + " FROM desired d JOIN prev_raw p ON d.uid = p.uid")
+        state_cols, joins, transfer = "", "", (sent, received)
+    elif snapshot is not None:
         src = f"read_parquet({literal(str(snapshot.path))})"
         if snapshot.checksum_spec == digest:
             ledger_ck = "checksum"
@@ -125,6 +139,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     db.execute("DROP TABLE changed")
     db.execute("DROP VIEW desired")
     db.unregister("desired_raw")
+    if remote:
+        db.unregister("prev_raw")
 
     conflicts = _conflicts(db, specs)
     sections = {0: [], 1: [], 2: []}
@@ -140,7 +156,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     tally = _Tally(projection.profiles)
     rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows, tally)
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
-                      digests, tally.rows(), tally.users(), tally.attribute_users)
+                      digests, tally.rows(), tally.users(), tally.attribute_users,
+                      tuple(transfer))
 
 
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
