@@ -239,7 +239,7 @@ def text_checks(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return long, chars, formula_positions(column)
 
 
-def with_text_checks(typed: "Typed", column) -> "Typed":
+def with_text_checks(typed: Typed, column) -> Typed:
     """`typed` with its `text_checks` computed from `column` (its source text, the values
     `typed` holds) when it is a text column."""
     if typed.value_type == "string":
