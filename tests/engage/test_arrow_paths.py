@@ -291,3 +291,16 @@ def test_sampled_kinds_reused_for_typing_give_the_same_export(write, monkeypatch
     pd.testing.assert_frame_equal(reused.profiles, sampled.profiles)
     assert list(reused.findings) == list(sampled.findings)
     assert reused.findings.of("type_drift")  # the number column's late text is reported
+
+
+def test_count_prefixed_matches_starts_with():
+    from toolkit.engage.frames import count_prefixed
+
+    rng = random.Random(3)
+    values = _random_text(rng, 3000, null_rate=0.2, max_len=9, alphabet="sha256:x")
+    values[-1] = ""
+    for prefix in ("sha256:", "s", "x", ""):
+        want = sum(1 for v in values if v is not None and v.startswith(prefix))
+        for arr in (_chunked(values), pa.chunked_array([pa.array(["sha256:pad", *values])[1:]]),
+                    _chunked(values).cast(pa.large_string())):
+            assert count_prefixed(arr, prefix) == want, prefix

@@ -42,8 +42,8 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from toolkit.braze.limits import LIMITS
-from toolkit.engage.frames import (LISTED, as_text, formula_positions, has_duplicates,
-                                   is_formula_like, long_values, row_of)
+from toolkit.engage.frames import (LISTED, as_text, count_prefixed, formula_positions,
+                                   has_duplicates, is_formula_like, long_values, row_of)
 
 if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
@@ -98,7 +98,6 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   f"name ({'over 255 characters' if len(key) > LIMITS.name_length else 'starts with $'})",
                   column=key[:LIMITS.name_length], fix="rename the attribute in the mapping (Rule.attribute)")
 
-    hashed = pc.starts_with(as_text(sid), "sha256:")  # null for a null key: not summed
     present = {c: _present(p[c]) for c in ("user_id", "braze_id", "email", "anonymous_id")}
     unusable = ~(present["user_id"] | present["braze_id"])
     anonymous = unusable & ~present["email"] & present["anonymous_id"]
@@ -113,7 +112,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
         f.add("info", "email_only",
               f"{int(email_only.sum()):,} profiles have an email but no user_id or braze_id",
               column="email", fix="sync them by email (opt in) or identify them with a userId")
-    hashed_count = pc.sum(hashed).as_py() or 0
+    hashed_count = count_prefixed(as_text(sid), "sha256:")
     if hashed_count:
         f.add("error", "hashed_identifier",
               f"{hashed_count:,} profiles are known only by a SHA-256 hash; Braze cannot use "
