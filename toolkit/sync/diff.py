@@ -308,7 +308,8 @@ class _Kinds:
         idx = self.indices[col][kind]
         mask = idx < 0
         return pa.DictionaryArray.from_arrays(
-            pa.array(idx, pa.int32(), mask=mask if mask.any() else None), self.dictionaries[col])
+            pa.array(idx, pa.int32(), mask=mask if mask.any() else None), self.dictionaries[col],
+            safe=False)   # the indices come from the dictionary itself
 
     def key(self, i: int) -> tuple:
         o = self.all[i]
@@ -322,7 +323,7 @@ def _texts(kinds: _Kinds, what: str, kind: np.ndarray, user: np.ndarray, chunk: 
     m = chunk.num_rows
     pool = [kinds.consts]
     slots: dict[tuple, int] = {}
-    present = np.unique(kind)
+    present = np.flatnonzero(np.bincount(kind, minlength=len(kinds.all)))
     where = np.zeros(len(kinds.all), dtype=np.int64)   # per kind: constant index or slot base
     const = np.zeros(len(kinds.all), dtype=bool)
     for i in present.tolist():
@@ -363,16 +364,22 @@ class ColumnDigest:
         if pa.types.is_dictionary(arr.type):
             arr = arr.dictionary.take(arr.indices)
         if pa.types.is_integer(arr.type):
-            self.data.update(np.asarray(arr.fill_null(-1).to_numpy(zero_copy_only=False),
-                                        dtype="<i8").tobytes())
+            self.data.update(np.ascontiguousarray(
+                arr.fill_null(-1).to_numpy(zero_copy_only=False), dtype="<i8"))
             return
-        arr = arr.cast(pa.large_binary())
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
+        if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
+            width = np.int32
+        else:
+            width = np.int64
+            if not (pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)):
+                arr = arr.cast(pa.large_binary())
+        # hashed straight from the Arrow buffers (numpy arrays are buffers: no copies)
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[
             arr.offset:arr.offset + len(arr) + 1]
-        lengths = np.diff(offsets)
+        lengths = np.diff(offsets).astype("<i8")
         if arr.null_count:
-            lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
-        self.lengths.update(lengths.astype("<i8").tobytes())
+            lengths[arr.is_null().to_numpy(zero_copy_only=False)] = -1
+        self.lengths.update(lengths)
         data = arr.buffers()[2]
         if data is not None and offsets[-1] > offsets[0]:
             self.data.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
@@ -547,23 +554,28 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
                 waiting += table.num_rows
                 flush(False)
                 n = table.num_rows
-                local_new = _changes(uid)
+                local_new = new_uid.copy()
+                local_new[0] = True
                 starts = np.flatnonzero(_changes(batch))
                 stops = np.append(starts[1:], n)
-                first = kind[starts]
-                parts.append(pd.DataFrame({
+                parts.append({
                     "index": batch[starts], "start": rows + starts, "stop": rows + stops - 1,
                     "rows": stops - starts, "users": np.add.reduceat(local_new, starts),
-                    **{c: np.array([getattr(kinds.all[i], c) for i in first.tolist()],
-                                   dtype=object) for c in ("op", "name", "change")},
+                    "kind": kind[starts],
                     "first_uid": uid.take(pa.array(starts)).to_numpy(zero_copy_only=False),
-                    "last_uid": uid.take(pa.array(stops - 1)).to_numpy(zero_copy_only=False)}
-                ).set_index("index"))
+                    "last_uid": uid.take(pa.array(stops - 1)).to_numpy(zero_copy_only=False)})
                 rows += n
                 if on_rows is not None:
                     on_rows(n)
             flush(True)   # a section ends its row group, as the requests never span sections
-    return rows, _batch_frame(parts), {c: d.digest() for c, d in writer.digests.items()}, tally
+    frame = []
+    if parts:   # one frame for all chunks: the kinds name each part's op, name and change
+        joined = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+        kind = joined.pop("kind")
+        frame = [pd.DataFrame({**joined, **{
+            c: np.array([getattr(o, c) for o in kinds.all], dtype=object)[kind]
+            for c in ("op", "name", "change")}}).set_index("index")]
+    return rows, _batch_frame(frame), {c: d.digest() for c, d in writer.digests.items()}, tally
 
 
 def empty_result(out: Path) -> DiffResult:
