@@ -316,35 +316,37 @@ class _Kinds:
         return (o.rule, o.op, o.change, o.name)
 
 
-def _texts(kinds: _Kinds, what: str, kind: np.ndarray, user: np.ndarray, chunk: pa.RecordBatch,
-           specs: list[FieldSpec]) -> pa.Array:
-    """The ``value`` or ``after`` text of each operation: a constant, or taken from its
+def _texts(kinds: _Kinds, kind: np.ndarray, user: np.ndarray, chunk: pa.RecordBatch,
+           specs: list[FieldSpec]) -> tuple[pa.Array, pa.Array]:
+    """The ``value`` and ``after`` texts of each operation: a constant, or taken from its
     user's desired text (``user``: the operation's row in ``chunk``)."""
     m = chunk.num_rows
     pool = [kinds.consts]
     slots: dict[tuple, int] = {}
-    present = np.flatnonzero(np.bincount(kind, minlength=len(kinds.all)))
-    where = np.zeros(len(kinds.all), dtype=np.int64)   # per kind: constant index or slot base
-    const = np.zeros(len(kinds.all), dtype=bool)
-    for i in present.tolist():
-        text = getattr(kinds.all[i], what)
-        if not isinstance(text, tuple):
-            const[i], where[i] = True, kinds.const_index[text]
-            continue
-        spec = specs[int(kinds.spec[i])]
-        key = (spec.column, text)
-        if key not in slots:
-            arr = chunk.column(spec.column)
-            if text is _PROPS:
-                arr = pc.binary_join_element_wise(pa.scalar(spec.props_prefix, pa.string()), arr,
-                                                  pa.scalar(spec.props_suffix, pa.string()),
-                                                  pa.scalar("", pa.string()))
-            slots[key] = len(kinds.consts) + m * (len(pool) - 1)
-            pool.append(arr.cast(pa.string()))
-        where[i] = slots[key]
-    idx = np.where(const[kind], where[kind], where[kind] + user)
+    present = np.flatnonzero(np.bincount(kind, minlength=len(kinds.all))).tolist()
+    out = []
+    for what in ("value", "after"):
+        where = np.zeros(len(kinds.all), dtype=np.int32)  # per kind: constant index or slot base
+        const = np.zeros(len(kinds.all), dtype=bool)
+        for i in present:
+            text = getattr(kinds.all[i], what)
+            if not isinstance(text, tuple):
+                const[i], where[i] = True, kinds.const_index[text]
+                continue
+            spec = specs[int(kinds.spec[i])]
+            key = (spec.column, text)
+            if key not in slots:
+                arr = chunk.column(spec.column)
+                if text is _PROPS:
+                    arr = pc.binary_join_element_wise(
+                        pa.scalar(spec.props_prefix, pa.string()), arr,
+                        pa.scalar(spec.props_suffix, pa.string()), pa.scalar("", pa.string()))
+                slots[key] = len(kinds.consts) + m * (len(pool) - 1)
+                pool.append(arr.cast(pa.string()))
+            where[i] = slots[key]
+        out.append(np.where(const[kind], where[kind], where[kind] + user.astype(np.int32)))
     values = pa.concat_arrays(pool) if len(pool) > 1 else pool[0]
-    return values.take(pa.array(idx))
+    return values.take(pa.array(out[0])), values.take(pa.array(out[1]))
 
 
 class ColumnDigest:
@@ -534,7 +536,7 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
                     continue
                 kind = flat[at]
                 user = at // width
-                take = pa.array(user)
+                take = pa.array(user.astype(np.int32))
                 uid = chunk.column("uid").take(take).cast(pa.string())
                 if not started:
                     cutter.start()
@@ -542,13 +544,14 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
                 batch, new_uid = cutter.cut(uid, order)
                 pos = chunk.column("pos").to_numpy(zero_copy_only=False)[user]
                 tally.add(kind, pos, new_uid, order)
+                value, after = _texts(kinds, kind, user, chunk, specs)
                 table = pa.table({
                     "uid": uid,
                     "segment_id": chunk.column("segment_id").take(take).cast(pa.string()),
                     **{c: kinds.column(c, kind) for c in ("op", "rule", "change", "name")},
-                    "value": _texts(kinds, "value", kind, user, chunk, specs),
+                    "value": value,
                     "field": kinds.column("field", kind),
-                    "after": _texts(kinds, "after", kind, user, chunk, specs),
+                    "after": after,
                     "batch": pa.array(batch)}, schema=schema)
                 buffered.append(table)
                 waiting += table.num_rows
