@@ -9,6 +9,13 @@ the request (``batch``) each operation belongs to already assigned:
 * attributes: at most ``limit`` users per request (one object per user);
 * events: at most ``limit`` events per request, never splitting one user's events;
 * cohort changes: at most 1,000 users per request, one cohort and direction each.
+
+The engine decides, per user and field, which change (if any) the field needs, as a small
+outcome number; the operations are then assembled column-wise with Arrow from those numbers
+(texts taken from the users' desired values, the few constant columns as dictionary indices),
+so no text is built per operation by SQL. A first sync (no snapshot, nothing held) reads the
+projection as it is: no checksums, joins or copies. The file's column digests (the plan's
+fingerprint) are hashed on a thread of their own while another encodes and compresses.
 """
 from __future__ import annotations
 
