@@ -234,7 +234,11 @@ def main() -> int:
                         help="run the fault matrix and the crash campaign with the ledger on "
                              "PostgreSQL (a fresh schema per run at this URL; 'local-postgresql' "
                              "starts a throwaway server as the tests do)")
+    parser.add_argument("--diff-at", choices=("auto", "local", "server"), default="auto",
+                        help="where every campaign plan's diff runs (toolkit.plan's diff_at; "
+                             "'server' with --ledger exercises the diff in PostgreSQL)")
     args = parser.parse_args()
+    os.environ["TOOLKIT_CAMPAIGN_DIFF_AT"] = args.diff_at
     server = None
     if args.ledger == "local-postgresql":
         from tests.pgserver import PostgresServer

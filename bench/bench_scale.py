@@ -152,6 +152,7 @@ class Bench:
         self.state: dict[str, Any] = {}
         self.resources = ExitStack()
         self.ledger_url: str | None = None   # a PostgreSQL ledger (--ledger) instead of SQLite
+        self.diff_at = "auto"                 # toolkit.plan's diff_at (--diff-at)
 
     def measure(self, name: str, what: str, fn: Callable[[Row], Any], repeat: int = 1) -> Row:
         """Time ``fn(row)`` (the best of ``repeat`` runs) and record the peak RSS during it; an
@@ -248,12 +249,18 @@ class Bench:
         import toolkit
 
         plan = toolkit.plan(export, self.mapping(), self.state["ledger"],
-                            workspace=self.state["client"], create_users=True)
+                            workspace=self.state["client"], create_users=True,
+                            diff_at=self.diff_at)
         cost = plan.cost()
+        site = plan.manifest.get("diff") or {}
         row.figures.update(operations=cost["operations"], users=cost["users"],
-                           requests=cost["requests"], data_points=cost["data_points"])
+                           requests=cost["requests"], data_points=cost["data_points"],
+                           diff_where=site.get("where"), diff_moves=site.get("moves"),
+                           diff_sent_bytes=site.get("sent_bytes"),
+                           diff_received_bytes=site.get("received_bytes"))
         row.note = (f"{cost['operations']:,} operations, {cost['users']:,} users, "
-                    f"{cost['requests']:,} requests")
+                    f"{cost['requests']:,} requests"
+                    + ("; diff in the server" if site.get("where") == "server" else ""))
         return plan
 
     # -- stages ---------------------------------------------------------------------------
@@ -635,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the ledger on PostgreSQL (a fresh schema at this URL; "
                              "'local-postgresql' starts a throwaway server as the tests do) "
                              "instead of the embedded SQLite file")
+    parser.add_argument("--diff-at", choices=("auto", "local", "server"), default="auto",
+                        help="where the plans' diff runs with a --ledger on PostgreSQL "
+                             "(toolkit.plan's diff_at; default: auto, the smaller side moves)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the plan, ledger and Parquet files under bench/out/scale-N/run")
     args = parser.parse_args(argv)
@@ -657,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(files, run_dir, selected, args.push_batches, max(args.repeat, 1),
                   args.sandbox_keep)
     bench.acknowledge = args.acknowledge
+    bench.diff_at = args.diff_at
     server = None
     try:
         if args.ledger:

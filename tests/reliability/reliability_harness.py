@@ -7,6 +7,7 @@ Kept free of pytest so the benchmark can run the same campaign at a larger size.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ def make_plan(export, mapping, ledger, client, **options):
 
     options.setdefault("create_users", True)
     options.setdefault("event_time", EVENT_TIME)
+    # bench_faults --diff-at: run every campaign plan's diff in the ledger's server (or here)
+    options.setdefault("diff_at", os.environ.get("TOOLKIT_CAMPAIGN_DIFF_AT", "auto"))
     return plan(export, mapping, ledger, workspace=client, **options)
 
 

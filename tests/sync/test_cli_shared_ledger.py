@@ -66,6 +66,7 @@ def test_two_working_directories_share_one_ledger_url(team, sandbox, monkeypatch
                  "--out", "plan.json"]) == 0
     second = capsys.readouterr()
     assert "nothing to send" in second.out and "0 operations" in second.out, second.out
+    assert "diff ran on this machine" in second.out     # where the diff ran, and why
     assert len(sandbox.request_log()) == sent
     assert (folders["ben"] / ".toolkit" / "ledger-cache").is_dir()   # his own local cache
 

@@ -28,11 +28,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from toolkit import dialects
 from toolkit.engage.profiles_sync import arrow_frame, materialise
 from toolkit.errors import WarehouseError
 
-__all__ = ["LAYOUTS", "SCHEMES", "explain_connect_error", "is_database_url", "read_database",
-           "redact", "write_tables"]
+__all__ = ["LAYOUTS", "SCHEMES", "copy_in", "copy_out", "explain_connect_error",
+           "is_database_url", "read_database", "redact", "write_tables"]
 
 # URL scheme -> dialect
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql",
@@ -167,6 +168,8 @@ class _Database:
 class _Postgres(_Database):
     """PostgreSQL through psycopg: rows streamed with COPY into Arrow's CSV reader."""
 
+    engine = "postgresql"
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         try:
@@ -213,31 +216,55 @@ class _Postgres(_Database):
         return f"{c}::text", pa.string()
 
     def stream(self, sql: str, types: list[tuple[str, pa.DataType]]) -> Iterator[pa.RecordBatch]:
-
-        names = [n for n, _ in types]
-        options = {
-            "read_options": pacsv.ReadOptions(column_names=names, block_size=_COPY_BLOCK,
-                                              use_threads=False),
-            "convert_options": pacsv.ConvertOptions(
-                column_types=dict(types), true_values=["t"], false_values=["f"],
-                # PostgreSQL's CSV: NULL is an empty unquoted field, '' is ""
-                strings_can_be_null=True, quoted_strings_can_be_null=False),
-            "parse_options": pacsv.ParseOptions(newlines_in_values=True)}
-        with self.con.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
-            reader = io.BufferedReader(_CopyStream(copy), 1 << 20)
-            if not reader.peek(1):
-                return
-            yield from pacsv.open_csv(reader, **options)
+        yield from copy_out(self.con, sql, types)
 
     def close(self) -> None:
         self.con.close()
 
 
+def copy_out(conn, sql: str, types: list[tuple[str, pa.DataType]], *,
+             counter: list | None = None) -> Iterator[pa.RecordBatch]:
+    """Rows of a PostgreSQL query as Arrow record batches, streamed with ``COPY … TO STDOUT``
+    through Arrow's incremental CSV reader (``types``: each column's name and Arrow type;
+    ``counter[0]`` grows by the bytes received)."""
+    names = [n for n, _ in types]
+    options = {
+        "read_options": pacsv.ReadOptions(column_names=names, block_size=_COPY_BLOCK,
+                                          use_threads=False),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=dict(types), true_values=["t"], false_values=["f"],
+            # PostgreSQL's CSV: NULL is an empty unquoted field, '' is ""
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True)}
+    with conn.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
+        reader = io.BufferedReader(_CopyStream(copy, counter), 1 << 20)
+        if not reader.peek(1):
+            return
+        yield from pacsv.open_csv(reader, **options)
+
+
+def copy_in(conn, target: str, batches: Iterable[pa.RecordBatch]) -> int:
+    """Append Arrow record batches to the PostgreSQL table ``target`` (quoted, columns in the
+    batches' order) with ``COPY … FROM STDIN``; returns the bytes sent. NULL travels as an
+    empty unquoted field and '' as a quoted one, as PostgreSQL's CSV format reads them."""
+    sent = 0
+    with conn.cursor().copy(f"COPY {target} FROM STDIN (FORMAT csv)") as copy:
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+            data = buf.getvalue()
+            copy.write(data)
+            sent += len(data)
+    return sent
+
+
 class _CopyStream(io.RawIOBase):
     """psycopg's COPY blocks as a readable byte stream (what Arrow's CSV reader consumes)."""
 
-    def __init__(self, copy) -> None:
-        self.copy, self.pending = copy, b""
+    def __init__(self, copy, counter: list | None = None) -> None:
+        self.copy, self.pending, self.counter = copy, b"", counter
 
     def readable(self) -> bool:
         return True
@@ -248,6 +275,8 @@ class _CopyStream(io.RawIOBase):
             if not block:
                 return 0
             self.pending = bytes(block)
+            if self.counter is not None:
+                self.counter[0] += len(self.pending)
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
@@ -258,6 +287,7 @@ class _DuckDB(_Database):
     """A DuckDB database file, opened read-only: rows arrive as Arrow record batches."""
 
     default_schema = "main"
+    engine = "duckdb"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -423,65 +453,57 @@ def _materialised(db: _Database, schema: str, tables: dict, errors: tuple):
 
 
 def _segment(db: _Database, schema: str, tables: dict, errors: tuple):
-    """profile_traits / external_id_mapping built in the database from Segment's own tables."""
+    """profile_traits / external_id_mapping built in the database from Segment's own tables,
+    by statements generated for its dialect (`toolkit.dialects`)."""
     def col(table, name):
         return {c.lower(): c for c, _ in tables[table]}.get(name)
-    ut = db.table(schema, "user_traits")
-    sid, name, value = (_q(col("user_traits", c)) for c in ("canonical_segment_id", "name",
-                                                             "value"))
-    order = [f"{_q(col('user_traits', c))} DESC NULLS LAST" for c in ("seq", "timestamp")
-             if col("user_traits", c)]
-    latest = (f"SELECT {sid} AS sid, {name} AS name, CAST({value} AS VARCHAR) AS value, "
-              f"row_number() OVER (PARTITION BY {sid}, {name} "
-              f"ORDER BY {', '.join(order) or '1'}) AS rn FROM {ut} WHERE {value} IS NOT NULL")
-    names = [r[0] for r in db.rows(f"SELECT DISTINCT {name} FROM {ut} WHERE {name} IS NOT NULL "
-                                   f"ORDER BY 1")
+
+    def run(sql: str) -> str:
+        return dialects.render(sql, db.engine)
+
+    ut = db.names.get("user_traits", "user_traits")
+    name = col("user_traits", "name")
+    names = [r[0] for r in db.rows(run(dialects.trait_names_sql(schema, table=ut, name=name)))
              if r[0].lower() not in ("canonical_segment_id", "segment_id", "merged_to")]
-    graph = ""
-    merged = "CAST(NULL AS VARCHAR)"
+    graph = None
     if "id_graph" in tables:
-        gs, gc = _q(col("id_graph", "segment_id")), _q(col("id_graph", "canonical_segment_id"))
-        graph = (f" LEFT JOIN (SELECT {gs} AS segment_id, max({gc}) AS canonical FROM "
-                 f"{db.table(schema, 'id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
-                 f"ON g.segment_id = t.sid")
-        merged = "max(g.canonical)"
-    pivot = ", ".join(f"max(CASE WHEN t.name = {_lit(n)} THEN t.value END) AS {_q(n)}"
-                      for n in names)
-    traits_sql = (f"SELECT t.sid AS canonical_segment_id{', ' + pivot if pivot else ''}, "
-                  f"{merged} AS merged_to FROM ({latest}) t{graph} WHERE t.rn = 1 "
-                  f"GROUP BY t.sid ORDER BY t.sid")
+        graph = {"table": db.names.get("id_graph", "id_graph"),
+                 "segment_id": col("id_graph", "segment_id"),
+                 "canonical": col("id_graph", "canonical_segment_id")}
+    traits_sql = dialects.latest_traits_sql(
+        schema, table=ut, segment_id=col("user_traits", "canonical_segment_id"), name=name,
+        value=col("user_traits", "value"), traits=names,
+        order=[col("user_traits", c) for c in ("seq", "timestamp") if col("user_traits", c)],
+        graph=graph)
     text = [("canonical_segment_id", pa.string()), *((n, pa.string()) for n in names),
             ("merged_to", pa.string())]
-    traits = _read(db, traits_sql, text, f"{schema}.user_traits", errors)
+    traits = _read(db, run(traits_sql), text, f"{schema}.user_traits", errors)
 
-    ui = db.table(schema, "user_identifiers")
-    isid, itype, ivalue = (_q(col("user_identifiers", c)) for c in ("canonical_segment_id",
-                                                                     "type", "value"))
     its = col("user_identifiers", "timestamp")
-    ts_expr, ts_type = db.select(its, dict(tables["user_identifiers"])[its]) if its else \
-        ("CAST(NULL AS VARCHAR)", pa.string())
-    owner = f"i.{isid}"
-    graph_join = ""
-    if "id_graph" in tables:   # an identifier of a merged profile belongs to its survivor
-        graph_join = (f" LEFT JOIN (SELECT {gs} AS segment_id, max({gc}) AS canonical FROM "
-                      f"{db.table(schema, 'id_graph')} WHERE {gs} <> {gc} GROUP BY {gs}) g "
-                      f"ON g.segment_id = i.{isid}")
-        owner = f"COALESCE(g.canonical, i.{isid})"
-    iorder = [f"i.{_q(col('user_identifiers', c))}" for c in ("timestamp", "seq")
-              if col("user_identifiers", c)]
-    mapping_sql = (f"SELECT CAST({owner} AS VARCHAR) AS canonical_segment_id, "
-                   f"CAST(i.{itype} AS VARCHAR) AS external_id_type, "
-                   f"CAST(i.{ivalue} AS VARCHAR) AS external_id_value, {ts_expr} AS "
-                   f"{_q('timestamp')} FROM {ui} i{graph_join}"
-                   + (f" ORDER BY {', '.join(iorder)}" if iorder else ""))
+    order = [col("user_identifiers", c) for c in ("timestamp", "seq")
+             if col("user_identifiers", c)]
+    mapping_sql = run(dialects.identifier_mapping_sql(
+        schema, table=db.names.get("user_identifiers", "user_identifiers"),
+        segment_id=col("user_identifiers", "canonical_segment_id"),
+        type_=col("user_identifiers", "type"), value=col("user_identifiers", "value"),
+        timestamp=its, order=order, graph=graph))
+    ts_expr, ts_type = db.select("timestamp", dict(tables["user_identifiers"])[its]) if its else \
+        (_q("timestamp"), pa.string())
+    # the driver converts the time for its wire, around the generated statement (which also
+    # hands out the order columns, o0, o1…, for the outer query to order by)
+    keys = ", ".join(f"q.o{k}" for k in range(len(order)))
+    mapping_sql = (f"SELECT q.canonical_segment_id, q.external_id_type, q.external_id_value, "
+                   f"{ts_expr.replace(_q('timestamp'), 'q.' + _q('timestamp'))} AS "
+                   f"{_q('timestamp')} FROM ({mapping_sql}) q"
+                   + (f" ORDER BY {keys}" if keys else ""))
     mapping = _read(db, mapping_sql, [("canonical_segment_id", pa.string()),
                                       ("external_id_type", pa.string()),
                                       ("external_id_value", pa.string()),
                                       ("timestamp", ts_type)], f"{schema}.user_identifiers",
                     errors)
     ts = col("user_traits", "timestamp") or col("user_traits", "received_at")
-    snapshot = _snapshot(db, f"SELECT max({_q(ts)}) FROM {ut}") if ts else \
-        pd.Timestamp.now(tz="UTC")
+    snapshot = _snapshot(db, run(dialects.snapshot_time_sql(schema, table=ut, column=ts))) \
+        if ts else pd.Timestamp.now(tz="UTC")
     return traits, mapping, True, snapshot
 
 
@@ -512,12 +534,7 @@ def write_tables(url: str, schema: str, tables: dict[str, pa.Table]) -> None:
                 cols = ", ".join(f"{_q(f.name)} {_pg_type(f.type)}" for f in table.schema)
                 db.con.execute(f"DROP TABLE IF EXISTS {target}")
                 db.con.execute(f"CREATE TABLE {target} ({cols})")
-
-                with db.con.cursor().copy(f"COPY {target} FROM STDIN (FORMAT csv)") as copy:
-                    for batch in table.to_batches(_BATCH_ROWS):
-                        buf = io.BytesIO()
-                        pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
-                        copy.write(buf.getvalue())
+                copy_in(db.con, target, table.to_batches(_BATCH_ROWS))
     except db.psycopg.Error as exc:
         raise db.fail(f"writing the tables into schema {schema!r} failed", exc,
                       hint="the user needs CREATE on the database (or on the schema)") from None

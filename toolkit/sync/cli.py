@@ -139,6 +139,8 @@ def _print_plan(p) -> None:
     _out(f"Plan {p.id} for {p.workspace} (ledger version {p.ledger_version})")
     if p.ledger_path:
         _out(f"  ledger: {p.ledger_path}")
+    if p.diff_site and "://" in (p.ledger_path or ""):
+        _out(f"  {p.diff_site}")
     if p.is_empty:
         headline = p.headline()
         _out("  " + headline[:1].lower() + headline[1:])
@@ -202,6 +204,9 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"objects per array (≤{LIMITS.objects_per_array})")
     parser.add_argument("--combined-limit", type=int, default=None,
                         help="objects per request across arrays (50 on MAU contracts)")
+    parser.add_argument("--diff-at", choices=("auto", "local", "server"), default="auto",
+                        help="with a ledger on PostgreSQL: where the diff runs (default auto: "
+                             "the smaller side moves; the plan says which and why)")
     target_arguments(parser)
 
 
@@ -218,7 +223,7 @@ def _run_plan(args: argparse.Namespace) -> int:
                   alias_label=args.alias_label, email_opt_in=args.email_opt_in,
                   batch_size=args.batch_size, combined_limit=args.combined_limit,
                   rate_limit=client.rate_limit_for("/users/track") or (3000, 3.0),
-                  **_partner_keys(args))
+                  diff_at=args.diff_at, **_partner_keys(args))
     p.save(args.out)
     _print_plan(p)
     _out(f"written to {args.out}; approve it with: python -m toolkit approve {args.out} --by NAME")

@@ -57,6 +57,7 @@ class DiffResult:
     tally: list = field(default_factory=list)   # [rule, op, change, name, operations], sorted
     users: int = 0                 # users with at least one operation
     attribute_users: int = 0       # users with at least one attribute operation
+    transfer: tuple = (0, 0)       # bytes sent to and received from the ledger's server
 
 
 def _kind(expr: str) -> str:
@@ -109,6 +110,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         held_cols = "".join(f", coalesce(h.h{k}, false) AS h{k}" for k in range(len(specs)))
     state_cols = "".join(f", s.{quote(sp.field)} AS s{k}" if sp.field in have else
                          f", NULL::VARCHAR AS s{k}" for k, sp in enumerate(specs))
+    transfer = (0, 0)
+    remote = getattr(snapshot, "remote", False)
     first_sync = snapshot is None and not held_cols
     if first_sync:
         # nothing acknowledged, nothing held: every user is changed and every state empty, so
@@ -116,7 +119,18 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
         db.execute(f"CREATE TEMP VIEW j AS SELECT c.*{state_cols} FROM desired_raw c")
         changed_users = db.execute("SELECT count(*) FROM desired_raw").fetchall()[0][0]
     else:
-        if snapshot is not None:
+        if remote:
+            # the comparison runs in the ledger's server: keys and checksums go in, the changed
+            # users come back with their previous values (s0, s1…), and j is built from those
+            prev, sent, received = snapshot.changed(
+                db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
+                [sp.field for sp in specs])
+            db.register("prev_raw", prev)
+            db.execute("CREATE TEMP TABLE changed AS SELECT d.*"
+                       + "".join(f", p.s{k}" for k in range(len(specs)))
+                       + " FROM desired d JOIN prev_raw p ON d.uid = p.uid")
+            state_cols, joins, transfer = "", "", (sent, received)
+        elif snapshot is not None:
             src = f"read_parquet({literal(str(snapshot.path))})"
             if snapshot.checksum_spec == digest:
                 ledger_ck = "checksum"
@@ -128,6 +142,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
             db.execute("CREATE TEMP TABLE changed AS SELECT d.* FROM desired d "
                        "LEFT JOIN ledger_ck l ON d.uid = l.uid "
                        "WHERE l.checksum IS DISTINCT FROM d.checksum")
+            db.execute("DROP VIEW ledger_ck")
             joins = f"LEFT JOIN {src} s ON c.uid = s.uid"
         else:
             db.execute("CREATE TEMP TABLE changed AS SELECT * FROM desired")
@@ -139,6 +154,8 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
                    f"{joins} ORDER BY c.pos")
         changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
         db.execute("DROP TABLE changed")
+        if remote:
+            db.unregister("prev_raw")
     db.execute("DROP VIEW desired")
 
     # with no state there is no type Braze holds to conflict with
@@ -152,12 +169,14 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     try:
         rows, batches, digests, tally = _write_ordered(
             db, limit, out, specs, ops, bool(held_cols), projection.profiles, on_rows)
-    finally:
-        if first_sync:
-            db.execute("DROP VIEW j")
+    finally:   # the connection can diff again
+        db.execute("DROP VIEW j" if first_sync else "DROP TABLE j")
+        if held_cols:
+            db.execute("DROP TABLE held")
         db.unregister("desired_raw")
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
-                      digests, tally.rows(), tally.users(), tally.attribute_users)
+                      digests, tally.rows(), tally.users(), tally.attribute_users,
+                      tuple(transfer))
 
 
 def _no_conflicts() -> pd.DataFrame:

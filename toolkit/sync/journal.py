@@ -22,6 +22,7 @@ ledger is shown by `redact`'s form of the URL.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -34,7 +35,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from toolkit.engage.warehouse import _scrub, explain_connect_error, redact
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from toolkit import dialects
+from toolkit.engage.warehouse import _scrub, copy_in, copy_out, explain_connect_error, redact
 from toolkit.errors import LedgerError
 
 __all__ = ["SqliteJournal", "PostgresJournal", "is_ledger_url", "ledger_location",
@@ -89,6 +95,9 @@ CREATE TABLE IF NOT EXISTS file_index (
     stored_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     name TEXT NOT NULL, part INTEGER NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (name, part));
+CREATE TABLE IF NOT EXISTS state_tables (
+    name TEXT PRIMARY KEY, tbl TEXT NOT NULL, fields TEXT NOT NULL, rows BIGINT NOT NULL,
+    stored_at TEXT NOT NULL);
 """
 
 
@@ -255,9 +264,25 @@ class SqliteJournal:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target.with_name(target.name + ".tmp")
 
-    def store(self, staged: Path, name: str) -> None:
+    def store(self, staged: Path, name: str, *, table: bool = False) -> None:
+        """Keep ``staged`` as ``name`` (``table``: a state snapshot, which only a server
+        journal also loads into a table)."""
         _fsync(staged)
         os.replace(staged, self.directory / name)
+
+    def cached(self, name: str) -> bool:
+        """The file is on this machine already: reading it moves nothing."""
+        return self.has(name)
+
+    def size(self, name: str) -> int | None:
+        try:
+            return (self.directory / name).stat().st_size
+        except OSError:
+            return None
+
+    def state_table(self, name: str) -> None:
+        """Never: a file ledger's state is its Parquet file, read where it is."""
+        return None
 
     def names(self, prefix: str) -> list[tuple[str, bool]]:
         """``(name, fresh)`` of stored files whose name starts with ``prefix`` (one folder
@@ -535,9 +560,10 @@ class PostgresJournal:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target.with_name(f"{target.name}.{os.getpid()}.tmp")
 
-    def store(self, staged: Path, name: str) -> None:
+    def store(self, staged: Path, name: str, *, table: bool = False) -> None:
         """Upload ``staged`` as ``name`` (one transaction: all parts or none), then keep it
-        in the cache."""
+        in the cache; ``table``: a state snapshot, also loaded into a table of its own so a
+        plan's diff can run in the server (`changed_users`)."""
         digest = hashlib.sha256()
         size = staged.stat().st_size
         parts = max(1, -(-size // _PART))
@@ -556,6 +582,102 @@ class PostgresJournal:
 
         self.write(upload)
         os.replace(staged, self.directory / name)
+        if table:
+            self._load_state_table(self.directory / name, name)
+
+    def cached(self, name: str) -> bool:
+        """A copy of the stored file of this size is in this machine's cache."""
+        found = self._index(name)
+        local = self.directory / name
+        return found is not None and local.exists() and local.stat().st_size == found[0]
+
+    def size(self, name: str) -> int | None:
+        """The stored file's size in bytes (None: no such file)."""
+        found = self._index(name)
+        return int(found[0]) if found is not None else None
+
+    # -- state tables: the diff run in the server --------------------------------------
+    def _load_state_table(self, path: Path, name: str) -> None:
+        """Load a state snapshot (Parquet: uid, checksum, one column per field) into a table
+        of its own (``c0``, ``c1``… named in ``state_tables``); checksums are kept as signed
+        64-bit integers with the same bits."""
+        file = pq.ParquetFile(path)
+        fields = [n for n in file.schema_arrow.names if n not in ("uid", "checksum")]
+        table = "state_" + hashlib.sha256(name.encode()).hexdigest()[:24]
+        target = f'"{self.schema}"."{table}"'
+
+        def batches():
+            for batch in file.iter_batches(batch_size=65_536):
+                checksum = batch.column("checksum")
+                if pa.types.is_unsigned_integer(checksum.type):
+                    checksum = pc.cast(checksum, pa.int64(), safe=False)
+                yield pa.record_batch([batch.column("uid"), checksum,
+                                       *(batch.column(f) for f in fields)],
+                                      names=["uid", "checksum",
+                                             *(f"c{i}" for i in range(len(fields)))])
+
+        def load(conn) -> None:
+            raw = conn._conn
+            raw.execute(f"DROP TABLE IF EXISTS {target}")
+            raw.execute(dialects.render(dialects.state_table_sql(self.schema, table, len(fields)),
+                                        "postgresql"))
+            copy_in(raw, target, batches())
+            # no index: the diff joins every user (a hash join), and an index on the keys would
+            # add a third of the table's size for nothing; the fold made the keys unique
+            raw.execute(f"ANALYZE {target}")
+            conn.execute("INSERT INTO state_tables (name, tbl, fields, rows, stored_at) VALUES "
+                         "(?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET tbl = excluded.tbl, "
+                         "fields = excluded.fields, rows = excluded.rows",
+                         (name, table, json.dumps(fields), file.metadata.num_rows, _now()))
+
+        self.write(load)
+        file.close()
+
+    def state_table(self, name: str) -> tuple[str, list[str], int] | None:
+        """(qualified table, its fields in column order, rows) of a snapshot's state table,
+        or None when it has none (a snapshot stored by an earlier version)."""
+        rows = self.query("SELECT tbl, fields, rows FROM state_tables WHERE name = ?", (name,))
+        if not rows:
+            return None
+        tbl, fields, count = rows[0]
+        return f'"{self.schema}"."{tbl}"', json.loads(fields), int(count)
+
+    def changed_users(self, name: str, desired, fields: list[str]):
+        """Run the diff's comparison in the server: ``desired`` (Arrow record batches of
+        ``uid``, ``checksum``) goes into a temporary table, and only the users whose checksum
+        differs from the snapshot's come back, with the snapshot's value of each of ``fields``
+        as ``s0``, ``s1``… Returns (Arrow table, bytes sent, bytes received)."""
+        found = self.state_table(name)
+        if found is None:
+            raise LedgerError(f"the ledger's state {name!r} has no table in the server",
+                              file=self.location, hint="plan again: the diff then runs here")
+        table, stored, _ = found
+        columns = [f"c{stored.index(f)}" if f in stored else None for f in fields]
+        sql = dialects.render(dialects.changed_users_sql("desired_in", table, columns),
+                              "postgresql")
+
+        def signed(batches):
+            for batch in batches:
+                checksum = batch.column("checksum")
+                if pa.types.is_unsigned_integer(checksum.type):
+                    checksum = pc.cast(checksum, pa.int64(), safe=False)
+                yield pa.record_batch([batch.column("uid"), checksum], names=["uid", "checksum"])
+
+        received = [0]
+        types = [("uid", pa.string()), *((f"s{k}", pa.string()) for k in range(len(fields)))]
+        with self._lock:
+            try:
+                with self._conn.transaction():
+                    self._conn.execute("CREATE TEMP TABLE desired_in (uid TEXT, checksum BIGINT) "
+                                       "ON COMMIT DROP")
+                    sent = copy_in(self._conn, "desired_in", signed(desired))
+                    self._conn.execute("ANALYZE desired_in")
+                    out = pa.Table.from_batches(
+                        list(copy_out(self._conn, sql, types, counter=received)),
+                        schema=pa.schema(types))
+            except self.psycopg.Error as exc:
+                raise self.error(exc, "read") from None
+        return out, sent, received[0]
 
     def names(self, prefix: str) -> list[tuple[str, bool]]:
         cutoff = (datetime.now(timezone.utc) - _FRESH).isoformat(timespec="milliseconds")
@@ -576,6 +698,9 @@ class PostgresJournal:
                 if conn.execute(f"DELETE FROM file_index WHERE name = ?{guard} RETURNING name",
                                 (name,)).fetchone():
                     conn.execute("DELETE FROM files WHERE name = ?", (name,))
+                    for (table,) in conn.execute("DELETE FROM state_tables WHERE name = ? "
+                                                 "RETURNING tbl", (name,)).fetchall():
+                        conn.execute(f'DROP TABLE IF EXISTS "{self.schema}"."{table}"')
                     gone.append(name)
             return gone
 

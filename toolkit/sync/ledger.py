@@ -415,6 +415,20 @@ class Ledger:
         columns = frozenset(n for n in schema.names if n not in ("uid", "checksum"))
         return Snapshot(path, columns, self._meta("state_spec") or None, users)
 
+    def state_info(self) -> dict | None:
+        """The current snapshot, described without reading it: ``name``, checksum ``spec``,
+        stored ``size``, whether this machine has it ``cached``, and whether the server keeps
+        it as a ``table`` (with its ``fields`` and ``users``). None: no acknowledged state."""
+        self.materialize()
+        name = self._meta("state_file")
+        if not name:
+            return None
+        table = self._journal.state_table(name)
+        return {"name": name, "spec": self._meta("state_spec") or None,
+                "size": self._journal.size(name), "cached": self._journal.cached(name),
+                "table": table is not None, "fields": table[1] if table else [],
+                "users": table[2] if table else 0}
+
     def fields(self) -> list[str]:
         snap = self.snapshot()
         return sorted(snap.columns) if snap is not None else []
@@ -578,7 +592,7 @@ class Ledger:
                        f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
                        f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
             written = db.execute("SELECT count(*) FROM upd").fetchall()[0][0]
-        self._journal.store(tmp, name)
+        self._journal.store(tmp, name, table=True)
         return int(written), name
 
     def _remove_stale_files(self) -> None:

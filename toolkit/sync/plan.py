@@ -44,6 +44,7 @@ from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, Pl
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
 from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result, name_batches
+from toolkit.sync.diffsite import DIFF_AT, DiffSite, choose
 from toolkit.sync.ledger import Ledger, describe_workspace
 from toolkit.sync.projection import LEFT_OUT_COLUMNS, dumps as _dumps, input_digest, project
 
@@ -152,7 +153,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
          combined_limit: int | None = None, rate_limit: tuple[int, float] = (3000, 3.0),
          partner_api_key: str | None = None, client_secret: str | None = None,
          event_time: "pd.Timestamp | datetime | str | None" = None,
-         progress: bool | None = None) -> "Plan":
+         progress: bool | None = None, diff_at: str = "auto") -> "Plan":
     """Plan what to send to Braze so it matches ``export`` under ``mapping``, given ``ledger``.
 
     ``workspace`` is the target: a `BrazeClient` or its ``.workspace`` text; the ledger defaults
@@ -164,7 +165,13 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     plan of the same ledger already used that second, the latest free second before it — each
     plan's events carry a time of their own, which `toolkit.settle` reads back from Braze.
     ``progress`` shows a bar (default: for exports of at least 200,000 profiles).
+    ``diff_at``: where the diff runs when the ledger is on a server — ``"auto"`` (the smaller
+    side moves; see `toolkit.sync.diffsite`), ``"local"`` or ``"server"``; the plan says where
+    it ran and why (``plan.diff_site``).
     """
+    if diff_at not in DIFF_AT:
+        raise PlanError(f"diff_at must be one of {', '.join(DIFF_AT)}, not {diff_at!r}",
+                        field="diff_at", hint="'auto' lets the sizes decide")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= LIMITS.objects_per_array:
         raise PlanError(f"batch_size must be 1–{LIMITS.objects_per_array}, not {batch_size!r}",
                         field="batch_size", hint="Braze takes at most 75 objects per array")
@@ -211,6 +218,9 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             findings = Findings()
             findings.extend([Finding(**f) for f in stored["findings"]])
             shutil.copyfile(stored["left_out"], left_path)
+            site = DiffSite("local", "nothing", "the ledger already holds this very input "
+                            "(its digest matches the last converged plan's): no diff needed",
+                            ledger=ledger.location)
             about = {k: stored[k] for k in ("fields", "field_digest", "profiles", "users",
                                             "cohorts")}
             about["converged"] = stored["plan"]
@@ -222,13 +232,15 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
                                  spill=workdir)
             bar.set_description(f"plan: diff of {projection.users:,} users")
             findings = projection.findings
-            snapshot = ledger.snapshot() if ledger is not None else None
+            site, snapshot = choose(ledger, projection, wanted=diff_at,
+                                    source=str(getattr(export, "source", "") or ""))
             held = ledger.held_items() if ledger is not None else None
             try:
                 result = diff(db, projection, snapshot, held, limit=limit, out=ops_path,
                               on_rows=bar.update)
             finally:
                 bar.close()
+            site.sent_bytes, site.received_bytes = result.transfer
             left_out = projection.left_out
             if len(result.conflicts):
                 conflicts = result.conflicts
@@ -290,7 +302,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         "profiles": about["profiles"], "users": about["users"],
         "changed_users": result.changed_users, "held_events": result.held,
         "awaiting_settle": {"batches": waiting_batches, "events": waiting_events},
-        "rows": result.rows, "approval": None,
+        "rows": result.rows, "approval": None, "diff": site.to_dict(),
     }
     if "converged" in about:
         manifest["converged_with"] = about["converged"]
@@ -870,9 +882,20 @@ class Plan:
             f"requests · {c['attribute_writes']:,} attribute writes + {c['events']:,} events = "
             f"<b>{c['data_points']:,} data points</b> · about {c['estimated_seconds']:.1f} s at "
             f"{self.options['rate_limit'][0]:,} requests / {self.options['rate_limit'][1]:g} s"
-            f"</p>{body}<details><summary>First payload exactly as sent</summary>"
+            f"</p>{self._diff_html()}{body}<details><summary>First payload exactly as sent</summary>"
             f"<pre>{escape(samples)}</pre></details><h5>Findings</h5>{findings}"
             f"<p><small>fingerprint {escape(self.fingerprint)}</small></p></div>")
+
+    @property
+    def diff_site(self) -> str | None:
+        """Where this plan's diff ran, what moved, and why (None: a plan saved before plans
+        said so)."""
+        site = self.manifest.get("diff")
+        return site.get("text") if isinstance(site, dict) else None
+
+    def _diff_html(self) -> str:
+        text = self.diff_site
+        return f"<p><small>{escape(text)}</small></p>" if text else ""
 
     # -- files ---------------------------------------------------------------------------
     @staticmethod

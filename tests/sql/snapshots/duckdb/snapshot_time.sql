@@ -1,0 +1,3 @@
+SELECT
+  MAX("timestamp")
+FROM "engage"."user_traits"
