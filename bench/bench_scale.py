@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the plans' diff runs with a --ledger on PostgreSQL "
                              "(toolkit.plan's diff_at; default: auto, the smaller side moves)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the plan, ledger and Parquet files under bench/out/scale-N/run")
+                        help="keep the plan, ledger and Parquet files under bench/out/scale-N/run-PID")
     args = parser.parse_args(argv)
     if args.profiles <= 10_000:
         parser.error("--profiles must be above 10,000 (the generator's large mode)")
@@ -658,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     selected = [s for s in STAGES if s in chosen and s not in skipped]
 
     files, generated = ensure_files(args.profiles)
-    run_dir = files["all_shoppers"].parent / "run"
+    # a folder of its own per run: two benchmarks at once (several worktrees share bench/out)
+    # must not delete each other's files
+    run_dir = files["all_shoppers"].parent / f"run-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     # exports kept on disk (from TOOLKIT_STORE_FROM bytes: the 10M file) go with the run

@@ -178,3 +178,129 @@ def test_long_strings_found_past_the_byte_prefilter(write):
     found = export.findings.of("long_string")
     assert [f.row for f in found] == [1, 2]
     assert "256 characters" in found[1].message
+
+
+# -- the load's restructured scans agree with the plain ones ---------------------------------
+
+def test_formula_positions_match_the_python_rule_over_chunks_nulls_and_slices():
+    from toolkit.engage.frames import formula_positions, is_formula_like
+
+    rng = random.Random(7)
+    values = _random_text(rng, 2000, null_rate=0.2, max_len=6, alphabet="=+-@ \t\r1a(.e")
+    values[-1] = ""  # an empty last value: its first byte lies past the data
+    want = [i for i, v in enumerate(values) if v is not None and is_formula_like(v)]
+    assert want  # the sample holds formula-like values, signed numbers and phone numbers
+    for arr in (_chunked(values), pa.chunked_array([pa.array(["=pad", *values])[1:]]),
+                _chunked(values).cast(pa.large_string())):
+        assert formula_positions(arr).tolist() == want
+    assert formula_positions(pa.chunked_array([pa.array([None, ""])])).tolist() == []
+
+
+def test_non_finite_numbers_found_when_a_null_slot_holds_nan():
+    from toolkit.engage.frames import _split_non_finite
+
+    finite = pa.chunked_array([pa.array([1.0, None, 2.5])])
+    assert _split_non_finite(finite)[1] == {}
+    # a null whose slot holds NaN is still no value; the real NaN and -inf are reported
+    data = pa.py_buffer(np.array([np.nan, 1.0, np.nan, -np.inf]).tobytes())
+    validity = pa.py_buffer(np.packbits([0, 1, 1, 1], bitorder="little").tobytes())
+    arr = pa.Array.from_buffers(pa.float64(), 4, [validity, data])
+    numbers, kinds = _split_non_finite(pa.chunked_array([arr]))
+    assert kinds["NaN"].tolist() == [2] and kinds["-inf"].tolist() == [3]
+    assert not len(kinds["+inf"])
+    assert numbers.to_pylist() == [None, 1.0, None, -np.inf]
+
+
+@pytest.mark.parametrize("quotes", [0, 1, 2, 999, 1000, 1001, 2500])
+def test_odd_quote_count_with_memchr_and_with_numpy(quotes):
+    from toolkit.engage import csv as csv_reader
+
+    rng = random.Random(quotes)
+    data = bytearray(b"x" * 5000)
+    for at in rng.sample(range(len(data)), quotes):
+        data[at] = ord('"')
+    buffer = pa.py_buffer(bytes(data))
+    assert csv_reader._odd_quotes(buffer) is bool(quotes % 2)
+    memchr, csv_reader._memchr = csv_reader._memchr, None   # where no C library loads
+    try:
+        assert csv_reader._odd_quotes(buffer) is bool(quotes % 2)
+    finally:
+        csv_reader._memchr = memchr
+
+
+@pytest.mark.parametrize("n", [40_000, 70_000, 300_000])
+def test_has_duplicates_finds_one_repeat_at_every_part_count(n):
+    values = [f"use_{i:027d}" for i in range(n)]   # one width: fingerprints read in place
+    assert not has_duplicates(pa.array(values))
+    assert has_duplicates(pa.array([*values, values[n // 3]]))
+    assert has_duplicates(pa.array([f"u_{i}" for i in range(n)] + ["u_7"]))
+
+
+def test_text_checks_computed_while_typing_find_what_the_validation_finds(write, monkeypatch):
+    # long and formula-like values are found on the worker pool with each column's typing;
+    # the findings (rows, columns, profiles) are those of the validation's own pass
+    from toolkit.engage import validation
+
+    rows = ["key,user_id,note,plan"]
+    for i in range(3000):
+        note = "=SUM(A1)" if i % 700 == 5 else "x" * 300 if i % 900 == 1 else f"n{i}"
+        rows.append(f"use_{i:05d},u_{i},{note},{'-1' if i == 12 else '@home' if i == 13 else 'p'}")
+    path = write("vip_customer.csv", "\n".join(rows) + "\n")
+    with_pool = toolkit.load(path)
+    monkeypatch.setattr(validation, "with_text_checks", lambda typed, column: typed)
+    monkeypatch.setattr("toolkit.engage.csv.with_text_checks", lambda typed, column: typed)
+    alone = toolkit.load(path)
+    assert list(with_pool.findings) == list(alone.findings)
+    formulas = with_pool.findings.of("formula_text")
+    assert [(f.row, f.column) for f in formulas] == [
+        (6, "note"), (706, "note"), (1406, "note"), (2106, "note"), (2806, "note"), (14, "plan")]
+    assert formulas[0].segment_id == "use_00005"
+    assert [f.row for f in with_pool.findings.of("long_string")] == [2, 902, 1802, 2702]
+
+
+def test_text_checks_of_merged_rows_follow_the_merge(write):
+    # a repeated profile merges rows: positions move, so the checks run on the merged column
+    text = ("key,user_id,note\n"
+            "use_1,u_1,a\n"
+            "use_2,u_2,b\n"
+            "use_1,u_1,\n"
+            "use_3,u_3,=HYPERLINK(1)\n")
+    export = toolkit.load(write("vip_customer.csv", text))
+    (formula,) = export.findings.of("formula_text")
+    assert formula.segment_id == "use_3" and formula.row == 4  # its data row
+
+
+def test_sampled_kinds_reused_for_typing_give_the_same_export(write, monkeypatch):
+    # the header's first megabyte decides each text column's kind once; typing the whole
+    # column with those kinds gives what sampling it again gives (a file over 1 MB, with a
+    # column of numbers then text: mixed, and one of text then numbers)
+    lines = ["key,user_id,code,label"]
+    for i in range(40_000):
+        code = str(i) if i < 30_000 else f"c{i}"
+        label = f"name {i}" if i < 2_500 else str(i)
+        lines.append(f"use_{i:06d},u_{i},{code},{label}")
+    path = write("vip_customer.csv", "\n".join(lines) + "\n")
+    assert path.stat().st_size > 1 << 20
+    reused = toolkit.load(path)
+    from toolkit.engage import csv as csv_reader
+    original = csv_reader._typed_text
+    monkeypatch.setattr(csv_reader, "_typed_text",
+                        lambda column, audience=False, kinds=None: original(column,
+                                                                            audience=audience))
+    sampled = toolkit.load(path)
+    pd.testing.assert_frame_equal(reused.profiles, sampled.profiles)
+    assert list(reused.findings) == list(sampled.findings)
+    assert reused.findings.of("type_drift")  # the number column's late text is reported
+
+
+def test_count_prefixed_matches_starts_with():
+    from toolkit.engage.frames import count_prefixed
+
+    rng = random.Random(3)
+    values = _random_text(rng, 3000, null_rate=0.2, max_len=9, alphabet="sha256:x")
+    values[-1] = ""
+    for prefix in ("sha256:", "s", "x", ""):
+        want = sum(1 for v in values if v is not None and v.startswith(prefix))
+        for arr in (_chunked(values), pa.chunked_array([pa.array(["sha256:pad", *values])[1:]]),
+                    _chunked(values).cast(pa.large_string())):
+            assert count_prefixed(arr, prefix) == want, prefix

@@ -23,7 +23,9 @@ pyarrow list columns.
 
 Quotes: pyarrow reads a quote that never closes as a value running to the end of the file (rows
 swallowed silently). Valid CSV holds quotes in pairs, so every read counts the file's quote
-characters (numpy, ~0.1 s per GB); an odd count sends the file through Python's csv module to
+characters (C's memchr, then numpy past the first 1,000: ~0.05 s per GB; on the in-memory path in
+the memory-mapped pages pyarrow parses, on another thread while it parses them); an odd count
+sends the file through Python's csv module to
 find the line where a quote opened and never closed — an error naming that line and column —
 or to clear it (a stray quote inside an unquoted value, such as ``5" screen``, is data).
 Repeated profile keys are merged (first non-blank value per column) and each merge is a
@@ -32,6 +34,7 @@ finding naming its rows, what each column kept and from which row, and what was 
 from __future__ import annotations
 
 import csv as _stdcsv
+import ctypes
 import hashlib
 import io
 import itertools
@@ -55,9 +58,10 @@ from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
-                                   merge_report, rows_text, sample_kind, type_python_values,
+                                   merge_report, rows_text, sample_kinds, type_python_values,
                                    type_string_column, union_id_lists, worker_pool)
 from toolkit.engage.model import EngageExport, Findings
+from toolkit.engage.validation import with_text_checks
 from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
 from toolkit.errors import ExportFormatError
 
@@ -180,11 +184,15 @@ def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = 
                                 quoted_strings_can_be_null=True)
 
 
-def _predicted_types(header: CsvHeader, columns: list[str]) -> dict[str, pa.DataType]:
+def _predicted_types(header: CsvHeader, columns: list[str],
+                     kinds: dict[str, tuple[str, dict[str, int]]] | None = None
+                     ) -> dict[str, pa.DataType]:
     """Number and datetime columns among `columns`, judged as `type_string_column` would from
     the rows in the header's first megabyte, so that pyarrow's parallel reader parses them
     rather than a later single-threaded pass over their text. Columns whose first
-    `TYPE_SAMPLE` values are not all in that megabyte are left out (read as text)."""
+    `TYPE_SAMPLE` values are not all in that megabyte are left out (read as text). `kinds`
+    receives every judged column's `sample_kinds`: the same as the whole column's, which
+    `type_string_column` then need not sample again."""
     if not columns:
         return {}
     body = header.head if header.complete else header.head[:header.head.rfind(b"\n") + 1]
@@ -201,7 +209,9 @@ def _predicted_types(header: CsvHeader, columns: list[str]) -> dict[str, pa.Data
         values = sample.column(c)
         if not header.complete and len(values) - values.null_count < TYPE_SAMPLE:
             continue
-        kind = sample_kind(values)
+        kind, counts = sample_kinds(values)
+        if kinds is not None:
+            kinds[c] = (kind, counts)
         if kind in _PARSED:
             types[c] = _PARSED[kind]
     return types
@@ -214,8 +224,17 @@ def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = Non
     """Every column as text, except `types` (parsed when every value fits, else read as text
     too); empty cells are null. A quoted value that is never closed is an error: pyarrow
     would take the rest of the file as that value."""
-    table = _parse_table(header, types)
-    if _odd_quote_count(header.path):
+    # The file is mapped into memory once: pyarrow parses from the mapping (no copy into
+    # its own buffers) while another thread counts its quotes in the same pages — the parse
+    # leaves part of the cores idle (its splitting into blocks is serial).
+    with pa.memory_map(str(header.path)) as source, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="quote-count") as pool:
+        data = source.read_buffer()
+        odd = pool.submit(_odd_quotes, data)
+        table = _parse_table(header, types, data)
+        odd = odd.result()
+        del data
+    if odd:
         # valid CSV holds quotes in pairs: either a stray quote inside a value (read as data,
         # as pyarrow does) or a quote that opens and never closes
         problem = _unclosed_quote(header)
@@ -224,14 +243,18 @@ def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = Non
     return table
 
 
-def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None,
+                 data: pa.Buffer | None = None) -> pa.Table:
+    """`read_csv_table`'s parse, of the file's bytes `data` (else of the file itself)."""
     path = header.path
-    # 4 MB blocks: fewer chunks to walk afterwards, still enough blocks for every core
+
+    def source():
+        return path if data is None else pa.BufferReader(data)
     opts = pacsv.ReadOptions(use_threads=True, column_names=header.columns, skip_rows=1,
-                             block_size=1 << 22)
+                             block_size=_block_size(path))
     if types:
         try:
-            return pacsv.read_csv(path, read_options=opts,
+            return pacsv.read_csv(source(), read_options=opts,
                                   convert_options=_convert_options(header.columns, types),
                                   parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -239,32 +262,80 @@ def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None)
     convert = _convert_options(header.columns)
     try:
         # parallel parse first; a quoted value spanning lines makes it fail, never misread
-        return pacsv.read_csv(path, read_options=opts, convert_options=convert,
+        return pacsv.read_csv(source(), read_options=opts, convert_options=convert,
                               parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     try:
-        return pacsv.read_csv(path, read_options=opts, convert_options=convert,
+        return pacsv.read_csv(source(), read_options=opts, convert_options=convert,
                               parse_options=pacsv.ParseOptions(delimiter=header.delimiter,
                                                                newlines_in_values=True))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _explain_arrow_error(path, header, exc) from None
 
 
-_QUOTE_SCAN_BLOCK = 1 << 24
+def _block_size(path: Path) -> int:
+    """pyarrow's block size for reading `path` in one go: enough blocks to keep every core
+    busy, but as few as that allows, since the checks afterwards walk the columns block by
+    block (a Python step per block)."""
+    size = path.stat().st_size
+    return int(min(max(size // _BLOCKS, _MIN_BLOCK), _MAX_BLOCK))
+
+
+_BLOCKS = 16
+_MIN_BLOCK, _MAX_BLOCK = 1 << 20, 1 << 23
+_QUOTE_SCAN_BLOCK = 1 << 20
 
 
 def _odd_quote_count(path: Path) -> bool:
-    """Whether the file holds an odd number of double quotes: a vectorised count over the
-    file in 16 MB blocks (about 0.1 s per GB), no Python loop over its bytes."""
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    """Whether the file holds an odd number of double quotes (see `_odd_quotes`)."""
+    with pa.memory_map(str(path)) as source:
+        data = source.read_buffer()
+        try:
+            return _odd_quotes(data)
+        finally:
+            del data
+
+
+def _odd_quotes(data: pa.Buffer) -> bool:
+    """Whether `data` holds an odd number of double quotes. Quotes are rare in an Engage
+    export, so they are first found one by one with C's ``memchr`` (memory speed, no copy);
+    past `_QUOTES_FOUND_ONE_BY_ONE` of them the rest is counted with numpy in cache-sized
+    blocks. No Python loop over the bytes either way."""
+    start, count = 0, 0
+    if _memchr is not None and data.size:
+        base, end = data.address, data.address + data.size
+        at = base
+        while count < _QUOTES_FOUND_ONE_BY_ONE:
+            hit = _memchr(at, 34, end - at)
+            if not hit:
+                return bool(count & 1)
+            count += 1
+            at = hit + 1
+        start = at - base
+    view = np.frombuffer(data, dtype=np.uint8)[start:]
+    equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
+    for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
+        block = view[first:first + _QUOTE_SCAN_BLOCK]
+        np.equal(block, 34, out=equal[:len(block)])
+        count += int(np.count_nonzero(equal[:len(block)]))
+    return bool(count & 1)
+
+
+def _c_memchr():
+    """libc's ``memchr`` through ctypes (which releases the GIL while it runs); None where
+    there is no C library to load (then numpy counts every quote)."""
     try:
-        odd = 0
-        for start in range(0, len(data), _QUOTE_SCAN_BLOCK):
-            odd ^= int(np.count_nonzero(data[start:start + _QUOTE_SCAN_BLOCK] == 34)) & 1
-        return bool(odd)
-    finally:
-        del data
+        memchr = ctypes.CDLL(None).memchr
+    except (OSError, TypeError, AttributeError):
+        return None
+    memchr.restype = ctypes.c_void_p
+    memchr.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+    return memchr
+
+
+_memchr = _c_memchr()
+_QUOTES_FOUND_ONE_BY_ONE = 1_000
 
 
 def _unclosed_quote(header: CsvHeader) -> ExportFormatError | None:
@@ -432,12 +503,13 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     if header.bom:
         findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
                      fix="nothing to do; the reader handles it")
-    types = {}
+    types: dict[str, pa.DataType] = {}
+    kinds: dict[str, tuple[str, dict[str, int]]] = {}
     if kind == "csv_formatted":
         types = _predicted_types(header, [c for c in header.columns
                                           if c.lower() not in ("key", "external_ids", "traits",
                                                                "value", key)
-                                          and id_column_type(c.lower()) is None])
+                                          and id_column_type(c.lower()) is None], kinds)
     if store is None:
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
     if store:
@@ -451,8 +523,11 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
     lower = {c.lower(): c for c in table.column_names}
-    reader = {"csv_formatted": _formatted, "csv_unformatted": _unformatted,
-              "csv_legacy": _unformatted, "csv_hashed": _hashed, "trait_csv": _trait}[kind]
+    if kind == "csv_formatted":  # the whole file: its sampled kinds are the columns'
+        return _formatted(path, table, lower, key=key, computation_id=computation_id,
+                          findings=findings, kind=kind, kinds=kinds)
+    reader = {"csv_unformatted": _unformatted, "csv_legacy": _unformatted,
+              "csv_hashed": _hashed, "trait_csv": _trait}[kind]
     return reader(path, table, lower, key=key, computation_id=computation_id, findings=findings,
                   kind=kind)
 
@@ -697,15 +772,17 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
     with worker_pool() as pool:
         # independent million-row passes spread over the cores (pyarrow and numpy release the
         # GIL), submitted in the order their results are needed: the duplicate checks by the
-        # collapse and the validation, the identifier lists only once the checks are done
+        # collapse and the validation, the typed columns (with their text checks) by the
+        # validation, the identifier lists only once the checks are done
         seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
         users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
+        pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
         emails = pool.submit(ids.all, "email")
         anonymous_ids = pool.submit(ids.all, "anonymous_id")
-        # meanwhile this thread types the computation columns and builds the frame
-        typed = {k: t() if callable(t) else t for k, t in typed.items()}
+        # meanwhile this thread builds the frame
         frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
                                    pd.RangeIndex(ids.n), email_lowered=True)
+        typed = {k: pending[k].result() if k in pending else t for k, t in typed.items()}
         if seg is None:
             seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
                                              frame["anonymous_id"]))
@@ -716,16 +793,17 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
 
         def id_lists() -> dict[str, pd.Series]:
             return {"emails": emails.result(), "anonymous_ids": anonymous_ids.result()}
-        rows = np.arange(1, ids.n + 1)
         user_check = users_repeat.result if users_repeat is not None else False
         if repeats:
             frame = frame.assign(**id_lists())
-            frame, typed, rows = _collapse(frame, typed, rows, findings, path, repeats_expected)
+            frame, typed, rows = _collapse(frame, typed, np.arange(1, ids.n + 1), findings, path,
+                                           repeats_expected)
             return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
                             source=_source(path, kind), findings=findings, rows=rows,
                             duplicate_user_ids=None)  # merged profiles: check their user_ids
+        # rows=None: position i is the file's data row i + 1, as findings number them
         return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                        source=_source(path, kind), findings=findings, rows=rows,
+                        source=_source(path, kind), findings=findings, rows=None,
                         duplicate_user_ids=user_check, id_list_columns=id_lists)
 
 
@@ -777,7 +855,8 @@ def _audience_comp(key: str, computation_id: str | None) -> dict:
             "value_type": "boolean"}
 
 
-def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> EngageExport:
+def _formatted(path, table, lower, *, key, computation_id, findings, kind,
+               kinds: dict | None = None) -> EngageExport:
     n = table.num_rows
     ids = _Ids(n)
     traits = _id_columns(table, lower, ids, findings)
@@ -792,7 +871,8 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
     comps = []
     member = None
     for col in traits:  # typed later, in parallel with the identifiers (see _finish)
-        t = partial(type_string_column, table.column(col), audience=col.lower() == key)
+        t = partial(_typed_text, table.column(col), audience=col.lower() == key,
+                    kinds=(kinds or {}).get(col))
         if col.lower() == key:
             member = t
             continue
@@ -804,6 +884,13 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind) -> En
     comps.insert(0, _audience_comp(key, computation_id))
     seg = table.column(lower["key"]) if "key" in lower else None
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
+
+
+def _typed_text(column: pa.ChunkedArray, *, audience: bool = False,
+                kinds: tuple[str, dict[str, int]] | None = None) -> Typed:
+    """A CSV column typed (`kinds`: its `sample_kinds` when already known), with the
+    validation's text checks when it stays text."""
+    return with_text_checks(type_string_column(column, audience=audience, kinds=kinds), column)
 
 
 def _json_ids_into(path: Path, cells: list, column: str, ids: _Ids, findings: Findings) -> None:

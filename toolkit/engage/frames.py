@@ -135,7 +135,8 @@ def long_values(column: pa.ChunkedArray, limit: int) -> tuple[np.ndarray, np.nda
 # holds nothing to run: neither is reported.
 FORMULA_RE = r"^[\t\r ]*[=+\-@]"
 _NOT_FORMULA_RE = r"^[\t\r ]*(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-][\d\s().-]*)[\t\r ]*$"
-_FORMULA_FIRST_BYTES = np.frombuffer(b"=+-@\t\r ", dtype=np.uint8)
+_FORMULA_FIRST = np.zeros(256, dtype=bool)
+_FORMULA_FIRST[np.frombuffer(b"=+-@\t\r ", dtype=np.uint8)] = True
 
 
 def is_formula_like(text: str) -> bool:
@@ -146,24 +147,47 @@ def is_formula_like(text: str) -> bool:
 def formula_positions(column: pa.ChunkedArray) -> np.ndarray:
     """Positions of the formula-like values of a text column (`is_formula_like`). Only values
     whose first byte could start a formula are matched against the pattern, and those are
-    found from the Arrow buffers with numpy: a column without any costs no regex pass."""
+    found from the Arrow buffers with numpy (a table lookup of each value's first byte): a
+    column without any costs no regex pass."""
     found, start = [], 0
     for arr in column.chunks:
         offsets, data = _text_buffers(arr)
-        lengths = np.diff(offsets)
-        filled = lengths > 0
-        if arr.null_count:
-            filled &= arr.is_valid().to_numpy(zero_copy_only=False)
-        first = np.zeros(len(arr), dtype=np.uint8)
-        first[filled] = data[(offsets[:-1] - offsets[0])[filled]]
-        candidates = np.flatnonzero(filled & np.isin(first, _FORMULA_FIRST_BYTES))
-        if len(candidates):
-            values = arr.take(pa.array(candidates))
-            hit = pc.and_(pc.match_substring_regex(values, FORMULA_RE),
-                          pc.invert(pc.match_substring_regex(values, _NOT_FORMULA_RE)))
-            found.append(candidates[hit.to_numpy(zero_copy_only=False)] + start)
+        if len(data):
+            # each value's first byte; an empty or null value points at its neighbour's (or,
+            # last, past the end: clipped), so candidates are then kept only when not empty
+            first = data.take(offsets[:-1] - offsets[0], mode="clip")
+            candidates = np.flatnonzero(_FORMULA_FIRST[first])
+            if len(candidates):
+                candidates = candidates[offsets[candidates + 1] > offsets[candidates]]
+            if len(candidates):
+                values = arr.take(pa.array(candidates))
+                hit = pc.and_(pc.match_substring_regex(values, FORMULA_RE),
+                              pc.invert(pc.match_substring_regex(values, _NOT_FORMULA_RE)))
+                # a null slot spanning bytes (not as the CSV reader writes them) is no value
+                hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+                found.append(candidates[hit] + start)
         start += len(arr)
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def count_prefixed(column: pa.ChunkedArray, prefix: str) -> int:
+    """How many values of a text column start with `prefix` (nulls do not). Only values whose
+    first byte is the prefix's are compared, found from the Arrow buffers with numpy: a column
+    of other keys (Segment's ``use_…``) costs no string pass."""
+    head = prefix.encode()[:1]
+    if not head:
+        return len(column) - column.null_count
+    total = 0
+    for arr in column.chunks:
+        offsets, data = _text_buffers(arr)
+        if not len(data):
+            continue
+        first = data.take(offsets[:-1] - offsets[0], mode="clip")  # as in formula_positions
+        candidates = np.flatnonzero(first == head[0])
+        candidates = candidates[offsets[candidates + 1] > offsets[candidates]]
+        if len(candidates):
+            total += pc.sum(pc.starts_with(arr.take(pa.array(candidates)), prefix)).as_py() or 0
+    return int(total)
 
 
 def may_need_trim(column: pa.ChunkedArray) -> bool:
@@ -276,7 +300,9 @@ def has_duplicates(values) -> bool:
     present = len(column) - column.null_count
     if present < 2:
         return False
-    parts = _fingerprint_parts(column, 4 if present >= 1 << 16 else 0)
+    # parts of at most ~32k fingerprints: a hash table that size stays in the core's cache
+    # even while other processes use the shared one
+    parts = _fingerprint_parts(column, min(8, (present >> 15).bit_length()))
     if parts is not None and all(pd.Index(np.concatenate(part)).is_unique for part in parts):
         return False
     return len(pc.unique(column.drop_null())) < present
@@ -535,6 +561,10 @@ class Typed:
         self.string_booleans = string_booleans  # (position, raw value)
         self.non_finite = {k: v for k, v in (non_finite or {}).items() if len(v)}
         self.mixed = mixed
+        # for a text column, (positions of long values, their lengths, formula-like positions)
+        # when its reader computed them alongside the typing (`validation.text_checks`); a
+        # remapped column recomputes them
+        self.text_checks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def remapped(self, values: pd.Series, codes: np.ndarray) -> "Typed":
         """The same findings for merged rows: `codes` maps each position to its merged one."""
@@ -559,6 +589,8 @@ def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[s
     invalid, so the plan keeps what Braze holds), while NaN means no value."""
     if numbers.type != pa.float64():
         numbers = pc.cast(numbers, pa.float64())
+    if all(np.isfinite(_float_values(arr)).all() for arr in numbers.chunks):
+        return numbers, {}  # every slot finite, nulls' included: nothing to find
     odd = pc.invert(pc.fill_null(pc.is_finite(numbers), True))
     if not pc.any(odd).as_py():
         return numbers, {}
@@ -571,6 +603,14 @@ def _split_non_finite(numbers: pa.ChunkedArray) -> tuple[pa.ChunkedArray, dict[s
         numbers = pc.if_else(pc.fill_null(pc.is_nan(numbers), False),
                              pa.scalar(None, pa.float64()), numbers)
     return numbers, kinds
+
+
+def _float_values(arr: pa.Array) -> np.ndarray:
+    """Every slot of a float64 array as a numpy view, null slots' (arbitrary) values included."""
+    data = arr.buffers()[1]
+    if data is None:
+        return np.zeros(0)
+    return np.frombuffer(data, dtype=np.float64)[arr.offset:arr.offset + len(arr)]
 
 
 def _float_series(numbers: pa.ChunkedArray) -> pd.Series:
@@ -698,14 +738,15 @@ def sample_kinds(column: pa.ChunkedArray) -> tuple[str, dict[str, int]]:
 MIXED_SHARE = 1 / 3
 
 
-def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Typed:
+def type_string_column(column: pa.ChunkedArray, *, audience: bool = False,
+                       kinds: tuple[str, dict[str, int]] | None = None) -> Typed:
     """Type a CSV column read as text, vectorised with pyarrow (the 1M-row path).
 
     The column's type is the most common kind in a sample of its first non-empty values; the
     whole column is then converted to that kind in one cast when every value fits, else checked
     value by value. Values that do not fit are drift and read as blank; in a number column NaN
     is read as blank too and ±inf kept to be left out (`Typed.non_finite`). No per-row
-    Python."""
+    Python. `kinds`: the column's `sample_kinds` when the caller already has them."""
     col = column
     # already parsed by the CSV reader (see csv._predicted_types), or a parquet float column
     if pa.types.is_floating(col.type):
@@ -718,7 +759,7 @@ def type_string_column(column: pa.ChunkedArray, *, audience: bool = False) -> Ty
     if audience:
         value_type = "boolean"
     else:
-        value_type, counts = sample_kinds(col)
+        value_type, counts = kinds if kinds is not None else sample_kinds(col)
     if value_type == "string":
         out = pd.Series(col.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get))
         return Typed(out, "string", [], [], [], mixed=_mixed(col, counts))
@@ -796,6 +837,18 @@ def _mixed(column: pa.ChunkedArray, counts: dict[str, int]) -> dict | None:
 # -- assembly ----------------------------------------------------------------------------------
 
 def empty_events() -> pd.DataFrame:
+    """An events frame with no rows (its columns typed per the contract); a copy of one
+    template, which costs far less than building the typed columns again."""
+    global _EMPTY_EVENTS
+    if _EMPTY_EVENTS is None:
+        _EMPTY_EVENTS = _new_empty_events()
+    return _EMPTY_EVENTS.copy()
+
+
+_EMPTY_EVENTS: pd.DataFrame | None = None
+
+
+def _new_empty_events() -> pd.DataFrame:
     return pd.DataFrame({
         "segment_id": pd.Series(dtype="string"),
         "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),

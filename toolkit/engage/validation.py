@@ -42,8 +42,8 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from toolkit.braze.limits import LIMITS
-from toolkit.engage.frames import (LISTED, as_text, formula_positions, has_duplicates,
-                                   is_formula_like, long_values, row_of)
+from toolkit.engage.frames import (LISTED, as_text, count_prefixed, formula_positions,
+                                   has_duplicates, is_formula_like, long_values, row_of)
 
 if TYPE_CHECKING:
     from toolkit.engage.frames import Typed
@@ -98,9 +98,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   f"name ({'over 255 characters' if len(key) > LIMITS.name_length else 'starts with $'})",
                   column=key[:LIMITS.name_length], fix="rename the attribute in the mapping (Rule.attribute)")
 
-    hashed = pc.fill_null(pc.starts_with(as_text(sid), "sha256:"), False)
-    present = {c: p[c].notna().to_numpy() for c in ("user_id", "braze_id", "email",
-                                                     "anonymous_id")}
+    present = {c: _present(p[c]) for c in ("user_id", "braze_id", "email", "anonymous_id")}
     unusable = ~(present["user_id"] | present["braze_id"])
     anonymous = unusable & ~present["email"] & present["anonymous_id"]
     email_only = unusable & present["email"]
@@ -114,7 +112,7 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
         f.add("info", "email_only",
               f"{int(email_only.sum()):,} profiles have an email but no user_id or braze_id",
               column="email", fix="sync them by email (opt in) or identify them with a userId")
-    hashed_count = pc.sum(hashed).as_py() or 0
+    hashed_count = count_prefixed(as_text(sid), "sha256:")
     if hashed_count:
         f.add("error", "hashed_identifier",
               f"{hashed_count:,} profiles are known only by a SHA-256 hash; Braze cannot use "
@@ -201,8 +199,8 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                   "as booleans", column=key,
                   fix="nothing to do for a CSV; Braze receives real booleans")
         if t.value_type == "string" and key in p:
-            text = as_text(p[key])
-            long, chars = long_values(text, LIMITS.string_length)
+            long, chars, formulas = (t.text_checks if t.text_checks is not None
+                                     else text_checks(as_text(p[key])))
             if len(long):
                 row_findings(f, "warning", "long_string",
                              [(int(i), f"{key!r} value is {int(n):,} characters; Braze keeps "
@@ -211,7 +209,6 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              column=key, segment_ids=sid, rows=rows,
                              summary=f"strings over {LIMITS.string_length} characters in {key!r}",
                              fix=f"shorten the value to {LIMITS.string_length} characters or fewer")
-            formulas = formula_positions(text)
             if len(formulas):
                 message = (f"{key!r} value starts like a spreadsheet formula (=, +, -, @): it is "
                            "sent to Braze as text, exactly as it is, but a spreadsheet opening a "
@@ -220,6 +217,33 @@ def check(export: "EngageExport", typed: dict[str, "Typed"], *, rows: np.ndarray
                              [(int(i), message) for i in formulas[:MAX_ROW_FINDINGS]],
                              total=len(formulas), column=key, segment_ids=sid, rows=rows,
                              summary=f"formula-like values in {key!r}", fix=_FORMULA_FIX)
+
+
+def _present(values: pd.Series) -> np.ndarray:
+    """Which values are not missing, read from the Arrow validity (no pass when none or all
+    are missing)."""
+    if not isinstance(values.array, pd.arrays.ArrowStringArray):
+        return values.notna().to_numpy()
+    arr = as_text(values)
+    if arr.null_count in (0, len(arr)):
+        return np.full(len(arr), arr.null_count == 0)
+    return pc.is_valid(arr).to_numpy(zero_copy_only=False)
+
+
+def text_checks(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `check` reads from a text column: (positions of values over Braze's string length,
+    their character counts, positions of formula-like values). A reader may compute them
+    while typing the column (`Typed.text_checks`), in parallel with its other work."""
+    long, chars = long_values(column, LIMITS.string_length)
+    return long, chars, formula_positions(column)
+
+
+def with_text_checks(typed: Typed, column) -> Typed:
+    """`typed` with its `text_checks` computed from `column` (its source text, the values
+    `typed` holds) when it is a text column."""
+    if typed.value_type == "string":
+        typed.text_checks = text_checks(column)
+    return typed
 
 
 # What the toolkit does with a value that does not fit its column: the same as with an empty
