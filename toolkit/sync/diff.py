@@ -9,6 +9,13 @@ the request (``batch``) each operation belongs to already assigned:
 * attributes: at most ``limit`` users per request (one object per user);
 * events: at most ``limit`` events per request, never splitting one user's events;
 * cohort changes: at most 1,000 users per request, one cohort and direction each.
+
+The engine decides, per user and field, which change (if any) the field needs, as a small
+outcome number; the operations are then assembled column-wise with Arrow from those numbers
+(texts taken from the users' desired values, the few constant columns as dictionary indices),
+so no text is built per operation by SQL. A first sync (no snapshot, nothing held) reads the
+projection as it is: no checksums, joins or copies. The file's column digests (the plan's
+fingerprint) are hashed on a thread of their own while another encodes and compresses.
 """
 from __future__ import annotations
 
@@ -105,61 +112,72 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
                          f", NULL::VARCHAR AS s{k}" for k, sp in enumerate(specs))
     transfer = (0, 0)
     remote = getattr(snapshot, "remote", False)
+    first_sync = snapshot is None and not held_cols
     subset = snapshot is not None and not remote and projection.projected is not None
-    if remote:
-        # the comparison runs in the ledger's server: keys and checksums go in, the changed
-        # users come back with their previous values (s0, s1…), and j is built from those
-        prev, sent, received = snapshot.changed(
-            db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
-            [sp.field for sp in specs])
-        db.register("prev_raw", prev)
-        db.execute("CREATE TEMP TABLE changed AS SELECT d.*"
-                   + "".join(f", p.s{k}" for k in range(len(specs)))
-                   + " FROM desired d JOIN prev_raw p ON d.uid = p.uid")
-        state_cols, joins, transfer = "", "", (sent, received)
+    if first_sync:
+        # nothing acknowledged, nothing held: every user is changed and every state empty, so
+        # j is the projection itself (no checksum, no join, no copy; it is in export order)
+        db.execute(f"CREATE TEMP VIEW j AS SELECT c.*{state_cols} FROM desired_raw c")
+        changed_users = db.execute("SELECT count(*) FROM desired_raw").fetchall()[0][0]
     elif subset:
         changed_users = _diff_changed_rows(db, snapshot, kinds, digest, have, state_cols,
                                            held_cols)
-    elif snapshot is not None:
-        src = f"read_parquet({literal(str(snapshot.path))})"
-        if snapshot.checksum_spec == digest:
-            ledger_ck = "checksum"
-        else:  # checksums were made for another set of fields: compute them for this one
-            ledger_ck = checksum_sql(kinds, lambda f: quote(f) if f in have else "NULL", digest)
-        db.execute(f"CREATE TEMP VIEW ledger_ck AS SELECT uid, {ledger_ck} AS checksum FROM {src}")
-        db.execute("CREATE TEMP TABLE changed AS SELECT d.* FROM desired d "
-                   "LEFT JOIN ledger_ck l ON d.uid = l.uid "
-                   "WHERE l.checksum IS DISTINCT FROM d.checksum")
-        joins = f"LEFT JOIN {src} s ON c.uid = s.uid"
     else:
-        db.execute("CREATE TEMP TABLE changed AS SELECT * FROM desired")
-        joins = "LEFT JOIN (SELECT NULL::VARCHAR AS uid WHERE false) s ON c.uid = s.uid"
-    if held_cols and not subset:
-        joins += " LEFT JOIN held h ON c.uid = h.uid"
-    # j keeps the export's row order: the operations are produced in it, with no sort
-    if not subset:
+        if remote:
+            # the comparison runs in the ledger's server: keys and checksums go in, the changed
+            # users come back with their previous values (s0, s1…), and j is built from those
+            prev, sent, received = snapshot.changed(
+                db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
+                [sp.field for sp in specs])
+            db.register("prev_raw", prev)
+            db.execute("CREATE TEMP TABLE changed AS SELECT d.*"
+                       + "".join(f", p.s{k}" for k in range(len(specs)))
+                       + " FROM desired d JOIN prev_raw p ON d.uid = p.uid")
+            state_cols, joins, transfer = "", "", (sent, received)
+        elif snapshot is not None:
+            src = f"read_parquet({literal(str(snapshot.path))})"
+            if snapshot.checksum_spec == digest:
+                ledger_ck = "checksum"
+            else:  # checksums were made for another set of fields: compute them for this one
+                ledger_ck = checksum_sql(kinds, lambda f: quote(f) if f in have else "NULL",
+                                         digest)
+            db.execute(f"CREATE TEMP VIEW ledger_ck AS SELECT uid, {ledger_ck} AS checksum "
+                       f"FROM {src}")
+            db.execute("CREATE TEMP TABLE changed AS SELECT d.* FROM desired d "
+                       "LEFT JOIN ledger_ck l ON d.uid = l.uid "
+                       "WHERE l.checksum IS DISTINCT FROM d.checksum")
+            db.execute("DROP VIEW ledger_ck")
+            joins = f"LEFT JOIN {src} s ON c.uid = s.uid"
+        else:
+            db.execute("CREATE TEMP TABLE changed AS SELECT * FROM desired")
+            joins = "LEFT JOIN (SELECT NULL::VARCHAR AS uid WHERE false) s ON c.uid = s.uid"
+        if held_cols:
+            joins += " LEFT JOIN held h ON c.uid = h.uid"
+        # j keeps the export's row order: the operations are produced in it, with no sort
         db.execute(f"CREATE TEMP TABLE j AS SELECT c.*{state_cols}{held_cols} FROM changed c "
                    f"{joins} ORDER BY c.pos")
         changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
         db.execute("DROP TABLE changed")
+        if remote:
+            db.unregister("prev_raw")
     db.execute("DROP VIEW desired")
-    db.unregister("desired_raw")
-    if remote:
-        db.unregister("prev_raw")
 
-    conflicts = _conflicts(db, specs)
-    sections = {0: [], 1: [], 2: []}
-    for k, sp in enumerate(specs):
-        order, struct = _operation(sp, k, bool(held_cols))
-        sections[order].append(struct)
+    # with no state there is no type Braze holds to conflict with
+    conflicts = _conflicts(db, specs) if snapshot is not None else _no_conflicts()
+    ops = [_operation(sp, k) for k, sp in enumerate(specs)]
     held_count = 0
     if held_cols:
-        everything = [x for part in sections.values() for x in part]
-        held_count = db.execute(
-            "SELECT count(*) FROM (SELECT unnest(list_filter([" + ", ".join(everything)
-            + "], lambda x: x.change IS NOT NULL AND x.held)) FROM j)").fetchall()[0][0]
-    tally = _Tally(projection.profiles)
-    rows, batches, digests = _write_ordered(db, limit, out, sections, on_rows, tally)
+        held_count = db.execute("SELECT coalesce(sum(" + " + ".join(
+            f"(({change}) IS NOT NULL AND h{k})::BIGINT" for k, (_, change, _) in enumerate(ops))
+            + "), 0) FROM j").fetchall()[0][0]
+    try:
+        rows, batches, digests, tally = _write_ordered(
+            db, limit, out, specs, ops, bool(held_cols), projection.profiles, on_rows)
+    finally:   # the connection can diff again
+        db.execute("DROP VIEW j" if first_sync else "DROP TABLE j")
+        if held_cols:
+            db.execute("DROP TABLE held")
+        db.unregister("desired_raw")
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
                       digests, tally.rows(), tally.users(), tally.attribute_users,
                       tuple(transfer))
@@ -181,6 +199,11 @@ def _diff_changed_rows(db, snapshot, kinds, digest: str, have, state_cols: str,
     return db.execute("SELECT count(*) FROM j").fetchall()[0][0]
 
 
+def _no_conflicts() -> pd.DataFrame:
+    return pd.DataFrame({"segment_id": [], "uid": [], "rule": [], "pos": [], "k": []},
+                        dtype=object).astype({"pos": np.int64, "k": np.int64})
+
+
 def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
     """Values whose JSON type differs from the type Braze already holds for the attribute:
     (segment_id, uid, rule, pos, k), k being the field's number."""
@@ -191,24 +214,37 @@ def _conflicts(db, specs: list[FieldSpec]) -> pd.DataFrame:
                          f"FROM j WHERE NOT coalesce({s.refused}, false) AND "
                          f"{_kind(s.column)} <> {_kind(f's{i}')}")
     if not parts:
-        return pd.DataFrame({"segment_id": [], "uid": [], "rule": [], "pos": [], "k": []},
-                            dtype=object).astype({"pos": np.int64, "k": np.int64})
+        return _no_conflicts()
     # by field, then by profile: the same order whichever users were diffed
     return db.execute("SELECT * FROM (" + "\nUNION ALL\n".join(parts) + ") ORDER BY k, pos").df()
 
 
-def _struct(spec: FieldSpec, k: int, held: bool, *, op: str, change: str, name: str,
-            value: str, after: str) -> str:
-    return (f"{{'op': {literal(op)}, 'rule': {literal(spec.rule)}, 'change': {change}, "
-            f"'name': {name}, 'value': {value}, 'field': {literal(spec.field)}, "
-            f"'after': {after}, 'held': {f'h{k}' if held else 'false'}}}")
+# An operation's value and after texts: a constant (None: null), the field's desired text, or
+# the desired text inside the trait event's properties.
+_DESIRED, _PROPS = ("desired",), ("props",)
 
 
-def _operation(s: FieldSpec, k: int, held: bool) -> tuple[int, str]:
-    """(section, SQL struct) of the operation one field needs for the user in a row of ``j``;
-    its ``change`` is NULL when the field needs nothing."""
+@dataclass(frozen=True)
+class _Outcome:
+    """One change a field's operation can make, and what that operation holds."""
+    op: str
+    rule: str
+    change: str
+    name: str | None
+    field: str
+    value: str | None | tuple
+    after: str | None | tuple
+
+
+def _operation(s: FieldSpec, k: int) -> tuple[int, str, list[_Outcome]]:
+    """(section, SQL of the change one field needs for the user in a row of ``j`` — NULL when
+    the field needs nothing —, the outcomes that change can name, in code order)."""
     d, prev = s.column, f"s{k}"
     lit = literal
+
+    def outcome(op, change, name, value, after):
+        return _Outcome(op, s.rule, change, name, s.field, value, after)
+
     if s.kind == "membership":
         enter = f"({d} = 'true' AND {prev} IS DISTINCT FROM 'true')"
         # Exit only users Braze holds as members: writing the exit value to every non-member
@@ -218,19 +254,13 @@ def _operation(s: FieldSpec, k: int, held: bool) -> tuple[int, str]:
         change = (f"CASE WHEN {enter} THEN {lit(enter_exit[0])} WHEN {leave} THEN "
                   f"{lit(enter_exit[1])} END")
         if s.op == "attribute":
-            return 0, _struct(s, k, held, op="attribute", change=change, name=lit(s.name),
-                              value=f"CASE WHEN {enter} THEN 'true' ELSE {lit(s.exit_text)} END",
-                              after=f"CASE WHEN {enter} THEN 'true' ELSE {lit(s.exit_after)} END")
+            return 0, change, [outcome("attribute", "enter", s.name, "true", "true"),
+                               outcome("attribute", "exit", s.name, s.exit_text, s.exit_after)]
         if s.op == "event":
-            return 1, _struct(s, k, held, op="event", change=change,
-                              name=f"CASE WHEN {enter} THEN {lit(s.enter_event)} ELSE "
-                                   f"{lit(s.exit_event)} END",
-                              value=f"CASE WHEN {enter} THEN {lit(s.props_true)} ELSE "
-                                    f"{lit(s.props_false)} END",
-                              after=f"CASE WHEN {enter} THEN 'true' END")
-        return 2, _struct(s, k, held, op="cohort", change=change, name=lit(s.name),
-                          value=f"CASE WHEN {enter} THEN 'true' ELSE 'false' END",
-                          after=f"CASE WHEN {enter} THEN 'true' END")
+            return 1, change, [outcome("event", "enter", s.enter_event, s.props_true, "true"),
+                               outcome("event", "exit", s.exit_event, s.props_false, None)]
+        return 2, change, [outcome("cohort", "add", s.name, "true", "true"),
+                           outcome("cohort", "remove", s.name, "false", None)]
     ok = f"NOT coalesce({s.refused}, false)"
     if s.op == "attribute":
         fine = f"{ok} AND NOT coalesce({_kind(d)} <> {_kind(prev)}, false)"
@@ -239,11 +269,18 @@ def _operation(s: FieldSpec, k: int, held: bool) -> tuple[int, str]:
         change = (f"CASE WHEN {fine} AND {d} IS NOT NULL AND {d} IS DISTINCT FROM {prev} THEN "
                   f"(CASE WHEN {prev_set} THEN 'change' ELSE 'set' END) "
                   f"WHEN {fine} AND {d} IS NULL AND {prev_set} THEN 'unset' END")
-        return 0, _struct(s, k, held, op="attribute", change=change, name=lit(s.name),
-                          value=f"coalesce({d}, 'null')", after=d)
+        return 0, change, [outcome("attribute", "change", s.name, _DESIRED, _DESIRED),
+                           outcome("attribute", "set", s.name, _DESIRED, _DESIRED),
+                           outcome("attribute", "unset", s.name, "null", None)]
     change = f"CASE WHEN {ok} AND {d} IS NOT NULL AND {d} IS DISTINCT FROM {prev} THEN 'change' END"
-    return 1, _struct(s, k, held, op="event", change=change, name=lit(s.name),
-                      value=f"{lit(s.props_prefix)} || {d} || {lit(s.props_suffix)}", after=d)
+    return 1, change, [outcome("event", "change", s.name, _PROPS, _DESIRED)]
+
+
+def _code(change: str, outcomes: list[_Outcome], held: str | None) -> str:
+    """SQL of the outcome's number (NULL: no operation, or one held back)."""
+    whens = " ".join(f"WHEN {literal(o.change)} THEN {i}" for i, o in enumerate(outcomes))
+    code = f"CASE {change} {whens} END"
+    return f"(CASE WHEN {held} THEN NULL ELSE {code} END)::TINYINT" if held else f"({code})::TINYINT"
 
 
 def _changes(arr) -> np.ndarray:
@@ -259,71 +296,113 @@ def _changes(arr) -> np.ndarray:
 
 
 class _Cutter:
-    """Assigns request numbers to the ordered operations, chunk by chunk (state carries across
-    chunks, so the result does not depend on how the stream is cut)."""
+    """Assigns request numbers to the ordered operations of one section at a time (the
+    attributes, the events, or one cohort and direction), chunk by chunk: state carries across
+    chunks, so the result does not depend on how the stream is cut."""
 
     def __init__(self, limit: int, events_per_request_user: int) -> None:
         self.limit = limit
         self.per_user = max(1, events_per_request_user)
-        self.section: tuple | None = None
-        self.base = -1          # request number of the current section's first request
-        self.units = 0          # objects (attributes, cohort ids) or users (events) so far
+        self.base = 0           # request number of the current section's first request
+        self.units = 0          # objects (cohort ids) or users (attributes, events) so far
         self.last_uid = None
         self.next_base = 0
 
-    @staticmethod
-    def _key(chunk: pa.RecordBatch, i: int, order: np.ndarray) -> tuple:
-        if order[i] != 2:
-            return (int(order[i]), None, None)
-        return (2, chunk.column("name")[i].as_py(), chunk.column("change")[i].as_py())
+    def start(self) -> None:
+        self.base, self.units, self.last_uid = self.next_base, 0, None
 
-    def cut(self, chunk: pa.RecordBatch) -> np.ndarray:
-        n = chunk.num_rows
-        order = chunk.column("op_order").to_numpy()
-        uid = chunk.column("uid")
+    def cut(self, uid: pa.Array, order: int) -> tuple[np.ndarray, np.ndarray]:
+        """(request numbers, where a new user starts) of one chunk of the section."""
+        n = len(uid)
         new_uid = _changes(uid)
         if self.last_uid is not None:
             new_uid[0] = uid[0].as_py() != self.last_uid
-        # a section is the attributes, the events, or one cohort and direction
-        boundary = _changes(order)
-        cohort = order == 2
-        if cohort.any():
-            boundary |= cohort & (_changes(chunk.column("name")) | _changes(chunk.column("change")))
-        boundary[0] = self._key(chunk, 0, order) != self.section
-        cuts = np.append(np.flatnonzero(boundary), n)
-        if cuts[0] != 0:  # the chunk goes on with the section the last one ended in
-            cuts = np.insert(cuts, 0, 0)
-        out = np.empty(n, dtype=np.int64)
-        for a, z in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
-            if boundary[a]:
-                self.section = self._key(chunk, a, order)
-                self.base, self.units = self.next_base, 0
-                new_uid[a] = True
-            if order[a] == 2:
-                local = (self.units + np.arange(z - a)) // LIMITS.cohort_ids_per_request
-                self.units += z - a
-            else:
-                users = self.units + np.cumsum(new_uid[a:z]) - 1
-                local = users // (self.limit if order[a] == 0 else self.per_user)
-                self.units = int(users[-1]) + 1
-            out[a:z] = self.base + local
-            self.next_base = int(out[z - 1]) + 1
         self.last_uid = uid[n - 1].as_py()
-        return out
+        if order == 2:
+            local = (self.units + np.arange(n)) // LIMITS.cohort_ids_per_request
+            self.units += n
+        else:
+            users = self.units + np.cumsum(new_uid) - 1
+            local = users // (self.limit if order == 0 else self.per_user)
+            self.units = int(users[-1]) + 1
+        out = (self.base + local).astype(np.int64)
+        self.next_base = int(out[-1]) + 1
+        return out, new_uid
 
 
-def _section_query(structs: list[str], order: int) -> str:
-    cols = ", ".join(f"o.{c}" for c in OPERATION_COLUMNS if c not in ("uid", "segment_id", "batch"))
-    query = (f"SELECT uid, segment_id, {cols}, {order} AS op_order, pos FROM (SELECT uid, "
-             f"segment_id, pos, unnest(list_filter([{', '.join(structs)}], "
-             "lambda x: x.change IS NOT NULL AND NOT x.held)) AS o FROM j)")
-    # cohort changes go one cohort and direction at a time
-    return f"SELECT * FROM ({query}) ORDER BY name, change, pos" if order == 2 else query
+class _Kinds:
+    """Every (field, outcome) pair a plan can hold, numbered: the operations are made from
+    per-user outcome codes, so the low-cardinality columns come out as dictionary indices
+    (no text per operation) and the tally is a count of numbers."""
+
+    LOW = ("op", "rule", "change", "name", "field")
+
+    def __init__(self, outcomes: list[list[_Outcome]]) -> None:
+        self.base = np.cumsum([0] + [len(o) for o in outcomes])[:-1].astype(np.int64)
+        self.all = [o for group in outcomes for o in group]
+        self.spec = np.repeat(np.arange(len(outcomes)), [len(o) for o in outcomes])
+        self.dictionaries, self.indices = {}, {}
+        for col in self.LOW:
+            values = list(dict.fromkeys(getattr(o, col) for o in self.all if
+                                        getattr(o, col) is not None))
+            where = {v: i for i, v in enumerate(values)}
+            self.dictionaries[col] = pa.array(values, pa.string())
+            self.indices[col] = np.array([where.get(getattr(o, col), -1) for o in self.all],
+                                         dtype=np.int32)
+        consts = [t for o in self.all for t in (o.value, o.after) if not isinstance(t, tuple)]
+        consts = list(dict.fromkeys(consts))
+        self.consts = pa.array(consts, pa.string())
+        self.const_index = {t: i for i, t in enumerate(consts)}
+
+    def column(self, col: str, kind: np.ndarray) -> pa.Array:
+        idx = self.indices[col][kind]
+        mask = idx < 0
+        return pa.DictionaryArray.from_arrays(
+            pa.array(idx, pa.int32(), mask=mask if mask.any() else None), self.dictionaries[col],
+            safe=False)   # the indices come from the dictionary itself
+
+    def key(self, i: int) -> tuple:
+        o = self.all[i]
+        return (o.rule, o.op, o.change, o.name)
+
+
+def _texts(kinds: _Kinds, kind: np.ndarray, user: np.ndarray, chunk: pa.RecordBatch,
+           specs: list[FieldSpec]) -> tuple[pa.Array, pa.Array]:
+    """The ``value`` and ``after`` texts of each operation: a constant, or taken from its
+    user's desired text (``user``: the operation's row in ``chunk``)."""
+    m = chunk.num_rows
+    pool = [kinds.consts]
+    slots: dict[tuple, int] = {}
+    present = np.flatnonzero(np.bincount(kind, minlength=len(kinds.all))).tolist()
+    out = []
+    for what in ("value", "after"):
+        where = np.zeros(len(kinds.all), dtype=np.int32)  # per kind: constant index or slot base
+        const = np.zeros(len(kinds.all), dtype=bool)
+        for i in present:
+            text = getattr(kinds.all[i], what)
+            if not isinstance(text, tuple):
+                const[i], where[i] = True, kinds.const_index[text]
+                continue
+            spec = specs[int(kinds.spec[i])]
+            key = (spec.column, text)
+            if key not in slots:
+                arr = chunk.column(spec.column)
+                if text is _PROPS:
+                    arr = pc.binary_join_element_wise(
+                        pa.scalar(spec.props_prefix, pa.string()), arr,
+                        pa.scalar(spec.props_suffix, pa.string()), pa.scalar("", pa.string()))
+                slots[key] = len(kinds.consts) + m * (len(pool) - 1)
+                pool.append(arr.cast(pa.string()))
+            where[i] = slots[key]
+        out.append(np.where(const[kind], where[kind], where[kind] + user.astype(np.int32)))
+    values = pa.concat_arrays(pool) if len(pool) > 1 else pool[0]
+    return values.take(pa.array(out[0])), values.take(pa.array(out[1]))
 
 
 class ColumnDigest:
     """sha256 of one column of a plan's operations: its value lengths (-1 for null) and its
-    bytes, hashed apart so the digest does not depend on how the column is cut into chunks."""
+    bytes, hashed apart so the digest does not depend on how the column is cut into chunks
+    (nor on whether it is dictionary-encoded)."""
 
     def __init__(self) -> None:
         self.lengths = hashlib.sha256()
@@ -334,17 +413,25 @@ class ColumnDigest:
             for chunk in arr.chunks:
                 self.update(chunk)
             return
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary.take(arr.indices)
         if pa.types.is_integer(arr.type):
-            self.data.update(np.asarray(arr.fill_null(-1).to_numpy(zero_copy_only=False),
-                                        dtype="<i8").tobytes())
+            self.data.update(np.ascontiguousarray(
+                arr.fill_null(-1).to_numpy(zero_copy_only=False), dtype="<i8"))
             return
-        arr = arr.cast(pa.large_binary())
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
+        if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
+            width = np.int32
+        else:
+            width = np.int64
+            if not (pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)):
+                arr = arr.cast(pa.large_binary())
+        # hashed straight from the Arrow buffers (numpy arrays are buffers: no copies)
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[
             arr.offset:arr.offset + len(arr) + 1]
-        lengths = np.diff(offsets)
+        lengths = np.diff(offsets).astype("<i8")
         if arr.null_count:
-            lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
-        self.lengths.update(lengths.astype("<i8").tobytes())
+            lengths[arr.is_null().to_numpy(zero_copy_only=False)] = -1
+        self.lengths.update(lengths)
         data = arr.buffers()[2]
         if data is not None and offsets[-1] > offsets[0]:
             self.data.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
@@ -354,25 +441,27 @@ class ColumnDigest:
 
 
 class _BackgroundWriter:
-    """Writes tables to a Parquet writer on another thread, so compressing one chunk overlaps
-    with the engine producing the next (both release the GIL)."""
+    """Writes tables to a Parquet writer on one thread and hashes them on another, so
+    encoding, compressing and hashing one piece overlap with the engine producing the next
+    (all release the GIL)."""
 
     def __init__(self, sink: pq.ParquetWriter) -> None:
         self.sink = sink
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-digest")
         self.pending: list = []
         self.digests = {c: ColumnDigest() for c in OPERATION_COLUMNS}
 
-    def _write(self, table: pa.Table, options: dict) -> None:
-        self.sink.write_table(table, **options)
+    def _digest(self, table: pa.Table) -> None:
         for c, digest in self.digests.items():  # in write order: one thread
             digest.update(table.column(c))
 
     def write_table(self, table: pa.Table, **options) -> None:
-        # bounded: at most two chunks wait in memory; a failed write raises here
-        while self.pending and (self.pending[0].done() or len(self.pending) >= 2):
+        # bounded: at most two pieces wait in memory; a failed write raises here
+        while self.pending and (self.pending[0].done() or len(self.pending) >= 4):
             self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self._write, table, options))
+        self.pending.append(self.writer.submit(self.sink.write_table, table, **options))
+        self.pending.append(self.hasher.submit(self._digest, table))
 
     def __enter__(self) -> "_BackgroundWriter":
         return self
@@ -382,95 +471,164 @@ class _BackgroundWriter:
             for future in self.pending:
                 future.result()
         finally:
-            self.pool.shutdown(wait=True)
+            self.writer.shutdown(wait=True)
+            self.hasher.shutdown(wait=True)
 
 
 class _Tally:
     """Operations per (rule, op, change, name) and users with operations, counted chunk by
     chunk as the plan is written (a user is marked by its profile position)."""
 
-    def __init__(self, profiles: int) -> None:
-        self.counts: dict[tuple, int] = {}
+    def __init__(self, profiles: int, kinds: _Kinds) -> None:
+        self.kinds = kinds
+        self.per_kind = np.zeros(len(kinds.all), dtype=np.int64)
         self.seen = np.zeros(max(int(profiles), 1), dtype=bool)
         self.attribute_users = 0
-        self._last_attribute_uid = None
 
-    def add(self, chunk: pa.RecordBatch, order: int) -> None:
-        # (field, change) decides rule, op and name: count its pairs with two dictionary codes
-        field_codes = pc.dictionary_encode(chunk.column("field"))
-        change_codes = pc.dictionary_encode(chunk.column("change"))
-        width = max(len(change_codes.dictionary), 1)
-        pair = (field_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64) * width
-                + change_codes.indices.to_numpy(zero_copy_only=False))
-        counts = np.bincount(pair)
-        for code in np.flatnonzero(counts):
-            i = int(np.argmax(pair == code))
-            key = tuple(chunk.column(c)[i].as_py() for c in ("rule", "op", "change", "name"))
-            self.counts[key] = self.counts.get(key, 0) + int(counts[code])
-        self.seen[chunk.column("pos").to_numpy(zero_copy_only=False)] = True
+    def add(self, kind: np.ndarray, pos: np.ndarray, new_uid: np.ndarray, order: int) -> None:
+        self.per_kind += np.bincount(kind, minlength=len(self.per_kind))
+        self.seen[pos] = True
         if order == 0:   # a user's attribute operations are consecutive: count the changes
-            uid = chunk.column("uid")
-            new = _changes(uid)
-            if self._last_attribute_uid is not None:
-                new[0] = uid[0].as_py() != self._last_attribute_uid
-            self.attribute_users += int(new.sum())
-            self._last_attribute_uid = uid[len(uid) - 1].as_py()
+            self.attribute_users += int(new_uid.sum())
 
     def rows(self) -> list:
+        counts: dict[tuple, int] = {}
+        for i in np.flatnonzero(self.per_kind).tolist():
+            key = self.kinds.key(i)
+            counts[key] = counts.get(key, 0) + int(self.per_kind[i])
+
         def key(item):
             return tuple("" if v is None else str(v) for v in item[0])
-        return [[*k, v] for k, v in sorted(self.counts.items(), key=key)]
+        return [[*k, v] for k, v in sorted(counts.items(), key=key)]
 
     def users(self) -> int:
         return int(self.seen.sum())
 
 
-def _write_ordered(db, limit: int, out: Path, sections: dict[int, list[str]], on_rows=None,
-                   tally: "_Tally | None" = None) -> tuple[int, pd.DataFrame, dict[str, bytes]]:
+def _passes(specs: list[FieldSpec], ops: list[tuple[int, str, list[_Outcome]]]
+            ) -> list[tuple[int, list[tuple[int, int | None]]]]:
+    """The reads of ``j`` that yield the operations in send order: the attributes, the events,
+    then each cohort and direction; each a section and its fields (with the one outcome a
+    cohort read keeps)."""
+    out = []
+    for order in (0, 1):
+        ks = [(k, None) for k, (o, _, _) in enumerate(ops) if o == order]
+        if ks:
+            out.append((order, ks))
+    cohorts = [k for k, (o, _, _) in enumerate(ops) if o == 2]
+    for name in sorted({str(specs[k].name) for k in cohorts}):
+        for change, code in (("add", 0), ("remove", 1)):
+            out.append((2, [(k, code) for k in cohorts if str(specs[k].name) == name]))
+    return out
+
+
+def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
+                   ops: list[tuple[int, str, list[_Outcome]]], held: bool, profiles: int,
+                   on_rows=None) -> tuple[int, pd.DataFrame, dict[str, bytes], _Tally]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
-    the row count and one row per request (batch name, kind, start, stop, objects)."""
+    the row count, one row per request (batch name, kind, start, stop, objects), the column
+    digests and the tally."""
+    kinds = _Kinds([o for _, _, o in ops])
+    codes = {k: _code(change, outcomes, f"h{k}" if held else None)
+             for k, (_, change, outcomes) in enumerate(ops)}
+    events = [k for k, (o, _, _) in enumerate(ops) if o == 1]
     per_user = 1
-    if sections[1]:
-        per_user = db.execute("SELECT coalesce(max(len(list_filter([" + ", ".join(sections[1])
-                              + "], lambda x: x.change IS NOT NULL AND NOT x.held))), 1) FROM j"
-                              ).fetchall()[0][0]
+    if events:
+        per_user = db.execute("SELECT coalesce(max(" + " + ".join(
+            f"({codes[k]} IS NOT NULL)::BIGINT" for k in events) + "), 1) FROM j").fetchall()[0][0]
     cutter = _Cutter(limit, limit // max(1, int(per_user)))
-    schema = OPERATIONS_SCHEMA
+    tally = _Tally(profiles, kinds)
+    schema = pa.schema([(c, pa.dictionary(pa.int32(), pa.string())) if c in _Kinds.LOW
+                        else OPERATIONS_SCHEMA.field(c) for c in OPERATION_COLUMNS])
     rows = 0
     parts = []
-    # low-cardinality columns only: dictionaries of user ids and values cost time, save nothing
-    with pq.ParquetWriter(out, schema, compression="zstd",
-                          use_dictionary=["op", "rule", "change", "name", "field"]) as sink, \
+    group = ROW_GROUP
+    # low-cardinality columns only, written from their dictionaries (no hashing of texts);
+    # user ids and values would cost time and save nothing. No Arrow schema in the file: it
+    # reads back as plain text columns. Statistics only where a reader can use them.
+    with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=list(_Kinds.LOW),
+                          store_schema=False, write_statistics=["batch"]) as sink, \
             _BackgroundWriter(sink) as writer:
-        for order in (0, 1, 2):
-            if not sections[order]:
-                continue
-            reader = db.sql(_section_query(sections[order], order)).to_arrow_reader(ROW_GROUP)
-            for chunk in reader:
-                if not chunk.num_rows:
+        buffered: list[pa.Table] = []
+        waiting = 0
+
+        def flush(final: bool) -> None:
+            nonlocal buffered, waiting
+            if not buffered or (waiting < group and not final):
+                return
+            table = pa.concat_tables(buffered) if len(buffered) > 1 else buffered[0]
+            at = 0
+            while table.num_rows - at >= group or (final and at < table.num_rows):
+                writer.write_table(table.slice(at, group), row_group_size=group)
+                at += group
+            buffered = [table.slice(at)] if at < table.num_rows else []
+            waiting = table.num_rows - at
+
+        for order, fields in _passes(specs, ops):
+            columns = list(dict.fromkeys(specs[k].column for k, _ in fields))
+            query = (f"SELECT pos, uid, segment_id, {', '.join(columns)}, "
+                     + ", ".join(f"{codes[k]} AS c{k}" for k, _ in fields) + " FROM j")
+            width = len(fields)
+            started = False
+            for chunk in db.sql(query).to_arrow_reader(max(2048, group // width)):
+                m = chunk.num_rows
+                if not m:
                     continue
-                batch = cutter.cut(chunk)
-                if tally is not None:
-                    tally.add(chunk, order)
-                new_uid = _changes(chunk.column("uid"))
-                writer.write_table(pa.table(
-                    {c: (pa.array(batch) if c == "batch" else chunk.column(c).cast(pa.string()))
-                     for c in OPERATION_COLUMNS}, schema=schema), row_group_size=ROW_GROUP)
+                grid = np.empty((m, width), dtype=np.int64)
+                for i, (k, keep) in enumerate(fields):
+                    code = chunk.column(f"c{k}").fill_null(-1).to_numpy(zero_copy_only=False)
+                    if keep is not None:
+                        code = np.where(code == keep, code, -1)
+                    grid[:, i] = np.where(code >= 0, kinds.base[k] + code, -1)
+                flat = grid.ravel()
+                at = np.flatnonzero(flat >= 0)
+                if not len(at):
+                    continue
+                kind = flat[at]
+                user = at // width
+                take = pa.array(user.astype(np.int32))
+                uid = chunk.column("uid").take(take).cast(pa.string())
+                if not started:
+                    cutter.start()
+                    started = True
+                batch, new_uid = cutter.cut(uid, order)
+                pos = chunk.column("pos").to_numpy(zero_copy_only=False)[user]
+                tally.add(kind, pos, new_uid, order)
+                value, after = _texts(kinds, kind, user, chunk, specs)
+                table = pa.table({
+                    "uid": uid,
+                    "segment_id": chunk.column("segment_id").take(take).cast(pa.string()),
+                    **{c: kinds.column(c, kind) for c in ("op", "rule", "change", "name")},
+                    "value": value,
+                    "field": kinds.column("field", kind),
+                    "after": after,
+                    "batch": pa.array(batch)}, schema=schema)
+                buffered.append(table)
+                waiting += table.num_rows
+                flush(False)
+                n = table.num_rows
+                local_new = new_uid.copy()
+                local_new[0] = True
                 starts = np.flatnonzero(_changes(batch))
-                stops = np.append(starts[1:], chunk.num_rows)
-                take = pa.array(starts)
-                parts.append(pd.DataFrame({
+                stops = np.append(starts[1:], n)
+                parts.append({
                     "index": batch[starts], "start": rows + starts, "stop": rows + stops - 1,
-                    "rows": stops - starts, "users": np.add.reduceat(new_uid, starts),
-                    **{c: chunk.column(c).take(take).to_numpy(zero_copy_only=False)
-                       for c in ("op", "name", "change")},
-                    "first_uid": chunk.column("uid").take(take).to_numpy(zero_copy_only=False),
-                    "last_uid": chunk.column("uid").take(pa.array(stops - 1)).to_numpy(
-                        zero_copy_only=False)}).set_index("index"))
-                rows += chunk.num_rows
+                    "rows": stops - starts, "users": np.add.reduceat(local_new, starts),
+                    "kind": kind[starts],
+                    "first_uid": uid.take(pa.array(starts)).to_numpy(zero_copy_only=False),
+                    "last_uid": uid.take(pa.array(stops - 1)).to_numpy(zero_copy_only=False)})
+                rows += n
                 if on_rows is not None:
-                    on_rows(chunk.num_rows)
-    return rows, _batch_frame(parts), {c: d.digest() for c, d in writer.digests.items()}
+                    on_rows(n)
+            flush(True)   # a section ends its row group, as the requests never span sections
+    frame = []
+    if parts:   # one frame for all chunks: the kinds name each part's op, name and change
+        joined = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+        kind = joined.pop("kind")
+        frame = [pd.DataFrame({**joined, **{
+            c: np.array([getattr(o, c) for o in kinds.all], dtype=object)[kind]
+            for c in ("op", "name", "change")}}).set_index("index")]
+    return rows, _batch_frame(frame), {c: d.digest() for c, d in writer.digests.items()}, tally
 
 
 def empty_result(out: Path) -> DiffResult:

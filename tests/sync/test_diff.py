@@ -1,0 +1,92 @@
+"""The SQL diff's first-sync path and the column digests the plan's fingerprint is made of."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from .builders import make_export
+from toolkit import engine
+from toolkit.mapping import Mapping
+from toolkit.sync import diff as diff_module
+from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff
+from toolkit.sync.ledger import Snapshot
+from toolkit.sync.projection import project
+
+
+def _empty_state(path) -> Snapshot:
+    """A ledger snapshot that holds no user: the general path (checksum join, state join,
+    type-conflict check) with nothing to compare against."""
+    pq.write_table(pa.table({"uid": pa.array([], pa.string()),
+                             "checksum": pa.array([], pa.uint64())}), path)
+    return Snapshot(path, frozenset(), None, 0)
+
+
+@pytest.mark.parametrize("row_group", [7, 122_880])
+def test_a_first_sync_reads_the_projection_yet_equals_the_diff_against_an_empty_state(
+        tmp_path, monkeypatch, row_group):
+    """With no snapshot the diff skips the checksum and state joins and the copies of the
+    projection; its operations file, requests, counts and digests must be exactly those of the
+    general path against a state that holds nothing — for attributes, events (membership and
+    trait) and cohort changes, rows cut into row groups anywhere."""
+    monkeypatch.setattr(diff_module, "ROW_GROUP", row_group)
+    export = make_export(300, anonymous=4, email_only=2, seed=3)
+    mapping = (Mapping.from_export(export).set("vip_customer", send_as="cohort")
+               .set("dormant_shopper", send_as="both").set("total_revenue_180_days",
+                                                          send_as="both"))
+    results = {}
+    with engine.connect() as db:
+        projection = project(export, mapping, db=db)
+        assert {f.op for f in projection.fields} == {"attribute", "event", "cohort"}
+        for name, snapshot in (("first", None), ("general", _empty_state(tmp_path / "s.parquet"))):
+            out = tmp_path / f"{name}.parquet"
+            results[name] = (diff(db, projection, snapshot, None, limit=4, out=out), out)
+    (first, first_path), (general, general_path) = results["first"], results["general"]
+    assert first.rows > 0 and first.rows == general.rows
+    assert pq.read_table(first_path).equals(pq.read_table(general_path))
+    assert pq.read_schema(first_path) == diff_module.OPERATIONS_SCHEMA  # plain text columns
+    assert first.batches.equals(general.batches)
+    assert (first.tally, first.users, first.attribute_users, first.changed_users) == (
+        general.tally, general.users, general.attribute_users, general.changed_users)
+    assert first.digests == general.digests
+    assert first.digests == _digests_of_file(first_path)
+    assert len(first.conflicts) == len(general.conflicts) == 0
+
+
+def _digests_of_file(path) -> dict[str, bytes]:
+    per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+    table = pq.read_table(path)
+    for c in OPERATION_COLUMNS:
+        per_column[c].update(table.column(c))
+    return {c: d.digest() for c, d in per_column.items()}
+
+
+def test_a_column_digest_depends_on_the_values_only():
+    """The same values hashed as one array, as chunks, dictionary-encoded, as large strings or
+    as a slice give the same digest; a changed value, a moved value or a null for an empty
+    text give another."""
+    values = ["attribute", None, "", "événement", "attribute", "x" * 300, "event", None]
+
+    def digest(*arrays) -> bytes:
+        d = ColumnDigest()
+        for arr in arrays:
+            d.update(arr)
+        return d.digest()
+
+    plain = pa.array(values, pa.string())
+    reference = digest(plain)
+    assert digest(plain.slice(0, 3), plain.slice(3)) == reference
+    assert digest(pa.chunked_array([plain.slice(0, 5), plain.slice(5)])) == reference
+    assert digest(pc.dictionary_encode(plain)) == reference
+    assert digest(pc.dictionary_encode(plain.slice(0, 4)), plain.slice(4)) == reference
+    assert digest(plain.cast(pa.large_string())) == reference
+    assert digest(pa.array(["pad", *values], pa.string()).slice(1)) == reference
+    changed = list(values)
+    changed[3] = "evenement"
+    assert digest(pa.array(changed, pa.string())) != reference
+    assert digest(pa.array(values[1:] + values[:1], pa.string())) != reference
+    assert digest(pa.array([v if v is not None else "" for v in values])) != reference
+    numbers = np.arange(10, dtype=np.int64)
+    assert digest(pa.array(numbers)) == digest(pa.array(numbers[:4]), pa.array(numbers[4:]))
