@@ -113,28 +113,19 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
     transfer = (0, 0)
     remote = getattr(snapshot, "remote", False)
     first_sync = snapshot is None and not held_cols
-    subset = snapshot is not None and not remote and projection.projected is not None
+    subset = snapshot is not None and projection.projected is not None
     if first_sync:
         # nothing acknowledged, nothing held: every user is changed and every state empty, so
         # j is the projection itself (no checksum, no join, no copy; it is in export order)
         db.execute(f"CREATE TEMP VIEW j AS SELECT c.*{state_cols} FROM desired_raw c")
         changed_users = db.execute("SELECT count(*) FROM desired_raw").fetchall()[0][0]
+    elif remote:
+        changed_users, transfer = _diff_in_server(db, snapshot, specs, held_cols)
     elif subset:
         changed_users = _diff_changed_rows(db, snapshot, kinds, digest, have, state_cols,
                                            held_cols)
     else:
-        if remote:
-            # the comparison runs in the ledger's server: keys and checksums go in, the changed
-            # users come back with their previous values (s0, s1…), and j is built from those
-            prev, sent, received = snapshot.changed(
-                db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
-                [sp.field for sp in specs])
-            db.register("prev_raw", prev)
-            db.execute("CREATE TEMP TABLE changed AS SELECT d.*"
-                       + "".join(f", p.s{k}" for k in range(len(specs)))
-                       + " FROM desired d JOIN prev_raw p ON d.uid = p.uid")
-            state_cols, joins, transfer = "", "", (sent, received)
-        elif snapshot is not None:
+        if snapshot is not None:
             src = f"read_parquet({literal(str(snapshot.path))})"
             if snapshot.checksum_spec == digest:
                 ledger_ck = "checksum"
@@ -158,8 +149,6 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
                    f"{joins} ORDER BY c.pos")
         changed_users = db.execute("SELECT count(*) FROM changed").fetchall()[0][0]
         db.execute("DROP TABLE changed")
-        if remote:
-            db.unregister("prev_raw")
     db.execute("DROP VIEW desired")
 
     # with no state there is no type Braze holds to conflict with
@@ -197,6 +186,24 @@ def _diff_changed_rows(db, snapshot, kinds, digest: str, have, state_cols: str,
                f"ON c.uid = s.uid{held} WHERE {ledger_ck} IS DISTINCT FROM c.checksum "
                "ORDER BY c.pos")
     return db.execute("SELECT count(*) FROM j").fetchall()[0][0]
+
+
+def _diff_in_server(db, snapshot, specs: list[FieldSpec], held_cols: str) -> tuple[int, tuple]:
+    """``j`` from a comparison run in the ledger's server: every user's key and checksum go
+    in, the changed users come back with their previous values (``s0``, ``s1``…), and ``j`` is
+    those users' desired rows beside them, in the export's row order. Returns how many users
+    differ and the bytes (sent, received)."""
+    prev, sent, received = snapshot.changed(
+        db.sql("SELECT uid, checksum FROM desired").to_arrow_reader(ROW_GROUP),
+        [sp.field for sp in specs])
+    db.register("prev_raw", prev)
+    held = " LEFT JOIN held h ON c.uid = h.uid" if held_cols else ""
+    db.execute("CREATE TEMP TABLE j AS SELECT c.*"
+               + "".join(f", p.s{k}" for k in range(len(specs)))
+               + f"{held_cols} FROM desired c JOIN prev_raw p ON c.uid = p.uid{held} "
+               "ORDER BY c.pos")
+    db.unregister("prev_raw")
+    return prev.num_rows, (sent, received)
 
 
 def _no_conflicts() -> pd.DataFrame:

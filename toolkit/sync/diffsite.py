@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from toolkit.errors import PlanError
 
-__all__ = ["DiffSite", "RemoteState", "RULES", "choose", "DIFF_AT"]
+__all__ = ["DiffSite", "RemoteState", "RULES", "choose", "check_diff_at", "DIFF_AT"]
 
 DIFF_AT = ("auto", "local", "server")
 
@@ -141,13 +141,18 @@ def _same_database(source: str, location: str) -> bool:
     return a is not None and a == b
 
 
+def check_diff_at(value: str) -> None:
+    """A `PlanError` unless ``value`` is one of `DIFF_AT`."""
+    if value not in DIFF_AT:
+        raise PlanError(f"diff_at must be one of {', '.join(DIFF_AT)}, not {value!r}",
+                        field="diff_at", hint="'auto' lets the sizes decide")
+
+
 def choose(ledger, projection, *, source: str = "", wanted: str = "auto"
            ) -> tuple[DiffSite, Any]:
     """(where the diff runs, and what it compares against: a local `Snapshot`, a
     `RemoteState`, or None when the ledger holds no state)."""
-    if wanted not in DIFF_AT:
-        raise PlanError(f"diff_at must be one of {', '.join(DIFF_AT)}, not {wanted!r}",
-                        field="diff_at", hint="'auto' lets the sizes decide")
+    check_diff_at(wanted)
     if ledger is None:
         return DiffSite("local", "nothing", "no ledger: everything is new"), None
     info = ledger.state_info()

@@ -312,6 +312,14 @@ class SqliteJournal:
             pass
 
 
+def _signed(checksum: pa.Array) -> pa.Array:
+    """DuckDB's unsigned 64-bit checksums as PostgreSQL's BIGINT: the same bits, signed (both
+    sides of the server's comparison are converted alike, so equal stays equal)."""
+    if pa.types.is_unsigned_integer(checksum.type):
+        return pc.cast(checksum, pa.int64(), safe=False)
+    return checksum
+
+
 class _PgConn:
     """The sqlite3-like face (``execute``/``executemany`` with ``?`` parameters) the ledger's
     transactions use, over one psycopg connection."""
@@ -608,10 +616,7 @@ class PostgresJournal:
 
         def batches():
             for batch in file.iter_batches(batch_size=65_536):
-                checksum = batch.column("checksum")
-                if pa.types.is_unsigned_integer(checksum.type):
-                    checksum = pc.cast(checksum, pa.int64(), safe=False)
-                yield pa.record_batch([batch.column("uid"), checksum,
+                yield pa.record_batch([batch.column("uid"), _signed(batch.column("checksum")),
                                        *(batch.column(f) for f in fields)],
                                       names=["uid", "checksum",
                                              *(f"c{i}" for i in range(len(fields)))])
@@ -658,10 +663,8 @@ class PostgresJournal:
 
         def signed(batches):
             for batch in batches:
-                checksum = batch.column("checksum")
-                if pa.types.is_unsigned_integer(checksum.type):
-                    checksum = pc.cast(checksum, pa.int64(), safe=False)
-                yield pa.record_batch([batch.column("uid"), checksum], names=["uid", "checksum"])
+                yield pa.record_batch([batch.column("uid"), _signed(batch.column("checksum"))],
+                                      names=["uid", "checksum"])
 
         received = [0]
         types = [("uid", pa.string()), *((f"s{k}", pa.string()) for k in range(len(fields)))]

@@ -47,7 +47,7 @@ from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, Pl
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
 from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result, name_batches
-from toolkit.sync.diffsite import DIFF_AT, DiffSite, choose
+from toolkit.sync.diffsite import DiffSite, check_diff_at, choose
 from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
 from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
                                      InputsFile, PreviousInput, dumps as _dumps, export_keys,
@@ -177,9 +177,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     side moves; see `toolkit.sync.diffsite`), ``"local"`` or ``"server"``; the plan says where
     it ran and why (``plan.diff_site``).
     """
-    if diff_at not in DIFF_AT:
-        raise PlanError(f"diff_at must be one of {', '.join(DIFF_AT)}, not {diff_at!r}",
-                        field="diff_at", hint="'auto' lets the sizes decide")
+    check_diff_at(diff_at)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= LIMITS.objects_per_array:
         raise PlanError(f"batch_size must be 1–{LIMITS.objects_per_array}, not {batch_size!r}",
                         field="batch_size", hint="Braze takes at most 75 objects per array")
