@@ -795,6 +795,19 @@ class Ledger:
             return None
         return dict(record, left_out=path)
 
+    def converged_digest(self) -> str | None:
+        """The input digest a plan could be answered for from the convergence record (see
+        `converged`), None when no plan can be: a plan then reads its export once, without
+        first hashing it to ask."""
+        text = self._meta("converged")
+        try:
+            record = json.loads(text) if text else {}
+        except ValueError:
+            return None
+        if not record.get("digest") or record.get("version") != self.version:
+            return None
+        return self.converged(str(record["digest"])) and str(record["digest"])
+
     def converged_inputs(self) -> Path | None:
         """The inputs of the export the ledger last converged to, while that is still true
         (nothing acknowledged since, nothing awaiting settle): a plan of a changed export then

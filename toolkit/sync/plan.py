@@ -50,8 +50,9 @@ from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_resul
 from toolkit.sync.diffsite import DiffSite, check_diff_at, choose
 from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
 from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
-                                     InputsFile, PreviousInput, dumps as _dumps, export_keys,
-                                     project, row_hashes)
+                                     InputsFile, OnePass, PreviousInput, dumps as _dumps,
+                                     InputHashes, export_keys, input_shape, project,
+                                     project_once, row_hashes)
 
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
@@ -62,6 +63,9 @@ PROGRESS_FROM = 200_000           # profiles from which plan shows a progress ba
 # plan a changed export from the ledger's record of the last converged one (tests switch it off
 # to compare with the full path)
 _INCREMENTAL = True
+# Read the export once for hashes, keys and projection (`project_once`); off: one read each
+# (the reference the tests compare it with)
+_ONE_PASS = True
 OP_KINDS = ("attribute", "event", "cohort")
 _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 
@@ -215,8 +219,14 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     left_path = workdir / "plan.left_out.parquet"
     inputs_path = inputs_digest = None
     with engine.connect() as db:   # one connection for the whole plan
-        hashes = row_hashes(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                            cohorts_available=credentials is not None, db=db)
+        one = _read_once(export, mapping, ledger, db, workdir, show, email_opt_in=email_opt_in,
+                         alias_label=alias_label, cohorts_available=credentials is not None)
+        if one is not None:
+            hashes = one.hashes
+        else:
+            hashes = row_hashes(export, mapping, email_opt_in=email_opt_in,
+                                alias_label=alias_label,
+                                cohorts_available=credentials is not None, db=db)
         digest = hashes.digest
         stored = ledger.converged(digest) if ledger is not None else None
         if stored is not None:
@@ -235,26 +245,43 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         else:
             # a changed export after a sync that converged: only the users whose row changed
             # are projected and diffed, every other one is known to hold what it asks for
-            previous = change = None
-            kept = ledger.converged_inputs() if ledger is not None and _INCREMENTAL else None
-            if kept is not None:
-                previous = PreviousInput.read(kept, hashes.shape)
+            if one is None:   # hashed first, as the ledger's record might have answered
+                one = _read_once(export, mapping, ledger, db, workdir, show,
+                                 email_opt_in=email_opt_in, alias_label=alias_label,
+                                 cohorts_available=credentials is not None, hashes=hashes)
+                hashes = one.hashes if one is not None else hashes   # the same: one copy kept
             bar = tqdm(unit="op", desc="plan: desired state", disable=not show, leave=True)
-            if previous is not None:
-                keys, *change = previous.keys(export, hashes.rows, email_opt_in=email_opt_in,
-                                              alias_label=alias_label, db=db)
+            if one is not None:   # the export was read once, projected as it was hashed
+                keys, _, projection = one.finish(db)
+                del one
+                if ledger is not None:   # what the ledger keeps once this plan converged
+                    inputs_path = workdir / "plan.inputs.arrow"
+                    inputs = InputsFile(inputs_path, hashes.shape)
+                    inputs.write_rows(hashes, keys)
             else:
-                keys = export_keys(export, email_opt_in=email_opt_in, alias_label=alias_label)
-            if ledger is not None:   # what the ledger keeps once this plan converged
-                inputs_path = workdir / "plan.inputs.arrow"
-                inputs = InputsFile(inputs_path, hashes.shape)
-                inputs.write_rows(hashes, keys)
-            projection = project(export, mapping, email_opt_in=email_opt_in,
-                                 alias_label=alias_label,
-                                 cohorts_available=credentials is not None, db=db,
-                                 spill=workdir, previous=previous, hashes=hashes, keys=keys,
-                                 change=change)
-            del previous, change, keys
+                previous = change = None
+                kept = (ledger.converged_inputs() if ledger is not None and _INCREMENTAL
+                        else None)
+                if kept is not None:
+                    previous = PreviousInput.read(kept, hashes.shape)
+                if previous is not None:
+                    keys, *change = previous.keys(export, hashes.rows,
+                                                  email_opt_in=email_opt_in,
+                                                  alias_label=alias_label, db=db)
+                else:
+                    keys = export_keys(export, email_opt_in=email_opt_in,
+                                       alias_label=alias_label)
+                if ledger is not None:   # what the ledger keeps once this plan converged
+                    inputs_path = workdir / "plan.inputs.arrow"
+                    inputs = InputsFile(inputs_path, hashes.shape)
+                    inputs.write_rows(hashes, keys)
+                projection = project(export, mapping, email_opt_in=email_opt_in,
+                                     alias_label=alias_label,
+                                     cohorts_available=credentials is not None, db=db,
+                                     spill=workdir, previous=previous, hashes=hashes,
+                                     keys=keys, change=change)
+                del previous, change
+            del keys
             diffed = projection.users if projection.projected is None else projection.projected
             bar.set_description(f"plan: diff of {diffed:,} users")
             findings = projection.findings
@@ -352,6 +379,35 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             and not waiting_batches):
         ledger.record_converged(out)   # nothing to send: Braze already holds this input
     return out
+
+
+def _read_once(export, mapping, ledger, db, workdir: Path, show: bool, *, email_opt_in: bool,
+               alias_label: str | None, cohorts_available: bool,
+               hashes: "InputHashes | None" = None) -> "OnePass | None":
+    """The export read once for the whole plan (`project_once`: hashes, keys, projection) —
+    unless the ledger holds a convergence record it cannot compare rows with (no row hashes
+    of that export kept): the input is then hashed first (None here), and read once more
+    (with its ``hashes``) only when it is not that very input. None with ``_ONE_PASS`` off
+    (the separate steps)."""
+    if not _ONE_PASS:
+        return None
+    previous = None
+    kept = ledger.converged_inputs() if ledger is not None and _INCREMENTAL else None
+    if kept is not None:
+        previous = PreviousInput.read(kept, hashes.shape if hashes is not None else input_shape(
+            export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+            cohorts_available=cohorts_available))
+    if (hashes is None and previous is None and ledger is not None
+            and ledger.converged_digest() is not None):
+        return None
+    from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
+
+    with tqdm(total=export.profile_count, unit="profile", desc="plan: reading the export",
+              disable=not show, leave=False) as bar:
+        one = project_once(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
+                           cohorts_available=cohorts_available, db=db, spill=workdir,
+                           previous=previous, on_rows=bar.update)
+    return None if one.stale else one
 
 
 def _write_left_out(frame: pd.DataFrame, path: Path) -> None:

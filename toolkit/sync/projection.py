@@ -38,7 +38,7 @@ from toolkit.engage.model import Findings
 
 __all__ = ["Projection", "FieldSpec", "project", "owners", "shared_keys", "json_texts",
            "input_digest", "row_hashes", "InputHashes", "PreviousInput", "InputsFile",
-           "read_inputs", "LEFT_OUT_COLUMNS"]
+           "read_inputs", "LEFT_OUT_COLUMNS", "project_once", "OnePass", "input_shape"]
 
 LEFT_OUT_COLUMNS = ["segment_id", "uid", "rule", "code", "reason"]
 SHARED_IDENTIFIER_EXAMPLES = 5
@@ -162,12 +162,15 @@ def _keys_of(chunk: pd.DataFrame, email_opt_in: bool, alias_label: str | None) -
 
 
 def _shared_among(export, candidates: np.ndarray, ident: list[str], email_opt_in: bool,
-                  alias_label: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+                  alias_label: str | None, *, rows_of_losers: bool = False):
     """Of the candidate rows, those whose real key a later row shares (last row wins): their
-    positions, each one's winner, and the keys of the first few."""
+    positions, each one's winner, and the keys of the first few (and with ``rows_of_losers``
+    a frame of every loser's segment_id and key ``k``, by position)."""
     empty = np.zeros(0, dtype=np.int64)
     if not len(candidates):
-        return empty, empty, {}
+        none = pd.DataFrame({"segment_id": pd.Series(dtype=object),
+                             "k": pd.Series(dtype=object)})
+        return (empty, empty, {}, none) if rows_of_losers else (empty, empty, {})
     rows = export.take(candidates, ident)
     keys = braze_user_keys(rows, email_opt_in=email_opt_in, alias_label=alias_label)[0]
     frame = pd.DataFrame({"k": keys.to_numpy(dtype=object), "p": rows.index.to_numpy()})
@@ -175,8 +178,15 @@ def _shared_among(export, candidates: np.ndarray, ident: list[str], email_opt_in
     losers = frame[frame["p"] != frame["last"]].sort_values("p")
     key_of = dict(zip(losers["p"].head(SHARED_IDENTIFIER_EXAMPLES).tolist(),
                       losers["k"].head(SHARED_IDENTIFIER_EXAMPLES).tolist()))
-    return (losers["p"].to_numpy(dtype=np.int64), losers["last"].to_numpy(dtype=np.int64),
-            key_of)
+    found = (losers["p"].to_numpy(dtype=np.int64), losers["last"].to_numpy(dtype=np.int64),
+             key_of)
+    if not rows_of_losers:
+        return found
+    at = pd.Index(losers["p"].to_numpy(dtype=np.int64))
+    ids = (rows["segment_id"].reindex(at) if "segment_id" in rows.columns
+           else pd.Series(None, index=at, dtype=object))
+    return (*found, pd.DataFrame({"segment_id": ids.array,
+                                  "k": losers["k"].to_numpy(dtype=object)}, index=at))
 
 
 @dataclass
@@ -259,41 +269,68 @@ def row_hashes(export, mapping, *, email_opt_in: bool = False, alias_label: str 
     """Hash everything `project` reads (see `InputHashes`), one pass over the export on the
     engine: a 64-bit hash of each row (as the per-user checksums of the ledger are), and the
     digest over those hashes in order (the last row wins a shared identifier) and the shape."""
-    keys = [r.key for r in mapping.rules]
-    columns = list(dict.fromkeys(
-        [c for c in IDENTITY_COLUMNS if c in export.columns]
-        + [k for k in keys if k in export.columns]))
-    values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
-    ordered = hashlib.sha256()
-    rows = np.zeros(export.profile_count, dtype=np.uint64)   # filled a chunk at a time
-    start = 0
-    dtypes: list = []
+    hasher = _RowHasher(export, mapping)
     with engine.using(db) as conn:
-        for chunk in export.chunks(columns):
-            arrays = {f"c{i}": _hashable(chunk[c]) for i, c in enumerate(columns)}
-            dtypes = dtypes or [[c, str(chunk[c].dtype)] for c in columns]
-            if not len(chunk):
-                continue
-            # one row in, one hash out, in order (the engine keeps the insertion order)
-            conn.register("digest_input", pa.table(arrays))
-            h = np.asarray(conn.execute(f"SELECT hash({values}) AS h FROM digest_input")
-                           .fetchnumpy()["h"], dtype=np.uint64)
-            conn.unregister("digest_input")
-            rows[start:start + len(h)] = h    # chunks come in export order
-            start += len(h)
-            ordered.update(h.astype("<u8", copy=False).data)
-    comps = export.computations
-    comps = comps[comps["key"].isin(keys)] if "key" in comps.columns else comps
-    head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
-            "columns": dtypes,
-            "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
-            "mapping": mapping.to_dict(),
-            "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
-                        "cohorts_available": bool(cohorts_available)}}
-    shape = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
-    head["rows"] = [len(rows), ordered.hexdigest()]
-    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
-    return InputHashes(digest, shape, rows)
+        for chunk in export.chunks(hasher.columns):
+            hasher.add(conn, chunk)
+    return hasher.finish(email_opt_in=email_opt_in, alias_label=alias_label,
+                         cohorts_available=cohorts_available)
+
+
+class _RowHasher:
+    """`row_hashes` a chunk at a time, so that one pass over an export can hash its rows while
+    it does other work (`project_once`)."""
+
+    def __init__(self, export, mapping) -> None:
+        self.export, self.mapping = export, mapping
+        self.keys = [r.key for r in mapping.rules]
+        self.columns = list(dict.fromkeys(
+            [c for c in IDENTITY_COLUMNS if c in export.columns]
+            + [k for k in self.keys if k in export.columns]))
+        self.ordered = hashlib.sha256()
+        self.rows = np.zeros(export.profile_count, dtype=np.uint64)  # filled a chunk at a time
+        self.start = 0
+        self.dtypes: list = []
+
+    def add(self, conn, chunk: pd.DataFrame) -> np.ndarray:
+        """Hash the next chunk (in export order); returns its rows' hashes."""
+        columns = self.columns
+        self.dtypes = self.dtypes or [[c, str(chunk[c].dtype)] for c in columns]
+        if not len(chunk):
+            return np.zeros(0, np.uint64)
+        values = ", ".join(f"c{i}" for i in range(len(columns))) or "NULL"
+        arrays = {f"c{i}": _hashable(chunk[c]) for i, c in enumerate(columns)}
+        # one row in, one hash out, in order (the engine keeps the insertion order)
+        conn.register("digest_input", pa.table(arrays))
+        h = np.asarray(conn.execute(f"SELECT hash({values}) AS h FROM digest_input")
+                       .fetchnumpy()["h"], dtype=np.uint64)
+        conn.unregister("digest_input")
+        self.rows[self.start:self.start + len(h)] = h    # chunks come in export order
+        self.start += len(h)
+        self.ordered.update(h.astype("<u8", copy=False).data)
+        return h
+
+    def shape(self, *, email_opt_in: bool, alias_label: str | None,
+              cohorts_available: bool) -> tuple[dict, str]:
+        comps = self.export.computations
+        comps = comps[comps["key"].isin(self.keys)] if "key" in comps.columns else comps
+        head = {"projection": PROJECTION_VERSION, "toolkit": __version__,
+                "columns": self.dtypes,
+                "computations": json.loads(comps.to_json(orient="records", date_format="iso")),
+                "mapping": self.mapping.to_dict(),
+                "options": {"email_opt_in": bool(email_opt_in), "alias_label": alias_label,
+                            "cohorts_available": bool(cohorts_available)}}
+        return head, hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()
+                                    ).hexdigest()
+
+    def finish(self, *, email_opt_in: bool, alias_label: str | None,
+               cohorts_available: bool) -> InputHashes:
+        head, shape = self.shape(email_opt_in=email_opt_in, alias_label=alias_label,
+                                 cohorts_available=cohorts_available)
+        head["rows"] = [len(self.rows), self.ordered.hexdigest()]
+        digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()
+                                ).hexdigest()
+        return InputHashes(digest, shape, self.rows)
 
 
 def input_digest(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
@@ -706,6 +743,11 @@ class PreviousInput:
         return parts, conflicts
 
 
+SHADOWED_REASON = ("another profile with the same Braze identifier comes later in the export; "
+                   "its values are sent")
+SHARED_FIX = "merge the profiles in Segment (or fix the identifier), then export again"
+
+
 class _Notes:
     """Findings gathered over an export's chunks. Every chunk makes the same calls in the same
     order (whatever its rows), each numbered by its *site*, so the findings come out in site
@@ -716,6 +758,7 @@ class _Notes:
         self.once: dict[int, tuple] = {}
         self.counted: dict[int, tuple] = {}
         self._site = 0
+        self.shared_sites: tuple[int, int] = (0, 0)   # (left out, said once): `_project_chunk`
 
     def begin_chunk(self) -> None:
         self._site = 0
@@ -725,11 +768,13 @@ class _Notes:
         return self._site
 
     def add(self, severity: str, code: str, message: str | None, *, column=None,
-            fix=None) -> None:
-        """A finding said once (``message`` None: nothing this time, the site still counts)."""
+            fix=None) -> int:
+        """A finding said once (``message`` None: nothing this time, the site still counts);
+        returns its site."""
         site = self.next_site()
         if message is not None:
             self.once.setdefault(site, (severity, code, message, column, fix))
+        return site
 
     def template(self, site: int, severity: str, code: str, what: str, column=None,
                  fix=None) -> None:
@@ -764,6 +809,17 @@ UNSYNCABLE_CODES = ("email_only", "anonymous_only", "no_identifier")
 def _repeated(value: str | None, n: int) -> pa.DictionaryArray:
     indices = pa.nulls(n, pa.int32()) if value is None else pa.array(np.zeros(n, np.int32))
     return pa.DictionaryArray.from_arrays(indices, pa.array([value or ""], pa.string()))
+
+
+def _left_out_part(segment_ids: pa.Array, uids: pa.Array, positions: np.ndarray, site: int,
+                   rule: str | None, code: str, reason: str) -> pa.Table:
+    """Left-out profiles of one site: Arrow, the repeated texts dictionary-encoded (a million
+    left-out profiles of a large export stay a few megabytes)."""
+    n = len(positions)
+    return pa.table({
+        "segment_id": segment_ids.cast(pa.string()), "uid": uids.cast(pa.string()),
+        "rule": _repeated(rule, n), "code": _repeated(code, n), "reason": _repeated(reason, n),
+        "pos": pa.array(positions, pa.int64()), "site": pa.array(np.full(n, site, np.int32))})
 
 
 def _left_out_frame(parts: list[pa.Table]) -> pd.DataFrame:
@@ -818,25 +874,20 @@ class _Collect:
         self.left_out: list[pa.Table] = []
 
     def leave_out(self, mask: np.ndarray, *, rule: str | None, code: str, reason: str,
-                  uid: bool = True, note: tuple | None = None) -> None:
+                  uid: bool = True, note: tuple | None = None) -> int:
         """Leave the masked profiles out; ``note`` = (severity, what, fix): the counted finding
-        "<n> <what>" of this site (said when it leaves anyone out)."""
+        "<n> <what>" of this site (said when it leaves anyone out). Returns the site."""
         site = self.findings.next_site()
         if note is not None:
             self.findings.template(site, note[0], code, note[1], column=rule, fix=note[2])
         pos = np.flatnonzero(mask)
         if len(pos):
             take = pa.array(pos)
-            n = len(pos)
-            # Arrow, the repeated texts dictionary-encoded: a million left-out profiles of a
-            # large export stay a few megabytes
-            self.left_out.append(pa.table({
-                "segment_id": self.segment_ids.take(take).cast(pa.string()),
-                "uid": (self.uids.take(take).cast(pa.string()) if uid
-                        else pa.nulls(n, pa.string())),
-                "rule": _repeated(rule, n), "code": _repeated(code, n),
-                "reason": _repeated(reason, n), "pos": pa.array(self.positions[pos]),
-                "site": pa.array(np.full(n, site, np.int32))}))
+            self.left_out.append(_left_out_part(
+                self.segment_ids.take(take),
+                self.uids.take(take) if uid else pa.nulls(len(pos), pa.string()),
+                self.positions[pos], site, rule, code, reason))
+        return site
 
     def owned(self, values: pa.Array) -> pa.Array:
         """The rows of the profiles Braze receives (a filter: cheaper than a take)."""
@@ -906,27 +957,246 @@ def project(export, mapping, *, email_opt_in: bool = False, alias_label: str | N
                       projected=None if rows is None else int(owner[rows].sum()))
 
 
+def input_shape(export, mapping, *, email_opt_in: bool = False, alias_label: str | None = None,
+                cohorts_available: bool = True) -> str:
+    """`InputHashes.shape` without hashing the rows (the column types come from the first
+    row): what `PreviousInput.read` needs before the one pass of `project_once`."""
+    hasher = _RowHasher(export, mapping)
+    chunks = export.chunks(hasher.columns, rows=1)
+    try:
+        first = next(iter(chunks))
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    hasher.dtypes = [[c, str(first[c].dtype)] for c in hasher.columns]
+    return hasher.shape(email_opt_in=email_opt_in, alias_label=alias_label,
+                        cohorts_available=cohorts_available)[1]
+
+
+def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in ``sorted_values``."""
+    if not len(sorted_values):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[at] == values
+
+
+def project_once(export, mapping, *, email_opt_in: bool = False,
+                 alias_label: str | None = None, cohorts_available: bool = True, db=None,
+                 spill: "Path | None" = None, previous: "PreviousInput | None" = None,
+                 on_rows=None) -> "OnePass":
+    """`row_hashes`, the keys (`export_keys`; with ``previous``, `PreviousInput.keys`) and
+    `project` in **one** read of the export: for an export kept on disk each read costs the
+    file's decoding, so a plan reads it once rather than three times. The hashes come first
+    (`OnePass.hashes`: the ledger may know this very input); `OnePass.finish` gives the rest,
+    equal to what the three separate steps give.
+
+    Every profile is projected as if no later row shared its Braze identifier (that is only
+    known once every key is; shared identifiers are rare): `finish` then takes the profiles
+    that lose to a later row back out and leaves them out for it, as `project` does. With
+    ``previous``, a row is projected unless it is known to be converged already — the same
+    rows `PreviousInput.keys` picks but for those losers, which `finish` adds.
+    ``on_rows(n)`` is called after each chunk of ``n`` profiles (a progress bar)."""
+    one = OnePass(export, mapping, email_opt_in, alias_label, cohorts_available, spill,
+                  previous)
+    with engine.using(db) as conn:
+        one.read(conn, on_rows)
+    return one
+
+
+class OnePass:
+    """What `project_once` read of an export: its ``hashes`` at once, the rest by `finish`."""
+
+    def __init__(self, export, mapping, email_opt_in, alias_label, cohorts_available, spill,
+                 previous) -> None:
+        self.export, self.mapping, self.previous = export, mapping, previous
+        self.options = {"email_opt_in": email_opt_in, "alias_label": alias_label,
+                        "cohorts_available": cohorts_available}
+        self.hasher = _RowHasher(export, mapping)
+        self.projector = _Projector(export, mapping, email_opt_in, alias_label,
+                                    cohorts_available, spill, None)
+        n = export.profile_count
+        self.kh = np.zeros(n, np.uint64)     # filled a chunk at a time: never two copies
+        self.has_key = np.zeros(n, bool)
+        self.whole: "pa.Array | None" = None   # the keys of an export in one piece
+        self.hashes: InputHashes | None = None
+        self.stale = False
+        if previous is not None:
+            self.old_h = _uint64s(previous.rows["h"])
+            self.m = min(n, len(self.old_h))
+            self.known = np.zeros(n, bool)       # a previous row had the same hash
+            self.was_owner = np.zeros(n, bool)   # … and Braze received it
+            self.in_place = np.zeros(n, bool)    # … at the same position
+            self._sorted: "tuple[np.ndarray, np.ndarray] | None" = None
+
+    def _previous_sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The previous rows' hashes, sorted: all, and those Braze received (made on the first
+        row that is not where it was, so an export whose rows stay in place never sorts)."""
+        if self._sorted is None:
+            owner = self.previous.rows["owner"].to_numpy(zero_copy_only=False)
+            self._sorted = (np.sort(self.old_h), np.sort(self.old_h[owner]))
+        return self._sorted
+
+    def read(self, conn, on_rows=None) -> None:
+        """The one pass: hash, key and project every chunk."""
+        ident = dict(email_opt_in=self.options["email_opt_in"],
+                     alias_label=self.options["alias_label"])
+        if self.previous is not None:
+            old_kh = self.previous.rows["kh"]
+            old_kh_values = _uint64s(old_kh)
+            old_has = old_kh.is_valid().to_numpy(zero_copy_only=False)
+            old_owner = self.previous.rows["owner"].to_numpy(zero_copy_only=False)
+        try:
+            for i, chunk in enumerate(self.export.chunks(self.hasher.columns)):
+                start = int(chunk.index[0]) if len(chunk) else 0
+                size = len(chunk)
+                at = slice(start, start + size)
+                positions = np.arange(start, start + size, dtype=np.int64)
+                h = self.hasher.add(conn, chunk)
+                if self.previous is None:
+                    keys = _keys_of(chunk, **ident)
+                    has = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+                    self.has_key[at] = has
+                    self.kh[at] = _hash_keys(conn, keys, has)
+                    self.whole = keys if i == 0 else None
+                    self.projector.add(chunk, positions, keys, has, has, np.zeros(size, bool))
+                else:
+                    self._read_changed(conn, chunk, h, start, positions, old_kh_values,
+                                       old_has, old_owner, ident)
+                del chunk
+                if on_rows is not None:
+                    on_rows(size)
+        finally:
+            self.projector.close()
+        self.hashes = self.hasher.finish(**self.options)
+        if self.previous is not None and self.hashes.shape != self.previous.shape:
+            self.stale = True   # the first row's column types were not the file's: never
+        self._sorted = None
+
+    def _read_changed(self, conn, chunk, h, start, positions, old_kh_values, old_has,
+                      old_owner, ident) -> None:
+        size = len(chunk)
+        here = max(0, min(self.m - start, size))   # rows of the chunk with a previous row
+        in_place = np.zeros(size, bool)
+        in_place[:here] = h[:here] == self.old_h[start:start + here]
+        kh = np.zeros(size, np.uint64)
+        has = np.zeros(size, bool)
+        was_owner = np.zeros(size, bool)
+        idx = np.flatnonzero(in_place)
+        kh[idx] = old_kh_values[start + idx]          # the row decides its key
+        has[idx] = old_has[start + idx]
+        was_owner[idx] = old_owner[start + idx]
+        known = in_place.copy()
+        rest = np.flatnonzero(~in_place)
+        if len(rest):
+            every, received = self._previous_sorted()
+            known[rest] = _in_sorted(h[rest], every)
+            was_owner[rest] = _in_sorted(h[rest], received)   # any equal row
+            keys = _keys_of(chunk.iloc[rest], **ident)
+            found = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+            kh[rest] = _hash_keys(conn, keys, found)
+            has[rest] = found
+            del keys
+        at = slice(start, start + size)
+        self.kh[at], self.has_key[at], self.known[at] = kh, has, known
+        self.was_owner[at], self.in_place[at] = was_owner, in_place
+        # as `PreviousInput.keys` decides, as if no row lost to a later one
+        same = (has & known & was_owner) | (~has & known)
+        pick = np.flatnonzero(~same)
+        self.projector.add(chunk.iloc[pick], positions[pick], None, has[pick], has[pick],
+                           np.zeros(len(pick), bool))
+
+    def finish(self, db=None) -> tuple["ExportKeys", "tuple | None", Projection]:
+        """(the keys, with ``previous`` the change (positions projected, reused mask, in-place
+        mask) as `PreviousInput.keys` gives it, the projection as `project` gives it)."""
+        export, previous = self.export, self.previous
+        ident = [c for c in IDENTITY_COLUMNS if c in export.columns]
+        mapped = [r.key for r in self.mapping.rules if r.key in export.columns]
+        candidates = _repeated_keys(self.kh, self.has_key)
+        lose, winner, key_of, losers = _shared_among(
+            export, candidates, ident, self.options["email_opt_in"],
+            self.options["alias_label"], rows_of_losers=True)
+        found = ExportKeys(lose, winner, self.has_key, key_of,
+                           self.whole if self.projector.chunks == 1 else None, self.kh)
+        owner = found.owner()
+        result, specs, parts, notes, cohorts, users = self.projector.result()
+        if len(lose):
+            result, users, parts = self._losers_out(result, users, parts, notes, found,
+                                                    losers, mapped)
+        rows = change = earlier = None
+        if previous is not None:
+            has_key = self.has_key
+            same = (owner & self.known & self.was_owner) | (~has_key & self.known)
+            rows = np.flatnonzero(((owner | ~has_key) & ~same) | found.shadowed())
+            change = (rows, same, self.in_place)
+            users = int(owner.sum())
+            entries, earlier = previous.entries_of(same, self.hashes.rows, self.in_place, db)
+            parts.extend(entries)
+            del self.known, self.was_owner
+        frame = _left_out_frame(parts)
+        counts = frame["site"].value_counts().to_dict() if len(frame) else {}
+        projection = Projection(result, specs, frame, notes.findings(counts), cohorts,
+                                export.profile_count, user_count=users, owner=owner, keys=found,
+                                earlier_conflicts=earlier,
+                                projected=None if rows is None else int(owner[rows].sum()))
+        return found, change, projection
+
+    def _losers_out(self, result, users, parts, notes, found, losers, mapped):
+        """The profiles that lose to a later row with the same identifier, out of what the pass
+        projected (they were projected as if they won) and left out for it, with the finding
+        that names a few: what `project` makes of them, knowing them beforehand."""
+        lose = found.lose
+        shadow_site, note_site = notes.shared_sites
+        note = (f"{len(lose):,} profile(s) share a Braze identifier with a later profile; the "
+                "last row in the export is sent, the others are left out. "
+                + _disagreements(self.export, found.key_of, lose, found.winner, mapped))
+        notes.once.setdefault(note_site, ("warning", "shared_identifier", note, None,
+                                          SHARED_FIX))
+        gone = pa.array(lose, pa.int64())
+
+        def kept(table: pa.Table) -> pa.Table:
+            return table.filter(pc.invert(pc.is_in(table["pos"], value_set=gone)))
+
+        # their own left-out rows (values refused) go too: nothing of theirs is sent
+        parts = [kept(t) for t in parts]
+        parts.append(_left_out_part(pa.array(losers["segment_id"].array),
+                                    pa.array(losers["k"].to_numpy(dtype=object), pa.string()),
+                                    lose, shadow_site, None, "shared_identifier",
+                                    SHADOWED_REASON))
+        if isinstance(result, pa.Table):
+            if result.num_rows:
+                before = result.num_rows
+                result = kept(result)
+                users -= before - result.num_rows
+            return result, users, parts
+        # a Parquet file: written again without them (only when an identifier is shared)
+        source = pq.ParquetFile(result)
+        temp = result.with_name(result.stem + ".kept.parquet")
+        writer = pq.ParquetWriter(temp, source.schema_arrow, compression="zstd",
+                                  use_dictionary=False, write_statistics=False)
+        try:
+            for batch in source.iter_batches():
+                table = pa.Table.from_batches([batch])
+                left = kept(table)
+                users -= table.num_rows - left.num_rows
+                writer.write_table(left)
+        finally:
+            writer.close()
+            source.close()
+        temp.replace(result)
+        return result, users, parts
+
+
 def _project_rows(export, mapping, found: "ExportKeys", owner: np.ndarray, rows, shared_note,
                   email_opt_in, alias_label, cohorts_available, spill):
     """Pass 2 of `project`: the rows at positions ``rows`` (None: every row), a chunk at a
     time. Returns (table or Parquet path, fields, left-out parts, notes, cohorts, users)."""
-    mapped = [r.key for r in mapping.rules if r.key in export.columns]
-    needed = list(dict.fromkeys([c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
+    out = _Projector(export, mapping, email_opt_in, alias_label, cohorts_available, spill,
+                     shared_note)
     has_key, shadowed = found.has_key, found.shadowed()
     # an export in one piece reuses its keys; one kept on disk makes each chunk's again below
     reuse = found.keys
-    value_types = {r.key: str(export.computation(r.key)["value_type"]) for r in mapping.rules
-                   if r.key in export.columns}
-    notes = _Notes()
-    left_out: list[pa.Table] = []
-    tables: list[pa.Table] = []
-    writer = None
-    out_path = None
-    specs: list[FieldSpec] = []
-    cohorts: list[dict] = []
-    users = 0
     try:
-        for i, chunk in enumerate(export.chunks(needed)):
+        for chunk in export.chunks(out.needed):
             start = int(chunk.index[0]) if len(chunk) else 0
             positions = np.arange(start, start + len(chunk), dtype=np.int64)
             keys = reuse.slice(start, len(chunk)) if reuse is not None else None
@@ -936,36 +1206,81 @@ def _project_rows(export, mapping, found: "ExportKeys", owner: np.ndarray, rows,
                 chunk = chunk.iloc[at]
                 positions = positions[at]
                 keys = keys.take(pa.array(at)) if keys is not None else None
-            chunk_keys = (pd.Series(pd.array(keys, dtype="string"), index=chunk.index)
-                          if keys is not None else braze_user_keys(
-                              chunk, email_opt_in=email_opt_in, alias_label=alias_label)[0])
-            notes.begin_chunk()
-            table, dropped, specs, cohorts = _project_chunk(
-                chunk, chunk_keys, owner[positions], has_key[positions], shadowed[positions],
-                positions, notes, value_types, export, mapping, email_opt_in, alias_label,
-                cohorts_available, shared_note)
-            left_out.extend(dropped)
-            users += table.num_rows
-            if i == 0:
-                tables.append(table)
-                continue
-            if writer is None:   # a second chunk: the projection goes to disk
-                folder = Path(spill) if spill is not None else Path(
-                    tempfile.mkdtemp(prefix="toolkit-projection-"))
-                out_path = folder / "projection.parquet"
-                # read once, whole, by the diff: no dictionaries or statistics to build (a
-                # third less CPU, and a smaller file: user ids and values are nearly unique)
-                writer = pq.ParquetWriter(out_path, tables[0].schema, compression="zstd",
-                                          use_dictionary=False, write_statistics=False)
-                writer.write_table(tables.pop())
-            writer.write_table(table.cast(writer.schema))
-            del table, chunk
-            engine.release_memory()   # a chunk's memory back before the next
+            out.add(chunk, positions, keys, owner[positions], has_key[positions],
+                    shadowed[positions])
+            del chunk
     finally:
-        if writer is not None:
-            writer.close()
-    result = out_path if out_path is not None else (tables[0] if tables else pa.table({}))
-    return result, specs, left_out, notes, cohorts, users
+        out.close()
+    return out.result()
+
+
+class _Projector:
+    """The projection of an export's rows a chunk at a time (see `_project_chunk`): the first
+    chunk's table stays in memory, a second sends them all to a Parquet file in ``spill``."""
+
+    def __init__(self, export, mapping, email_opt_in, alias_label, cohorts_available, spill,
+                 shared_note) -> None:
+        self.export, self.mapping = export, mapping
+        self.email_opt_in, self.alias_label = email_opt_in, alias_label
+        self.cohorts_available, self.spill, self.shared_note = (cohorts_available, spill,
+                                                                shared_note)
+        mapped = [r.key for r in mapping.rules if r.key in export.columns]
+        self.needed = list(dict.fromkeys(
+            [c for c in IDENTITY_COLUMNS if c in export.columns] + mapped))
+        self.value_types = {r.key: str(export.computation(r.key)["value_type"])
+                            for r in mapping.rules if r.key in export.columns}
+        self.notes = _Notes()
+        self.left_out: list[pa.Table] = []
+        self.tables: list[pa.Table] = []
+        self.writer = None
+        self.out_path: Path | None = None
+        self.specs: list[FieldSpec] = []
+        self.cohorts: list[dict] = []
+        self.users = 0
+        self.chunks = 0
+
+    def add(self, chunk: pd.DataFrame, positions: np.ndarray, keys: "pa.Array | None",
+            owner: np.ndarray, has_key: np.ndarray, shadowed: np.ndarray) -> None:
+        """Project the profiles of ``chunk`` (at ``positions``; ``keys`` their Braze keys, or
+        None to make them), the next ones in export order."""
+        chunk_keys = (pd.Series(pd.array(keys, dtype="string"), index=chunk.index)
+                      if keys is not None else braze_user_keys(
+                          chunk, email_opt_in=self.email_opt_in,
+                          alias_label=self.alias_label)[0])
+        self.notes.begin_chunk()
+        table, dropped, self.specs, self.cohorts = _project_chunk(
+            chunk, chunk_keys, owner, has_key, shadowed, positions, self.notes,
+            self.value_types, self.export, self.mapping, self.email_opt_in, self.alias_label,
+            self.cohorts_available, self.shared_note)
+        self.left_out.extend(dropped)
+        self.users += table.num_rows
+        self.chunks += 1
+        if self.chunks == 1:
+            self.tables.append(table)
+            return
+        if self.writer is None:   # a second chunk: the projection goes to disk
+            folder = Path(self.spill) if self.spill is not None else Path(
+                tempfile.mkdtemp(prefix="toolkit-projection-"))
+            self.out_path = folder / "projection.parquet"
+            # read once, whole, by the diff: no dictionaries or statistics to build (a
+            # third less CPU, and a smaller file: user ids and values are nearly unique)
+            self.writer = pq.ParquetWriter(self.out_path, self.tables[0].schema,
+                                           compression="zstd", use_dictionary=False,
+                                           write_statistics=False)
+            self.writer.write_table(self.tables.pop())
+        self.writer.write_table(table.cast(self.writer.schema))
+        del table
+        engine.release_memory()   # a chunk's memory back before the next
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def result(self):
+        """(table or Parquet path, fields, left-out parts, notes, cohorts, users)."""
+        result = self.out_path if self.out_path is not None else (
+            self.tables[0] if self.tables else pa.table({}))
+        return result, self.specs, self.left_out, self.notes, self.cohorts, self.users
 
 
 def _project_chunk(profiles, keys, owner, has_key, shadowed, positions, notes, value_types,
@@ -975,11 +1290,11 @@ def _project_chunk(profiles, keys, owner, has_key, shadowed, positions, notes, v
     whatever the rows (see `_Notes`)."""
     c = _Collect(profiles, keys, owner, notes, value_types, positions)
     _report_unsyncable(c, has_key, email_opt_in, alias_label)
-    c.leave_out(shadowed, rule=None, code="shared_identifier",
-                reason="another profile with the same Braze identifier comes later in the "
-                       "export; its values are sent")
-    notes.add("warning", "shared_identifier", shared_note,
-              fix="merge the profiles in Segment (or fix the identifier), then export again")
+    # the sites of the one rule for shared identifiers: `project_once` fills them in after
+    # its pass, when the rule's losers are known
+    notes.shared_sites = (
+        c.leave_out(shadowed, rule=None, code="shared_identifier", reason=SHADOWED_REASON),
+        notes.add("warning", "shared_identifier", shared_note, fix=SHARED_FIX))
     columns: dict[str, pa.Array] = {
         "pos": pa.array(positions[owner], pa.int64()),
         "uid": c.owned(c.uids),
