@@ -1,6 +1,6 @@
 """A plan reads its export once (`project_once`: row hashes, keys and projection in one pass)
 instead of once per step. Each case plans the same export both ways — one pass, and the
-separate steps (``plan._ONE_PASS`` off: `row_hashes`, `export_keys` or `PreviousInput.keys`,
+separate steps (``plan._ONE_PASS = "never"``: `row_hashes`, `export_keys` or `PreviousInput.keys`,
 then `project`) — from the same ledger state, and asserts the very same plan: operations,
 batches, findings, left-out profiles, manifest, cost and what the ledger would keep. Exports
 are kept on disk in chunks of a few rows, so shared identifiers cross chunks and the
@@ -55,7 +55,7 @@ def _both_ways(export, mapping, ledger, reads, monkeypatch, **options):
     once = reads["n"]
     reads["n"] = 0
     with monkeypatch.context() as m:
-        m.setattr(plan_module, "_ONE_PASS", False)
+        m.setattr(plan_module, "_ONE_PASS", "never")
         steps = plan(export, mapping, ledger, **options)
     assert pq.read_table(made.ops_path).equals(pq.read_table(steps.ops_path))
     pd.testing.assert_frame_equal(made.operations, steps.operations)
@@ -87,6 +87,8 @@ def test_a_first_plan_reads_the_export_once(shared, client, ledger, reads, monke
 
 
 def test_an_export_in_memory_plans_the_same_in_one_pass(shared, monkeypatch, reads):
+    # (it takes the separate steps by default: reading it again costs nothing)
+    monkeypatch.setattr(plan_module, "_ONE_PASS", "always")
     made, _, _ = _both_ways(shared, _mapping(shared), None, reads, monkeypatch)
     assert "shared_identifier" in {f.code for f in made.findings}
 

@@ -43,6 +43,7 @@ from toolkit.braze.limits import LIMITS
 from toolkit.documents import read_document
 from toolkit.durations import checked_duration
 from toolkit.engage.model import Finding, Findings
+from toolkit.engage.store import StoredExport
 from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
@@ -63,9 +64,11 @@ PROGRESS_FROM = 200_000           # profiles from which plan shows a progress ba
 # plan a changed export from the ledger's record of the last converged one (tests switch it off
 # to compare with the full path)
 _INCREMENTAL = True
-# Read the export once for hashes, keys and projection (`project_once`); off: one read each
-# (the reference the tests compare it with)
-_ONE_PASS = True
+# When a plan reads its export once for hashes, keys and projection (`project_once`): "on disk"
+# (exports kept on disk, where each read decodes the file; one in memory costs nothing to read
+# again, and the separate steps share its keys without copies), "always", or "never" (one read
+# per step: the reference the tests compare it with)
+_ONE_PASS = "on disk"
 OP_KINDS = ("attribute", "event", "cohort")
 _TEXT_COLUMNS = [c for c in OPERATION_COLUMNS if c != "batch"]
 
@@ -387,9 +390,10 @@ def _read_once(export, mapping, ledger, db, workdir: Path, show: bool, *, email_
     """The export read once for the whole plan (`project_once`: hashes, keys, projection) —
     unless the ledger holds a convergence record it cannot compare rows with (no row hashes
     of that export kept): the input is then hashed first (None here), and read once more
-    (with its ``hashes``) only when it is not that very input. None with ``_ONE_PASS`` off
-    (the separate steps)."""
-    if not _ONE_PASS:
+    (with its ``hashes``) only when it is not that very input. None where ``_ONE_PASS`` says
+    the separate steps."""
+    if _ONE_PASS == "never" or (_ONE_PASS == "on disk"
+                                and not isinstance(export, StoredExport)):
         return None
     previous = None
     kept = ledger.converged_inputs() if ledger is not None and _INCREMENTAL else None

@@ -1102,7 +1102,9 @@ class OnePass:
         # as `PreviousInput.keys` decides, as if no row lost to a later one
         same = (has & known & was_owner) | (~has & known)
         pick = np.flatnonzero(~same)
-        self.projector.add(chunk.iloc[pick], positions[pick], None, has[pick], has[pick],
+        # an unchanged chunk projects no row: no copy of it made
+        rows = chunk.iloc[pick] if len(pick) else chunk.iloc[:0]
+        self.projector.add(rows, positions[pick], None, has[pick], has[pick],
                            np.zeros(len(pick), bool))
 
     def finish(self, db=None) -> tuple["ExportKeys", "tuple | None", Projection]:
@@ -1269,8 +1271,9 @@ class _Projector:
                                            write_statistics=False)
             self.writer.write_table(self.tables.pop())
         self.writer.write_table(table.cast(self.writer.schema))
-        del table
-        engine.release_memory()   # a chunk's memory back before the next
+        if table.num_rows or len(chunk):
+            del table
+            engine.release_memory()   # a chunk's memory back before the next
 
     def close(self) -> None:
         if self.writer is not None:
