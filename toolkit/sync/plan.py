@@ -222,7 +222,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     left_path = workdir / "plan.left_out.parquet"
     inputs_path = inputs_digest = None
     with engine.connect() as db:   # one connection for the whole plan
-        one = _read_once(export, mapping, ledger, db, workdir, show, email_opt_in=email_opt_in,
+        one = _read_once(export, mapping, ledger, workdir, show, email_opt_in=email_opt_in,
                          alias_label=alias_label, cohorts_available=credentials is not None)
         if one is not None:
             hashes = one.hashes
@@ -249,7 +249,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             # a changed export after a sync that converged: only the users whose row changed
             # are projected and diffed, every other one is known to hold what it asks for
             if one is None:   # hashed first, as the ledger's record might have answered
-                one = _read_once(export, mapping, ledger, db, workdir, show,
+                one = _read_once(export, mapping, ledger, workdir, show,
                                  email_opt_in=email_opt_in, alias_label=alias_label,
                                  cohorts_available=credentials is not None, hashes=hashes)
                 hashes = one.hashes if one is not None else hashes   # the same: one copy kept
@@ -257,6 +257,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
             if one is not None:   # the export was read once, projected as it was hashed
                 keys, _, projection = one.finish(db)
                 del one
+                engine.release_memory()   # the pass's arrays back before the diff
                 if ledger is not None:   # what the ledger keeps once this plan converged
                     inputs_path = workdir / "plan.inputs.arrow"
                     inputs = InputsFile(inputs_path, hashes.shape)
@@ -384,7 +385,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     return out
 
 
-def _read_once(export, mapping, ledger, db, workdir: Path, show: bool, *, email_opt_in: bool,
+def _read_once(export, mapping, ledger, workdir: Path, show: bool, *, email_opt_in: bool,
                alias_label: str | None, cohorts_available: bool,
                hashes: "InputHashes | None" = None) -> "OnePass | None":
     """The export read once for the whole plan (`project_once`: hashes, keys, projection) —
@@ -408,9 +409,12 @@ def _read_once(export, mapping, ledger, db, workdir: Path, show: bool, *, email_
 
     with tqdm(total=export.profile_count, unit="profile", desc="plan: reading the export",
               disable=not show, leave=False) as bar:
+        # hashed on a connection of its own, closed after the pass: the engine's memory goes
+        # back before the diff
         one = project_once(export, mapping, email_opt_in=email_opt_in, alias_label=alias_label,
-                           cohorts_available=cohorts_available, db=db, spill=workdir,
+                           cohorts_available=cohorts_available, spill=workdir,
                            previous=previous, on_rows=bar.update)
+    engine.release_memory()
     return None if one.stale else one
 
 
