@@ -135,3 +135,15 @@ def test_a_record_without_row_hashes_hashes_first_then_reads_once_more(
                                    workspace=client, create_users=True)
     assert not made.is_empty and "diffed_users" not in made.manifest
     assert (once, steps) == (2, 3)
+
+
+def test_rows_seen_before_are_found_by_hash_in_any_order():
+    import numpy as np
+
+    from toolkit.sync.projection import _in_sorted
+
+    before = np.sort(np.array([5, 9, 9, 2**64 - 1, 0], dtype=np.uint64))
+    now = np.array([9, 1, 2**64 - 1, 0, 9, 10, 5], dtype=np.uint64)
+    assert _in_sorted(now, before).tolist() == [True, False, True, True, True, False, True]
+    assert _in_sorted(now, before[:0]).tolist() == [False] * len(now)
+    assert _in_sorted(now[:0], before).tolist() == []
