@@ -11,7 +11,8 @@ from .builders import make_export
 from toolkit import engine
 from toolkit.mapping import Mapping
 from toolkit.sync import diff as diff_module
-from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff
+from toolkit.sync.diff import (OPERATION_COLUMNS, ColumnDigest, DistinctDigest,
+                                column_digests, diff)
 from toolkit.sync.ledger import Snapshot
 from toolkit.sync.projection import project
 
@@ -56,8 +57,8 @@ def test_a_first_sync_reads_the_projection_yet_equals_the_diff_against_an_empty_
 
 
 def _digests_of_file(path) -> dict[str, bytes]:
-    per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
-    table = pq.read_table(path)
+    per_column = column_digests()
+    table = pq.read_table(path)   # plain text columns
     for c in OPERATION_COLUMNS:
         per_column[c].update(table.column(c))
     return {c: d.digest() for c, d in per_column.items()}
@@ -90,3 +91,42 @@ def test_a_column_digest_depends_on_the_values_only():
     assert digest(pa.array([v if v is not None else "" for v in values])) != reference
     numbers = np.arange(10, dtype=np.int64)
     assert digest(pa.array(numbers)) == digest(pa.array(numbers[:4]), pa.array(numbers[4:]))
+
+
+def test_a_distinct_digest_depends_on_the_values_only():
+    """The few-valued columns are hashed by distinct value: the same values give the same
+    digest whatever the chunking or encoding (dictionaries in another order, with unused or
+    repeated entries, many new values in one chunk), and any changed, moved or nulled value
+    gives another."""
+    values = ["attribute", None, "", "événement", "attribute", "x" * 300, "event", None, "event"]
+
+    def digest(*arrays) -> bytes:
+        d = DistinctDigest()
+        for arr in arrays:
+            d.update(arr)
+        return d.digest()
+
+    plain = pa.array(values, pa.string())
+    reference = digest(plain)
+    assert digest(plain.slice(0, 3), plain.slice(3)) == reference
+    assert digest(pa.chunked_array([plain.slice(0, 5), plain.slice(5)])) == reference
+    assert digest(pc.dictionary_encode(plain)) == reference
+    assert digest(pc.dictionary_encode(plain.slice(0, 4)), plain.slice(4)) == reference
+    assert digest(plain.cast(pa.large_string())) == reference
+    # a dictionary in another order, with an unused and a repeated entry
+    odd = pa.array(["unused", "event", "x" * 300, "attribute", "", "événement", "attribute"])
+    where = {"event": 1, "x" * 300: 2, "attribute": 6, "": 4, "événement": 5}
+    indices = pa.array([where.get(v) if v is not None else None for v in values], pa.int32())
+    assert digest(pa.DictionaryArray.from_arrays(indices, odd)) == reference
+    assert digest(pa.DictionaryArray.from_arrays(indices.slice(2), odd).slice(0),
+                  ) == digest(plain.slice(2))
+    for changed in (values[:3] + ["evenement"] + values[4:], values[1:] + values[:1],
+                    [v if v is not None else "" for v in values], values[:-1] + [None]):
+        assert digest(pa.array(changed, pa.string())) != reference
+    # many values first seen in one chunk (found by sorting, not by a scan each)
+    many = pa.array([f"v{i % 37}" for i in range(500)][::-1], pa.string())
+    assert digest(many) == digest(many.slice(0, 7), many.slice(7))
+    assert digest(many) == digest(pc.dictionary_encode(many))
+    assert digest(many) != digest(pa.array([f"v{i % 37}" for i in range(500)], pa.string()))
+    # a distinct digest is not a byte digest: the plan's columns use one kind each
+    assert set(type(d) for d in column_digests().values()) == {ColumnDigest, DistinctDigest}
