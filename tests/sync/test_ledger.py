@@ -200,8 +200,8 @@ def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, wher
         acknowledge_all_rows(plan(export, mapping, a), a)
         fold, folds = a._fold, []
 
-        def overtaken(rows, current):
-            out = fold(rows, current)
+        def overtaken(rows, current, bar):
+            out = fold(rows, current, bar)
             folds.append(out[1])
             if len(folds) == 1:
                 assert b.materialize() > 0      # b switches first
