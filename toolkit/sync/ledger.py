@@ -81,6 +81,7 @@ BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "fai
 TRANSIENT_FINDINGS = frozenset({"uncertain_events_held", "api_key_changed", "event_time_moved"})
 # Statuses after which a batch needs nothing more from this plan.
 FINAL_STATUSES = ("acknowledged", "rejected", "resolved")
+FOLD_PROGRESS_DELAY = 2.0   # seconds a fold runs before its bar shows (only large ones do)
 
 _SET_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
              "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
@@ -493,11 +494,15 @@ class Ledger:
                            (int(version), excluding_plan or ""))
         return int(rows[0][0])
 
-    def materialize(self) -> int:
+    def materialize(self, progress: bool = False) -> int:
         """Fold acknowledged batches' state into a new snapshot (in change order, one pass on
         the engine, switched to in one journal transaction); returns how many users' values
         changed. When another process switched the snapshot meanwhile (a shared ledger, or a
-        notebook beside an apply), the fold is made again on top of the new one."""
+        notebook beside an apply), the fold is made again on top of the new one.
+        ``progress``: a bar, shown once the fold has taken more than two seconds (a fold of
+        millions of operations; small ones stay silent)."""
+        from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
+
         with self._lock:
             while True:
                 rows = self._query(
@@ -507,7 +512,10 @@ class Ledger:
                 if not rows:
                     return 0
                 base = self._meta("state_file")
-                written, name = self._fold(rows, base)
+                with tqdm(total=100, desc="ledger: fold acknowledged state", unit="%",
+                          delay=FOLD_PROGRESS_DELAY, disable=not progress, leave=True,
+                          bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]") as bar:
+                    written, name = self._fold(rows, base, bar)
                 spec = self._meta("checksum_digest") or ""
 
                 def switch(conn) -> bool:
@@ -525,7 +533,7 @@ class Ledger:
             self._remove_stale_files()
             return written
 
-    def _fold(self, rows: list[tuple], current: str | None) -> tuple[int, str]:
+    def _fold(self, rows: list[tuple], current: str | None, bar) -> tuple[int, str]:
         explicit: list[tuple[str, str, str | None, int]] = []
         refs: dict[str, list[tuple[int, int]]] = {}
         rejected: list[tuple[str, int, str]] = []
@@ -543,7 +551,7 @@ class Ledger:
         name = self._new_name("state", f"{version:09d}")
         tmp = self._journal.staging(name)
         with engine.connect() as db:
-            parts = []
+            parts, sources = [], []
             if explicit:
                 db.register("explicit_raw", pa.table({
                     "field": pa.array([e[0] for e in explicit], pa.string()),
@@ -561,29 +569,45 @@ class Ledger:
                 if plan not in files:
                     raise LedgerError(f"the ledger lost the operations of plan {plan}",
                                       file=self.location, hint=_FIX_CORRUPT)
-                db.register(f"refs_{len(parts)}", pa.table({
+                # an engine table, not an Arrow view: the engine can then say how far the
+                # fold's scan of the plan's operations has come
+                db.register("refs_raw", pa.table({
                     "batch": pa.array([b for b, _ in batches], pa.int64()),
                     "version": pa.array([v for _, v in batches], pa.int64())}))
+                db.execute(f"CREATE TEMP TABLE refs_{len(parts)} AS SELECT * FROM refs_raw")
+                db.unregister("refs_raw")
                 src = literal(str(self._file(files[plan])))
+                sources.append(src)
                 skip = (f" AND NOT EXISTS (SELECT 1 FROM rejected_raw x WHERE x.plan = "
                         f"{literal(plan)} AND x.batch = o.batch AND x.uid = o.uid AND x.field = o.field)"
                         if rejected else "")
                 parts.append(f"SELECT o.field, o.uid, o.after, r.version FROM read_parquet({src}) o "
                              f"JOIN refs_{len(parts)} r ON o.batch = r.batch WHERE true{skip}")
+            # the fields the updates may name: each plan file's few-valued field column, read
+            # alone (the pivot then says which of them were acknowledged, so the updates are
+            # read once, straight into it)
+            candidates = {e[0] for e in explicit}
+            for src in sources:
+                candidates.update(r[0] for r in db.execute(
+                    f"SELECT DISTINCT field FROM read_parquet({src})").fetchall())
+            candidates = sorted(candidates)
             # the latest acknowledged value of each (field, user) wins (arg_max_null keeps a
             # latest "forget" as NULL)
-            db.execute("CREATE TEMP TABLE updates AS " + " UNION ALL ".join(parts))
-            new_fields = [r[0] for r in db.execute(
-                "SELECT DISTINCT field FROM updates ORDER BY field").fetchall()]
+            pivot = ", ".join(
+                f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
+                f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
+                for f in candidates)
+            with engine.reporting(db, bar, 55):
+                db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot or 'count(*) AS n'} "
+                           "FROM (" + " UNION ALL ".join(parts) + ") GROUP BY uid")
+            seen = db.execute("SELECT " + ", ".join(
+                f"coalesce(bool_or({quote('h:' + f)}), false)" for f in candidates)
+                + " FROM upd").fetchall()[0] if candidates else ()
+            new_fields = [f for f, acknowledged in zip(candidates, seen) if acknowledged]
             old = self._file(current) if current else None
             old_fields = ([n for n in pq.read_schema(old).names if n not in ("uid", "checksum")]
                           if old is not None else [])
             all_fields = sorted(set(old_fields) | set(new_fields))
-            pivot = ", ".join(
-                f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
-                f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
-                for f in new_fields)
-            db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot} FROM updates GROUP BY uid")
             cols = []
             for f in all_fields:
                 if f in new_fields and f in old_fields:
@@ -602,11 +626,13 @@ class Ledger:
             checksum = (checksum_sql([tuple(k) for k in kinds],
                                      lambda f: quote(f) if f in have else "NULL", digest)
                         if kinds else "NULL::UBIGINT")
-            db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
-                       f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
-                       f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            with engine.reporting(db, bar, 35):
+                db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
+                           f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
+                           f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
             written = db.execute("SELECT count(*) FROM upd").fetchall()[0][0]
         self._journal.store(tmp, name, table=True)
+        bar.update(bar.total - bar.n)
         return int(written), name
 
     def _remove_stale_files(self) -> None:
