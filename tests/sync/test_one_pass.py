@@ -15,8 +15,18 @@ from toolkit.engage.store import StoredExport
 from toolkit.sync import plan as plan_module
 from toolkit.sync.plan import plan
 
-from .test_replan_changed import (CHANGES, MANIFEST, _edited, _inputs, _mapping, _stored,
-                                  _sync, base)  # noqa: F401  (base: the fixture)
+from . import test_replan_changed as changed_tests
+from .test_replan_changed import (
+    CHANGES,
+    MANIFEST,
+    _edited,
+    _inputs,
+    _mapping,
+    _stored,
+    _sync,
+)
+
+base = changed_tests.base   # the fixture: identified, anonymous, email-only, shared, refused
 
 
 @pytest.fixture

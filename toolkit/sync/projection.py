@@ -1047,8 +1047,8 @@ class OnePass:
 
     def read(self, conn, on_rows=None) -> None:
         """The one pass: hash, key and project every chunk."""
-        ident = dict(email_opt_in=self.options["email_opt_in"],
-                     alias_label=self.options["alias_label"])
+        ident = {"email_opt_in": self.options["email_opt_in"],
+                 "alias_label": self.options["alias_label"]}
         if self.previous is not None:
             old_kh = self.previous.rows["kh"]
             old_kh_values = _uint64s(old_kh)
