@@ -27,6 +27,7 @@ from toolkit.braze.filters import (VALUE_VIEWS, AllOf, AnyOf, BooleanAttribute,
 from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
 from toolkit.braze.filters_sql import _column as _sql_column
 from toolkit.braze.state import BrazeState, braze_user_keys
+from toolkit.engage.frames import has_duplicates
 from toolkit.engage.model import EngageExport
 from toolkit.engage.store import StoredExport
 from toolkit.errors import FilterError, MappingError
@@ -792,9 +793,7 @@ class _EngineBuilder(_Builder):
                 if name not in columns:
                     present[name] = np.zeros(self.n, dtype=bool)
                 else:
-                    present[name] = pc.fill_null(pc.not_equal(
-                        pa.array(self.p[name].astype("string")), ""), False).to_numpy(
-                        zero_copy_only=False)
+                    present[name] = _non_empty(self.p[name])
             return present[name]
 
         kind = np.zeros(self.n, dtype=np.uint8)
@@ -809,11 +808,16 @@ class _EngineBuilder(_Builder):
         if self._shared is not None:
             self._own(*self._shared)
             return
-        table = pa.table({"p": np.arange(self.n, dtype=np.int64),
-                          **{name: pa.array(self.p[name].astype("string"))
-                             for _, name in candidates}})
+        columns = {name: pa.array(self.p[name].astype("string")) for _, name in candidates}
 
         def find() -> tuple[np.ndarray, np.ndarray]:
+            # a Braze key is (kind, a candidate column's value): no column repeating a value
+            # (the usual export: checked on 64-bit fingerprints, far cheaper than the engine's
+            # grouping) means no key is shared
+            if not any(has_duplicates(values) for values in columns.values()):
+                empty = np.zeros(0, dtype=np.int64)
+                return empty, empty
+            table = pa.table({"p": np.arange(self.n, dtype=np.int64), **columns})
             with engine.connect() as db:
                 # one engine thread beside this one: the work overlaps, the cores are not
                 # oversubscribed
@@ -873,6 +877,13 @@ class _EngineBuilder(_Builder):
         if ("numbers", col.name) not in self._encodings:
             self._encodings[("numbers", col.name)] = super()._numbers(col)
         return self._encodings[("numbers", col.name)]
+
+    def _median_number(self, col: pd.Series) -> float | None:
+        # the reference's median (pandas takes np.nanmedian of the present values) without
+        # pandas' copies of the column
+        x = self._numbers(col).to_numpy(dtype="float64", na_value=np.nan)
+        present = x[~np.isnan(x)]
+        return float(np.median(present)) if len(present) else None
 
     def _empty_text(self, col: pd.Series) -> np.ndarray:
         distinct, codes = self._texts(col)
@@ -1092,6 +1103,23 @@ def _background() -> ThreadPoolExecutor:
     if not _EXECUTOR:
         _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview"))
     return _EXECUTOR[0]
+
+
+def _non_empty(col: pd.Series) -> np.ndarray:
+    """Per profile, whether its text is present and not empty: from each Arrow chunk's validity
+    and offsets, without comparing a value."""
+    data = pa.array(col.astype("string").array)
+    parts = []
+    for arr in data.chunks if isinstance(data, pa.ChunkedArray) else [data]:
+        if not len(arr):
+            continue
+        width = np.int64 if arr.type == pa.large_string() else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        filled = offsets[1:] > offsets[:-1]
+        if arr.null_count:
+            filled &= arr.is_valid().to_numpy(zero_copy_only=False)
+        parts.append(filled)
+    return np.concatenate(parts) if parts else np.zeros(len(col), dtype=bool)
 
 
 def _encode(col: pd.Series) -> tuple[pa.Array, np.ndarray]:
