@@ -27,6 +27,7 @@ from toolkit.braze.filters import (VALUE_VIEWS, AllOf, AnyOf, BooleanAttribute,
 from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
 from toolkit.braze.filters_sql import _column as _sql_column
 from toolkit.braze.state import BrazeState, braze_user_keys
+from toolkit.engage.assemble import ID_LIST_COLUMNS
 from toolkit.engage.frames import has_duplicates
 from toolkit.engage.model import EngageExport
 from toolkit.engage.store import StoredExport
@@ -301,7 +302,10 @@ class _Builder:
         self.export = export
         # one chunk of an export kept on disk: its profiles, plus the later rows that win a
         # shared identifier from them (``counted`` False: they count in their own chunk)
-        self.p = export.profiles if profiles is None else profiles
+        # every column but the identifier lists, which a preview never reads (an export may
+        # build them on first use of its profiles)
+        self.p = next(export.chunks([c for c in export.columns if c not in ID_LIST_COLUMNS])) \
+            if profiles is None else profiles
         self.n = len(self.p)
         self.counted = np.ones(self.n, dtype=bool) if counted is None else counted
         self._all_counted = bool(self.counted.all())

@@ -773,12 +773,11 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
         # independent million-row passes spread over the cores (pyarrow and numpy release the
         # GIL), submitted in the order their results are needed: the duplicate checks by the
         # collapse and the validation, the typed columns (with their text checks) by the
-        # validation, the identifier lists only once the checks are done
+        # validation. The identifier lists are built on first use of the profiles (merged
+        # profiles need them now): no stage after the load reads them
         seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
         users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
         pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
-        emails = pool.submit(ids.all, "email")
-        anonymous_ids = pool.submit(ids.all, "anonymous_id")
         # meanwhile this thread builds the frame
         frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
                                    pd.RangeIndex(ids.n), email_lowered=True)
@@ -792,7 +791,7 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
             repeats = seg_repeats.result()
 
         def id_lists() -> dict[str, pd.Series]:
-            return {"emails": emails.result(), "anonymous_ids": anonymous_ids.result()}
+            return {"emails": ids.all("email"), "anonymous_ids": ids.all("anonymous_id")}
         user_check = users_repeat.result if users_repeat is not None else False
         if repeats:
             frame = frame.assign(**id_lists())
