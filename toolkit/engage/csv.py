@@ -58,8 +58,9 @@ from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
-                                   merge_report, rows_text, sample_kinds, type_python_values,
-                                   type_string_column, union_id_lists, worker_pool)
+                                   merge_report, result_or_run, rows_text, sample_kinds,
+                                   type_python_values, type_string_column, union_id_lists,
+                                   worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.engage.validation import with_text_checks
 from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
@@ -769,41 +770,43 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
                 column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
-    with worker_pool() as pool:
-        # independent million-row passes spread over the cores (pyarrow and numpy release the
-        # GIL), submitted in the order their results are needed: the duplicate checks by the
-        # collapse and the validation, the typed columns (with their text checks) by the
-        # validation. The identifier lists are built on first use of the profiles (merged
-        # profiles need them now): no stage after the load reads them
-        seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
-        users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
-        pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
-        # meanwhile this thread builds the frame
-        frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
-                                   pd.RangeIndex(ids.n), email_lowered=True)
-        typed = {k: pending[k].result() if k in pending else t for k, t in typed.items()}
-        if seg is None:
-            seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
-                                             frame["anonymous_id"]))
-            frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
-            repeats = has_duplicates(seg)
-        else:
-            repeats = seg_repeats.result()
+    pool = worker_pool()
+    # independent million-row passes spread over the cores (pyarrow and numpy release the
+    # GIL), submitted in the order their results are needed: the duplicate checks by the
+    # collapse and the validation, the typed columns (with their text checks) by the
+    # validation. The identifier lists are built on first use of the profiles (merged
+    # profiles need them now): no stage after the load reads them
+    seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
+    users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
+    pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
+    # meanwhile this thread builds the frame, then types the columns no worker has started
+    # (the last submitted first, while the workers take the first)
+    frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
+                               pd.RangeIndex(ids.n), email_lowered=True)
+    done = {k: result_or_run(pending[k], typed[k]) for k in reversed(pending)}
+    typed = {k: done.get(k, t) for k, t in typed.items()}
+    if seg is None:
+        seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
+                                         frame["anonymous_id"]))
+        frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
+        repeats = has_duplicates(seg)
+    else:
+        repeats = seg_repeats.result()
 
-        def id_lists() -> dict[str, pd.Series]:
-            return {"emails": ids.all("email"), "anonymous_ids": ids.all("anonymous_id")}
-        user_check = users_repeat.result if users_repeat is not None else False
-        if repeats:
-            frame = frame.assign(**id_lists())
-            frame, typed, rows = _collapse(frame, typed, np.arange(1, ids.n + 1), findings, path,
-                                           repeats_expected)
-            return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                            source=_source(path, kind), findings=findings, rows=rows,
-                            duplicate_user_ids=None)  # merged profiles: check their user_ids
-        # rows=None: position i is the file's data row i + 1, as findings number them
+    def id_lists() -> dict[str, pd.Series]:
+        return {"emails": ids.all("email"), "anonymous_ids": ids.all("anonymous_id")}
+    user_check = users_repeat.result if users_repeat is not None else False
+    if repeats:
+        frame = frame.assign(**id_lists())
+        frame, typed, rows = _collapse(frame, typed, np.arange(1, ids.n + 1), findings, path,
+                                       repeats_expected)
         return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                        source=_source(path, kind), findings=findings, rows=None,
-                        duplicate_user_ids=user_check, id_list_columns=id_lists)
+                        source=_source(path, kind), findings=findings, rows=rows,
+                        duplicate_user_ids=None)  # merged profiles: check their user_ids
+    # rows=None: position i is the file's data row i + 1, as findings number them
+    return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                    source=_source(path, kind), findings=findings, rows=None,
+                    duplicate_user_ids=user_check, id_list_columns=id_lists)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
