@@ -335,6 +335,13 @@ class _Builder:
         self.entries: dict[str, np.ndarray] = {}
         self.max_entries: dict[str, int] = {}
         self.first_event: dict[str, np.ndarray] = {}
+        self._value_types: dict[str, str] = {}
+
+    def _value_type(self, key: str) -> str:
+        """The computation's value type (looked up in the export once per key)."""
+        if key not in self._value_types:
+            self._value_types[key] = self.mapping.value_type(self.export, key)
+        return self._value_types[key]
 
     # -- identifiers ---------------------------------------------------------------------------
     def _identify(self) -> None:
@@ -390,7 +397,7 @@ class _Builder:
             if not rule.sends_attribute:
                 continue
             conv = self.mapping.convert(rule, self.p[rule.key],
-                                        self.mapping.value_type(self.export, rule.key))
+                                        self._value_type(rule.key))
             self.conversions[rule.key] = conv
             cols[str(rule.attribute)] = self._per_user(conv.values)
         return pd.DataFrame(cols, index=self.users)
@@ -533,6 +540,7 @@ class _Builder:
         value = (self.params[rule.key] if rule.key in self.params
                  else self._most_common_text(col) if conv.json_type == "string"
                  else self._median_number(col) if conv.json_type == "number"
+                 else self._median_day(rule, conv, col) if conv.json_type == "time"
                  else value_parameter(rule, conv, col))
         if value is None:
             return None
@@ -589,6 +597,9 @@ class _Builder:
         x = self._numbers(col)   # value_parameter's median of a number column
         return None if x.notna().sum() == 0 else float(x.median())
 
+    def _median_day(self, rule: "Rule", conv: payload_rules.Conversion, col: pd.Series) -> Any:
+        return value_parameter(rule, conv, col)
+
     def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
         """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
         names = list(REASONS)
@@ -635,7 +646,7 @@ class _Builder:
         """The rule's column of these profiles converted to Braze values (kept: one per rule)."""
         if rule.key not in self._converts:
             self._converts[rule.key] = self.conversions.get(rule.key) or self.mapping.convert(
-                rule, self.p[rule.key], self.mapping.value_type(self.export, rule.key))
+                rule, self.p[rule.key], self._value_type(rule.key))
         return self._converts[rule.key]
 
     def _mask(self, key: str, what: str, values: pd.Series) -> np.ndarray:
@@ -663,7 +674,7 @@ class _Builder:
         # evaluating the filters is the long part at scale: a bar from 200,000 profiles on
         for rule in tqdm(list(mapping), desc="preview: Braze filters", unit="rule",
                          disable=self.n < PROGRESS_FROM or not self.counted.all(), leave=False):
-            value_type = mapping.value_type(export, rule.key)
+            value_type = self._value_type(rule.key)
             checks = self._checks(rule, value_type, shared)
             filters[rule.key] = [c.filter for c in checks if c.recommended]
             for i, check in enumerate(checks):
@@ -692,8 +703,11 @@ class _Builder:
             holdable &= self._cohort_ok()
         missing = engage & ~sel
         code = self._reasons(rule, check, missing)
-        kept = code if self._all_counted else code[counted]
-        counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
+        if self._all_counted:   # a missing profile always gets a reason: count only those
+            counts = np.bincount(code[np.flatnonzero(missing)], minlength=len(REASONS))
+        else:
+            kept = code[counted]
+            counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
         note = check.note
         if not check.recommended:
             note = ("counts every computation sending this event name — use the "
@@ -889,6 +903,22 @@ class _EngineBuilder(_Builder):
         present = x[~np.isnan(x)]
         return float(np.median(present)) if len(present) else None
 
+    def _median_day(self, rule: "Rule", conv: payload_rules.Conversion,
+                    col: pd.Series) -> Any:
+        """`value_parameter` of a time attribute: the UTC day of its median time, computed as
+        pandas computes a median time (np.median of the nanoseconds as float64, truncated back
+        to whole nanoseconds) without pandas' copies of the column."""
+        t = conv.values
+        if rule.attribute == "dob" or not isinstance(t.dtype, pd.DatetimeTZDtype) \
+                or t.dtype.unit != "ns":
+            return value_parameter(rule, conv, col)
+        ns = t.array.asi8
+        present = ns[ns != np.iinfo(np.int64).min]   # NaT
+        if not len(present):
+            return None
+        median = np.int64(np.median(present.astype("f8"))).view("M8[ns]")
+        return pd.Timestamp(median, tz="UTC").tz_convert("UTC").normalize()
+
     def _empty_text(self, col: pd.Series) -> np.ndarray:
         distinct, codes = self._texts(col)
         empty = pc.fill_null(pc.equal(distinct, ""), False)
@@ -904,7 +934,7 @@ class _EngineBuilder(_Builder):
         values: dict[str, pd.Series] = {}
         for rule in mapping:
             if rule.sends_attribute:
-                value_type = mapping.value_type(export, rule.key)
+                value_type = self._value_type(rule.key)
                 column = self.p[rule.key]
                 conv = mapping.convert(rule, column, value_type)
                 self.conversions[rule.key] = conv
@@ -925,7 +955,7 @@ class _EngineBuilder(_Builder):
         try:
             checks, filters = [], {}
             for rule in mapping:
-                found = self._checks(rule, mapping.value_type(export, rule.key), shared)
+                found = self._checks(rule, self._value_type(rule.key), shared)
                 filters[rule.key] = [c.filter for c in found if c.recommended]
                 checks += [(rule, i, c) for i, c in enumerate(found)]
                 bar.update()

@@ -82,3 +82,22 @@ def test_median_number_equals_pandas_median():
                                     dtype="Float64"), name="n")
         expected = None if column.notna().sum() == 0 else float(column.median())
         assert builder._median_number(column) == expected
+
+
+def test_median_day_equals_the_reference_value_parameter():
+    from types import SimpleNamespace
+
+    from toolkit.preview import value_parameter
+
+    rng = np.random.default_rng(5)
+    builder = _EngineBuilder.__new__(_EngineBuilder)
+    rule = SimpleNamespace(attribute="last_order_at")
+    for trial in range(1000):
+        n = int(rng.integers(1, 30))
+        scale = [2**62, 2**40, 10**18, 86400 * 10**9 * 3][trial % 4]
+        ns = rng.integers(-scale, scale, n)
+        if trial % 5 == 0:
+            ns[: n // 2] = ns[0]   # ties
+        times = pd.Series(pd.to_datetime(ns, utc=True)).where(rng.random(n) > 0.3)
+        conv = payload_rules.Conversion(times, "time", times.isna(), times.isna())
+        assert builder._median_day(rule, conv, times) == value_parameter(rule, conv, times)
