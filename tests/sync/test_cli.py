@@ -6,6 +6,7 @@ import json
 import pytest
 
 from toolkit.cli import main
+from toolkit.sync.plan import PLAN_FORMAT_VERSION
 from toolkit.sync.cli import sample_export_path
 
 
@@ -64,7 +65,7 @@ def test_partial_rejects_exit_1(cli_env, sandbox, client, sample, capsys):
 
 def test_a_damaged_plan_file_exits_2_naming_the_field(cli_env, capsys):
     (cli_env / "bad.json").write_text(json.dumps({"format": "engage-braze-plan",
-                                                  "format_version": 2}))
+                                                  "format_version": PLAN_FORMAT_VERSION}))
     assert main(["approve", "bad.json", "--by", "Ana"]) == 2
     assert "ledger_version" in capsys.readouterr().err
 

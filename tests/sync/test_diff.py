@@ -11,7 +11,8 @@ from .builders import make_export
 from toolkit import engine
 from toolkit.mapping import Mapping
 from toolkit.sync import diff as diff_module
-from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff
+from toolkit.sync.diff import (OPERATION_COLUMNS, ColumnDigest, DistinctDigest,
+                                column_digests, diff)
 from toolkit.sync.ledger import Snapshot
 from toolkit.sync.projection import project
 
@@ -56,24 +57,29 @@ def test_a_first_sync_reads_the_projection_yet_equals_the_diff_against_an_empty_
 
 
 def _digests_of_file(path) -> dict[str, bytes]:
-    per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
-    table = pq.read_table(path)
+    per_column = column_digests()
+    table = pq.read_table(path)   # plain text columns
     for c in OPERATION_COLUMNS:
         per_column[c].update(table.column(c))
     return {c: d.digest() for c, d in per_column.items()}
 
 
-def test_a_column_digest_depends_on_the_values_only():
+def _digest(kind, *arrays) -> bytes:
+    d = kind()
+    for arr in arrays:
+        d.update(arr)
+    return d.digest()
+
+
+@pytest.mark.parametrize("kind", [ColumnDigest, DistinctDigest])
+def test_a_column_digest_depends_on_the_values_only(kind):
     """The same values hashed as one array, as chunks, dictionary-encoded, as large strings or
     as a slice give the same digest; a changed value, a moved value or a null for an empty
-    text give another."""
-    values = ["attribute", None, "", "événement", "attribute", "x" * 300, "event", None]
+    text give another. Both kinds: by bytes, and by distinct value (the few-valued columns)."""
+    values = ["attribute", None, "", "événement", "attribute", "x" * 300, "event", None, "event"]
 
     def digest(*arrays) -> bytes:
-        d = ColumnDigest()
-        for arr in arrays:
-            d.update(arr)
-        return d.digest()
+        return _digest(kind, *arrays)
 
     plain = pa.array(values, pa.string())
     reference = digest(plain)
@@ -83,10 +89,33 @@ def test_a_column_digest_depends_on_the_values_only():
     assert digest(pc.dictionary_encode(plain.slice(0, 4)), plain.slice(4)) == reference
     assert digest(plain.cast(pa.large_string())) == reference
     assert digest(pa.array(["pad", *values], pa.string()).slice(1)) == reference
-    changed = list(values)
-    changed[3] = "evenement"
-    assert digest(pa.array(changed, pa.string())) != reference
-    assert digest(pa.array(values[1:] + values[:1], pa.string())) != reference
-    assert digest(pa.array([v if v is not None else "" for v in values])) != reference
+    for changed in (values[:3] + ["evenement"] + values[4:], values[1:] + values[:1],
+                    [v if v is not None else "" for v in values], values[:-1] + [None]):
+        assert digest(pa.array(changed, pa.string())) != reference
+
+
+def test_a_byte_digest_hashes_numbers_by_value():
     numbers = np.arange(10, dtype=np.int64)
-    assert digest(pa.array(numbers)) == digest(pa.array(numbers[:4]), pa.array(numbers[4:]))
+    assert _digest(ColumnDigest, pa.array(numbers)) == _digest(
+        ColumnDigest, pa.array(numbers[:4]), pa.array(numbers[4:]))
+
+
+def test_a_distinct_digest_ignores_how_the_dictionary_is_built():
+    """Dictionaries in another order, with unused or repeated entries, and many values first
+    seen in one chunk (found by one sort, not a scan each) give the plain column's digest."""
+    values = ["attribute", None, "", "événement", "attribute", "x" * 300, "event", None, "event"]
+    plain = pa.array(values, pa.string())
+    odd = pa.array(["unused", "event", "x" * 300, "attribute", "", "événement", "attribute"])
+    where = {"event": 1, "x" * 300: 2, "attribute": 6, "": 4, "événement": 5}
+    indices = pa.array([where.get(v) if v is not None else None for v in values], pa.int32())
+    assert _digest(DistinctDigest, pa.DictionaryArray.from_arrays(indices, odd)) == _digest(
+        DistinctDigest, plain)
+    assert _digest(DistinctDigest, pa.DictionaryArray.from_arrays(indices, odd).slice(2)) == \
+        _digest(DistinctDigest, plain.slice(2))
+    many = pa.array([f"v{(i * 7) % 37}" for i in range(500)], pa.string())
+    reference = _digest(DistinctDigest, many)
+    assert _digest(DistinctDigest, many.slice(0, 7), many.slice(7)) == reference
+    assert _digest(DistinctDigest, pc.dictionary_encode(many)) == reference
+    assert _digest(DistinctDigest, pa.array(many.to_pylist()[::-1], pa.string())) != reference
+    # the plan's columns use one kind each
+    assert {type(d) for d in column_digests().values()} == {ColumnDigest, DistinctDigest}

@@ -15,7 +15,8 @@ outcome number; the operations are then assembled column-wise with Arrow from th
 (texts taken from the users' desired values, the few constant columns as dictionary indices),
 so no text is built per operation by SQL. A first sync (no snapshot, nothing held) reads the
 projection as it is: no checksums, joins or copies. The file's column digests (the plan's
-fingerprint) are hashed on a thread of their own while another encodes and compresses.
+fingerprint) are hashed on a thread of their own while another encodes and compresses; the
+few-valued columns by distinct value (a number per row), not by their text.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value
 OPERATIONS_SCHEMA = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
                                for c in OPERATION_COLUMNS])
 ROW_GROUP = 122_880
+# few distinct values each: written from dictionaries and hashed by distinct value
+DISTINCT_COLUMNS = ("op", "rule", "change", "name", "field")
 
 
 @dataclass
@@ -342,7 +345,7 @@ class _Kinds:
     per-user outcome codes, so the low-cardinality columns come out as dictionary indices
     (no text per operation) and the tally is a count of numbers."""
 
-    LOW = ("op", "rule", "change", "name", "field")
+    LOW = DISTINCT_COLUMNS
 
     def __init__(self, outcomes: list[list[_Outcome]]) -> None:
         self.base = np.cumsum([0] + [len(o) for o in outcomes])[:-1].astype(np.int64)
@@ -447,6 +450,65 @@ class ColumnDigest:
         return hashlib.sha256(self.lengths.digest() + self.data.digest()).digest()
 
 
+class DistinctDigest:
+    """sha256 of a column of few distinct values (op, rule, change, name, field): the distinct
+    values in order of first appearance, and each row's number in that list. As independent
+    of chunking and encoding as `ColumnDigest`, without spelling every row's text out: a
+    dictionary-encoded chunk costs a pass over its indices."""
+
+    _FEW_NEW = 8    # new values per chunk found by a scan each; beyond, by one sort
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+        self.rows = hashlib.sha256()
+
+    def update(self, arr) -> None:
+        if isinstance(arr, pa.ChunkedArray):
+            for chunk in arr.chunks:
+                self.update(chunk)
+            return
+        if not len(arr):
+            return
+        if not pa.types.is_dictionary(arr.type):
+            arr = pc.dictionary_encode(arr)
+        idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = arr.dictionary
+        used = np.flatnonzero(np.bincount(idx[idx >= 0], minlength=len(values)))
+        number = np.full(len(values) + 1, -1, dtype="<i4")   # the last one: null
+        new = []
+        for i in used.tolist():
+            text = values[i].as_py()
+            if text in self.numbers:
+                number[i] = self.numbers[text]
+            else:
+                new.append((i, text))
+        if new:
+            if len(new) <= self._FEW_NEW:
+                first = [int(np.argmax(idx == i)) for i, _ in new]
+            else:
+                where = {i: k for k, (i, _) in enumerate(new)}
+                seen, at = np.unique(idx, return_index=True)
+                first = [0] * len(new)
+                for i, pos in zip(seen.tolist(), at.tolist()):
+                    if i in where:
+                        first[where[i]] = pos
+            for _, (i, text) in sorted(zip(first, new)):
+                number[i] = self.numbers.setdefault(text, len(self.numbers))
+        self.rows.update(number[idx])
+
+    def digest(self) -> bytes:
+        values = ColumnDigest()
+        values.update(pa.array(list(self.numbers), pa.string()))
+        return hashlib.sha256(b"distinct" + values.digest() + self.rows.digest()).digest()
+
+
+def column_digests() -> dict:
+    """One digest per operations column, in canonical order: the low-cardinality columns by
+    their distinct values, the others by their bytes."""
+    return {c: DistinctDigest() if c in DISTINCT_COLUMNS else ColumnDigest()
+            for c in OPERATION_COLUMNS}
+
+
 class _BackgroundWriter:
     """Writes tables to a Parquet writer on one thread and hashes them on another, so
     encoding, compressing and hashing one piece overlap with the engine producing the next
@@ -457,7 +519,7 @@ class _BackgroundWriter:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-digest")
         self.pending: list = []
-        self.digests = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+        self.digests = column_digests()
 
     def _digest(self, table: pa.Table) -> None:
         for c, digest in self.digests.items():  # in write order: one thread
@@ -641,7 +703,7 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
 def empty_result(out: Path) -> DiffResult:
     """The result of a diff that found nothing to send, its (empty) operations file written."""
     pq.write_table(OPERATIONS_SCHEMA.empty_table(), out, compression="zstd")
-    digests = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+    digests = column_digests()
     return DiffResult(0, 0, 0, pd.DataFrame({k: pd.Series(dtype=object)
                                              for k in ("segment_id", "uid", "rule")}),
                       _batch_frame([]), {c: d.digest() for c, d in digests.items()})

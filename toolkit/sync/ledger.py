@@ -543,7 +543,7 @@ class Ledger:
         name = self._new_name("state", f"{version:09d}")
         tmp = self._journal.staging(name)
         with engine.connect() as db:
-            parts = []
+            parts, sources = [], []
             if explicit:
                 db.register("explicit_raw", pa.table({
                     "field": pa.array([e[0] for e in explicit], pa.string()),
@@ -565,25 +565,36 @@ class Ledger:
                     "batch": pa.array([b for b, _ in batches], pa.int64()),
                     "version": pa.array([v for _, v in batches], pa.int64())}))
                 src = literal(str(self._file(files[plan])))
+                sources.append(src)
                 skip = (f" AND NOT EXISTS (SELECT 1 FROM rejected_raw x WHERE x.plan = "
                         f"{literal(plan)} AND x.batch = o.batch AND x.uid = o.uid AND x.field = o.field)"
                         if rejected else "")
                 parts.append(f"SELECT o.field, o.uid, o.after, r.version FROM read_parquet({src}) o "
                              f"JOIN refs_{len(parts)} r ON o.batch = r.batch WHERE true{skip}")
+            # the fields the updates may name: each plan file's few-valued field column, read
+            # alone (the pivot then says which of them were acknowledged, so the updates are
+            # read once, straight into it)
+            candidates = {e[0] for e in explicit}
+            for src in sources:
+                candidates.update(r[0] for r in db.execute(
+                    f"SELECT DISTINCT field FROM read_parquet({src})").fetchall())
+            candidates = sorted(candidates)
             # the latest acknowledged value of each (field, user) wins (arg_max_null keeps a
             # latest "forget" as NULL)
-            db.execute("CREATE TEMP TABLE updates AS " + " UNION ALL ".join(parts))
-            new_fields = [r[0] for r in db.execute(
-                "SELECT DISTINCT field FROM updates ORDER BY field").fetchall()]
+            pivot = ", ".join(
+                f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
+                f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
+                for f in candidates)
+            db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot or 'count(*) AS n'} FROM ("
+                       + " UNION ALL ".join(parts) + ") GROUP BY uid")
+            seen = db.execute("SELECT " + ", ".join(
+                f"coalesce(bool_or({quote('h:' + f)}), false)" for f in candidates)
+                + " FROM upd").fetchall()[0] if candidates else ()
+            new_fields = [f for f, acknowledged in zip(candidates, seen) if acknowledged]
             old = self._file(current) if current else None
             old_fields = ([n for n in pq.read_schema(old).names if n not in ("uid", "checksum")]
                           if old is not None else [])
             all_fields = sorted(set(old_fields) | set(new_fields))
-            pivot = ", ".join(
-                f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
-                f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
-                for f in new_fields)
-            db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot} FROM updates GROUP BY uid")
             cols = []
             for f in all_fields:
                 if f in new_fields and f in old_fields:

@@ -46,7 +46,8 @@ from toolkit.engage.model import Finding, Findings
 from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
-from toolkit.sync.diff import OPERATION_COLUMNS, ColumnDigest, diff, empty_result, name_batches
+from toolkit.sync.diff import (DISTINCT_COLUMNS, OPERATION_COLUMNS, column_digests, diff,
+                               empty_result, name_batches)
 from toolkit.sync.diffsite import DiffSite, check_diff_at, choose
 from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
 from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
@@ -56,7 +57,7 @@ from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_CO
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
 PLAN_FORMAT = "engage-braze-plan"
-PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSION = 3
 SAMPLE_PAYLOADS = 3
 PROGRESS_FROM = 200_000           # profiles from which plan shows a progress bar by default
 # plan a changed export from the ledger's record of the last converged one (tests switch it off
@@ -515,10 +516,12 @@ class Plan:
 
     def _digest_file(self) -> tuple[dict[str, bytes], int]:
         """Per-column digests of the operations file, streamed."""
-        per_column = {c: ColumnDigest() for c in OPERATION_COLUMNS}
+        per_column = column_digests()
         rows = 0
         try:
-            file = pq.ParquetFile(self.ops_path, pre_buffer=False)
+            # the few-valued columns read as dictionaries: their digests use the indices
+            file = pq.ParquetFile(self.ops_path, pre_buffer=False,
+                                  read_dictionary=list(DISTINCT_COLUMNS))
             # a row group at a time, its columns hashed side by side (sha256 and Arrow's casts
             # release the GIL): apply waits for this before sending anything
             def hash_column(named: tuple[str, pa.ChunkedArray]) -> None:
@@ -872,7 +875,9 @@ class Plan:
         if limit is None or not self.rows:
             ops = self.operations
         else:
-            file = pq.ParquetFile(self.ops_path, pre_buffer=False)
+            # the few-valued columns read as dictionaries: their digests use the indices
+            file = pq.ParquetFile(self.ops_path, pre_buffer=False,
+                                  read_dictionary=list(DISTINCT_COLUMNS))
             ops = next(file.iter_batches(batch_size=max(1, int(limit)))).to_pandas()
             file.close()
         return pd.DataFrame({
