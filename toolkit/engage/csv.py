@@ -19,7 +19,9 @@ The formatted path reads with pyarrow's multithreaded CSV reader. Trait columns 
 ISO-8601 dates are parsed by the reader itself; should any later value not fit, the file is read
 again all as text and typed vectorised (see `frames.type_string_column`), which reports the
 misfits. Identifiers stay in Arrow until the final DataFrame; ``emails`` / ``anonymous_ids`` are
-pyarrow list columns.
+pyarrow list columns, built on first use of ``export.profiles`` (no stage after the load reads
+them). An all-ASCII file (checked while pyarrow parses it) is parsed without pyarrow's UTF-8
+check of every value; any other file has its text columns checked after the parse.
 
 Quotes: pyarrow reads a quote that never closes as a value running to the end of the file (rows
 swallowed silently). Valid CSV holds quotes in pairs, so every read counts the file's quote

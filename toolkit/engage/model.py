@@ -15,6 +15,8 @@ Data contract (shared by readers, mapping, preview and plan):
     collapsed), distinct, in source order, primary value first; an empty list when it has none.
     One cell reads back as a Python ``list`` (compare ``list(cell)``); whole-column work stays
     in Arrow (``.list.len()``, ``pa.array(col.array)`` with ``pyarrow.compute.list_flatten``).
+    A reader may build them on first use of ``profiles`` (`EngageExport._defer`): stages read
+    their columns with ``chunks``/``take``, which build no column they do not ask for.
     Then one column per computation key, typed by the computation's ``value_type``:
         audience → pandas ``boolean`` (True member, False exited/non-member, NA unknown)
         trait    → ``string`` | ``Float64`` | ``boolean`` | ``datetime64[ns, UTC]`` | object
