@@ -188,9 +188,33 @@ def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = 
                                 quoted_strings_can_be_null=True, check_utf8=check_utf8)
 
 
-def _ascii_only(data: pa.Buffer) -> bool:
-    """Whether every byte of `data` is ASCII (read as signed bytes, no other is negative)."""
-    return not data.size or int(np.frombuffer(data, dtype=np.int8).min()) >= 0
+def _scan_bytes(data: pa.Buffer) -> tuple[bool, bool]:
+    """(whether `data` holds an odd number of double quotes, whether every byte is ASCII), in
+    one pass of cache-sized blocks: a block's smallest byte read as signed (a non-ASCII one
+    is negative), then, while the block is in cache, its quotes as `_odd_quotes` counts them
+    (C's memchr one by one, numpy past `_QUOTES_FOUND_ONE_BY_ONE`)."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    ascii_only, count = True, 0
+    equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
+    for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
+        block = view[first:first + _QUOTE_SCAN_BLOCK]
+        if ascii_only and int(block.view(np.int8).min()) < 0:
+            ascii_only = False
+        if _memchr is not None and count < _QUOTES_FOUND_ONE_BY_ONE:
+            at = data.address + first
+            end = at + len(block)
+            while count < _QUOTES_FOUND_ONE_BY_ONE:
+                hit = _memchr(at, 34, end - at)
+                if not hit:
+                    break
+                count += 1
+                at = hit + 1
+            else:   # many quotes: the rest of the block counted at once
+                count += int(np.count_nonzero(view[at - data.address:first + len(block)] == 34))
+            continue
+        np.equal(block, 34, out=equal[:len(block)])
+        count += int(np.count_nonzero(equal[:len(block)]))
+    return bool(count & 1), ascii_only
 
 
 def _check_utf8(header: CsvHeader, table: pa.Table) -> None:
@@ -242,24 +266,45 @@ def _predicted_types(header: CsvHeader, columns: list[str],
 _PARSED = {"number": pa.float64(), "datetime": pa.timestamp("ns", tz="UTC")}
 
 
-def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+class _FileScan:
+    """A file mapped into memory, and a thread going over its bytes from the moment this is
+    made (`_scan_bytes`: are its quotes paired, is every byte ASCII). Made before a reader's
+    serial steps (the header's sampled types), it uses a core that would idle meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self._source = pa.memory_map(str(path))
+        self.data: pa.Buffer | None = self._source.read_buffer()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quote-count")
+        self._found = self._pool.submit(_scan_bytes, self.data)
+
+    def result(self) -> tuple[bool, bool]:
+        """(an odd number of double quotes, every byte ASCII)."""
+        return self._found.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.data = None
+        self._source.close()
+
+
+def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None, *,
+                   scan: _FileScan | None = None) -> pa.Table:
     """Every column as text, except `types` (parsed when every value fits, else read as text
     too); empty cells are null. A quoted value that is never closed is an error: pyarrow
-    would take the rest of the file as that value."""
+    would take the rest of the file as that value. `scan`: the file's `_FileScan`, when the
+    caller started it (it closes it)."""
     # The file is mapped into memory once: pyarrow parses from the mapping (no copy into
     # its own buffers) while another thread counts its quotes in the same pages — the parse
     # leaves part of the cores idle (its splitting into blocks is serial).
     # The same thread finds whether every byte is ASCII: then every value is valid UTF-8 and
     # the parse skips its own UTF-8 check of every text value (a tenth of its time); else the
     # text columns are checked after it, with the error the parse would have given.
-    with pa.memory_map(str(header.path)) as source, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="quote-count") as pool:
-        data = source.read_buffer()
-        odd = pool.submit(_odd_quotes, data)
-        ascii_only = pool.submit(_ascii_only, data)
-        table = _parse_table(header, types, data, check_utf8=False)
-        odd, ascii_only = odd.result(), ascii_only.result()
-        del data
+    scan = scan if scan is not None else _FileScan(header.path)
+    try:
+        table = _parse_table(header, types, scan.data, check_utf8=False)
+        odd, ascii_only = scan.result()
+    finally:
+        scan.close()
     if not ascii_only:
         _check_utf8(header, table)
     if odd:
@@ -533,22 +578,27 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     if header.bom:
         findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
                      fix="nothing to do; the reader handles it")
-    types: dict[str, pa.DataType] = {}
-    kinds: dict[str, tuple[str, dict[str, int]]] = {}
-    if kind == "csv_formatted":
-        types = _predicted_types(header, [c for c in header.columns
-                                          if c.lower() not in ("key", "external_ids", "traits",
-                                                               "value", key)
-                                          and id_column_type(c.lower()) is None], kinds)
     if store is None:
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
-    if store:
-        if kind != "csv_formatted":
-            raise ExportFormatError(f"only formatted audience CSVs can be kept on disk, not "
-                                    f"{kind}", file=str(path),
-                                    hint="load it with store=False")
-        return _read_stored(path, header, kind, key, computation_id, findings, types)
-    table = read_csv_table(header, types)
+    if store and kind != "csv_formatted":
+        raise ExportFormatError(f"only formatted audience CSVs can be kept on disk, not "
+                                f"{kind}", file=str(path), hint="load it with store=False")
+    # read in one piece: the quotes and bytes are checked from now on, beside the sampling
+    scan = None if store else _FileScan(path)
+    try:
+        types: dict[str, pa.DataType] = {}
+        kinds: dict[str, tuple[str, dict[str, int]]] = {}
+        if kind == "csv_formatted":
+            types = _predicted_types(header, [c for c in header.columns
+                                              if c.lower() not in ("key", "external_ids",
+                                                                   "traits", "value", key)
+                                              and id_column_type(c.lower()) is None], kinds)
+        if store:
+            return _read_stored(path, header, kind, key, computation_id, findings, types)
+        table = read_csv_table(header, types, scan=scan)
+    finally:
+        if scan is not None:
+            scan.close()
     if table.num_rows == 0:
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
@@ -783,29 +833,21 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
             typed: dict[str, Typed | Callable[[], Typed]], comps: list[dict],
             findings: Findings, *, repeats_expected: bool = False) -> EngageExport:
     """Collapse repeated profiles, build identifiers, assemble and validate. `seg`: the profile
-    key column (pyarrow or pandas text), None to derive keys from the identifiers. A `typed`
+    key column (pyarrow or pandas text, or its `_Keys`), None to derive keys from the
+    identifiers. A `typed`
     value may be a callable returning the `Typed`, run alongside the identifier work."""
-    if seg is not None:
-        seg = as_text(seg)
-        trimmed = may_need_trim(seg)
-        if trimmed:
-            seg = pc.utf8_trim_whitespace(seg)
-        # empty cells read as null: only trimming can leave an empty key
-        if seg.null_count or trimmed and pc.any(pc.equal(seg, "")).as_py():
-            missing = pc.fill_null(pc.equal(seg, ""), True)
-            raise ExportFormatError(
-                "a row has no profile key", file=str(path),
-                line=int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]) + 2,
-                column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
+    if seg is not None and not isinstance(seg, _Keys):
+        seg = _Keys(path, seg)
+    seg_repeats = seg.repeats if seg is not None else None
+    seg = seg.values if seg is not None else None
     user_id, email = ids.primary("user_id"), ids.primary("email")
     anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
     pool = worker_pool()
     # independent million-row passes spread over the cores (pyarrow and numpy release the
     # GIL), submitted in the order their results are needed: the duplicate checks by the
-    # collapse and the validation, the typed columns (with their text checks) by the
+    # collapse (`_Keys`) and the validation, the typed columns (with their text checks) by the
     # validation. The identifier lists are built on first use of the profiles (merged
     # profiles need them now): no stage after the load reads them
-    seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
     users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
     pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
     # meanwhile this thread builds the frame, then types the columns no worker has started
@@ -836,6 +878,26 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
     return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
                     source=_source(path, kind), findings=findings, rows=None,
                     duplicate_user_ids=user_check, id_list_columns=id_lists)
+
+
+class _Keys:
+    """The profile key column, checked (trimmed; none missing), and whether a key repeats —
+    found on a worker from the moment this is made, so a reader makes it first."""
+
+    def __init__(self, path: Path, seg) -> None:
+        seg = as_text(seg)
+        trimmed = may_need_trim(seg)
+        if trimmed:
+            seg = pc.utf8_trim_whitespace(seg)
+        # empty cells read as null: only trimming can leave an empty key
+        if seg.null_count or trimmed and pc.any(pc.equal(seg, "")).as_py():
+            missing = pc.fill_null(pc.equal(seg, ""), True)
+            raise ExportFormatError(
+                "a row has no profile key", file=str(path),
+                line=int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]) + 2,
+                column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
+        self.values = seg
+        self.repeats = worker_pool().submit(has_duplicates, seg)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
@@ -889,6 +951,11 @@ def _audience_comp(key: str, computation_id: str | None) -> dict:
 def _formatted(path, table, lower, *, key, computation_id, findings, kind,
                kinds: dict | None = None) -> EngageExport:
     n = table.num_rows
+    # the keys first: whether one repeats is found while this thread reads the identifiers
+    # (after the JSON identifiers, when there are some: their errors come first)
+    seg = table.column(lower["key"]) if "key" in lower else None
+    if seg is not None and "external_ids" not in lower:
+        seg = _Keys(path, seg)
     ids = _Ids(n)
     traits = _id_columns(table, lower, ids, findings)
     if "external_ids" in lower:  # legacy formatted: JSON column next to the indexed columns
@@ -913,7 +980,6 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind,
         member = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [], [])
     typed = {key: member, **typed}
     comps.insert(0, _audience_comp(key, computation_id))
-    seg = table.column(lower["key"]) if "key" in lower else None
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
 
 
