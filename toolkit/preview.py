@@ -597,7 +597,7 @@ class _Builder:
         x = self._numbers(col)   # value_parameter's median of a number column
         return None if x.notna().sum() == 0 else float(x.median())
 
-    def _median_day(self, rule: "Rule", conv: payload_rules.Conversion, col: pd.Series) -> Any:
+    def _median_day(self, rule: Rule, conv: payload_rules.Conversion, col: pd.Series) -> Any:
         return value_parameter(rule, conv, col)
 
     def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
@@ -663,7 +663,7 @@ class _Builder:
         return BrazeState(attributes, events, self._cohorts(), self.as_of)
 
     def run(self) -> Preview:
-        mapping, export = self.mapping, self.export
+        mapping = self.mapping
         shared = mapping.shared_events()
         state = self.projected_state()
 
@@ -903,7 +903,7 @@ class _EngineBuilder(_Builder):
         present = x[~np.isnan(x)]
         return float(np.median(present)) if len(present) else None
 
-    def _median_day(self, rule: "Rule", conv: payload_rules.Conversion,
+    def _median_day(self, rule: Rule, conv: payload_rules.Conversion,
                     col: pd.Series) -> Any:
         """`value_parameter` of a time attribute: the UTC day of its median time, computed as
         pandas computes a median time (np.median of the nanoseconds as float64, truncated back
@@ -926,7 +926,7 @@ class _EngineBuilder(_Builder):
 
     # -- evaluation ----------------------------------------------------------------------------
     def run(self) -> Preview:
-        mapping, export = self.mapping, self.export
+        mapping = self.mapping
         shared = mapping.shared_events()
         self._encode_early()   # the texts are needed first (value checks), the owners last
         if self._find is not None:
