@@ -16,6 +16,7 @@ import ctypes
 import gc
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +26,8 @@ import pyarrow as pa
 
 from toolkit.errors import ConfigError
 
-__all__ = ["connect", "using", "configure", "settings", "quote", "literal", "release_memory"]
+__all__ = ["connect", "using", "configure", "settings", "quote", "literal", "release_memory",
+           "reporting"]
 
 _overrides: dict[str, str | None] = {}
 
@@ -85,6 +87,39 @@ def using(db: "duckdb.DuckDBPyConnection | None" = None) -> Iterator[duckdb.Duck
         return
     with connect() as conn:
         yield conn
+
+
+@contextmanager
+def reporting(db: duckdb.DuckDBPyConnection, bar, share: float,
+              every: float = 0.25) -> Iterator[None]:
+    """While one statement runs on ``db``, move ``bar`` (a tqdm bar) through ``share`` of its
+    total as the engine reports the statement's progress; at the end of its share once done.
+    A thread polls DuckDB's own estimate, which the engine computes only while this watches
+    (and never prints: the bar is the toolkit's)."""
+    if bar.disable:
+        yield
+        return
+    start, done = bar.n, threading.Event()
+    db.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+
+    def watch() -> None:
+        while not done.wait(every):
+            try:
+                percent = db.query_progress()
+            except duckdb.Error:   # between statements: nothing to report
+                continue
+            if percent > 0:
+                bar.update(max(0.0, start + share * min(percent, 100.0) / 100 - bar.n))
+
+    watcher = threading.Thread(target=watch, name="engine-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        db.execute("SET enable_progress_bar = false")
+    bar.update(max(0.0, start + share - bar.n))
 
 
 def release_memory() -> None:

@@ -200,8 +200,8 @@ def test_a_fold_overtaken_by_another_process_is_made_again_on_top(tmp_path, wher
         acknowledge_all_rows(plan(export, mapping, a), a)
         fold, folds = a._fold, []
 
-        def overtaken(rows, current):
-            out = fold(rows, current)
+        def overtaken(rows, current, bar):
+            out = fold(rows, current, bar)
             folds.append(out[1])
             if len(folds) == 1:
                 assert b.materialize() > 0      # b switches first
@@ -239,3 +239,23 @@ def test_after_a_complete_sync_the_ledger_keeps_only_what_it_still_needs(tmp_pat
         record = json.loads(led._meta("converged"))
         assert kept == sorted([led._meta("state_file"), record["left_out"], record["inputs"]])
         assert plan(export, mapping, led).is_empty
+
+
+def test_a_large_fold_shows_a_bar_and_a_quick_one_stays_silent(tmp_path, monkeypatch, capsys):
+    """The fold after an apply reports its progress (the engine's own estimate of the pivot
+    and the write) once it runs longer than FOLD_PROGRESS_DELAY; a sample-sized fold prints
+    nothing, so notebooks and the wizard stay quiet."""
+    import toolkit.sync.ledger as ledger_module
+
+    export = make_export(40)
+    mapping = Mapping.from_export(export)
+    for delay, shown in ((ledger_module.FOLD_PROGRESS_DELAY, False), (0.0, True)):
+        monkeypatch.setattr(ledger_module, "FOLD_PROGRESS_DELAY", delay)
+        with Ledger(path=tmp_path / f"l{delay}.sqlite", workspace="ws#1") as led:
+            p = plan(export, mapping, led)
+            acknowledge_all_rows(p, led)
+            capsys.readouterr()
+            assert led.materialize(progress=True) == p.cost()["users"]
+            err = capsys.readouterr().err
+            assert ("ledger: fold acknowledged state: 100%" in err) is shown
+            assert led.snapshot().users == p.cost()["users"]

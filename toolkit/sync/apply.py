@@ -499,7 +499,7 @@ def _apply_locked(plan: Plan, client, ledger: Ledger, t0: float, resend_uncertai
     # fold what Braze acknowledged into the state snapshot now, while this apply holds the
     # ledger, so the next plan starts from it
     p0 = time.monotonic()
-    ledger.materialize()
+    ledger.materialize(progress=progress)
     phases["ledger"] = round(time.monotonic() - p0, 4)
     after = _stats(client)
     stats = {k: after.get(k, 0) - before.get(k, 0) for k in _STAT_KEYS}

@@ -81,6 +81,7 @@ BATCH_STATUSES = ("pending", "sent", "acknowledged", "rejected", "unknown", "fai
 TRANSIENT_FINDINGS = frozenset({"uncertain_events_held", "api_key_changed", "event_time_moved"})
 # Statuses after which a batch needs nothing more from this plan.
 FINAL_STATUSES = ("acknowledged", "rejected", "resolved")
+FOLD_PROGRESS_DELAY = 2.0   # seconds a fold runs before its bar shows (only large ones do)
 
 _SET_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
              "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
@@ -493,11 +494,15 @@ class Ledger:
                            (int(version), excluding_plan or ""))
         return int(rows[0][0])
 
-    def materialize(self) -> int:
+    def materialize(self, progress: bool = False) -> int:
         """Fold acknowledged batches' state into a new snapshot (in change order, one pass on
         the engine, switched to in one journal transaction); returns how many users' values
         changed. When another process switched the snapshot meanwhile (a shared ledger, or a
-        notebook beside an apply), the fold is made again on top of the new one."""
+        notebook beside an apply), the fold is made again on top of the new one.
+        ``progress``: a bar, shown once the fold has taken more than two seconds (a fold of
+        millions of operations; small ones stay silent)."""
+        from tqdm.auto import tqdm  # lazy: tqdm.auto imports IPython when it is installed
+
         with self._lock:
             while True:
                 rows = self._query(
@@ -507,7 +512,10 @@ class Ledger:
                 if not rows:
                     return 0
                 base = self._meta("state_file")
-                written, name = self._fold(rows, base)
+                with tqdm(total=100, desc="ledger: fold acknowledged state", unit="%",
+                          delay=FOLD_PROGRESS_DELAY, disable=not progress, leave=True,
+                          bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]") as bar:
+                    written, name = self._fold(rows, base, bar)
                 spec = self._meta("checksum_digest") or ""
 
                 def switch(conn) -> bool:
@@ -525,7 +533,7 @@ class Ledger:
             self._remove_stale_files()
             return written
 
-    def _fold(self, rows: list[tuple], current: str | None) -> tuple[int, str]:
+    def _fold(self, rows: list[tuple], current: str | None, bar) -> tuple[int, str]:
         explicit: list[tuple[str, str, str | None, int]] = []
         refs: dict[str, list[tuple[int, int]]] = {}
         rejected: list[tuple[str, int, str]] = []
@@ -561,9 +569,13 @@ class Ledger:
                 if plan not in files:
                     raise LedgerError(f"the ledger lost the operations of plan {plan}",
                                       file=self.location, hint=_FIX_CORRUPT)
-                db.register(f"refs_{len(parts)}", pa.table({
+                # an engine table, not an Arrow view: the engine can then say how far the
+                # fold's scan of the plan's operations has come
+                db.register("refs_raw", pa.table({
                     "batch": pa.array([b for b, _ in batches], pa.int64()),
                     "version": pa.array([v for _, v in batches], pa.int64())}))
+                db.execute(f"CREATE TEMP TABLE refs_{len(parts)} AS SELECT * FROM refs_raw")
+                db.unregister("refs_raw")
                 src = literal(str(self._file(files[plan])))
                 sources.append(src)
                 skip = (f" AND NOT EXISTS (SELECT 1 FROM rejected_raw x WHERE x.plan = "
@@ -585,8 +597,9 @@ class Ledger:
                 f"arg_max_null(after, version) FILTER (WHERE field = {literal(f)}) AS "
                 f"{quote('v:' + f)}, bool_or(field = {literal(f)}) AS {quote('h:' + f)}"
                 for f in candidates)
-            db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot or 'count(*) AS n'} FROM ("
-                       + " UNION ALL ".join(parts) + ") GROUP BY uid")
+            with engine.reporting(db, bar, 55):
+                db.execute(f"CREATE TEMP TABLE upd AS SELECT uid, {pivot or 'count(*) AS n'} "
+                           "FROM (" + " UNION ALL ".join(parts) + ") GROUP BY uid")
             seen = db.execute("SELECT " + ", ".join(
                 f"coalesce(bool_or({quote('h:' + f)}), false)" for f in candidates)
                 + " FROM upd").fetchall()[0] if candidates else ()
@@ -613,11 +626,13 @@ class Ledger:
             checksum = (checksum_sql([tuple(k) for k in kinds],
                                      lambda f: quote(f) if f in have else "NULL", digest)
                         if kinds else "NULL::UBIGINT")
-            db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
-                       f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
-                       f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            with engine.reporting(db, bar, 35):
+                db.execute(f"COPY (SELECT uid, {checksum} AS checksum, "
+                           f"{', '.join(quote(f) for f in all_fields)} FROM merged) "
+                           f"TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
             written = db.execute("SELECT count(*) FROM upd").fetchall()[0][0]
         self._journal.store(tmp, name, table=True)
+        bar.update(bar.total - bar.n)
         return int(written), name
 
     def _remove_stale_files(self) -> None:
