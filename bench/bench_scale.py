@@ -442,7 +442,7 @@ class Bench:
             row.sizes["ledger"] = self.ledger_size()
 
         self.stage("load", "toolkit.load(all_shoppers.csv)", load, self.repeat)
-        self.stage("preview", "Mapping.from_export → preview → to_frame", preview)
+        self.stage("preview", "Mapping.from_export → preview → to_frame", preview, self.repeat)
         if "plan" in self.selected and "load" in self.done:
             self.start_sandbox()                      # outside the plan's timing
         self.stage("plan", "first toolkit.plan, empty ledger (+ cost)", first_plan)
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-batches", type=int, default=10_000,
                         help="requests in the bare push loop baseline (default 10,000)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of load and of the bare reads, best taken (default 3)")
+                        help="runs of load, of the preview and of the bare reads, best taken (default 3)")
     parser.add_argument("--acknowledge", action="store_true",
                         help="instead of applying to a sandbox subprocess, record every "
                              "batch of the plan as acknowledged in the ledger, as apply does, "

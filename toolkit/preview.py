@@ -27,6 +27,8 @@ from toolkit.braze.filters import (VALUE_VIEWS, AllOf, AnyOf, BooleanAttribute,
 from toolkit.braze.filters_sql import _JSON, SqlNames, _Reads, to_sql
 from toolkit.braze.filters_sql import _column as _sql_column
 from toolkit.braze.state import BrazeState, braze_user_keys
+from toolkit.engage.assemble import ID_LIST_COLUMNS
+from toolkit.engage.frames import has_duplicates
 from toolkit.engage.model import EngageExport
 from toolkit.engage.store import StoredExport
 from toolkit.errors import FilterError, MappingError
@@ -300,7 +302,10 @@ class _Builder:
         self.export = export
         # one chunk of an export kept on disk: its profiles, plus the later rows that win a
         # shared identifier from them (``counted`` False: they count in their own chunk)
-        self.p = export.profiles if profiles is None else profiles
+        # every column but the identifier lists, which a preview never reads (an export may
+        # build them on first use of its profiles)
+        self.p = next(export.chunks([c for c in export.columns if c not in ID_LIST_COLUMNS])) \
+            if profiles is None else profiles
         self.n = len(self.p)
         self.counted = np.ones(self.n, dtype=bool) if counted is None else counted
         self._all_counted = bool(self.counted.all())
@@ -330,6 +335,13 @@ class _Builder:
         self.entries: dict[str, np.ndarray] = {}
         self.max_entries: dict[str, int] = {}
         self.first_event: dict[str, np.ndarray] = {}
+        self._value_types: dict[str, str] = {}
+
+    def _value_type(self, key: str) -> str:
+        """The computation's value type (looked up in the export once per key)."""
+        if key not in self._value_types:
+            self._value_types[key] = self.mapping.value_type(self.export, key)
+        return self._value_types[key]
 
     # -- identifiers ---------------------------------------------------------------------------
     def _identify(self) -> None:
@@ -385,7 +397,7 @@ class _Builder:
             if not rule.sends_attribute:
                 continue
             conv = self.mapping.convert(rule, self.p[rule.key],
-                                        self.mapping.value_type(self.export, rule.key))
+                                        self._value_type(rule.key))
             self.conversions[rule.key] = conv
             cols[str(rule.attribute)] = self._per_user(conv.values)
         return pd.DataFrame(cols, index=self.users)
@@ -528,6 +540,7 @@ class _Builder:
         value = (self.params[rule.key] if rule.key in self.params
                  else self._most_common_text(col) if conv.json_type == "string"
                  else self._median_number(col) if conv.json_type == "number"
+                 else self._median_day(rule, conv, col) if conv.json_type == "time"
                  else value_parameter(rule, conv, col))
         if value is None:
             return None
@@ -584,6 +597,9 @@ class _Builder:
         x = self._numbers(col)   # value_parameter's median of a number column
         return None if x.notna().sum() == 0 else float(x.median())
 
+    def _median_day(self, rule: Rule, conv: payload_rules.Conversion, col: pd.Series) -> Any:
+        return value_parameter(rule, conv, col)
+
     def _reasons(self, rule: "Rule", check: _Check, missing: np.ndarray) -> np.ndarray:
         """Reason code index (into REASONS) per missing profile; -1 elsewhere."""
         names = list(REASONS)
@@ -630,7 +646,7 @@ class _Builder:
         """The rule's column of these profiles converted to Braze values (kept: one per rule)."""
         if rule.key not in self._converts:
             self._converts[rule.key] = self.conversions.get(rule.key) or self.mapping.convert(
-                rule, self.p[rule.key], self.mapping.value_type(self.export, rule.key))
+                rule, self.p[rule.key], self._value_type(rule.key))
         return self._converts[rule.key]
 
     def _mask(self, key: str, what: str, values: pd.Series) -> np.ndarray:
@@ -647,7 +663,7 @@ class _Builder:
         return BrazeState(attributes, events, self._cohorts(), self.as_of)
 
     def run(self) -> Preview:
-        mapping, export = self.mapping, self.export
+        mapping = self.mapping
         shared = mapping.shared_events()
         state = self.projected_state()
 
@@ -658,7 +674,7 @@ class _Builder:
         # evaluating the filters is the long part at scale: a bar from 200,000 profiles on
         for rule in tqdm(list(mapping), desc="preview: Braze filters", unit="rule",
                          disable=self.n < PROGRESS_FROM or not self.counted.all(), leave=False):
-            value_type = mapping.value_type(export, rule.key)
+            value_type = self._value_type(rule.key)
             checks = self._checks(rule, value_type, shared)
             filters[rule.key] = [c.filter for c in checks if c.recommended]
             for i, check in enumerate(checks):
@@ -687,8 +703,11 @@ class _Builder:
             holdable &= self._cohort_ok()
         missing = engage & ~sel
         code = self._reasons(rule, check, missing)
-        kept = code if self._all_counted else code[counted]
-        counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
+        if self._all_counted:   # a missing profile always gets a reason: count only those
+            counts = np.bincount(code[np.flatnonzero(missing)], minlength=len(REASONS))
+        else:
+            kept = code[counted]
+            counts = np.bincount(kept[kept >= 0], minlength=len(REASONS))
         note = check.note
         if not check.recommended:
             note = ("counts every computation sending this event name — use the "
@@ -792,9 +811,7 @@ class _EngineBuilder(_Builder):
                 if name not in columns:
                     present[name] = np.zeros(self.n, dtype=bool)
                 else:
-                    present[name] = pc.fill_null(pc.not_equal(
-                        pa.array(self.p[name].astype("string")), ""), False).to_numpy(
-                        zero_copy_only=False)
+                    present[name] = _non_empty(self.p[name])
             return present[name]
 
         kind = np.zeros(self.n, dtype=np.uint8)
@@ -809,11 +826,16 @@ class _EngineBuilder(_Builder):
         if self._shared is not None:
             self._own(*self._shared)
             return
-        table = pa.table({"p": np.arange(self.n, dtype=np.int64),
-                          **{name: pa.array(self.p[name].astype("string"))
-                             for _, name in candidates}})
+        columns = {name: pa.array(self.p[name].astype("string")) for _, name in candidates}
 
         def find() -> tuple[np.ndarray, np.ndarray]:
+            # a Braze key is (kind, a candidate column's value): no column repeating a value
+            # (the usual export: checked on 64-bit fingerprints, far cheaper than the engine's
+            # grouping) means no key is shared
+            if not any(has_duplicates(values) for values in columns.values()):
+                empty = np.zeros(0, dtype=np.int64)
+                return empty, empty
+            table = pa.table({"p": np.arange(self.n, dtype=np.int64), **columns})
             with engine.connect() as db:
                 # one engine thread beside this one: the work overlaps, the cores are not
                 # oversubscribed
@@ -874,6 +896,29 @@ class _EngineBuilder(_Builder):
             self._encodings[("numbers", col.name)] = super()._numbers(col)
         return self._encodings[("numbers", col.name)]
 
+    def _median_number(self, col: pd.Series) -> float | None:
+        # the reference's median (pandas takes np.nanmedian of the present values) without
+        # pandas' copies of the column
+        x = self._numbers(col).to_numpy(dtype="float64", na_value=np.nan)
+        present = x[~np.isnan(x)]
+        return float(np.median(present)) if len(present) else None
+
+    def _median_day(self, rule: Rule, conv: payload_rules.Conversion,
+                    col: pd.Series) -> Any:
+        """`value_parameter` of a time attribute: the UTC day of its median time, computed as
+        pandas computes a median time (np.median of the nanoseconds as float64, truncated back
+        to whole nanoseconds) without pandas' copies of the column."""
+        t = conv.values
+        if rule.attribute == "dob" or not isinstance(t.dtype, pd.DatetimeTZDtype) \
+                or t.dtype.unit != "ns":
+            return value_parameter(rule, conv, col)
+        ns = t.array.asi8
+        present = ns[ns != np.iinfo(np.int64).min]   # NaT
+        if not len(present):
+            return None
+        median = np.int64(np.median(present.astype("f8"))).view("M8[ns]")
+        return pd.Timestamp(median, tz="UTC").tz_convert("UTC").normalize()
+
     def _empty_text(self, col: pd.Series) -> np.ndarray:
         distinct, codes = self._texts(col)
         empty = pc.fill_null(pc.equal(distinct, ""), False)
@@ -881,7 +926,7 @@ class _EngineBuilder(_Builder):
 
     # -- evaluation ----------------------------------------------------------------------------
     def run(self) -> Preview:
-        mapping, export = self.mapping, self.export
+        mapping = self.mapping
         shared = mapping.shared_events()
         self._encode_early()   # the texts are needed first (value checks), the owners last
         if self._find is not None:
@@ -889,7 +934,7 @@ class _EngineBuilder(_Builder):
         values: dict[str, pd.Series] = {}
         for rule in mapping:
             if rule.sends_attribute:
-                value_type = mapping.value_type(export, rule.key)
+                value_type = self._value_type(rule.key)
                 column = self.p[rule.key]
                 conv = mapping.convert(rule, column, value_type)
                 self.conversions[rule.key] = conv
@@ -910,7 +955,7 @@ class _EngineBuilder(_Builder):
         try:
             checks, filters = [], {}
             for rule in mapping:
-                found = self._checks(rule, mapping.value_type(export, rule.key), shared)
+                found = self._checks(rule, self._value_type(rule.key), shared)
                 filters[rule.key] = [c.filter for c in found if c.recommended]
                 checks += [(rule, i, c) for i, c in enumerate(found)]
                 bar.update()
@@ -1092,6 +1137,23 @@ def _background() -> ThreadPoolExecutor:
     if not _EXECUTOR:
         _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview"))
     return _EXECUTOR[0]
+
+
+def _non_empty(col: pd.Series) -> np.ndarray:
+    """Per profile, whether its text is present and not empty: from each Arrow chunk's validity
+    and offsets, without comparing a value."""
+    data = pa.array(col.astype("string").array)
+    parts = []
+    for arr in data.chunks if isinstance(data, pa.ChunkedArray) else [data]:
+        if not len(arr):
+            continue
+        width = np.int64 if arr.type == pa.large_string() else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        filled = offsets[1:] > offsets[:-1]
+        if arr.null_count:
+            filled &= arr.is_valid().to_numpy(zero_copy_only=False)
+        parts.append(filled)
+    return np.concatenate(parts) if parts else np.zeros(len(col), dtype=bool)
 
 
 def _encode(col: pd.Series) -> tuple[pa.Array, np.ndarray]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from toolkit.braze.limits import LIMITS
 from toolkit.errors import MappingError
@@ -277,6 +279,9 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
     if value_type == "boolean":
         return Conversion(column.astype("boolean"), kind, no.copy(), no.copy())
     if value_type == "number":
+        if isinstance(column.dtype, pd.Float64Dtype):   # numbers already: nothing to coerce
+            bad = _non_finite(column)
+            return Conversion(column.where(~bad) if bad.any() else column, kind, bad, no.copy())
         vals = pd.to_numeric(column, errors="coerce").astype("Float64")
         bad = (column.notna() & vals.isna()) | _non_finite(vals)
         return Conversion(vals.where(~bad), kind, bad, no.copy())
@@ -287,8 +292,47 @@ def convert(column: pd.Series, value_type: str, *, field: str | None = None) -> 
     if column.dtype == object or value_type in ("list", "object"):
         return _convert_mixed(column.astype(object), default=kind)
     text = column.astype("string")
-    bad = text.str.len().fillna(0) > LIMITS.string_length
-    return Conversion(text.where(~bad), "string", bad.astype(bool), no.copy())
+    bad = _too_long(text)
+    return Conversion(_blanked(text, bad), "string", pd.Series(bad, index=index, name=text.name),
+                      no.copy())
+
+
+def _too_long(text: pd.Series) -> np.ndarray:
+    """Mask of the texts over `LIMITS.string_length` characters. Only a value of more bytes
+    can have more characters, and byte sizes come from the Arrow offsets alone: characters are
+    counted for those values only, not for every profile."""
+    limit = LIMITS.string_length
+    if not isinstance(text.array, pd.arrays.ArrowStringArray):
+        return (text.str.len().fillna(0) > limit).to_numpy(dtype=bool)
+    data = pa.array(text.array)
+    out = np.zeros(len(text), dtype=bool)
+    start = 0
+    for arr in data.chunks if isinstance(data, pa.ChunkedArray) else [data]:
+        if len(arr):
+            width = np.int64 if arr.type == pa.large_string() else np.int32
+            offsets = np.frombuffer(arr.buffers()[1], dtype=width)[
+                arr.offset:arr.offset + len(arr) + 1]
+            at = np.flatnonzero(np.diff(offsets) > limit)
+            if len(at):
+                count = pc.utf8_length(arr.take(pa.array(at)))
+                out[start + at[pc.fill_null(pc.greater(count, limit), False).to_numpy(
+                    zero_copy_only=False)]] = True
+        start += len(arr)
+    return out
+
+
+def _blanked(text: pd.Series, bad: np.ndarray) -> pd.Series:
+    """``text.where(~bad)``: in Arrow (pandas' own masked replace converts every value), and
+    no copy at all when nothing is blanked."""
+    if not bad.any():
+        return text
+    if not isinstance(text.array, pd.arrays.ArrowStringArray):
+        return text.where(~bad)
+    data = pa.array(text.array)
+    mask = pa.array(bad)
+    kept = pc.if_else(pa.chunked_array([mask]) if isinstance(data, pa.ChunkedArray) else mask,
+                      pa.scalar(None, data.type), data)
+    return pd.Series(text.dtype.__from_arrow__(kept), index=text.index, name=text.name)
 
 
 def _non_finite(numbers: pd.Series) -> pd.Series:

@@ -29,8 +29,9 @@ def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[di
     record the validation findings. `rows` maps positions to 1-based source rows;
     `duplicate_user_ids`: whether a user_id repeats (or a callable that tells, e.g. a pending
     result), when the caller already knows. `id_list_columns`: when `ids` has no ``emails`` /
-    ``anonymous_ids`` yet, a callable returning them (e.g. pending results), called after the
-    validation, which does not read them, so that building them overlaps the checks."""
+    ``anonymous_ids`` yet, a callable returning them, called on first use of the export's
+    `profiles` (`EngageExport._defer`): the validation, the preview and the plan never read
+    them, so a load does not pay for building them."""
     ids = ids.reset_index(drop=True)
     lists = () if id_list_columns is not None else ID_LIST_COLUMNS
     data = {c: ids[c] for c in (*IDENTIFIER_COLUMNS, *lists)}
@@ -48,10 +49,16 @@ def assemble(ids: pd.DataFrame, columns: dict[str, Typed], computations: list[di
                           events=events if events is not None else empty_events(),
                           snapshot_at=snapshot_at, source=source, findings=findings)
     validation.check(export, columns, rows=rows, duplicate_user_ids=duplicate_user_ids)
-    if id_list_columns is not None:  # in their place after the identifiers (no copies)
-        built = id_list_columns()
-        ordered = {c: data[c] for c in IDENTIFIER_COLUMNS}
-        ordered.update({c: built[c].set_axis(profiles.index) for c in ID_LIST_COLUMNS})
-        ordered.update({c: v for c, v in data.items() if c not in IDENTIFIER_COLUMNS})
-        export.profiles = pd.DataFrame(ordered, copy=False)
+    if id_list_columns is not None:
+        order = [*IDENTIFIER_COLUMNS, *ID_LIST_COLUMNS,
+                 *(c for c in profiles.columns if c not in IDENTIFIER_COLUMNS)]
+
+        def with_lists(frame: pd.DataFrame) -> pd.DataFrame:
+            """The frame with the lists in their place after the identifiers (no copies)."""
+            built = id_list_columns()
+            ordered = {c: frame[c] for c in IDENTIFIER_COLUMNS}
+            ordered.update({c: built[c].set_axis(frame.index) for c in ID_LIST_COLUMNS})
+            ordered.update({c: frame[c] for c in frame.columns if c not in IDENTIFIER_COLUMNS})
+            return pd.DataFrame(ordered, copy=False)
+        export._defer(ID_LIST_COLUMNS, order, with_lists)
     return export

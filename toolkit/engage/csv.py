@@ -19,7 +19,9 @@ The formatted path reads with pyarrow's multithreaded CSV reader. Trait columns 
 ISO-8601 dates are parsed by the reader itself; should any later value not fit, the file is read
 again all as text and typed vectorised (see `frames.type_string_column`), which reports the
 misfits. Identifiers stay in Arrow until the final DataFrame; ``emails`` / ``anonymous_ids`` are
-pyarrow list columns.
+pyarrow list columns, built on first use of ``export.profiles`` (no stage after the load reads
+them). An all-ASCII file (checked while pyarrow parses it) is parsed without pyarrow's UTF-8
+check of every value; any other file has its text columns checked after the parse.
 
 Quotes: pyarrow reads a quote that never closes as a value running to the end of the file (rows
 swallowed silently). Valid CSV holds quotes in pairs, so every read counts the file's quote
@@ -58,8 +60,9 @@ from toolkit.engage.assemble import assemble
 from toolkit.engage.frames import (TYPE_SAMPLE, Typed, as_text, derived_segment_id,
                                    has_duplicates, id_column_type, id_lists_from_arrow,
                                    identifier_columns, may_have_upper, may_need_trim,
-                                   merge_report, rows_text, sample_kinds, type_python_values,
-                                   type_string_column, union_id_lists, worker_pool)
+                                   merge_report, result_or_run, rows_text, sample_kinds,
+                                   type_python_values, type_string_column, union_id_lists,
+                                   worker_pool)
 from toolkit.engage.model import EngageExport, Findings
 from toolkit.engage.validation import with_text_checks
 from toolkit.engage.store import StoredExport, cache_path, prune_cache, shifted, store_settings
@@ -177,11 +180,54 @@ class CsvHeader:
         return [c.lower() for c in self.columns]
 
 
-def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = None):
+def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = None,
+                     check_utf8: bool = True):
     return pacsv.ConvertOptions(column_types={c: (types or {}).get(c, pa.string())
                                               for c in columns},
                                 strings_can_be_null=True, null_values=[""],
-                                quoted_strings_can_be_null=True)
+                                quoted_strings_can_be_null=True, check_utf8=check_utf8)
+
+
+def _scan_bytes(data: pa.Buffer) -> tuple[bool, bool]:
+    """(whether `data` holds an odd number of double quotes, whether every byte is ASCII), in
+    one pass of cache-sized blocks: a block's smallest byte read as signed (a non-ASCII one
+    is negative), then, while the block is in cache, its quotes as `_odd_quotes` counts them
+    (C's memchr one by one, numpy past `_QUOTES_FOUND_ONE_BY_ONE`)."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    ascii_only, count = True, 0
+    equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
+    for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
+        block = view[first:first + _QUOTE_SCAN_BLOCK]
+        if ascii_only and int(block.view(np.int8).min()) < 0:
+            ascii_only = False
+        if _memchr is not None and count < _QUOTES_FOUND_ONE_BY_ONE:
+            at = data.address + first
+            end = at + len(block)
+            while count < _QUOTES_FOUND_ONE_BY_ONE:
+                hit = _memchr(at, 34, end - at)
+                if not hit:
+                    break
+                count += 1
+                at = hit + 1
+            else:   # many quotes: the rest of the block counted at once
+                count += int(np.count_nonzero(view[at - data.address:first + len(block)] == 34))
+            continue
+        np.equal(block, 34, out=equal[:len(block)])
+        count += int(np.count_nonzero(equal[:len(block)]))
+    return bool(count & 1), ascii_only
+
+
+def _check_utf8(header: CsvHeader, table: pa.Table) -> None:
+    """The error the parse gives for text that is not UTF-8 (naming its line), for a table
+    parsed without checking it (`read_csv_table`). Only text columns can hold such bytes: a
+    number or time column parsed them as its type."""
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                raise _explain_arrow_error(header.path, header,
+                                           pa.ArrowInvalid("invalid UTF8 data")) from None
 
 
 def _predicted_types(header: CsvHeader, columns: list[str],
@@ -220,20 +266,47 @@ def _predicted_types(header: CsvHeader, columns: list[str],
 _PARSED = {"number": pa.float64(), "datetime": pa.timestamp("ns", tz="UTC")}
 
 
-def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+class _FileScan:
+    """A file mapped into memory, and a thread going over its bytes from the moment this is
+    made (`_scan_bytes`: are its quotes paired, is every byte ASCII). Made before a reader's
+    serial steps (the header's sampled types), it uses a core that would idle meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self._source = pa.memory_map(str(path))
+        self.data: pa.Buffer | None = self._source.read_buffer()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quote-count")
+        self._found = self._pool.submit(_scan_bytes, self.data)
+
+    def result(self) -> tuple[bool, bool]:
+        """(an odd number of double quotes, every byte ASCII)."""
+        return self._found.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.data = None
+        self._source.close()
+
+
+def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None, *,
+                   scan: _FileScan | None = None) -> pa.Table:
     """Every column as text, except `types` (parsed when every value fits, else read as text
     too); empty cells are null. A quoted value that is never closed is an error: pyarrow
-    would take the rest of the file as that value."""
+    would take the rest of the file as that value. `scan`: the file's `_FileScan`, when the
+    caller started it (it closes it)."""
     # The file is mapped into memory once: pyarrow parses from the mapping (no copy into
     # its own buffers) while another thread counts its quotes in the same pages — the parse
     # leaves part of the cores idle (its splitting into blocks is serial).
-    with pa.memory_map(str(header.path)) as source, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="quote-count") as pool:
-        data = source.read_buffer()
-        odd = pool.submit(_odd_quotes, data)
-        table = _parse_table(header, types, data)
-        odd = odd.result()
-        del data
+    # The same thread finds whether every byte is ASCII: then every value is valid UTF-8 and
+    # the parse skips its own UTF-8 check of every text value (a tenth of its time); else the
+    # text columns are checked after it, with the error the parse would have given.
+    scan = scan if scan is not None else _FileScan(header.path)
+    try:
+        table = _parse_table(header, types, scan.data, check_utf8=False)
+        odd, ascii_only = scan.result()
+    finally:
+        scan.close()
+    if not ascii_only:
+        _check_utf8(header, table)
     if odd:
         # valid CSV holds quotes in pairs: either a stray quote inside a value (read as data,
         # as pyarrow does) or a quote that opens and never closes
@@ -244,8 +317,9 @@ def read_csv_table(header: CsvHeader, types: dict[str, pa.DataType] | None = Non
 
 
 def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None,
-                 data: pa.Buffer | None = None) -> pa.Table:
-    """`read_csv_table`'s parse, of the file's bytes `data` (else of the file itself)."""
+                 data: pa.Buffer | None = None, *, check_utf8: bool = True) -> pa.Table:
+    """`read_csv_table`'s parse, of the file's bytes `data` (else of the file itself);
+    ``check_utf8=False``: the text values are not checked to be UTF-8 (see `_check_utf8`)."""
     path = header.path
 
     def source():
@@ -255,11 +329,12 @@ def _parse_table(header: CsvHeader, types: dict[str, pa.DataType] | None = None,
     if types:
         try:
             return pacsv.read_csv(source(), read_options=opts,
-                                  convert_options=_convert_options(header.columns, types),
+                                  convert_options=_convert_options(header.columns, types,
+                                                                   check_utf8),
                                   parse_options=pacsv.ParseOptions(delimiter=header.delimiter))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass  # a value that does not fit, or a quoted line break: read as text below
-    convert = _convert_options(header.columns)
+    convert = _convert_options(header.columns, check_utf8=check_utf8)
     try:
         # parallel parse first; a quoted value spanning lines makes it fail, never misread
         return pacsv.read_csv(source(), read_options=opts, convert_options=convert,
@@ -503,22 +578,27 @@ def read_csv(path: str | os.PathLike, kind: str | None = None, *,
     if header.bom:
         findings.add("info", "bom", "the file starts with a UTF-8 byte-order mark",
                      fix="nothing to do; the reader handles it")
-    types: dict[str, pa.DataType] = {}
-    kinds: dict[str, tuple[str, dict[str, int]]] = {}
-    if kind == "csv_formatted":
-        types = _predicted_types(header, [c for c in header.columns
-                                          if c.lower() not in ("key", "external_ids", "traits",
-                                                               "value", key)
-                                          and id_column_type(c.lower()) is None], kinds)
     if store is None:
         store = kind == "csv_formatted" and path.stat().st_size >= store_settings()["store_from"]
-    if store:
-        if kind != "csv_formatted":
-            raise ExportFormatError(f"only formatted audience CSVs can be kept on disk, not "
-                                    f"{kind}", file=str(path),
-                                    hint="load it with store=False")
-        return _read_stored(path, header, kind, key, computation_id, findings, types)
-    table = read_csv_table(header, types)
+    if store and kind != "csv_formatted":
+        raise ExportFormatError(f"only formatted audience CSVs can be kept on disk, not "
+                                f"{kind}", file=str(path), hint="load it with store=False")
+    # read in one piece: the quotes and bytes are checked from now on, beside the sampling
+    scan = None if store else _FileScan(path)
+    try:
+        types: dict[str, pa.DataType] = {}
+        kinds: dict[str, tuple[str, dict[str, int]]] = {}
+        if kind == "csv_formatted":
+            types = _predicted_types(header, [c for c in header.columns
+                                              if c.lower() not in ("key", "external_ids",
+                                                                   "traits", "value", key)
+                                              and id_column_type(c.lower()) is None], kinds)
+        if store:
+            return _read_stored(path, header, kind, key, computation_id, findings, types)
+        table = read_csv_table(header, types, scan=scan)
+    finally:
+        if scan is not None:
+            scan.close()
     if table.num_rows == 0:
         raise ExportFormatError("the file has a header but no rows", file=str(path), line=2,
         hint="an empty audience exports no rows: nothing to load")
@@ -753,9 +833,58 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
             typed: dict[str, Typed | Callable[[], Typed]], comps: list[dict],
             findings: Findings, *, repeats_expected: bool = False) -> EngageExport:
     """Collapse repeated profiles, build identifiers, assemble and validate. `seg`: the profile
-    key column (pyarrow or pandas text), None to derive keys from the identifiers. A `typed`
+    key column (pyarrow or pandas text, or its `_Keys`), None to derive keys from the
+    identifiers. A `typed`
     value may be a callable returning the `Typed`, run alongside the identifier work."""
-    if seg is not None:
+    if seg is not None and not isinstance(seg, _Keys):
+        seg = _Keys(path, seg)
+    seg_repeats = seg.repeats if seg is not None else None
+    seg = seg.values if seg is not None else None
+    user_id, email = ids.primary("user_id"), ids.primary("email")
+    anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
+    pool = worker_pool()
+    # independent million-row passes spread over the cores (pyarrow and numpy release the
+    # GIL), submitted in the order their results are needed: the duplicate checks by the
+    # collapse (`_Keys`) and the validation, the typed columns (with their text checks) by the
+    # validation. The identifier lists are built on first use of the profiles (merged
+    # profiles need them now): no stage after the load reads them
+    users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
+    pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
+    # meanwhile this thread builds the frame, then types the columns no worker has started
+    # (the last submitted first, while the workers take the first)
+    frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
+                               pd.RangeIndex(ids.n), email_lowered=True)
+    done = {k: result_or_run(pending[k], typed[k]) for k in reversed(pending)}
+    typed = {k: done.get(k, t) for k, t in typed.items()}
+    if seg is None:
+        seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
+                                         frame["anonymous_id"]))
+        frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
+        repeats = has_duplicates(seg)
+    else:
+        repeats = seg_repeats.result()
+
+    def id_lists() -> dict[str, pd.Series]:
+        return {"emails": ids.all("email"), "anonymous_ids": ids.all("anonymous_id")}
+    user_check = users_repeat.result if users_repeat is not None else False
+    if repeats:
+        frame = frame.assign(**id_lists())
+        frame, typed, rows = _collapse(frame, typed, np.arange(1, ids.n + 1), findings, path,
+                                       repeats_expected)
+        return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                        source=_source(path, kind), findings=findings, rows=rows,
+                        duplicate_user_ids=None)  # merged profiles: check their user_ids
+    # rows=None: position i is the file's data row i + 1, as findings number them
+    return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
+                    source=_source(path, kind), findings=findings, rows=None,
+                    duplicate_user_ids=user_check, id_list_columns=id_lists)
+
+
+class _Keys:
+    """The profile key column, checked (trimmed; none missing), and whether a key repeats —
+    found on a worker from the moment this is made, so a reader makes it first."""
+
+    def __init__(self, path: Path, seg) -> None:
         seg = as_text(seg)
         trimmed = may_need_trim(seg)
         if trimmed:
@@ -767,44 +896,8 @@ def _finish(path: Path, kind: str, key: str, seg: pd.Series | None, ids: _Ids,
                 "a row has no profile key", file=str(path),
                 line=int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]) + 2,
                 column="key", hint="every row of an Engage CSV starts with the profile key (use_…)")
-    user_id, email = ids.primary("user_id"), ids.primary("email")
-    anonymous_id, braze_id = ids.primary("anonymous_id"), ids.primary("braze_id")
-    with worker_pool() as pool:
-        # independent million-row passes spread over the cores (pyarrow and numpy release the
-        # GIL), submitted in the order their results are needed: the duplicate checks by the
-        # collapse and the validation, the typed columns (with their text checks) by the
-        # validation, the identifier lists only once the checks are done
-        seg_repeats = pool.submit(has_duplicates, seg) if seg is not None else None
-        users_repeat = pool.submit(has_duplicates, user_id) if user_id is not None else None
-        pending = {k: pool.submit(t) for k, t in typed.items() if callable(t)}
-        emails = pool.submit(ids.all, "email")
-        anonymous_ids = pool.submit(ids.all, "anonymous_id")
-        # meanwhile this thread builds the frame
-        frame = identifier_columns(seg, user_id, email, anonymous_id, braze_id,
-                                   pd.RangeIndex(ids.n), email_lowered=True)
-        typed = {k: pending[k].result() if k in pending else t for k, t in typed.items()}
-        if seg is None:
-            seg = as_text(derived_segment_id(frame["user_id"], frame["email"],
-                                             frame["anonymous_id"]))
-            frame["segment_id"] = pd.StringDtype().__from_arrow__(seg)
-            repeats = has_duplicates(seg)
-        else:
-            repeats = seg_repeats.result()
-
-        def id_lists() -> dict[str, pd.Series]:
-            return {"emails": emails.result(), "anonymous_ids": anonymous_ids.result()}
-        user_check = users_repeat.result if users_repeat is not None else False
-        if repeats:
-            frame = frame.assign(**id_lists())
-            frame, typed, rows = _collapse(frame, typed, np.arange(1, ids.n + 1), findings, path,
-                                           repeats_expected)
-            return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                            source=_source(path, kind), findings=findings, rows=rows,
-                            duplicate_user_ids=None)  # merged profiles: check their user_ids
-        # rows=None: position i is the file's data row i + 1, as findings number them
-        return assemble(frame, typed, comps, events=None, snapshot_at=_snapshot(path),
-                        source=_source(path, kind), findings=findings, rows=None,
-                        duplicate_user_ids=user_check, id_list_columns=id_lists)
+        self.values = seg
+        self.repeats = worker_pool().submit(has_duplicates, seg)
 
 
 def _collapse(frame: pd.DataFrame, typed: dict[str, Typed], rows: np.ndarray, findings: Findings,
@@ -858,6 +951,11 @@ def _audience_comp(key: str, computation_id: str | None) -> dict:
 def _formatted(path, table, lower, *, key, computation_id, findings, kind,
                kinds: dict | None = None) -> EngageExport:
     n = table.num_rows
+    # the keys first: whether one repeats is found while this thread reads the identifiers
+    # (after the JSON identifiers, when there are some: their errors come first)
+    seg = table.column(lower["key"]) if "key" in lower else None
+    if seg is not None and "external_ids" not in lower:
+        seg = _Keys(path, seg)
     ids = _Ids(n)
     traits = _id_columns(table, lower, ids, findings)
     if "external_ids" in lower:  # legacy formatted: JSON column next to the indexed columns
@@ -882,7 +980,6 @@ def _formatted(path, table, lower, *, key, computation_id, findings, kind,
         member = Typed(pd.Series(np.ones(n, dtype=bool), dtype="boolean"), "boolean", [], [], [])
     typed = {key: member, **typed}
     comps.insert(0, _audience_comp(key, computation_id))
-    seg = table.column(lower["key"]) if "key" in lower else None
     return _finish(path, kind, key, seg, ids, typed, comps, findings)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -280,9 +281,25 @@ def _non_null(arr: pa.Array, valid: np.ndarray) -> pa.Array:
 
 def worker_pool() -> ThreadPoolExecutor:
     """Threads for independent million-row passes: pyarrow and numpy release the GIL, so the
-    post-processing uses the cores as pyarrow's CSV reader does."""
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                              thread_name_prefix="engage-load")
+    post-processing uses the cores as pyarrow's CSV reader does. One pool per process (do not
+    shut it down): a load's passes take milliseconds, and starting threads for every load
+    would cost a good part of that."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                            thread_name_prefix="engage-load"))
+        return _POOL[0]
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def result_or_run(future: Future, fn: Callable[[], Any]) -> Any:
+    """The result of ``future`` (``fn`` submitted to a pool); when no worker has started it yet,
+    this thread takes it back and runs ``fn`` itself: a thread that needs results works
+    instead of waiting for a busy pool."""
+    return fn() if future.cancel() else future.result()
 
 
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9))

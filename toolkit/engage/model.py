@@ -15,6 +15,8 @@ Data contract (shared by readers, mapping, preview and plan):
     collapsed), distinct, in source order, primary value first; an empty list when it has none.
     One cell reads back as a Python ``list`` (compare ``list(cell)``); whole-column work stays
     in Arrow (``.list.len()``, ``pa.array(col.array)`` with ``pyarrow.compute.list_flatten``).
+    A reader may build them on first use of ``profiles`` (`EngageExport._defer`): stages read
+    their columns with ``chunks``/``take``, which build no column they do not ask for.
     Then one column per computation key, typed by the computation's ``value_type``:
         audience → pandas ``boolean`` (True member, False exited/non-member, NA unknown)
         trait    → ``string`` | ``Float64`` | ``boolean`` | ``datetime64[ns, UTC]`` | object
@@ -37,9 +39,10 @@ Data contract (shared by readers, mapping, preview and plan):
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from html import escape
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -167,27 +170,50 @@ class EngageExport:
     source: str = ""
     findings: Findings = field(default_factory=Findings)
 
+    # -- columns built on first use ------------------------------------------------------
+    def _defer(self, names: tuple[str, ...], order: list[str],
+               build: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+        """Columns ``names`` that ``build(frame)`` adds to the profiles (giving them the column
+        ``order``) on first use of `profiles`: a reader's work that no stage may need. Stages
+        read the columns they need through `chunks` and `take`, which build none they do not
+        ask for."""
+        self.__dict__["_pending"] = (tuple(names), list(order), build)
+
+    def _built(self) -> pd.DataFrame:
+        """The profiles as built so far (the deferred columns left out until built)."""
+        frame = self.__dict__.get("_frame")
+        return self.profiles if frame is None else frame
+
+    def _frame_of(self, columns: list[str] | None) -> pd.DataFrame:
+        """The profiles' ``columns`` (all: None), building deferred ones only when asked for."""
+        if columns is None:
+            return self.profiles
+        pending = self.__dict__.get("_pending")
+        if pending is not None and set(columns) & set(pending[0]):
+            return self.profiles[columns]
+        return self._built()[columns]
+
     # -- convenience views -------------------------------------------------------------
     @property
     def profile_count(self) -> int:
         """How many profiles (without reading them when they are kept on disk)."""
-        return len(self.profiles)
+        return len(self._built())
 
     @property
     def columns(self) -> list[str]:
         """The profile columns."""
-        return list(self.profiles.columns)
+        pending = self.__dict__.get("_pending")
+        return list(pending[1]) if pending is not None else list(self._built().columns)
 
     def chunks(self, columns: list[str] | None = None,
                rows: int | None = None) -> Iterator[pd.DataFrame]:
         """The profiles a chunk at a time, indexed by position (in memory: one chunk; an
         engine-backed export reads ``rows`` at a time from disk)."""
-        yield self.profiles if columns is None else self.profiles[columns]
+        yield self._frame_of(columns)
 
     def take(self, positions, columns: list[str] | None = None) -> pd.DataFrame:
         """The profiles at ``positions`` (indexed by position)."""
-        frame = self.profiles if columns is None else self.profiles[columns]
-        return frame.iloc[sorted(set(int(p) for p in positions))]
+        return self._frame_of(columns).iloc[sorted(set(int(p) for p in positions))]
 
     @property
     def audiences(self) -> list[str]:
@@ -252,7 +278,7 @@ class EngageExport:
     def summary(self) -> pd.DataFrame:
         """One row per computation: kind, value type, profiles with a value, members or distinct values."""
         rows = []
-        profiles = self.profiles
+        profiles = self._built()   # the computations' columns: no identifier list is read
         for comp in self.computations.to_dict("records"):
             col = profiles[comp["key"]] if comp["key"] in profiles else pd.Series(dtype=object)
             with_value = int(col.notna().sum())
@@ -272,7 +298,7 @@ class EngageExport:
 
     def identifier_coverage(self) -> dict[str, int]:
         """How many profiles carry each identifier, and how many carry none Braze can use."""
-        p = self.profiles
+        p = self._built()   # the identifier columns: no identifier list is read
         out = {c: int(p[c].notna().sum()) for c in IDENTIFIER_COLUMNS if c in p}
         usable = p["user_id"].notna() | p.get("braze_id", pd.Series(pd.NA, index=p.index)).notna()
         out["braze_usable"] = int(usable.sum())
@@ -282,11 +308,37 @@ class EngageExport:
 
     def __repr__(self) -> str:
         snap = self.snapshot_at.isoformat() if self.snapshot_at is not None else "unknown"
-        return (f"<EngageExport {self.source or '(in memory)'}: {len(self.profiles):,} profiles, "
+        return (f"<EngageExport {self.source or '(in memory)'}: {self.profile_count:,} profiles, "
                 f"{len(self.audiences)} audiences, {len(self.traits)} traits, "
                 f"{len(self.events):,} events, {len(self.findings)} findings, snapshot {snap}>")
 
     def _repr_html_(self) -> str:
         return export_html(self, self.source or "in memory",
-                           f"{len(self.profiles):,} profiles · {len(self.audiences)} audiences · "
+                           f"{self.profile_count:,} profiles · {len(self.audiences)} audiences · "
                            f"{len(self.traits)} traits · {len(self.events):,} events")
+
+
+# `EngageExport.profiles`: the frame, completed on first use with the columns a reader deferred
+# (`EngageExport._defer`); assigning it replaces the frame and drops anything deferred.
+_BUILDING = threading.Lock()
+
+
+def _get_profiles(self: EngageExport) -> pd.DataFrame:
+    if self.__dict__.get("_pending") is not None:
+        with _BUILDING:   # two threads asking at once build the columns once
+            pending = self.__dict__.get("_pending")
+            if pending is not None:
+                self.__dict__["_frame"] = pending[2](self.__dict__["_frame"])
+                self.__dict__["_pending"] = None
+    return self.__dict__["_frame"]
+
+
+def _set_profiles(self: EngageExport, value: pd.DataFrame) -> None:
+    self.__dict__["_frame"] = value
+    self.__dict__["_pending"] = None
+
+
+EngageExport.profiles = property(  # type: ignore[assignment]
+    _get_profiles, _set_profiles,
+    doc="The profiles (see the data contract above); columns a reader deferred are built on "
+        "first use.")
