@@ -172,6 +172,8 @@ def test_cost_counts_data_points_as_braze_bills(export, led):
     frame = p.to_frame()
     assert list(frame.columns) == ["segment_id", "braze_user", "rule", "kind", "change", "name",
                                    "value"] and len(frame) == len(ops)
+    # the first rows alone (read from the file) are the same rows, as plain text columns
+    pd.testing.assert_frame_equal(p.to_frame(limit=3), frame.head(3))
 
 
 def test_sample_payloads_are_exactly_what_is_sent(export, led):

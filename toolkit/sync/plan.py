@@ -939,9 +939,7 @@ class Plan:
         if limit is None or not self.rows:
             ops = self.operations
         else:
-            # the few-valued columns read as dictionaries: their digests use the indices
-            file = pq.ParquetFile(self.ops_path, pre_buffer=False,
-                                  read_dictionary=list(DISTINCT_COLUMNS))
+            file = pq.ParquetFile(self.ops_path, pre_buffer=False)
             ops = next(file.iter_batches(batch_size=max(1, int(limit)))).to_pandas()
             file.close()
         return pd.DataFrame({
