@@ -188,13 +188,15 @@ def _convert_options(columns: list[str], types: dict[str, pa.DataType] | None = 
                                 quoted_strings_can_be_null=True, check_utf8=check_utf8)
 
 
-def _scan_bytes(data: pa.Buffer) -> tuple[bool, bool]:
+def _scan_bytes(data: pa.Buffer, *, ascii: bool = True) -> tuple[bool, bool]:
     """(whether `data` holds an odd number of double quotes, whether every byte is ASCII), in
     one pass of cache-sized blocks: a block's smallest byte read as signed (a non-ASCII one
-    is negative), then, while the block is in cache, its quotes as `_odd_quotes` counts them
-    (C's memchr one by one, numpy past `_QUOTES_FOUND_ONE_BY_ONE`)."""
+    is negative; skipped when not ``ascii``), then, while the block is in cache, its quotes.
+    Quotes are rare in an Engage export, so they are found one by one with C's ``memchr``
+    (memory speed, no copy); past `_QUOTES_FOUND_ONE_BY_ONE` of them numpy counts each block
+    at once. No Python loop over the bytes either way."""
     view = np.frombuffer(data, dtype=np.uint8)
-    ascii_only, count = True, 0
+    ascii_only, count = ascii, 0
     equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
     for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
         block = view[first:first + _QUOTE_SCAN_BLOCK]
@@ -373,28 +375,8 @@ def _odd_quote_count(path: Path) -> bool:
 
 
 def _odd_quotes(data: pa.Buffer) -> bool:
-    """Whether `data` holds an odd number of double quotes. Quotes are rare in an Engage
-    export, so they are first found one by one with C's ``memchr`` (memory speed, no copy);
-    past `_QUOTES_FOUND_ONE_BY_ONE` of them the rest is counted with numpy in cache-sized
-    blocks. No Python loop over the bytes either way."""
-    start, count = 0, 0
-    if _memchr is not None and data.size:
-        base, end = data.address, data.address + data.size
-        at = base
-        while count < _QUOTES_FOUND_ONE_BY_ONE:
-            hit = _memchr(at, 34, end - at)
-            if not hit:
-                return bool(count & 1)
-            count += 1
-            at = hit + 1
-        start = at - base
-    view = np.frombuffer(data, dtype=np.uint8)[start:]
-    equal = np.empty(min(len(view), _QUOTE_SCAN_BLOCK), dtype=bool)
-    for first in range(0, len(view), _QUOTE_SCAN_BLOCK):
-        block = view[first:first + _QUOTE_SCAN_BLOCK]
-        np.equal(block, 34, out=equal[:len(block)])
-        count += int(np.count_nonzero(equal[:len(block)]))
-    return bool(count & 1)
+    """Whether `data` holds an odd number of double quotes (`_scan_bytes`, no ASCII check)."""
+    return _scan_bytes(data, ascii=False)[0]
 
 
 def _c_memchr():

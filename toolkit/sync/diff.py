@@ -345,14 +345,12 @@ class _Kinds:
     per-user outcome codes, so the low-cardinality columns come out as dictionary indices
     (no text per operation) and the tally is a count of numbers."""
 
-    LOW = DISTINCT_COLUMNS
-
     def __init__(self, outcomes: list[list[_Outcome]]) -> None:
         self.base = np.cumsum([0] + [len(o) for o in outcomes])[:-1].astype(np.int64)
         self.all = [o for group in outcomes for o in group]
         self.spec = np.repeat(np.arange(len(outcomes)), [len(o) for o in outcomes])
         self.dictionaries, self.indices = {}, {}
-        for col in self.LOW:
+        for col in DISTINCT_COLUMNS:
             values = list(dict.fromkeys(getattr(o, col) for o in self.all if
                                         getattr(o, col) is not None))
             where = {v: i for i, v in enumerate(values)}
@@ -607,7 +605,7 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
             f"({codes[k]} IS NOT NULL)::BIGINT" for k in events) + "), 1) FROM j").fetchall()[0][0]
     cutter = _Cutter(limit, limit // max(1, int(per_user)))
     tally = _Tally(profiles, kinds)
-    schema = pa.schema([(c, pa.dictionary(pa.int32(), pa.string())) if c in _Kinds.LOW
+    schema = pa.schema([(c, pa.dictionary(pa.int32(), pa.string())) if c in DISTINCT_COLUMNS
                         else OPERATIONS_SCHEMA.field(c) for c in OPERATION_COLUMNS])
     rows = 0
     parts = []
@@ -615,7 +613,7 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
     # low-cardinality columns only, written from their dictionaries (no hashing of texts);
     # user ids and values would cost time and save nothing. No Arrow schema in the file: it
     # reads back as plain text columns. Statistics only where a reader can use them.
-    with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=list(_Kinds.LOW),
+    with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=list(DISTINCT_COLUMNS),
                           store_schema=False, write_statistics=["batch"]) as sink, \
             _BackgroundWriter(sink) as writer:
         buffered: list[pa.Table] = []

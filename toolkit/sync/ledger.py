@@ -803,18 +803,21 @@ class Ledger:
         self._journal.store(tmp, name)
         return name
 
+    def _converged_record(self) -> dict:
+        """The convergence record while it is of the ledger's current version, else {}."""
+        text = self._meta("converged")
+        try:
+            record = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return record if record.get("version") == self.version else {}
+
     def converged(self, digest: str) -> dict | None:
         """The convergence record (see `record_converged`) when it is for an export with input
         ``digest`` and still true: nothing acknowledged since, nothing awaiting settle, its
         left-out file in place. None otherwise (the plan then takes the full path)."""
-        text = self._meta("converged")
-        if not text:
-            return None
-        try:
-            record = json.loads(text)
-        except ValueError:
-            return None
-        if record.get("digest") != digest or record.get("version") != self.version:
+        record = self._converged_record()
+        if not record or record.get("digest") != digest:
             return None
         path = self._file(str(record.get("left_out")))
         if not path.exists() or self.awaiting_settle()[0]:
@@ -825,28 +828,16 @@ class Ledger:
         """The input digest a plan could be answered for from the convergence record (see
         `converged`), None when no plan can be: a plan then reads its export once, without
         first hashing it to ask."""
-        text = self._meta("converged")
-        try:
-            record = json.loads(text) if text else {}
-        except ValueError:
-            return None
-        if not record.get("digest") or record.get("version") != self.version:
-            return None
-        return self.converged(str(record["digest"])) and str(record["digest"])
+        digest = self._converged_record().get("digest")
+        return str(digest) if digest and self.converged(str(digest)) is not None else None
 
     def converged_inputs(self) -> Path | None:
         """The inputs of the export the ledger last converged to, while that is still true
         (nothing acknowledged since, nothing awaiting settle): a plan of a changed export then
         projects and diffs only the users whose row changed. None otherwise (or for a record
         made without them): the plan takes the full path."""
-        text = self._meta("converged")
-        try:
-            record = json.loads(text) if text else {}
-        except ValueError:
-            return None
-        if not record.get("inputs") or record.get("version") != self.version:
-            return None
-        if self.awaiting_settle()[0]:
+        record = self._converged_record()
+        if not record.get("inputs") or self.awaiting_settle()[0]:
             return None
         path = self._file(str(record["inputs"]))
         return path if path.exists() else None
