@@ -352,24 +352,36 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
 # saved plans as one editable dict: the manifest plus ``operations`` as columns
 
 def plan_as_data(manifest: Path) -> dict:
-    """A saved plan's manifest with its operations file read in as ``operations`` columns."""
+    """A saved plan's manifest with its operations file read in as ``operations`` columns (and
+    the file's bytes kept, so an unedited plan is written back byte for byte)."""
     import pyarrow.parquet as pq
 
     data = json.loads(Path(manifest).read_text())
-    table = pq.read_table(Path(manifest).with_name(data["operations_file"]))
+    ops_path = Path(manifest).with_name(data["operations_file"])
+    table = pq.read_table(ops_path)
     data["operations"] = {c: table.column(c).to_pylist() for c in table.column_names}
+    data[OPERATIONS_AS_READ] = (ops_path.read_bytes(), json.dumps(data["operations"]))
     return data
 
 
+OPERATIONS_AS_READ = "operations file as read"
+
+
 def write_plan_data(manifest: Path, data: dict) -> Path:
-    """Write ``data`` (as `plan_as_data` returns it, perhaps edited) back as a plan's files."""
+    """Write ``data`` (as `plan_as_data` returns it, perhaps edited) back as a plan's files:
+    the operations file as it was read when its operations are unedited (the fingerprint is
+    over the file's bytes), else encoded anew."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     data = dict(data)
     ops = data.pop("operations")
-    pq.write_table(pa.table({c: pa.array(v, pa.int64() if c == "batch" else pa.string())
-                             for c, v in ops.items()}),
-                   Path(manifest).with_name(data["operations_file"]))
+    as_read, as_read_ops = data.pop(OPERATIONS_AS_READ, (None, None))
+    ops_path = Path(manifest).with_name(data["operations_file"])
+    if as_read is not None and json.dumps(ops) == as_read_ops:
+        ops_path.write_bytes(as_read)
+    else:
+        pq.write_table(pa.table({c: pa.array(v, pa.int64() if c == "batch" else pa.string())
+                                 for c, v in ops.items()}), ops_path)
     Path(manifest).write_text(json.dumps(data))
     return Path(manifest)

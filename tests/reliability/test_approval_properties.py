@@ -28,7 +28,7 @@ from toolkit.sandbox.server import BrazeSandbox
 from toolkit.sync.ledger import Ledger
 from toolkit.sync.plan import OPERATION_COLUMNS, Plan
 
-from reliability_harness import plan_as_data, write_plan_data
+from reliability_harness import OPERATIONS_AS_READ, plan_as_data, write_plan_data
 
 SNAPSHOT = pd.Timestamp("2026-11-27T06:00:00Z")
 ITEMS = ["Blue Shirt", "Red Shoes", "=HYPERLINK(\"x\")", "Ünïcödé ✓", None]
@@ -143,6 +143,20 @@ def test_changing_any_operation_cell_invalidates_the_approval(saved_plan, sandbo
     elif ops[column][row] == value:
         value = value + "!"
     ops[column][row] = value
+    _refused(data, sandbox, tmp_path)
+
+
+@PROPERTY_SETTINGS
+@given(at=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_changing_any_byte_of_the_operations_file_invalidates_the_approval(
+        saved_plan, sandbox, tmp_path, at, bit):
+    """The fingerprint is over the approved file's bytes: one flipped bit anywhere (in a value,
+    the encoding, the metadata) is refused, whether or not the file still reads back."""
+    data = copy.deepcopy(saved_plan)
+    raw, ops = data[OPERATIONS_AS_READ]
+    raw = bytearray(raw)
+    raw[at % len(raw)] ^= 1 << bit
+    data[OPERATIONS_AS_READ] = (bytes(raw), ops)
     _refused(data, sandbox, tmp_path)
 
 

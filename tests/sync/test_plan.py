@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from .builders import AUDIENCES, acknowledge_all, edit_operations, make_export
@@ -279,6 +280,18 @@ def test_approval_refusals(export, led, tmp_path):
     edit_operations(saved, lambda f: f.__setitem__(
         "value", ["false" if f["value"][0] != "false" else "true"] + list(f["value"][1:])))
     with pytest.raises(PlanAltered):
+        Plan.load(saved).check_approval(WS)
+    # the very same operations, encoded anew: the fingerprint is over the approved file's
+    # bytes, so this is an alteration too
+    saved = p.save(tmp_path / "p.json")
+    Plan.load(saved).check_approval(WS)
+    ops_file = Plan.files_for(saved)[1]
+    pq.write_table(pq.read_table(ops_file), ops_file, compression="snappy")
+    assert Plan.load(saved).operations.equals(p.operations)
+    with pytest.raises(PlanAltered, match="changed after it was approved"):
+        Plan.load(saved).check_approval(WS)
+    ops_file.unlink()
+    with pytest.raises((PlanAltered, PlanError)):
         Plan.load(saved).check_approval(WS)
     data = json.loads(p.save(tmp_path / "p.json").read_text())
     data["workspace"] = "http://elsewhere#12345678"

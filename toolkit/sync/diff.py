@@ -14,13 +14,13 @@ The engine decides, per user and field, which change (if any) the field needs, a
 outcome number; the operations are then assembled column-wise with Arrow from those numbers
 (texts taken from the users' desired values, the few constant columns as dictionary indices),
 so no text is built per operation by SQL. A first sync (no snapshot, nothing held) reads the
-projection as it is: no checksums, joins or copies. The file's column digests (the plan's
-fingerprint) are hashed on a thread of their own while another encodes and compresses; the
-few-valued columns by distinct value (a number per row), not by their text.
+projection as it is: no checksums, joins or copies. The file is encoded and compressed on a
+thread of its own, and its bytes are hashed as they are written (the plan's fingerprint).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,13 +38,13 @@ from toolkit.sync.projection import FieldSpec, Projection
 
 __all__ = ["DiffResult", "diff", "OPERATION_COLUMNS", "checksum_sql", "name_batches"]
 
-# The operations table, in canonical column order (the fingerprint hashes these columns).
+# The operations table, in canonical column order (the order of the file's columns).
 OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value", "field",
                      "after", "batch")
 OPERATIONS_SCHEMA = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
                                for c in OPERATION_COLUMNS])
 ROW_GROUP = 122_880
-# few distinct values each: written from dictionaries and hashed by distinct value
+# few distinct values each: written from their dictionaries
 DISTINCT_COLUMNS = ("op", "rule", "change", "name", "field")
 
 
@@ -55,7 +55,7 @@ class DiffResult:
     held: int                      # operations held back: their event batch's fate is unknown
     conflicts: pd.DataFrame        # (segment_id, uid, rule) of values whose type Braze locked
     batches: pd.DataFrame          # batch, kind, start, stop, objects, name, change
-    digests: dict                  # column -> ColumnDigest bytes of the file as written
+    ops_digest: str                # sha256 of the operations file's bytes, taken as written
     # counted while writing, so the plan's cost needs no second read of the file:
     tally: list = field(default_factory=list)   # [rule, op, change, name, operations], sorted
     users: int = 0                 # users with at least one operation
@@ -163,7 +163,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
             f"(({change}) IS NOT NULL AND h{k})::BIGINT" for k, (_, change, _) in enumerate(ops))
             + "), 0) FROM j").fetchall()[0][0]
     try:
-        rows, batches, digests, tally = _write_ordered(
+        rows, batches, ops_digest, tally = _write_ordered(
             db, limit, out, specs, ops, bool(held_cols), projection.profiles, on_rows)
     finally:   # the connection can diff again
         db.execute("DROP VIEW j" if first_sync else "DROP TABLE j")
@@ -171,7 +171,7 @@ def diff(db, projection: Projection, snapshot, held: pa.Table | None, *, limit: 
             db.execute("DROP TABLE held")
         db.unregister("desired_raw")
     return DiffResult(int(rows), int(changed_users), int(held_count), conflicts, batches,
-                      digests, tally.rows(), tally.users(), tally.attribute_users,
+                      ops_digest, tally.rows(), tally.users(), tally.attribute_users,
                       tuple(transfer))
 
 
@@ -407,128 +407,51 @@ def _texts(kinds: _Kinds, kind: np.ndarray, user: np.ndarray, chunk: pa.RecordBa
     return values.take(pa.array(out[0])), values.take(pa.array(out[1]))
 
 
-class ColumnDigest:
-    """sha256 of one column of a plan's operations: its value lengths (-1 for null) and its
-    bytes, hashed apart so the digest does not depend on how the column is cut into chunks
-    (nor on whether it is dictionary-encoded)."""
+class _HashedFile(io.RawIOBase):
+    """A file that hashes what is written to it: the Parquet writer's sink, so the plan's
+    fingerprint (a digest of the operations file's bytes) costs no second read."""
 
-    def __init__(self) -> None:
-        self.lengths = hashlib.sha256()
-        self.data = hashlib.sha256()
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")
+        self._sha = hashlib.sha256()
 
-    def update(self, arr) -> None:
-        if isinstance(arr, pa.ChunkedArray):
-            for chunk in arr.chunks:
-                self.update(chunk)
-            return
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary.take(arr.indices)
-        if pa.types.is_integer(arr.type):
-            self.data.update(np.ascontiguousarray(
-                arr.fill_null(-1).to_numpy(zero_copy_only=False), dtype="<i8"))
-            return
-        if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
-            width = np.int32
-        else:
-            width = np.int64
-            if not (pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)):
-                arr = arr.cast(pa.large_binary())
-        # hashed straight from the Arrow buffers (numpy arrays are buffers: no copies)
-        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[
-            arr.offset:arr.offset + len(arr) + 1]
-        lengths = np.diff(offsets).astype("<i8")
-        if arr.null_count:
-            lengths[arr.is_null().to_numpy(zero_copy_only=False)] = -1
-        self.lengths.update(lengths)
-        data = arr.buffers()[2]
-        if data is not None and offsets[-1] > offsets[0]:
-            self.data.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+    def writable(self) -> bool:
+        return True
 
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.lengths.digest() + self.data.digest()).digest()
+    def write(self, data) -> int:
+        self._sha.update(data)
+        return self._file.write(data)
 
+    def tell(self) -> int:
+        return self._file.tell()
 
-class DistinctDigest:
-    """sha256 of a column of few distinct values (op, rule, change, name, field): the distinct
-    values in order of first appearance, and each row's number in that list. As independent
-    of chunking and encoding as `ColumnDigest`, without spelling every row's text out: a
-    dictionary-encoded chunk costs a pass over its indices."""
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
 
-    _FEW_NEW = 8    # new values per chunk found by a scan each; beyond, by one sort
+    def close(self) -> None:   # the Parquet writer closes its sink when it closes
+        if not self.closed:
+            self._file.close()
+        super().close()
 
-    def __init__(self) -> None:
-        self.numbers: dict[str, int] = {}
-        self.rows = hashlib.sha256()
-
-    def update(self, arr) -> None:
-        if isinstance(arr, pa.ChunkedArray):
-            for chunk in arr.chunks:
-                self.update(chunk)
-            return
-        if not len(arr):
-            return
-        if not pa.types.is_dictionary(arr.type):
-            arr = pc.dictionary_encode(arr)
-        idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        values = arr.dictionary
-        used = np.flatnonzero(np.bincount(idx[idx >= 0], minlength=len(values)))
-        number = np.full(len(values) + 1, -1, dtype="<i4")   # the last one: null
-        new = []
-        for i in used.tolist():
-            text = values[i].as_py()
-            if text in self.numbers:
-                number[i] = self.numbers[text]
-            else:
-                new.append((i, text))
-        if new:
-            if len(new) <= self._FEW_NEW:
-                first = [int(np.argmax(idx == i)) for i, _ in new]
-            else:
-                where = {i: k for k, (i, _) in enumerate(new)}
-                seen, at = np.unique(idx, return_index=True)
-                first = [0] * len(new)
-                for i, pos in zip(seen.tolist(), at.tolist()):
-                    if i in where:
-                        first[where[i]] = pos
-            for _, (i, text) in sorted(zip(first, new)):
-                number[i] = self.numbers.setdefault(text, len(self.numbers))
-        self.rows.update(number[idx])
-
-    def digest(self) -> bytes:
-        values = ColumnDigest()
-        values.update(pa.array(list(self.numbers), pa.string()))
-        return hashlib.sha256(b"distinct" + values.digest() + self.rows.digest()).digest()
-
-
-def column_digests() -> dict:
-    """One digest per operations column, in canonical order: the low-cardinality columns by
-    their distinct values, the others by their bytes."""
-    return {c: DistinctDigest() if c in DISTINCT_COLUMNS else ColumnDigest()
-            for c in OPERATION_COLUMNS}
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
 
 
 class _BackgroundWriter:
-    """Writes tables to a Parquet writer on one thread and hashes them on another, so
-    encoding, compressing and hashing one piece overlap with the engine producing the next
-    (all release the GIL)."""
+    """Writes tables to a Parquet writer on a thread of its own, so encoding, compressing and
+    hashing one piece (all release the GIL) overlap with the engine producing the next."""
 
     def __init__(self, sink: pq.ParquetWriter) -> None:
         self.sink = sink
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-digest")
         self.pending: list = []
-        self.digests = column_digests()
-
-    def _digest(self, table: pa.Table) -> None:
-        for c, digest in self.digests.items():  # in write order: one thread
-            digest.update(table.column(c))
 
     def write_table(self, table: pa.Table, **options) -> None:
         # bounded: at most two pieces wait in memory; a failed write raises here
-        while self.pending and (self.pending[0].done() or len(self.pending) >= 4):
+        while self.pending and (self.pending[0].done() or len(self.pending) >= 2):
             self.pending.pop(0).result()
         self.pending.append(self.writer.submit(self.sink.write_table, table, **options))
-        self.pending.append(self.hasher.submit(self._digest, table))
 
     def __enter__(self) -> "_BackgroundWriter":
         return self
@@ -539,7 +462,6 @@ class _BackgroundWriter:
                 future.result()
         finally:
             self.writer.shutdown(wait=True)
-            self.hasher.shutdown(wait=True)
 
 
 class _Tally:
@@ -593,8 +515,8 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
                    ops: list[tuple[int, str, list[_Outcome]]], held: bool, profiles: int,
                    on_rows=None) -> tuple[int, pd.DataFrame, dict[str, bytes], _Tally]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
-    the row count, one row per request (batch name, kind, start, stop, objects), the column
-    digests and the tally."""
+    the row count, one row per request (batch name, kind, start, stop, objects), the file's
+    digest and the tally."""
     kinds = _Kinds([o for _, _, o in ops])
     codes = {k: _code(change, outcomes, f"h{k}" if held else None)
              for k, (_, change, outcomes) in enumerate(ops)}
@@ -613,8 +535,10 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
     # low-cardinality columns only, written from their dictionaries (no hashing of texts);
     # user ids and values would cost time and save nothing. No Arrow schema in the file: it
     # reads back as plain text columns. Statistics only where a reader can use them.
-    with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=list(DISTINCT_COLUMNS),
-                          store_schema=False, write_statistics=["batch"]) as sink, \
+    with _HashedFile(out) as hashed, \
+            pq.ParquetWriter(hashed, schema, compression="zstd",
+                             use_dictionary=list(DISTINCT_COLUMNS), store_schema=False,
+                             write_statistics=["batch"]) as sink, \
             _BackgroundWriter(sink) as writer:
         buffered: list[pa.Table] = []
         waiting = 0
@@ -695,16 +619,16 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
         frame = [pd.DataFrame({**joined, **{
             c: np.array([getattr(o, c) for o in kinds.all], dtype=object)[kind]
             for c in ("op", "name", "change")}}).set_index("index")]
-    return rows, _batch_frame(frame), {c: d.digest() for c, d in writer.digests.items()}, tally
+    return rows, _batch_frame(frame), hashed.hexdigest(), tally
 
 
 def empty_result(out: Path) -> DiffResult:
     """The result of a diff that found nothing to send, its (empty) operations file written."""
-    pq.write_table(OPERATIONS_SCHEMA.empty_table(), out, compression="zstd")
-    digests = column_digests()
+    with _HashedFile(out) as hashed:
+        pq.write_table(OPERATIONS_SCHEMA.empty_table(), hashed, compression="zstd")
     return DiffResult(0, 0, 0, pd.DataFrame({k: pd.Series(dtype=object)
                                              for k in ("segment_id", "uid", "rule")}),
-                      _batch_frame([]), {c: d.digest() for c, d in digests.items()})
+                      _batch_frame([]), hashed.hexdigest())
 
 
 def _batch_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:

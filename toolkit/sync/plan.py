@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -47,8 +46,7 @@ from toolkit.engage.store import StoredExport
 from toolkit.errors import (ConfigError, PlanAltered, PlanError, PlanExpired, PlanNotApproved,
                             PlanWorkspaceMismatch)
 from toolkit.secrets import resolve_secret
-from toolkit.sync.diff import (DISTINCT_COLUMNS, OPERATION_COLUMNS, column_digests, diff,
-                               empty_result, name_batches)
+from toolkit.sync.diff import OPERATION_COLUMNS, diff, empty_result, name_batches
 from toolkit.sync.diffsite import DiffSite, check_diff_at, choose
 from toolkit.sync.ledger import Ledger, describe_workspace, file_digest
 from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_COLUMNS,
@@ -59,7 +57,7 @@ from toolkit.sync.projection import (CONFLICT_CODE, CONFLICT_REASON, LEFT_OUT_CO
 __all__ = ["Plan", "Batch", "plan", "parse_duration", "OPERATION_COLUMNS"]
 
 PLAN_FORMAT = "engage-braze-plan"
-PLAN_FORMAT_VERSION = 3
+PLAN_FORMAT_VERSION = 4
 SAMPLE_PAYLOADS = 3
 PROGRESS_FROM = 200_000           # profiles from which plan shows a progress bar by default
 # plan a changed export from the ledger's record of the last converged one (tests switch it off
@@ -376,7 +374,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
     if inputs_digest is not None:
         manifest["inputs_digest"] = inputs_digest
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
-               owned_dir=workdir, column_digests=(result.digests, result.rows),
+               owned_dir=workdir, ops_digest=result.ops_digest,
                inputs_path=inputs_path)
     out.manifest["cost"] = out._compute_cost(result)
     out.manifest["summary"] = result.tally if result.rows else []
@@ -489,7 +487,7 @@ class Plan:
     def __init__(self, manifest: dict, ops_path: Path, left_path: Path | None = None, *,
                  findings: Findings | None = None, batches: pd.DataFrame | None = None,
                  owned_dir: Path | None = None,
-                 column_digests: "tuple[dict[str, bytes], int] | None" = None,
+                 ops_digest: str | None = None,
                  inputs_path: Path | None = None) -> None:
         self.manifest = manifest
         # what the ledger keeps of this export once the plan is applied (see Ledger.record_converged)
@@ -498,9 +496,9 @@ class Plan:
         self.left_path = Path(left_path) if left_path is not None else None
         self.findings = findings if findings is not None else Findings()
         self._batch_frame = batches
-        # digests taken while the file was written (its first fingerprint needs no re-read);
-        # check_approval drops them and reads the file again
-        self._column_digests = column_digests
+        # the file's digest taken as it was written (its first fingerprint needs no re-read);
+        # check_approval drops it and reads the file again
+        self._ops_digest = ops_digest
         self._batches: list[Batch] | None = None
         self._fingerprint: str | None = None
         self._reader: _OpsReader | None = None
@@ -558,8 +556,8 @@ class Plan:
 
     # -- identity ------------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
-        """sha256 over the operations file's content (streamed), the workspace, the ledger
-        version, the options, the cohorts and the cost."""
+        """sha256 over the operations file's bytes, the workspace, the ledger version, the
+        options, the cohorts and the cost."""
         m = self.manifest
         head = {"format": PLAN_FORMAT, "workspace": m["workspace"],
                 "ledger_version": m["ledger_version"], "options": m["options"],
@@ -569,41 +567,23 @@ class Plan:
             head["input_digest"] = m["input_digest"]
         if m.get("inputs_digest"):  # … and keeps the inputs file it names
             head["inputs_digest"] = m["inputs_digest"]
-        digests, rows = self._column_digests or (None, None)
-        if digests is None:
-            digests, rows = self._digest_file()
+        if self._ops_digest is None:
+            self._ops_digest = self._digest_file()
         h = hashlib.sha256(_dumps(head).encode())
-        h.update(str(rows).encode())
-        for c in OPERATION_COLUMNS:
-            h.update(digests[c])
+        h.update(self._ops_digest.encode())
         return h.hexdigest()
 
-    def _digest_file(self) -> tuple[dict[str, bytes], int]:
-        """Per-column digests of the operations file, streamed."""
-        per_column = column_digests()
-        rows = 0
+    def _digest_file(self) -> str:
+        """sha256 of the operations file's bytes: any change to it, even one that reads back
+        as the same operations, is an alteration."""
         try:
-            # the few-valued columns read as dictionaries: their digests use the indices
-            file = pq.ParquetFile(self.ops_path, pre_buffer=False,
-                                  read_dictionary=list(DISTINCT_COLUMNS))
-            # a row group at a time, its columns hashed side by side (sha256 and Arrow's casts
-            # release the GIL): apply waits for this before sending anything
-            def hash_column(named: tuple[str, pa.ChunkedArray]) -> None:
-                per_column[named[0]].update(named[1])
-
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                    thread_name_prefix="plan-digest") as pool:
-                for group in range(file.metadata.num_row_groups):
-                    table = file.read_row_group(group, columns=list(OPERATION_COLUMNS))
-                    rows += table.num_rows
-                    list(pool.map(hash_column, [(c, table.column(c)) for c in OPERATION_COLUMNS]))
-            file.close()
-        except (OSError, pa.ArrowException, KeyError) as exc:
-            raise PlanAltered(f"the plan's operations file cannot be read: {exc}",
+            with open(self.ops_path, "rb") as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError as exc:
+            raise PlanAltered(f"the plan's operations file cannot be read: {exc.strerror}",
                               file=str(self.ops_path),
                               hint="the file was damaged or replaced; make and approve a new plan"
                               ) from None
-        return {c: d.digest() for c, d in per_column.items()}, rows
 
     @property
     def fingerprint(self) -> str:
@@ -920,7 +900,7 @@ class Plan:
             raise PlanExpired(f"the approval by {a.get('by')} expired at {a['expires_at']}; "
                               "nothing was sent", hint="re-plan and approve again")
         self._fingerprint = None
-        self._column_digests = None  # what is sent is what the file holds now
+        self._ops_digest = None  # what is sent is what the file holds now
         actual = self.fingerprint
         if a.get("fingerprint") != actual or a.get("workspace") != self.workspace:
             raise PlanAltered("the plan changed after it was approved (fingerprint "
@@ -1138,7 +1118,7 @@ def _check_operations(path: Path, rows: int) -> None:
                         hint="keep the .ops.parquet file next to the plan's JSON file")
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, ValueError) as exc:   # a damaged name fails to decode
         raise PlanError(f"the plan's operations file cannot be read: {exc}", file=file,
                         hint="the file was damaged; make and approve a new plan") from None
     for col in OPERATION_COLUMNS:
