@@ -353,7 +353,8 @@ def run_cell(mix: str, rate: float, *, seed: int, tmpdir: Path, timeout: float =
 
 def plan_as_data(manifest: Path) -> dict:
     """A saved plan's manifest with its operations file read in as ``operations`` columns (and
-    the file's bytes kept, so an unedited plan is written back byte for byte)."""
+    the bytes of that file and of the left-out file kept, so an unedited plan is written back
+    byte for byte)."""
     import pyarrow.parquet as pq
 
     data = json.loads(Path(manifest).read_text())
@@ -361,10 +362,13 @@ def plan_as_data(manifest: Path) -> dict:
     table = pq.read_table(ops_path)
     data["operations"] = {c: table.column(c).to_pylist() for c in table.column_names}
     data[OPERATIONS_AS_READ] = (ops_path.read_bytes(), json.dumps(data["operations"]))
+    left = Path(manifest).with_name(data["left_out_file"])
+    data[LEFT_OUT_AS_READ] = left.read_bytes() if left.exists() else None
     return data
 
 
 OPERATIONS_AS_READ = "operations file as read"
+LEFT_OUT_AS_READ = "left-out file as read"
 
 
 def write_plan_data(manifest: Path, data: dict) -> Path:
@@ -377,6 +381,9 @@ def write_plan_data(manifest: Path, data: dict) -> Path:
     data = dict(data)
     ops = data.pop("operations")
     as_read, as_read_ops = data.pop(OPERATIONS_AS_READ, (None, None))
+    left_out = data.pop(LEFT_OUT_AS_READ, None)
+    if left_out is not None:
+        Path(manifest).with_name(data["left_out_file"]).write_bytes(left_out)
     ops_path = Path(manifest).with_name(data["operations_file"])
     if as_read is not None and json.dumps(ops) == as_read_ops:
         ops_path.write_bytes(as_read)

@@ -440,8 +440,9 @@ def _expired(d):
 
 
 PLAN_EDITS: list[tuple[str, Callable[[dict], Any], type, str]] = [
-    ("value_changed", _edit_value, PlanAltered, "changed after it was approved"),
-    ("uid_changed", _edit_uid, PlanAltered, "changed after it was approved"),
+    # an edited operations file: its bytes are not those the plan was saved with
+    ("value_changed", _edit_value, PlanAltered, "not the one the plan was saved with"),
+    ("uid_changed", _edit_uid, PlanAltered, "not the one the plan was saved with"),
     ("operation_added", _add_op, PlanError, "11 rows, the manifest says 10"),
     ("operation_removed", _drop_op, PlanError, "9 rows, the manifest says 10"),
     ("event_time_changed", lambda d: d["options"].update(event_time="2030-01-01T00:00:00.000Z"),

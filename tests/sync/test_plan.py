@@ -2,6 +2,7 @@
 fingerprint, approval and plan files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -281,17 +282,35 @@ def test_approval_refusals(export, led, tmp_path):
         "value", ["false" if f["value"][0] != "false" else "true"] + list(f["value"][1:])))
     with pytest.raises(PlanAltered):
         Plan.load(saved).check_approval(WS)
-    # the very same operations, encoded anew: the fingerprint is over the approved file's
-    # bytes, so this is an alteration too
+    # the very same operations, encoded anew: the fingerprint is over the file's bytes, so
+    # this is an alteration too, refused as soon as the plan is read (naming the file)
     saved = p.save(tmp_path / "p.json")
     Plan.load(saved).check_approval(WS)
-    ops_file = Plan.files_for(saved)[1]
+    _, ops_file, left_file = Plan.files_for(saved)
     pq.write_table(pq.read_table(ops_file), ops_file, compression="snappy")
-    assert Plan.load(saved).operations.equals(p.operations)
-    with pytest.raises(PlanAltered, match="changed after it was approved"):
-        Plan.load(saved).check_approval(WS)
+    assert pq.read_table(ops_file).equals(pq.read_table(p.ops_path))   # the same operations
+    with pytest.raises(PlanAltered, match="not the one the plan was saved with") as err:
+        Plan.load(saved)
+    assert err.value.file == str(ops_file)
     ops_file.unlink()
-    with pytest.raises((PlanAltered, PlanError)):
+    with pytest.raises(PlanError, match="missing"):
+        Plan.load(saved)
+    # the left-out profiles too: the ledger reports them to later plans of the same input
+    saved = p.save(tmp_path / "p.json")
+    pq.write_table(pq.read_table(left_file), left_file, compression="snappy")
+    with pytest.raises(PlanAltered, match="left-out file") as err:
+        Plan.load(saved)
+    assert err.value.file == str(left_file)
+    left_file.unlink()
+    with pytest.raises(PlanAltered, match="left-out file is missing"):
+        Plan.load(saved)
+    # a digest edited into the manifest is caught by the fingerprint
+    saved = p.save(tmp_path / "p.json")
+    data = json.loads(saved.read_text())
+    pq.write_table(pq.read_table(left_file), left_file, compression="snappy")
+    data["left_out_digest"] = hashlib.sha256(left_file.read_bytes()).hexdigest()
+    saved.write_text(json.dumps(data))
+    with pytest.raises(PlanAltered, match="changed after it was approved"):
         Plan.load(saved).check_approval(WS)
     data = json.loads(p.save(tmp_path / "p.json").read_text())
     data["workspace"] = "http://elsewhere#12345678"

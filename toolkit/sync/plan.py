@@ -17,8 +17,10 @@ and streams the requests from the file with bounded memory.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -373,6 +375,7 @@ def plan(export, mapping, ledger=None, *, workspace=None, create_users: bool = F
         manifest["diffed_users"] = about["diffed_users"]
     if inputs_digest is not None:
         manifest["inputs_digest"] = inputs_digest
+    manifest["left_out_digest"] = file_digest(left_path)
     out = Plan(manifest, ops_path, left_path, findings=findings, batches=result.batches,
                owned_dir=workdir, ops_digest=result.ops_digest,
                inputs_path=inputs_path)
@@ -535,10 +538,11 @@ class Plan:
         """Every operation as a DataFrame (read from the Parquet file; at scale prefer
         `sample_payloads`, `summary` or `to_frame(limit=…)`)."""
         if self._operations is None:
-            table = pq.read_table(self.ops_path, columns=list(OPERATION_COLUMNS))
-            self._operations = pd.DataFrame(
-                {c: table.column(c).to_numpy(zero_copy_only=False).astype(object)
-                 if c != "batch" else table.column(c).to_numpy() for c in OPERATION_COLUMNS})
+            with _damaged(self.ops_path, "operations"):
+                table = pq.read_table(self.ops_path, columns=list(OPERATION_COLUMNS))
+                self._operations = pd.DataFrame(
+                    {c: table.column(c).to_numpy(zero_copy_only=False).astype(object)
+                     if c != "batch" else table.column(c).to_numpy() for c in OPERATION_COLUMNS})
         return self._operations
 
     @property
@@ -549,15 +553,34 @@ class Plan:
                 self._left_out = pd.DataFrame({c: pd.Series(dtype=object)
                                                for c in LEFT_OUT_COLUMNS})
             else:
-                table = pq.read_table(self.left_path)
-                self._left_out = pd.DataFrame({c: table.column(c).to_numpy(
-                    zero_copy_only=False).astype(object) for c in table.column_names})
+                with _damaged(self.left_path, "left-out"):
+                    table = pq.read_table(self.left_path, columns=list(LEFT_OUT_COLUMNS))
+                    self._left_out = pd.DataFrame({c: table.column(c).to_numpy(
+                        zero_copy_only=False).astype(object) for c in table.column_names})
         return self._left_out
+
+    def _check_left_out(self) -> None:
+        """The left-out file is the one the (fingerprinted) manifest names: the ledger keeps
+        it once the plan converges and reports its profiles to later plans of the same input."""
+        want = self.manifest.get("left_out_digest")
+        if not want:
+            return
+        path = self.left_path
+        try:
+            actual = file_digest(path) if path is not None else None
+        except OSError:
+            actual = None
+        if actual != want:
+            raise PlanAltered("the plan's left-out file " + (
+                "is not the one the plan was made with (damaged, edited or re-encoded)"
+                if actual else "is missing"), file=str(path) if path is not None else None,
+                hint="keep the .left_out.parquet file next to the plan's JSON file as it "
+                     "was made, or make and approve a new plan")
 
     # -- identity ------------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
         """sha256 over the operations file's bytes, the workspace, the ledger version, the
-        options, the cohorts and the cost."""
+        options, the cohorts, the cost and the digests of the files kept beside it."""
         m = self.manifest
         head = {"format": PLAN_FORMAT, "workspace": m["workspace"],
                 "ledger_version": m["ledger_version"], "options": m["options"],
@@ -567,6 +590,8 @@ class Plan:
             head["input_digest"] = m["input_digest"]
         if m.get("inputs_digest"):  # … and keeps the inputs file it names
             head["inputs_digest"] = m["inputs_digest"]
+        if m.get("left_out_digest"):  # … and reports its left-out profiles to later plans
+            head["left_out_digest"] = m["left_out_digest"]
         if self._ops_digest is None:
             self._ops_digest = self._digest_file()
         h = hashlib.sha256(_dumps(head).encode())
@@ -906,6 +931,7 @@ class Plan:
             raise PlanAltered("the plan changed after it was approved (fingerprint "
                               f"{str(a.get('fingerprint'))[:12]}… approved, {actual[:12]}… now);"
                               " nothing was sent", hint="re-plan and approve the new plan")
+        self._check_left_out()
         if workspace != self.workspace:
             raise PlanWorkspaceMismatch(
                 f"the plan was approved for workspace {self.workspace!r} but the client targets "
@@ -1010,6 +1036,7 @@ class Plan:
         ``<stem>.inputs.arrow``. No secrets: identities, values and options only."""
         manifest_path, ops_path, left_path = self.files_for(path)
         data = dict(self.manifest, fingerprint=self.fingerprint,
+                    operations_digest=self._ops_digest,   # set by the fingerprint
                     operations_file=ops_path.name, left_out_file=left_path.name,
                     findings=[{k: getattr(f, k) for k in ("severity", "code", "message", "row",
                                                           "column", "fix", "segment_id")}
@@ -1033,9 +1060,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "Plan":
-        """Read a saved plan; a malformed or hand-edited manifest or operations file raises
-        PlanError naming the field. (An edit that keeps the files well-formed is caught by the
-        fingerprint at apply.)"""
+        """Read a saved plan; a malformed manifest or operations file raises PlanError naming
+        the field, and an operations or left-out file whose bytes are not those the plan was
+        saved with (damaged, edited, re-encoded) raises PlanAltered naming the file. (An edit
+        of the manifest that keeps it well-formed is caught by the fingerprint at apply.)"""
         path = Path(path)
         data = read_document(path, error=PlanError, what="plan",
                              missing_hint="make one with `python -m toolkit plan …`",
@@ -1044,12 +1072,33 @@ class Plan:
         ops_path = path.with_name(str(data["operations_file"]))
         left_path = path.with_name(str(data.get("left_out_file") or ""))
         _check_operations(ops_path, int(data["rows"]))
-        data = {k: v for k, v in data.items()
-                if k not in ("findings", "fingerprint", "operations_file", "left_out_file")}
+        saved_digest = data["operations_digest"]
+        data = {k: v for k, v in data.items() if k not in (
+            "findings", "fingerprint", "operations_digest", "operations_file", "left_out_file")}
         inputs_path = cls.inputs_file_for(path)
-        return cls(data, ops_path, left_path if data.get("rows") is not None else None,
+        plan = cls(data, ops_path, left_path if data.get("rows") is not None else None,
                    findings=findings,
                    inputs_path=inputs_path if data.get("inputs_digest") else None)
+        # one sha256 of each file (0.4 s for a 10M-profile plan): a damaged file is refused
+        # here, once, rather than failing in whichever view reads the damaged part first
+        if plan._digest_file() != saved_digest:
+            raise PlanAltered("the plan's operations file is not the one the plan was saved "
+                              "with (damaged, edited or re-encoded)", file=str(ops_path),
+                              hint="restore the file, or make and approve a new plan")
+        plan._ops_digest = saved_digest
+        plan._check_left_out()
+        return plan
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, what: str):
+    """A plan file that fails to read (in any of the many ways a damaged Parquet file fails,
+    a text that does not decode among them) raises PlanError naming it."""
+    try:
+        yield
+    except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+        raise PlanError(f"the plan's {what} file cannot be read: {exc}", file=str(path),
+                        hint="the file was damaged or replaced; plan again") from None
 
 
 def _bad(file: str | None, field: str, what: str) -> PlanError:
@@ -1097,6 +1146,10 @@ def _check_manifest(data: Any, file: str) -> Findings:
     if not isinstance(cohorts, list) or not all(
             isinstance(c, dict) and {"rule", "cohort_id", "name"} <= set(c) for c in cohorts):
         raise _bad(file, "cohorts", "must be a list of {rule, cohort_id, name}")
+    for key in ("operations_digest", "left_out_digest", "inputs_digest"):
+        if (key in data or key == "operations_digest") and not (
+                isinstance(data.get(key), str) and re.fullmatch(r"[0-9a-f]{64}", data[key])):
+            raise _bad(file, key, "must be a sha256 digest (64 hex digits)")
     approval = data.get("approval")
     if approval is not None and (not isinstance(approval, dict) or not {
             "by", "at", "expires_at", "fingerprint", "workspace"} <= set(approval)):
