@@ -44,6 +44,7 @@ OPERATION_COLUMNS = ("uid", "segment_id", "op", "rule", "change", "name", "value
 OPERATIONS_SCHEMA = pa.schema([(c, pa.int64() if c == "batch" else pa.string())
                                for c in OPERATION_COLUMNS])
 ROW_GROUP = 122_880
+_WRITE_BUFFER = 8 << 20
 # few distinct values each: written from their dictionaries
 DISTINCT_COLUMNS = ("op", "rule", "change", "name", "field")
 
@@ -535,8 +536,11 @@ def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
     # low-cardinality columns only, written from their dictionaries (no hashing of texts);
     # user ids and values would cost time and save nothing. No Arrow schema in the file: it
     # reads back as plain text columns. Statistics only where a reader can use them.
+    # the writer's many small writes gather in a native buffer: the hashing file (Python,
+    # needing the GIL the producing thread mostly holds) sees one write per 8 MB
     with _HashedFile(out) as hashed, \
-            pq.ParquetWriter(hashed, schema, compression="zstd",
+            pa.BufferedOutputStream(pa.PythonFile(hashed, mode="w"), _WRITE_BUFFER) as stream, \
+            pq.ParquetWriter(stream, schema, compression="zstd",
                              use_dictionary=list(DISTINCT_COLUMNS), store_schema=False,
                              write_statistics=["batch"]) as sink, \
             _BackgroundWriter(sink) as writer:
