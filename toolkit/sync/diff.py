@@ -514,7 +514,7 @@ def _passes(specs: list[FieldSpec], ops: list[tuple[int, str, list[_Outcome]]]
 
 def _write_ordered(db, limit: int, out: Path, specs: list[FieldSpec],
                    ops: list[tuple[int, str, list[_Outcome]]], held: bool, profiles: int,
-                   on_rows=None) -> tuple[int, pd.DataFrame, dict[str, bytes], _Tally]:
+                   on_rows=None) -> tuple[int, pd.DataFrame, str, _Tally]:
     """Stream the operations in send order into ``out`` with their request numbers; returns
     the row count, one row per request (batch name, kind, start, stop, objects), the file's
     digest and the tally."""

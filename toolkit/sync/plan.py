@@ -20,8 +20,8 @@ import bisect
 import contextlib
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import tempfile
 import weakref
