@@ -562,20 +562,8 @@ class Plan:
     def _check_left_out(self) -> None:
         """The left-out file is the one the (fingerprinted) manifest names: the ledger keeps
         it once the plan converges and reports its profiles to later plans of the same input."""
-        want = self.manifest.get("left_out_digest")
-        if not want:
-            return
-        path = self.left_path
-        try:
-            actual = file_digest(path) if path is not None else None
-        except OSError:
-            actual = None
-        if actual != want:
-            raise PlanAltered("the plan's left-out file " + (
-                "is not the one the plan was made with (damaged, edited or re-encoded)"
-                if actual else "is missing"), file=str(path) if path is not None else None,
-                hint="keep the .left_out.parquet file next to the plan's JSON file as it "
-                     "was made, or make and approve a new plan")
+        if self.manifest.get("left_out_digest"):
+            _same_bytes(self.left_path, self.manifest["left_out_digest"], "left-out")
 
     # -- identity ------------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
@@ -602,8 +590,7 @@ class Plan:
         """sha256 of the operations file's bytes: any change to it, even one that reads back
         as the same operations, is an alteration."""
         try:
-            with open(self.ops_path, "rb") as fh:
-                return hashlib.file_digest(fh, "sha256").hexdigest()
+            return file_digest(self.ops_path)
         except OSError as exc:
             raise PlanAltered(f"the plan's operations file cannot be read: {exc.strerror}",
                               file=str(self.ops_path),
@@ -1081,13 +1068,25 @@ class Plan:
                    inputs_path=inputs_path if data.get("inputs_digest") else None)
         # one sha256 of each file (0.4 s for a 10M-profile plan): a damaged file is refused
         # here, once, rather than failing in whichever view reads the damaged part first
-        if plan._digest_file() != saved_digest:
-            raise PlanAltered("the plan's operations file is not the one the plan was saved "
-                              "with (damaged, edited or re-encoded)", file=str(ops_path),
-                              hint="restore the file, or make and approve a new plan")
-        plan._ops_digest = saved_digest
+        plan._ops_digest = _same_bytes(ops_path, saved_digest, "operations")
         plan._check_left_out()
         return plan
+
+
+def _same_bytes(path: Path | None, want: str, what: str) -> str:
+    """The sha256 of a plan's ``what`` file at ``path``, which must be ``want``; else
+    PlanAltered naming the file (missing, or damaged, edited or re-encoded)."""
+    try:
+        actual = file_digest(path) if path is not None else None
+    except OSError:
+        actual = None
+    if actual != want:
+        raise PlanAltered(f"the plan's {what} file " + (
+            "is not the one the plan was saved with (damaged, edited or re-encoded)"
+            if actual else "is missing"), file=str(path) if path is not None else None,
+            hint="keep the plan's files together as they were saved, or make and approve a "
+                 "new plan")
+    return actual
 
 
 @contextlib.contextmanager
